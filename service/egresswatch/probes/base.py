@@ -1,0 +1,131 @@
+"""What every probe shares: building results, timing, and translating exceptions.
+
+Probes report, they do not raise. Library and OS exceptions become a `Reason` here, in one
+place, so the closed vocabulary cannot leak exception text into metrics labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from egresswatch.model import Reason, Status, Step, StepResult
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+# errno -> reason for connect(), read() and the socket error queue.
+_ERRNO_REASONS: dict[int, Reason] = {
+    errno.ECONNREFUSED: Reason.CONN_REFUSED,
+    errno.ECONNRESET: Reason.CONN_RESET,
+    errno.ECONNABORTED: Reason.CONN_RESET,
+    errno.EPIPE: Reason.CONN_RESET,
+    errno.ETIMEDOUT: Reason.CONN_TIMEOUT,
+    errno.ENETUNREACH: Reason.NET_UNREACHABLE,
+    errno.ENETDOWN: Reason.NET_UNREACHABLE,
+    errno.EHOSTUNREACH: Reason.HOST_UNREACHABLE,
+    errno.EHOSTDOWN: Reason.HOST_UNREACHABLE,
+    errno.EACCES: Reason.FIREWALL_DENIED,  # a local REJECT with icmp admin-prohibited
+    errno.EPERM: Reason.FIREWALL_DENIED,  # a local output filter
+}
+
+
+def reason_for_errno(code: int | None) -> Reason | None:
+    """The reason for an errno, or None when it is not a network outcome we know."""
+    if code is None:
+        return None
+    return _ERRNO_REASONS.get(code)
+
+
+def reason_for_exception(exc: BaseException, *, timeout: Reason = Reason.TIMEOUT) -> Reason:
+    """Translate an exception raised while talking to a peer into a reason.
+
+    `timeout` is the reason a timeout means at this point (e.g. `conn_timeout` while
+    connecting, `dns_timeout` while resolving).
+    """
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return timeout
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return tls_verify_reason(exc.verify_code)
+    if isinstance(exc, ssl.SSLError):
+        return Reason.TLS_HANDSHAKE_FAILED
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return Reason.CONN_RESET
+    if isinstance(exc, ConnectionRefusedError):
+        return Reason.CONN_REFUSED
+    if isinstance(exc, OSError):
+        found = reason_for_errno(exc.errno)
+        if found is not None:
+            return found
+    return Reason.PROBE_ERROR
+
+
+# OpenSSL X509_V_ERR_* codes (include/openssl/x509_vfy.h).
+_X509_EXPIRED = {10}  # CERT_HAS_EXPIRED
+_X509_NAME = {62, 63, 64}  # HOSTNAME_MISMATCH, EMAIL_MISMATCH, IP_ADDRESS_MISMATCH
+_X509_UNTRUSTED = {2, 18, 19, 20, 21, 27, 28}  # unknown issuer, self-signed, not trusted
+
+
+def tls_verify_reason(verify_code: int) -> Reason:
+    if verify_code in _X509_EXPIRED:
+        return Reason.TLS_EXPIRED
+    if verify_code in _X509_NAME:
+        return Reason.TLS_NAME_MISMATCH
+    if verify_code in _X509_UNTRUSTED:
+        return Reason.TLS_UNTRUSTED
+    return Reason.TLS_HANDSHAKE_FAILED
+
+
+def describe(exc: BaseException) -> str:
+    """A short human text for the `detail` line (never used as a label)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def ms(seconds: float) -> float:
+    """Seconds to milliseconds, rounded for evidence."""
+    return round(seconds * 1000.0, 3)
+
+
+def ok(step: Step, duration_s: float, detail: str, **evidence: Any) -> StepResult:
+    return StepResult(step, Status.OK, None, duration_s, detail, evidence)
+
+
+def fail(step: Step, reason: Reason, duration_s: float, detail: str, **evidence: Any) -> StepResult:
+    return StepResult(step, Status.FAIL, reason, duration_s, detail, evidence)
+
+
+def skipped(step: Step, reason: Reason, detail: str, **evidence: Any) -> StepResult:
+    return StepResult(step, Status.SKIPPED, reason, 0.0, detail, evidence)
+
+
+async def guarded(
+    step: Step, probe: Awaitable[StepResult], clock: Clock = time.perf_counter
+) -> StepResult:
+    """Await a probe; if it breaks anyway, report `error` instead of raising.
+
+    A bug in a probe must cost one step of one round, never the round or the scheduler.
+    """
+    started = clock()
+    try:
+        return await probe
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the one place a probe's own bug is caught
+        log.exception("probe %s broke", step.value)
+        return StepResult(
+            step,
+            Status.ERROR,
+            Reason.PROBE_ERROR,
+            clock() - started,
+            f"probe error: {type(exc).__name__}: {describe(exc)}",
+            {"exception": type(exc).__name__},
+        )
