@@ -80,6 +80,7 @@ class Reason(StrEnum):
     NOT_APPLICABLE = "not_applicable"  # e.g. TLS for a plain TCP target, DNS for an IP literal
     NO_ADDRESS = "no_address"  # nothing resolved, no last good IP, none pinned
     DEPENDENCY_FAILED = "dependency_failed"  # an earlier step failed, so this one cannot run
+    NOT_DUE = "not_due"  # path_trace runs on its own period, or when a step failed
     # The probe itself
     PROBE_ERROR = "probe_error"
 

@@ -1,0 +1,148 @@
+"""The `egresswatch` command line. Exit codes: 0 ok, 1 a step failed, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from egresswatch import __version__
+from egresswatch.model import Endpoint
+from egresswatch.planning import plan_for
+from egresswatch.probes.checklist import TraceMode, run_checklist
+from egresswatch.probes.resolvconf import Nameserver
+from egresswatch.report import render_text, round_document
+from egresswatch.settings import (
+    ConfigError,
+    Settings,
+    TargetSettings,
+    json_schema,
+    load_settings,
+    settings_from_dict,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        code: int = args.handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="egresswatch",
+        description="Watch a cluster's outbound connectivity the way the egress checklist "
+        "does it by hand: DNS, TCP, TLS, HTTP, traceroute.",
+    )
+    parser.add_argument("--version", action="version", version=f"egresswatch {__version__}")
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    check = commands.add_parser(
+        "check",
+        help="run the whole checklist once from here and print it step by step",
+        description="Run steps 1-6 of the egress checklist against TARGET from this machine. "
+        "Exit 0 when no step failed, 1 when a step failed, 2 on bad usage or config.",
+    )
+    check.add_argument("target", metavar="TARGET", help="a URL, host:port, or a target name")
+    check.add_argument("--config", type=Path, help="config file (targets, resolver, proxy)")
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.add_argument("--resolv-conf", type=Path, help="resolv.conf for dns_cluster")
+    check.add_argument("--upstream", help="upstream resolver for dns_upstream, e.g. 168.63.129.16")
+    check.add_argument("--ca-file", type=Path, help="CA bundle for TLS verification")
+    check.set_defaults(handler=_check)
+
+    config = commands.add_parser("config", help="validate the config or print its schema")
+    config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
+    validate = config_commands.add_parser("validate", help="check a config file, print every error")
+    validate.add_argument("file", type=Path, metavar="FILE")
+    validate.set_defaults(handler=_config_validate)
+    schema = config_commands.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(handler=_config_schema)
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config) if args.config else Settings()
+    settings = _with_check_overrides(settings, args)
+    target = settings.target(args.target) or _adhoc_target(settings, args.target)
+    plan = plan_for(settings, target, trace=TraceMode.ALWAYS)
+    result = asyncio.run(run_checklist(plan, source=settings.source.name))
+    document = round_document(
+        result,
+        plan.endpoint,
+        upstream=str(plan.upstream) if plan.upstream else None,
+        proxy=f"http://{plan.proxy.host}:{plan.proxy.port}" if plan.proxy else None,
+    )
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(render_text(document))
+    return EXIT_OK if document["ok"] else EXIT_FAILED
+
+
+def _with_check_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    data = settings.model_dump(mode="json", exclude_none=True)
+    if args.resolv_conf is not None:
+        data["dns"]["resolv_conf"] = str(args.resolv_conf)
+    if args.upstream is not None:
+        data["dns"]["upstream"] = args.upstream
+    if args.ca_file is not None:
+        data["probes"]["ca_file"] = str(args.ca_file)
+    origin = str(args.config) if args.config else "command line"
+    if args.upstream is not None:
+        try:
+            Nameserver.parse(args.upstream)
+        except ValueError as exc:
+            raise ConfigError([f"--upstream: {exc}"]) from None
+    return settings_from_dict(data, origin=origin)
+
+
+def _adhoc_target(settings: Settings, text: str) -> TargetSettings:
+    """A target given on the command line as a URL or host:port, with the config's defaults."""
+    try:
+        endpoint = Endpoint.parse(text)
+    except ValueError as exc:
+        names = ", ".join(t.name for t in settings.targets) or "none configured"
+        raise ConfigError(
+            [f"TARGET: {exc} (and not a configured target name; configured: {names})"]
+        ) from None
+    key = "address" if "://" not in text else "url"
+    return TargetSettings.model_validate({"name": "check", key: endpoint.url})
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    settings = load_settings(args.file)
+    print(f"{args.file}: ok ({len(settings.targets)} targets)")
+    return EXIT_OK
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""One round of the checklist for one target, steps 1-6 in order (DESIGN.md §1).
+
+Steps run independently where they can: a DNS failure still lets `tcp_connect` try the last
+good or a pinned IP, so a DNS outage does not hide whether the network path works. A step that
+cannot run because an earlier one failed is `skipped` with `dependency_failed`, never `fail`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from egresswatch.model import (
+    Endpoint,
+    Reason,
+    RoundResult,
+    Scheme,
+    StatusRanges,
+    Status,
+    Step,
+    StepResult,
+)
+from egresswatch.probes.base import guarded, skipped
+from egresswatch.probes.dns import dns_cluster, dns_upstream
+from egresswatch.probes.http import http_response
+from egresswatch.probes.proxy import ProxyRoute
+from egresswatch.probes.resolvconf import Nameserver, load_resolv_conf
+from egresswatch.probes.tcp import tcp_connect
+from egresswatch.probes.tls import TlsOptions, tls_handshake
+from egresswatch.probes.traceroute import path_trace
+
+
+class TraceMode(StrEnum):
+    ALWAYS = "always"  # `egresswatch check`: a person wants the whole picture
+    ON_FAILURE = "on_failure"  # the service when the trace is not due: only if a step failed
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class ChecklistPlan:
+    """Everything one round needs, resolved from the config, so probes never see the config."""
+
+    target: str
+    endpoint: Endpoint
+    resolv_conf: Path
+    upstream: Nameserver | None = None
+    step_timeout_s: float = 5.0
+    expect: StatusRanges = field(default_factory=StatusRanges)
+    method: str = "GET"
+    tls: TlsOptions = field(default_factory=TlsOptions)
+    proxy: ProxyRoute | None = None  # already decided for this endpoint (config, env, NO_PROXY)
+    pinned_ips: tuple[str, ...] = ()
+    trace: TraceMode = TraceMode.ALWAYS
+    trace_max_hops: int = 30
+    trace_hop_timeout_s: float = 1.0
+
+
+# target name -> the last IP tcp_connect reached directly; the caller owns it across rounds.
+KnownGood = MutableMapping[str, str]
+
+
+async def run_checklist(
+    plan: ChecklistPlan,
+    *,
+    source: str,
+    known_good: KnownGood | None = None,
+    now: datetime | None = None,
+) -> RoundResult:
+    """Run steps 1-6 for one target and return the round. Never raises (but can be cancelled)."""
+    started_at = now or datetime.now(UTC)
+    known = known_good if known_good is not None else {}
+    cluster, upstream = await asyncio.gather(
+        guarded(Step.DNS_CLUSTER, _dns_cluster(plan)),
+        guarded(Step.DNS_UPSTREAM, _dns_upstream(plan)),
+    )
+    addresses, ip_source = await _addresses(plan, cluster, upstream, known)
+    tcp = await guarded(Step.TCP_CONNECT, _tcp(plan, addresses, ip_source))
+    reached = _evidence_str(tcp, "address")
+    if reached and plan.proxy is None:
+        known[plan.target] = reached
+    tls = await guarded(Step.TLS_HANDSHAKE, _tls(plan, tcp, reached))
+    http = await guarded(Step.HTTP_RESPONSE, _http(plan, tcp, tls, reached))
+    earlier = (cluster, upstream, tcp, tls, http)
+    trace = await guarded(Step.PATH_TRACE, _trace(plan, earlier, reached or _first(addresses)))
+    return RoundResult(plan.target, source, started_at, (*earlier, trace))
+
+
+async def _dns_cluster(plan: ChecklistPlan) -> StepResult:
+    if plan.endpoint.is_ip_literal:
+        return skipped(Step.DNS_CLUSTER, Reason.NOT_APPLICABLE, "target is an IP address")
+    try:
+        resolv = load_resolv_conf(plan.resolv_conf)
+    except OSError as exc:
+        return StepResult(
+            Step.DNS_CLUSTER,
+            Status.ERROR,
+            Reason.PROBE_ERROR,
+            0.0,
+            f"cannot read {plan.resolv_conf}: {exc.strerror or exc}",
+            {"resolv_conf": str(plan.resolv_conf)},
+        )
+    return await dns_cluster(plan.endpoint.host, resolv, timeout_s=plan.step_timeout_s)
+
+
+async def _dns_upstream(plan: ChecklistPlan) -> StepResult:
+    if plan.endpoint.is_ip_literal:
+        return skipped(Step.DNS_UPSTREAM, Reason.NOT_APPLICABLE, "target is an IP address")
+    if plan.upstream is None:
+        return skipped(
+            Step.DNS_UPSTREAM,
+            Reason.NOT_CONFIGURED,
+            "no upstream resolver configured (dns.upstream or --upstream)",
+        )
+    return await dns_upstream(plan.endpoint.host, plan.upstream, timeout_s=plan.step_timeout_s)
+
+
+async def _addresses(
+    plan: ChecklistPlan, cluster: StepResult, upstream: StepResult, known: KnownGood
+) -> tuple[list[str], str]:
+    """The IPs tcp_connect tries, and where they came from (DESIGN.md §1, step 3)."""
+    if plan.proxy is not None:
+        return await _proxy_addresses(plan.proxy), "proxy"
+    if plan.endpoint.is_ip_literal:
+        return [plan.endpoint.host], "literal"
+    for result in (cluster, upstream):
+        found = _evidence_list(result, "addresses")
+        if result.status is Status.OK and found:
+            return found, result.step.value
+    if plan.target in known:
+        return [known[plan.target]], "last_good"
+    if plan.pinned_ips:
+        return list(plan.pinned_ips), "pinned"
+    return [], "none"
+
+
+async def _proxy_addresses(proxy: ProxyRoute) -> list[str]:
+    try:
+        return [str(ipaddress.ip_address(proxy.host))]
+    except ValueError:
+        pass
+    # A proxy configured by name is resolved like any other client program resolves it.
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def _tcp(plan: ChecklistPlan, addresses: list[str], ip_source: str) -> StepResult:
+    if not addresses:
+        what = "the proxy's name did not resolve" if plan.proxy else "no IP to connect to"
+        return skipped(
+            Step.TCP_CONNECT,
+            Reason.NO_ADDRESS,
+            f"{what}: DNS gave none, none known good, none pinned",
+        )
+    port = plan.proxy.port if plan.proxy else plan.endpoint.port
+    return await tcp_connect(addresses, port, timeout_s=plan.step_timeout_s, ip_source=ip_source)
+
+
+async def _tls(plan: ChecklistPlan, tcp: StepResult, reached: str | None) -> StepResult:
+    if plan.endpoint.scheme is not Scheme.HTTPS:
+        return skipped(Step.TLS_HANDSHAKE, Reason.NOT_APPLICABLE, "not a TLS target")
+    if reached is None:
+        return _blocked_by(Step.TLS_HANDSHAKE, tcp)
+    # Through a proxy the tunnel is opened to the name, as curl does; the proxy resolves it.
+    address = plan.endpoint.host if plan.proxy else reached
+    return await tls_handshake(
+        address,
+        plan.endpoint.port,
+        plan.endpoint.host,
+        tls=plan.tls,
+        timeout_s=plan.step_timeout_s,
+        proxy=plan.proxy,
+    )
+
+
+async def _http(
+    plan: ChecklistPlan, tcp: StepResult, tls: StepResult, reached: str | None
+) -> StepResult:
+    if plan.endpoint.scheme is Scheme.TCP:
+        return skipped(Step.HTTP_RESPONSE, Reason.NOT_APPLICABLE, "not an HTTP target")
+    if reached is None:
+        return _blocked_by(Step.HTTP_RESPONSE, tcp)
+    if tls.status in (Status.FAIL, Status.ERROR):
+        return _blocked_by(Step.HTTP_RESPONSE, tls)
+    return await http_response(
+        plan.endpoint,
+        None if plan.proxy else reached,
+        proxy=plan.proxy,
+        tls=plan.tls,
+        expect=plan.expect,
+        method=plan.method,
+        timeout_s=plan.step_timeout_s,
+    )
+
+
+async def _trace(
+    plan: ChecklistPlan, earlier: Sequence[StepResult], destination: str | None
+) -> StepResult:
+    failed = any(r.status is Status.FAIL for r in earlier)
+    if plan.trace is TraceMode.NEVER or (plan.trace is TraceMode.ON_FAILURE and not failed):
+        return skipped(Step.PATH_TRACE, Reason.NOT_DUE, "not due this round")
+    if destination is None:
+        return skipped(Step.PATH_TRACE, Reason.NO_ADDRESS, "no IP to trace to")
+    port = plan.proxy.port if plan.proxy else plan.endpoint.port
+    budget = plan.trace_hop_timeout_s * 4 + plan.step_timeout_s
+    return await path_trace(
+        destination,
+        port,
+        timeout_s=budget,
+        max_hops=plan.trace_max_hops,
+        hop_timeout_s=plan.trace_hop_timeout_s,
+    )
+
+
+def _blocked_by(step: Step, earlier: StepResult) -> StepResult:
+    why = earlier.reason.value if earlier.reason else earlier.status.value
+    return skipped(
+        step,
+        Reason.DEPENDENCY_FAILED,
+        f"{earlier.step.value} did not succeed ({why})",
+        blocked_by=earlier.step.value,
+    )
+
+
+def _evidence_str(result: StepResult, key: str) -> str | None:
+    value = result.evidence.get(key)
+    return value if isinstance(value, str) and result.status is Status.OK else None
+
+
+def _evidence_list(result: StepResult, key: str) -> list[str]:
+    value = result.evidence.get(key)
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def _first(addresses: list[str]) -> str | None:
+    return addresses[0] if addresses else None

@@ -1,0 +1,370 @@
+"""The one config model: one YAML file, typed, unknown keys rejected.
+
+Errors name the file, the field path and the problem (`ConfigError`). Durations are written
+like `30s`, `1m30s`, `500ms`; secrets come from environment variables, never from the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from egresswatch.model import Endpoint, Role, SourceKind, StatusRanges
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """`30s`, `1m30s`, `500ms`, `2h`, `14d` -> seconds. Bare numbers are refused: units matter."""
+    if not isinstance(value, str):
+        raise ValueError(f"a duration is a string like '30s', '1m30s' or '500ms', not {value!r}")
+    text = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    for match in _DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ValueError(f"bad duration {value!r}: use e.g. '30s', '1m30s', '500ms', '2h', '14d'")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> the shortest duration text that parses back to the same value."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    for unit in ("d", "h", "m"):
+        if seconds >= _UNIT_SECONDS[unit] and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds / _UNIT_SECONDS[unit]:g}{unit}"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration, json_schema_input_type=str),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+def _parse_status(value: object) -> StatusRanges:
+    if isinstance(value, StatusRanges):
+        return value
+    if isinstance(value, int):
+        value = str(value)
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if not isinstance(value, str):
+        raise ValueError("expect_status is a string like '200-399' or '200,204'")
+    return StatusRanges.parse(value)
+
+
+ExpectStatus = Annotated[
+    StatusRanges,
+    BeforeValidator(_parse_status, json_schema_input_type=str | int | list[int]),
+    PlainSerializer(str, return_type=str),
+]
+
+
+def _nameserver(value: str) -> str:
+    # Imported late: probes.resolvconf is a probe module, settings must stay importable alone.
+    from egresswatch.probes.resolvconf import Nameserver
+
+    Nameserver.parse(value)
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class SourceSettings(_Strict):
+    """Who this process is. An agent in a cluster learns it from the Downward API instead."""
+
+    name: str = Field(default_factory=lambda: os.uname().nodename, min_length=1)
+    kind: SourceKind = SourceKind.NODE
+
+
+class DnsSettings(_Strict):
+    resolv_conf: Path = Field(
+        Path("/etc/resolv.conf"),
+        description="the resolv.conf whose nameservers, search and ndots dns_cluster follows",
+    )
+    upstream: str | None = Field(
+        None,
+        description="the upstream resolver dns_upstream asks directly, e.g. 168.63.129.16 "
+        "(Azure DNS); unset means dns_upstream is skipped, never guessed",
+    )
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str | None) -> str | None:
+        return None if value is None else _nameserver(value)
+
+
+class ProxySettings(_Strict):
+    url: str = Field(description="http://host:port of the egress proxy")
+    username: str | None = None
+    password_env: str | None = Field(
+        None, description="name of the environment variable holding the proxy password"
+    )
+    no_proxy: list[str] = Field(
+        default_factory=list, description="hosts, domain suffixes and CIDRs reached directly"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        from egresswatch.probes.proxy import ProxyRoute
+
+        ProxyRoute.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _password_set(self) -> Self:
+        if self.password_env is not None and self.password_env not in os.environ:
+            raise ValueError(f"password_env: environment variable {self.password_env} is not set")
+        return self
+
+    def password(self) -> str | None:
+        return os.environ.get(self.password_env) if self.password_env else None
+
+
+class ProbeSettings(_Strict):
+    """Defaults for every target; a target may override each of them."""
+
+    interval: Duration = Field(
+        "30s", validate_default=True, description="time between rounds of one target"
+    )
+    timeout: Duration = Field(
+        "10s", validate_default=True, description="hard limit for one whole round"
+    )
+    step_timeout: Duration = Field(
+        "5s", validate_default=True, description="limit for one step of a round"
+    )
+    expect_status: ExpectStatus = Field(
+        "200-399", validate_default=True, description="HTTP codes that mean ok"
+    )
+    method: str = Field("GET", pattern=r"^(GET|HEAD)$")
+    trace_every: Duration = Field(
+        "10m",
+        validate_default=True,
+        description="path_trace runs this often, and in every round that has a failure",
+    )
+    trace_max_hops: int = Field(30, ge=1, le=64)
+    trace_hop_timeout: Duration = Field("1s", validate_default=True)
+    ca_file: Path | None = Field(
+        None, description="CA bundle for TLS verification; unset means the system store"
+    )
+
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> Self:
+        _check_timing(self.interval, self.timeout, self.step_timeout)
+        return self
+
+
+class TargetSettings(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+    url: str | None = Field(None, description="https://host[:port]/path or http://...")
+    address: str | None = Field(None, description="host:port for a plain TCP target")
+    role: Role = Role.ENDPOINT
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    step_timeout: Duration | None = None
+    expect_status: ExpectStatus | None = None
+    method: str | None = Field(None, pattern=r"^(GET|HEAD)$")
+    pinned_ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
+        default_factory=list,
+        description="IPs tcp_connect uses when DNS gives none and none is known good",
+    )
+    ca_file: Path | None = None
+    use_proxy: bool = Field(True, description="false: always go direct for this target")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            if "://" not in value:
+                raise ValueError(
+                    "a url starts with https:// or http:// (use address: for host:port)"
+                )
+            Endpoint.parse(value)
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            if "://" in value:
+                raise ValueError("an address is host:port (use url: for a URL)")
+            Endpoint.parse(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_location(self) -> Self:
+        if (self.url is None) == (self.address is None):
+            raise ValueError("give exactly one of url or address")
+        # What can be checked without the defaults is checked here, so that it is reported
+        # together with field errors elsewhere; the rest waits for Settings.
+        if self.interval is not None and self.timeout is not None:
+            _check_timing(self.interval, self.timeout, min(self.timeout, self.step_timeout or 0))
+        return self
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint.parse(self.url or self.address or "")
+
+
+class Settings(_Strict):
+    """The whole config file."""
+
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    listen: str = Field("127.0.0.1:9108", description="HOST:PORT for the API and /metrics")
+    database: str = Field(
+        "sqlite+aiosqlite:///egresswatch.db", description="SQLAlchemy URL of the database"
+    )
+    dns: DnsSettings = Field(default_factory=DnsSettings)
+    proxy: ProxySettings | None = None
+    proxy_from_environment: bool = Field(
+        True, description="honour HTTP(S)_PROXY and NO_PROXY when no proxy is configured"
+    )
+    egress_devices: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=list,
+        description="addresses of the firewall / NVA / NAT on the egress path (CIDR or IP)",
+    )
+    probes: ProbeSettings = Field(default_factory=ProbeSettings)
+    targets: list[TargetSettings] = Field(default_factory=list)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _targets_consistent(self) -> Self:
+        seen: set[str] = set()
+        for index, target in enumerate(self.targets):
+            if target.name in seen:
+                raise ValueError(f"targets[{index}].name: duplicate target name {target.name!r}")
+            seen.add(target.name)
+            timing = self.timing(target)
+            try:
+                _check_timing(*timing)
+            except ValueError as exc:
+                raise ValueError(f"targets[{index}] ({target.name}): {exc}") from None
+        return self
+
+    def target(self, name: str) -> TargetSettings | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+    def timing(self, target: TargetSettings) -> tuple[float, float, float]:
+        """(interval, timeout, step_timeout) for a target, defaults filled in."""
+        return (
+            target.interval if target.interval is not None else self.probes.interval,
+            target.timeout if target.timeout is not None else self.probes.timeout,
+            target.step_timeout if target.step_timeout is not None else self.probes.step_timeout,
+        )
+
+
+def _check_timing(interval: float, timeout: float, step_timeout: float) -> None:
+    if interval < 1.0:
+        raise ValueError(f"interval {format_duration(interval)} is shorter than 1s")
+    if timeout > interval:
+        raise ValueError(
+            f"timeout {format_duration(timeout)} is longer than its interval "
+            f"{format_duration(interval)}: rounds would overlap"
+        )
+    if step_timeout > timeout:
+        raise ValueError(
+            f"step_timeout {format_duration(step_timeout)} is longer than the round "
+            f"timeout {format_duration(timeout)}"
+        )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[v6]:PORT` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"bad listen address {value!r}: use HOST:PORT, e.g. 127.0.0.1:9108")
+    return host, int(port)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. `problems` are `FILE: field.path: message` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Pydantic's error location as a field path people read: `targets[1].url`."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith("function-") or part in {"str", "int", "list[int]"}:
+            continue  # union/validator branches pydantic puts in the location
+        else:
+            path += f".{part}" if path else part
+    return path
+
+
+def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read, parse and validate a config file; every problem is reported at once."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{path}: {where}not valid YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of settings"])
+    data.update(overrides or {})
+    return settings_from_dict(data, origin=str(path))
+
+
+def settings_from_dict(data: Mapping[str, Any], origin: str = "<config>") -> Settings:
+    try:
+        return Settings.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            message = str(error["msg"]).removeprefix("Value error, ")
+            where = field_path(error["loc"])
+            problems.append(f"{origin}: {where}: {message}" if where else f"{origin}: {message}")
+        raise ConfigError(problems) from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file (config/egresswatch.schema.json is this, written)."""
+    schema = Settings.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "egresswatch configuration"
+    return schema
