@@ -1,0 +1,232 @@
+"""tls_handshake against real TLS servers on loopback, directly and through a real tinyproxy."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from egresswatch.model import Reason, Status, Step, StepResult
+from egresswatch.probes.proxy import ProxyRoute
+from egresswatch.probes.tls import TlsOptions, tls_handshake
+from tests.support.https import (
+    CA_ORG,
+    FOREIGN_ORG,
+    HOST,
+    NAME,
+    LocalServers,
+    Pki,
+    closed_port,
+    local_servers,
+    pki,
+    unanswered_port,
+)
+from tests.support.tinyproxy import TinyProxy, tinyproxy
+
+__all__ = ["local_servers", "pki", "tinyproxy"]  # fixtures, imported explicitly
+
+StartProxy = Callable[..., TinyProxy]
+EVIDENCE_KEYS = {
+    "address",
+    "port",
+    "server_name",
+    "via_proxy",
+    "version",
+    "cipher",
+    "issuer",
+    "subject",
+    "not_after",
+    "days_left",
+    "verify_error",
+    "tcp_ms",
+    "proxy_connect_ms",
+    "tls_ms",
+}
+
+
+async def handshake(
+    pki: Pki,
+    port: int,
+    *,
+    server_name: str = NAME,
+    proxy: ProxyRoute | None = None,
+    timeout_s: float = 5.0,
+    tls: TlsOptions | None = None,
+) -> StepResult:
+    options = tls if tls is not None else TlsOptions(ca_file=pki.ca_file)
+    return await tls_handshake(
+        HOST, port, server_name, tls=options, timeout_s=timeout_s, proxy=proxy
+    )
+
+
+async def test_trusted(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.https()
+    result = await handshake(pki, server.port)
+    assert (result.step, result.status, result.reason) == (Step.TLS_HANDSHAKE, Status.OK, None)
+    ev = result.evidence
+    assert set(ev) == EVIDENCE_KEYS
+    assert ev["version"] in ("TLSv1.3", "TLSv1.2") and ev["cipher"]
+    assert CA_ORG in ev["issuer"] and ev["subject"].startswith(f"CN={NAME},")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ev["not_after"])
+    assert ev["days_left"] > 0 and ev["verify_error"] is None and ev["via_proxy"] is None
+    assert ev["tcp_ms"] > 0 and ev["proxy_connect_ms"] is None
+    assert result.duration_s == pytest.approx(ev["tls_ms"] / 1000, abs=1e-3)
+    assert result.detail.startswith(f"{ev['version']} with {NAME}, issuer {ev['issuer']}, ")
+    assert re.search(r"expires \d{4}-\d\d-\d\d \(\d+ days\)$", result.detail)
+
+
+async def test_expired(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.https(cert="expired")
+    result = await handshake(pki, server.port)
+    assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_EXPIRED)
+    assert "expired" in result.evidence["verify_error"]
+    # Read again without verification: the evidence shows the certificate anyway.
+    assert result.evidence["days_left"] < 0 and CA_ORG in result.evidence["issuer"]
+    assert result.detail.startswith("certificate verify failed: certificate has expired")
+    assert "expired 20" in result.detail
+
+
+async def test_wrong_name(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.https(cert="wrong_name")
+    result = await handshake(pki, server.port)
+    assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_NAME_MISMATCH)
+    assert result.evidence["subject"].startswith("CN=other.test,")
+
+
+async def test_unknown_ca_shows_the_foreign_issuer(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.https(cert="foreign")
+    result = await handshake(pki, server.port)
+    assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_UNTRUSTED)
+    assert FOREIGN_ORG in result.evidence["issuer"]
+    assert FOREIGN_ORG in result.detail
+
+
+async def test_system_store_does_not_know_the_test_ca(
+    pki: Pki, local_servers: LocalServers
+) -> None:
+    server = await local_servers.https()
+    result = await handshake(pki, server.port, tls=TlsOptions())
+    assert result.reason is Reason.TLS_UNTRUSTED
+
+
+async def test_verification_off_accepts_any(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.https(cert="foreign")
+    result = await handshake(pki, server.port, tls=TlsOptions(verify=False))
+    assert result.status is Status.OK
+    assert FOREIGN_ORG in result.evidence["issuer"]
+
+
+async def test_reset_after_client_hello_is_a_firewall(
+    pki: Pki, local_servers: LocalServers
+) -> None:
+    server = await local_servers.reset_after_hello()
+    result = await handshake(pki, server.port)
+    assert (result.status, result.reason) == (Status.FAIL, Reason.FIREWALL_DENIED)
+    assert "ClientHello" in result.detail and result.evidence["issuer"] is None
+
+
+async def test_close_after_client_hello(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.close_after_hello()
+    result = await handshake(pki, server.port)
+    assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_HANDSHAKE_FAILED)
+    assert "without a ServerHello" in result.detail
+
+
+async def test_not_tls(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.raw(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    result = await handshake(pki, server.port)
+    assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_HANDSHAKE_FAILED)
+    assert result.detail.startswith("TLS handshake failed:")
+
+
+async def test_silent_server_times_out_within_budget(pki: Pki, local_servers: LocalServers) -> None:
+    server = await local_servers.silent()
+    started = time.monotonic()
+    result = await handshake(pki, server.port, timeout_s=0.3)
+    assert time.monotonic() - started < 1.5
+    assert (result.status, result.reason) == (Status.FAIL, Reason.TIMEOUT)
+    assert result.detail == "timed out during the TLS handshake"
+
+
+async def test_tcp_failure_keeps_the_tcp_reason(pki: Pki) -> None:
+    result = await handshake(pki, closed_port())
+    assert (result.status, result.reason) == (Status.FAIL, Reason.CONN_REFUSED)
+    assert result.detail.startswith("TCP connect failed:")
+    assert result.evidence["tls_ms"] is None
+
+
+async def test_tcp_timeout_keeps_the_tcp_reason(pki: Pki) -> None:
+    with unanswered_port() as port:
+        result = await handshake(pki, port, timeout_s=0.3)
+    assert (result.status, result.reason) == (Status.FAIL, Reason.CONN_TIMEOUT)
+    assert result.detail == "timed out during the TCP connect"
+
+
+# --- through tinyproxy -------------------------------------------------------------------------
+
+
+async def test_through_allowing_proxy(
+    pki: Pki, local_servers: LocalServers, tinyproxy: StartProxy
+) -> None:
+    server = await local_servers.https()
+    proxy = tinyproxy("allow", [server.port]).route()
+    result = await handshake(pki, server.port, proxy=proxy)
+    assert result.status is Status.OK
+    assert result.evidence["via_proxy"] == str(proxy)
+    assert result.evidence["proxy_connect_ms"] > 0 and result.evidence["subject"].startswith(
+        f"CN={NAME},"
+    )
+
+
+async def test_expired_through_proxy_still_shows_the_certificate(
+    pki: Pki, local_servers: LocalServers, tinyproxy: StartProxy
+) -> None:
+    server = await local_servers.https(cert="expired")
+    proxy = tinyproxy("allow", [server.port]).route()
+    result = await handshake(pki, server.port, proxy=proxy)
+    assert result.reason is Reason.TLS_EXPIRED and result.evidence["days_left"] < 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "reason"),
+    [("deny", 403, Reason.PROXY_DENIED), ("auth", 407, Reason.PROXY_AUTH_REQUIRED)],
+)
+async def test_skipped_when_the_proxy_refuses(
+    pki: Pki,
+    local_servers: LocalServers,
+    tinyproxy: StartProxy,
+    mode: str,
+    status: int,
+    reason: Reason,
+) -> None:
+    server = await local_servers.https()
+    proxy = tinyproxy(mode, [server.port]).route(credentials=False)
+    result = await handshake(pki, server.port, proxy=proxy)
+    assert (result.status, result.reason) == (Status.SKIPPED, reason)
+    assert result.evidence["proxy_status"] == status
+    assert "http_response reports it" in result.detail
+
+
+async def test_credentials_open_the_tunnel(
+    pki: Pki, local_servers: LocalServers, tinyproxy: StartProxy
+) -> None:
+    server = await local_servers.https()
+    result = await handshake(pki, server.port, proxy=tinyproxy("auth", [server.port]).route())
+    assert result.status is Status.OK
+
+
+async def test_proxy_cannot_reach_the_endpoint(pki: Pki, tinyproxy: StartProxy) -> None:
+    port = closed_port()
+    result = await handshake(pki, port, proxy=tinyproxy("allow", [port]).route())
+    assert (result.status, result.reason) == (Status.SKIPPED, Reason.PROXY_ERROR)
+    assert result.evidence["proxy_status"] == 500
+
+
+async def test_missing_ca_file_is_a_probe_error(pki: Pki, tmp_path: Path) -> None:
+    missing = TlsOptions(ca_file=tmp_path / "nope.pem")
+    result = await handshake(pki, closed_port(), tls=missing)
+    assert (result.status, result.reason) == (Status.ERROR, Reason.PROBE_ERROR)
+    assert "nope.pem" in result.detail
