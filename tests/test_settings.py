@@ -105,12 +105,17 @@ def test_inherited_timeout_longer_than_interval() -> None:
 
 
 def test_duplicate_names_and_bad_urls() -> None:
-    assert "duplicate target name 'a'" in _problems(
-        {"targets": [{"name": "a", "url": "https://x.test"}, {"name": "a", "url": "https://y"}]}
-    )[0]
+    assert (
+        "duplicate target name 'a'"
+        in _problems(
+            {"targets": [{"name": "a", "url": "https://x.test"}, {"name": "a", "url": "https://y"}]}
+        )[0]
+    )
     assert "no host" in _problems({"targets": [{"name": "a", "url": "https://"}]})[0]
     assert "bad host name" in _problems({"targets": [{"name": "a", "url": "https://a b"}]})[0]
-    assert "targets[0].name" in _problems({"targets": [{"name": "Bad Name", "url": "https://x"}]})[0]
+    assert (
+        "targets[0].name" in _problems({"targets": [{"name": "Bad Name", "url": "https://x"}]})[0]
+    )
 
 
 def test_proxy_password_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,8 +160,7 @@ def test_config_validate_prints_every_error_and_exits_2(
     assert err == [
         f"{path}: probes.interval: bad duration 'soon': use e.g. '30s', '1m30s', '500ms', "
         "'2h', '14d'",
-        f"{path}: targets[0].url: unsupported scheme 'gopher': use https://, http:// or "
-        "host:port",
+        f"{path}: targets[0].url: unsupported scheme 'gopher': use https://, http:// or host:port",
         f"{path}: targets[0].extra: Extra inputs are not permitted",
     ]
 

@@ -1,4 +1,4 @@
-"""Frozen value types and the closed vocabularies of DESIGN.md §1–2.
+"""Frozen value types and the closed vocabularies of DESIGN.md §1-2.
 
 Nothing here does I/O. Every other module speaks in these words and no synonyms.
 """

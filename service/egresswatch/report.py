@@ -83,8 +83,9 @@ def step_document(step: StepResult) -> dict[str, Any]:
 
 def render_text(document: dict[str, Any]) -> str:
     """The document as lines a person reads: one per step, then the verdict and next command."""
-    lines = [f"checklist for {document['url']} from {document['source']} at "
-             f"{document['started_at']}"]
+    lines = [
+        f"checklist for {document['url']} from {document['source']} at {document['started_at']}"
+    ]
     for step in document["steps"]:
         number = _ORDER[Step(step["step"])]
         detail = step["detail"]

@@ -21,8 +21,8 @@ from egresswatch.model import (
     Reason,
     RoundResult,
     Scheme,
-    StatusRanges,
     Status,
+    StatusRanges,
     Step,
     StepResult,
 )

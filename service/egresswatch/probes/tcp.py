@@ -1,0 +1,403 @@
+"""Step 3, `tcp_connect`: `nc -z -v host 443` against the addresses the round found.
+
+Also the one TCP connect primitive both TCP steps use (`connect_once`): a non-blocking
+connect with IP_RECVERR on, so when a router answers with ICMP the kernel hands us the
+ICMP type, code and sender through the socket's error queue, not just an errno. That is what
+tells a firewall's REJECT (ICMP admin-prohibited or port-unreachable) from a dead host
+(host-unreachable) and from the endpoint itself refusing (a TCP RST). `path_trace` is the
+same connect with a small TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from egresswatch.model import Reason, Status, Step, StepResult
+from egresswatch.probes.base import ms, ok, reason_for_errno, reason_for_exception, skipped
+
+MAX_ADDRESSES = 4  # like a client library: a few addresses of a name, never all of them
+MIN_ATTEMPT_S = 1.0  # one initial SYN RTO: less, and a single lost SYN reads as a silent drop
+
+# linux/in.h, linux/in6.h, linux/errqueue.h; the socket module lacks some of these names.
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+SO_EE_ORIGIN_ICMP = 2
+SO_EE_ORIGIN_ICMP6 = 3
+_EXTENDED_ERR = struct.Struct("=IBBBBII")  # struct sock_extended_err: 16 bytes
+_ERRQUEUE_READS = 8  # bound on entries drained from one socket's error queue
+
+ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED = 3, 11
+ICMP6_DST_UNREACH, ICMP6_TIME_EXCEEDED = 1, 3
+
+# ICMPv4 destination-unreachable codes (RFC 792, RFC 1812) -> what they mean for a TCP connect.
+_ICMP_UNREACH: dict[int, Reason] = {
+    0: Reason.NET_UNREACHABLE,
+    6: Reason.NET_UNREACHABLE,  # destination network unknown
+    11: Reason.NET_UNREACHABLE,  # network unreachable for TOS
+    # port unreachable: a TCP stack answers a closed port with RST, so an ICMP port
+    # unreachable is a packet filter's REJECT (iptables' and nft's default for `reject`)
+    3: Reason.FIREWALL_DENIED,
+    9: Reason.FIREWALL_DENIED,  # network administratively prohibited
+    10: Reason.FIREWALL_DENIED,  # host administratively prohibited
+    13: Reason.FIREWALL_DENIED,  # communication administratively prohibited
+}
+# ICMPv6 destination-unreachable codes (RFC 4443).
+_ICMP6_UNREACH: dict[int, Reason] = {
+    0: Reason.NET_UNREACHABLE,  # no route to destination
+    2: Reason.NET_UNREACHABLE,  # beyond scope of source address
+    1: Reason.FIREWALL_DENIED,  # administratively prohibited
+    4: Reason.FIREWALL_DENIED,  # port unreachable: a filter, as for ICMPv4
+    5: Reason.FIREWALL_DENIED,  # source address failed ingress/egress policy
+    6: Reason.FIREWALL_DENIED,  # reject route to destination
+}
+
+_ICMP_NAMES = {
+    0: "net-unreachable",
+    1: "host-unreachable",
+    3: "port-unreachable",
+    9: "net-prohibited",
+    10: "host-prohibited",
+    13: "admin-prohibited",
+}
+_ICMP6_NAMES = {
+    0: "no-route",
+    1: "admin-prohibited",
+    3: "addr-unreachable",
+    4: "port-unreachable",
+    5: "policy-fail",
+    6: "reject-route",
+}
+
+
+@dataclass(frozen=True)
+class IcmpError:
+    """An ICMP error the kernel matched to our socket: `struct sock_extended_err` + sender."""
+
+    errno: int
+    origin: int
+    type: int
+    code: int
+    offender: str | None  # the router or host that sent the ICMP (SO_EE_OFFENDER)
+
+    @property
+    def time_exceeded(self) -> bool:
+        wanted = ICMP6_TIME_EXCEEDED if self.origin == SO_EE_ORIGIN_ICMP6 else ICMP_TIME_EXCEEDED
+        return self.type == wanted
+
+    @property
+    def unreachable(self) -> bool:
+        wanted = ICMP6_DST_UNREACH if self.origin == SO_EE_ORIGIN_ICMP6 else ICMP_DEST_UNREACH
+        return self.type == wanted
+
+    @property
+    def reason(self) -> Reason:
+        """What this ICMP means for a connect; an unknown code falls back to the errno."""
+        if self.unreachable:
+            table = _ICMP6_UNREACH if self.origin == SO_EE_ORIGIN_ICMP6 else _ICMP_UNREACH
+            found = table.get(self.code)
+            if found is not None:
+                return found
+        # time exceeded (a routing loop, for a full-TTL connect) is EHOSTUNREACH to the kernel
+        return reason_for_errno(self.errno) or Reason.HOST_UNREACHABLE
+
+    def describe(self) -> str:
+        """E.g. `ICMP admin-prohibited from 198.51.100.2`, in nft's and iptables' words."""
+        version = "ICMPv6" if self.origin == SO_EE_ORIGIN_ICMP6 else "ICMP"
+        if self.time_exceeded:
+            kind = "time-exceeded"
+        elif self.unreachable:
+            names = _ICMP6_NAMES if self.origin == SO_EE_ORIGIN_ICMP6 else _ICMP_NAMES
+            kind = names.get(self.code, f"unreachable code {self.code}")
+        else:
+            kind = f"type {self.type} code {self.code}"
+        sender = f" from {self.offender}" if self.offender else ""
+        return f"{version} {kind}{sender}"
+
+
+def parse_extended_err(data: bytes) -> IcmpError | None:
+    """Parse an IP_RECVERR/IPV6_RECVERR control message; None unless it came from ICMP."""
+    if len(data) < _EXTENDED_ERR.size:
+        return None
+    ee_errno, origin, icmp_type, code, _pad, _info, _data = _EXTENDED_ERR.unpack_from(data)
+    if origin not in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6):
+        return None  # a local error (e.g. EMSGSIZE): the errno alone says it
+    return IcmpError(ee_errno, origin, icmp_type, code, _offender(data[_EXTENDED_ERR.size :]))
+
+
+def _offender(raw: bytes) -> str | None:
+    """The sockaddr_in / sockaddr_in6 the kernel appends after the struct (SO_EE_OFFENDER)."""
+    if len(raw) < 2:
+        return None
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        return str(ipaddress.IPv4Address(raw[4:8]))
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return str(ipaddress.IPv6Address(raw[8:24]))
+    return None  # AF_UNSPEC: the kernel did not know the sender
+
+
+def read_icmp_error(sock: socket.socket) -> IcmpError | None:
+    """Drain the socket's error queue (non-blocking); the first ICMP error found, if any."""
+    found: IcmpError | None = None
+    for _ in range(_ERRQUEUE_READS):
+        try:
+            _data, ancillary, _flags, _addr = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+        except OSError:  # EAGAIN: the queue is empty
+            break
+        for level, kind, cmsg in ancillary:
+            if found is None and (level, kind) in (
+                (socket.IPPROTO_IP, IP_RECVERR),
+                (socket.IPPROTO_IPV6, IPV6_RECVERR),
+            ):
+                found = parse_extended_err(cmsg)
+    return found
+
+
+@dataclass
+class Outcome:
+    """One connect: connected (`sock` open, `reason` None) or why not, and how long it took.
+
+    `address` is the address connected to; `icmp` is what a router said, when it said
+    something. The caller owns `sock` and must close it.
+    """
+
+    address: str
+    elapsed_s: float
+    reason: Reason | None = None
+    icmp: IcmpError | None = None
+    error: str = ""  # a short text for the detail line when the reason alone is too terse
+    sock: socket.socket | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.sock is not None
+
+    @property
+    def refused_by_peer(self) -> bool:
+        """A RST answered the SYN (not an ICMP): the destination host itself answered."""
+        return self.reason is Reason.CONN_REFUSED and self.icmp is None
+
+
+async def connect_once(
+    address: str, port: int, timeout_s: float, *, ttl: int | None = None
+) -> Outcome:
+    """Connect to an IP literal within `timeout_s`; never raises (but for cancellation).
+
+    With `ttl`, the SYN is sent with that TTL (hop limit), for path_trace.
+    """
+    started = time.perf_counter()
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return Outcome(address, 0.0, Reason.PROBE_ERROR, error="not an IP address")
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:  # e.g. IPv6 disabled on this source
+        return Outcome(address, 0.0, reason_for_exception(exc), error=_errtext(exc))
+    try:
+        sock.setblocking(False)
+        _set_options(sock, family, ttl)
+    except OSError as exc:  # not a network outcome: this source cannot set the option
+        sock.close()
+        return Outcome(address, 0.0, Reason.PROBE_ERROR, error=f"socket option: {_errtext(exc)}")
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.get_running_loop().sock_connect(sock, (address, port))
+    except TimeoutError:
+        sock.close()
+        return Outcome(address, time.perf_counter() - started, Reason.CONN_TIMEOUT)
+    except OSError as exc:
+        elapsed = time.perf_counter() - started
+        icmp = read_icmp_error(sock)
+        sock.close()
+        return Outcome(address, elapsed, _reason(exc, icmp), icmp, _errtext(exc))
+    except (ValueError, OverflowError):  # a port outside 0-65535: the caller's mistake
+        sock.close()
+        return Outcome(address, 0.0, Reason.PROBE_ERROR, error=f"bad port {port!r}")
+    except BaseException:  # cancelled: never leak the socket
+        sock.close()
+        raise
+    return Outcome(address, time.perf_counter() - started, sock=sock)
+
+
+def _set_options(sock: socket.socket, family: int, ttl: int | None) -> None:
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        if ttl is not None:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, ttl)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        if ttl is not None:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+
+
+def _errtext(exc: OSError) -> str:
+    """The OS's words for an errno (asyncio's own message repeats the address)."""
+    return os.strerror(exc.errno) if exc.errno else type(exc).__name__
+
+
+def _reason(exc: OSError, icmp: IcmpError | None) -> Reason:
+    if icmp is not None:
+        return icmp.reason
+    if exc.errno == errno.EINVAL:
+        # connect() of a checked IP literal fails EINVAL only on a blackhole route here.
+        return Reason.NET_UNREACHABLE
+    return reason_for_exception(exc, timeout=Reason.CONN_TIMEOUT)
+
+
+async def tcp_connect(
+    addresses: Sequence[str],
+    port: int,
+    *,
+    timeout_s: float,
+    ip_source: str,
+    reset_grace_s: float = 0.15,
+) -> StepResult:
+    """Step `tcp_connect`: connect to the first of `addresses` (at most 4) that accepts.
+
+    Each address gets the budget left divided by the addresses left (at least
+    MIN_ATTEMPT_S, never more than what is left), so one silent IP cannot eat it all.
+    After connecting, a read of `reset_grace_s` catches a peer that accepts and resets at
+    once (a firewall that lets the handshake through): `conn_reset`; data, EOF or nothing
+    within the grace is a success. `ip_source` says where the addresses came from
+    (dns_cluster, dns_upstream, last_good, pinned) and is echoed in the evidence.
+
+    ok: evidence `address` (the one connected), `port`, `ip_source`, `attempts` (each
+    `address`, `outcome` "ok" or a reason, `ms`, `icmp_from`), `untried`.
+    fail: the first attempt's reason: conn_refused (RST), conn_reset, conn_timeout (silence),
+    net_unreachable (ICMP, no route, a blackhole route), host_unreachable, firewall_denied
+    (ICMP admin-prohibited or port-unreachable, or a prohibit route on this source);
+    error/probe_error for an address that is not an IP. duration: the successful connect's time
+    (without the grace read), else the time spent. Never raises.
+    """
+    chosen = list(addresses)[:MAX_ADDRESSES]
+    untried = list(addresses)[MAX_ADDRESSES:]
+    if not chosen:
+        return skipped(
+            Step.TCP_CONNECT,
+            Reason.NO_ADDRESS,
+            "no address to connect to",
+            address=None,
+            port=port,
+            ip_source=ip_source,
+            attempts=[],
+            untried=[],
+        )
+    started = time.perf_counter()
+    deadline = started + timeout_s
+    attempts: list[dict[str, Any]] = []
+    failures: list[Outcome] = []
+    for index, address in enumerate(chosen):
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            untried = chosen[index:] + untried
+            break
+        share = min(remaining, max(remaining / (len(chosen) - index), MIN_ATTEMPT_S))
+        outcome = await connect_once(address, port, share)
+        if outcome.sock is not None:
+            outcome = await _reset_within(outcome, reset_grace_s)
+        attempts.append(_attempt_evidence(outcome))
+        if outcome.reason is None:
+            detail = f"connected to {_hostport(address, port)} in {_human(outcome.elapsed_s)}"
+            detail += f" (from {ip_source})" + _after(failures, port)
+            return ok(
+                Step.TCP_CONNECT,
+                outcome.elapsed_s,
+                detail,
+                address=address,
+                port=port,
+                ip_source=ip_source,
+                attempts=attempts,
+                untried=untried,
+            )
+        failures.append(outcome)
+
+    elapsed = time.perf_counter() - started
+    reason = failures[0].reason if failures else Reason.CONN_TIMEOUT
+    assert reason is not None  # failures hold only outcomes with a reason
+    detail = "; ".join(_failure_text(f, port) for f in failures) or "no time left to connect"
+    detail += f" (from {ip_source})"
+    if untried:
+        detail += f"; {len(untried)} more not tried"
+    return StepResult(
+        Step.TCP_CONNECT,
+        Status.ERROR if reason is Reason.PROBE_ERROR else Status.FAIL,
+        reason,
+        elapsed,
+        detail,
+        {
+            "address": None,
+            "port": port,
+            "ip_source": ip_source,
+            "attempts": attempts,
+            "untried": untried,
+        },
+    )
+
+
+async def _reset_within(outcome: Outcome, grace_s: float) -> Outcome:
+    """Read for `grace_s` on a fresh connection; close it. A reset turns it into a failure."""
+    sock = outcome.sock
+    assert sock is not None
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(grace_s):
+            await asyncio.get_running_loop().sock_recv(sock, 1)  # data or EOF: it stayed up
+    except TimeoutError:
+        pass  # it stayed up and quiet, as most servers do before the client speaks
+    except OSError as exc:
+        waited = outcome.elapsed_s + time.perf_counter() - started
+        return Outcome(outcome.address, waited, reason_for_exception(exc), error=_errtext(exc))
+    finally:
+        sock.close()
+    outcome.sock = None
+    return outcome
+
+
+def _attempt_evidence(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "address": outcome.address,
+        "outcome": outcome.reason.value if outcome.reason else "ok",
+        "ms": ms(outcome.elapsed_s),
+        "icmp_from": outcome.icmp.offender if outcome.icmp else None,
+    }
+
+
+def _failure_text(outcome: Outcome, port: int) -> str:
+    """E.g. `203.0.113.10:443 host_unreachable after 0.3 ms: ICMP host-unreachable from ...`."""
+    assert outcome.reason is not None
+    text = f"{_hostport(outcome.address, port)} {outcome.reason.value}"
+    text += f" after {_human(outcome.elapsed_s)}"
+    if outcome.icmp is not None:
+        text += f": {outcome.icmp.describe()}"
+    elif outcome.error and outcome.reason not in (Reason.CONN_REFUSED, Reason.CONN_RESET):
+        text += f": {outcome.error}"
+    return text
+
+
+def _after(failures: list[Outcome], port: int) -> str:
+    if not failures:
+        return ""
+    return ", after " + "; ".join(_failure_text(f, port) for f in failures)
+
+
+def _hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _human(seconds: float) -> str:
+    """`0.4 ms`, `250 ms`, `3.0 s`: the precision a person reads."""
+    if seconds >= 1.0:
+        return f"{seconds:.1f} s"
+    if seconds >= 0.01:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds * 1000:.1f} ms"
