@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from egresswatch.model import Reason, Status, Step, StepResult
-from egresswatch.probes.tcp import MAX_ADDRESSES, parse_extended_err, tcp_connect
+from egresswatch.probes.icmp import parse_extended_err
+from egresswatch.probes.tcp import MAX_ADDRESSES, tcp_connect
 from tests.support import netns, tcpservers
 from tests.support.netns import Lab, Node
 from tests.support.tcpservers import ClosedPort, MakeServer, TcpServer
