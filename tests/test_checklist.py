@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -141,3 +142,26 @@ async def test_a_denying_proxy_fails_http_response_not_tls(
     assert step(result.steps, Step.HTTP_RESPONSE).reason is Reason.PROXY_DENIED
     tls = step(result.steps, Step.TLS_HANDSHAKE)
     assert tls.status is Status.SKIPPED and tls.reason is Reason.PROXY_DENIED
+
+
+async def test_the_round_budget_bounds_every_step(
+    tmp_path: Path, local_servers: LocalServers, pki: Pki
+) -> None:
+    silent = await local_servers.silent()
+    started = time.monotonic()
+    result = await run_checklist(
+        plan(
+            f"http://{HOST}:{silent.port}/",
+            tmp_path / "unused",
+            pki,
+            step_timeout_s=5.0,
+            round_timeout_s=1.0,
+            trace=TraceMode.ALWAYS,
+        ),
+        source="n",
+    )
+    assert time.monotonic() - started < 2.0
+    http = step(result.steps, Step.HTTP_RESPONSE)
+    assert http.status is Status.FAIL and http.reason is Reason.TIMEOUT
+    trace = step(result.steps, Step.PATH_TRACE)
+    assert trace.status is Status.SKIPPED and trace.reason is Reason.TIMEOUT

@@ -180,6 +180,22 @@ class ProbeSettings(_Strict):
         return self
 
 
+class RetentionSettings(_Strict):
+    raw: Duration = Field("14d", validate_default=True, description="keep raw results this long")
+    rollups: Duration = Field(
+        "400d", validate_default=True, description="keep per-minute and per-hour rollups this long"
+    )
+    every: Duration = Field(
+        "1m", validate_default=True, description="how often rollups are built and old rows pruned"
+    )
+
+    @model_validator(mode="after")
+    def _rollups_outlive_raw(self) -> Self:
+        if self.rollups < self.raw:
+            raise ValueError("rollups must be kept at least as long as raw results")
+        return self
+
+
 class TargetSettings(_Strict):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
     url: str | None = Field(None, description="https://host[:port]/path or http://...")
@@ -250,6 +266,10 @@ class Settings(_Strict):
         description="addresses of the firewall / NVA / NAT on the egress path (CIDR or IP)",
     )
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    max_concurrent_rounds: int = Field(
+        64, ge=1, le=10000, description="rounds in flight at once in this process"
+    )
     targets: list[TargetSettings] = Field(default_factory=list)
 
     @field_validator("listen")

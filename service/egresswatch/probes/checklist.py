@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, MutableMapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from egresswatch.model import (
     Endpoint,
@@ -59,6 +60,39 @@ class ChecklistPlan:
     trace: TraceMode = TraceMode.ALWAYS
     trace_max_hops: int = 30
     trace_hop_timeout_s: float = 1.0
+    round_timeout_s: float | None = None  # the whole round's budget; None: steps' own limits
+
+
+MIN_STEP_S = 0.05  # less budget than this left: the step is skipped, not started to fail
+
+
+class _Budget:
+    """What is left of the round's time: each step gets min(its own limit, what is left)."""
+
+    def __init__(self, total_s: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        self._deadline = None if total_s is None else loop.time() + total_s
+
+    def remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - self._clock()
+
+    async def run(
+        self,
+        step: Step,
+        plan: ChecklistPlan,
+        probe: Callable[[ChecklistPlan], Coroutine[Any, Any, StepResult]],
+    ) -> StepResult:
+        left = self.remaining()
+        if left is not None and left < MIN_STEP_S:
+            return skipped(
+                step, Reason.TIMEOUT, "the round's time budget was spent before this step"
+            )
+        if left is not None and left < plan.step_timeout_s:
+            plan = replace(
+                plan, step_timeout_s=left, trace_hop_timeout_s=min(plan.trace_hop_timeout_s, left)
+            )
+        return await guarded(step, probe(plan))
 
 
 # target name -> the last IP tcp_connect reached directly; the caller owns it across rounds.
@@ -75,19 +109,23 @@ async def run_checklist(
     """Run steps 1-6 for one target and return the round. Never raises (but can be cancelled)."""
     started_at = now or datetime.now(UTC)
     known = known_good if known_good is not None else {}
+    budget = _Budget(plan.round_timeout_s)
     cluster, upstream = await asyncio.gather(
-        guarded(Step.DNS_CLUSTER, _dns_cluster(plan)),
-        guarded(Step.DNS_UPSTREAM, _dns_upstream(plan)),
+        budget.run(Step.DNS_CLUSTER, plan, _dns_cluster),
+        budget.run(Step.DNS_UPSTREAM, plan, _dns_upstream),
     )
     addresses, ip_source = await _addresses(plan, cluster, upstream, known)
-    tcp = await guarded(Step.TCP_CONNECT, _tcp(plan, addresses, ip_source))
+    tcp = await budget.run(Step.TCP_CONNECT, plan, lambda p: _tcp(p, addresses, ip_source))
     reached = _evidence_str(tcp, "address")
     if reached and plan.proxy is None:
         known[plan.target] = reached
-    tls = await guarded(Step.TLS_HANDSHAKE, _tls(plan, tcp, reached))
-    http = await guarded(Step.HTTP_RESPONSE, _http(plan, tcp, tls, reached))
+    tls = await budget.run(Step.TLS_HANDSHAKE, plan, lambda p: _tls(p, tcp, reached))
+    http = await budget.run(Step.HTTP_RESPONSE, plan, lambda p: _http(p, tcp, tls, reached))
     earlier = (cluster, upstream, tcp, tls, http)
-    trace = await guarded(Step.PATH_TRACE, _trace(plan, earlier, reached or _first(addresses)))
+    destination = reached or _first(addresses)
+    trace = await budget.run(
+        Step.PATH_TRACE, plan, lambda p: _trace(p, earlier, destination, budget.remaining())
+    )
     return RoundResult(plan.target, source, started_at, (*earlier, trace))
 
 
@@ -203,7 +241,10 @@ async def _http(
 
 
 async def _trace(
-    plan: ChecklistPlan, earlier: Sequence[StepResult], destination: str | None
+    plan: ChecklistPlan,
+    earlier: Sequence[StepResult],
+    destination: str | None,
+    left_s: float | None,
 ) -> StepResult:
     failed = any(r.status is Status.FAIL for r in earlier)
     if plan.trace is TraceMode.NEVER or (plan.trace is TraceMode.ON_FAILURE and not failed):
@@ -212,6 +253,8 @@ async def _trace(
         return skipped(Step.PATH_TRACE, Reason.NO_ADDRESS, "no IP to trace to")
     port = plan.proxy.port if plan.proxy else plan.endpoint.port
     budget = plan.trace_hop_timeout_s * 4 + plan.step_timeout_s
+    if left_s is not None:
+        budget = min(budget, left_s)
     return await path_trace(
         destination,
         port,
