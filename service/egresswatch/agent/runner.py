@@ -1,0 +1,133 @@
+"""The agent's rounds: one job per configured target, each round handed to a sink.
+
+The agent never imports storage or the controller: where a round goes (the local writer in
+`egresswatch run`, the controller over HTTP in a cluster) is the sink's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+
+from egresswatch.agent.schedule import RoundJob
+from egresswatch.model import RoundResult, Status, Step
+from egresswatch.planning import plan_for
+from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
+from egresswatch.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[RoundResult], None]
+
+# The scheduler's hard cut comes this long after the round's own budget: the round normally
+# ends by itself (with its steps recorded), the cut is only for a probe that ignores its budget.
+HARD_CUT_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Target:
+    plan: ChecklistPlan
+    interval_s: float
+    timeout_s: float
+    trace_every_s: float
+
+
+class RoundRunner:
+    """Turns the config into round jobs for one source, and runs them.
+
+    `update()` swaps in a new config (reload): rounds in flight finish with the plan they
+    started with, the next rounds use the new one, and a target's run callable stays the same
+    object across reloads so the scheduler keeps its phase.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: str,
+        sink: Sink,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._environ = environ
+        self._clock = clock
+        self._targets: dict[str, _Target] = {}
+        self._runs: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._known_good: dict[str, str] = {}
+        self._last_trace: dict[str, float] = {}
+        self.update(settings)
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def update(self, settings: Settings) -> None:
+        targets: dict[str, _Target] = {}
+        for target in settings.targets:
+            interval, timeout, _ = settings.timing(target)
+            plan = plan_for(settings, target, environ=self._environ)
+            targets[target.name] = _Target(
+                plan=_with_budget(plan, timeout),
+                interval_s=interval,
+                timeout_s=timeout,
+                trace_every_s=settings.probes.trace_every,
+            )
+        for gone in set(self._targets) - set(targets):
+            self._runs.pop(gone, None)
+            self._known_good.pop(gone, None)
+            self._last_trace.pop(gone, None)
+        self._targets = targets
+
+    def jobs(self) -> list[RoundJob]:
+        """One job per target, keyed `source/target`."""
+        return [
+            RoundJob(
+                key=f"{self._source}/{name}",
+                interval_s=target.interval_s,
+                timeout_s=target.timeout_s + HARD_CUT_GRACE_S,
+                run=self._run_callable(name),
+            )
+            for name, target in self._targets.items()
+        ]
+
+    def _run_callable(self, name: str) -> Callable[[], Awaitable[None]]:
+        if name not in self._runs:
+
+            async def run() -> None:
+                await self.run_round(name)
+
+            self._runs[name] = run
+        return self._runs[name]
+
+    async def run_round(self, name: str) -> RoundResult | None:
+        """Run one round of `name` now and hand it to the sink; None if it left the config."""
+        target = self._targets.get(name)
+        if target is None:
+            return None
+        plan = target.plan
+        now = self._clock()
+        due = now - self._last_trace.get(name, float("-inf")) >= target.trace_every_s
+        mode = TraceMode.ALWAYS if due else TraceMode.ON_FAILURE
+        result = await run_checklist(
+            _with_trace(plan, mode), source=self._source, known_good=self._known_good
+        )
+        trace = result.step(Step.PATH_TRACE)
+        if trace is not None and trace.status is not Status.SKIPPED:
+            self._last_trace[name] = now
+        try:
+            self._sink(result)
+        except Exception:  # a sink's bug must not stop the rounds
+            log.exception("round sink failed", extra={"target": name})
+        return result
+
+
+def _with_budget(plan: ChecklistPlan, timeout_s: float) -> ChecklistPlan:
+    return replace(plan, round_timeout_s=timeout_s)
+
+
+def _with_trace(plan: ChecklistPlan, mode: TraceMode) -> ChecklistPlan:
+    return replace(plan, trace=mode)

@@ -1,0 +1,370 @@
+"""Rounds on a timer. The only module that imports APScheduler (3.x, ``AsyncIOScheduler``).
+
+Contract of :class:`RoundScheduler`:
+
+- Each job starts every ``interval_s`` on a grid ``phase + k * interval_s`` (Unix time). The
+  phase is a stable hash of the key (:func:`phase_offset`), so 1,000 targets do not fire at
+  once, and a restart or a config reload keeps a job's phase.
+- A job never runs twice at once: a run that comes due while the previous one is still going
+  (running, or waiting for a slot) is skipped and counted (``on_skipped``).
+- After a stall (blocked event loop, suspended machine) a job runs once, not once per missed
+  interval (APScheduler's ``coalesce``), however late it is (no misfire window: a late round is
+  better than a hole).
+- At most ``max_concurrent`` rounds run at once over all jobs.
+- Each round is cut at ``timeout_s`` (counted, ``on_timeout``), measured from when it got its
+  slot, so a hanging round never delays the others. ``run`` must let cancellation through.
+- Lateness, when the round got its slot minus when it was scheduled for, goes to
+  ``on_lateness`` for every round.
+- A round never raises out of the scheduler: exceptions are logged with the job key and
+  counted (``on_error``); a hook that raises is logged and otherwise ignored.
+- Every round is a task named ``egresswatch-round:<key>`` owned by the scheduler;
+  :meth:`RoundScheduler.shutdown` cancels and awaits them.
+- :meth:`RoundScheduler.set_jobs` is how a config reload lands: removals are immediate, new
+  and changed jobs are handed to APScheduler by a named background task in slices, so that
+  thousands of jobs never stall the event loop.
+
+APScheduler's own log lines go to ``<logger>.apscheduler``, at WARNING unless configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES  # type: ignore[import-untyped]
+from apscheduler.executors.base import (  # type: ignore[import-untyped]
+    BaseExecutor,
+    MaxInstancesReachedError,
+)
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+
+__all__ = ["TASK_PREFIX", "RoundJob", "RoundScheduler", "SchedulerStats", "phase_offset"]
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+TASK_PREFIX = "egresswatch-round:"
+_SLICE = 50  # jobs handed to APScheduler per loop iteration: ~5 ms of work
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    """One (source, target) on a timer.
+
+    Jobs compare by value, and ``run`` compares by identity unless it defines equality (bound
+    methods of one object compare equal): hand :meth:`RoundScheduler.set_jobs` the same
+    callable for an unchanged target, or the job is replaced (harmless, it keeps its phase).
+    """
+
+    key: str  # "source/target"
+    interval_s: float
+    timeout_s: float
+    run: Callable[[], Awaitable[None]]
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            raise ValueError("a round job needs a key")
+        # APScheduler keeps intervals as timedelta (microseconds) and turns 0 into 1 s.
+        if timedelta(seconds=self.interval_s) <= timedelta(0):
+            raise ValueError(f"{self.key}: interval must be positive, got {self.interval_s}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"{self.key}: timeout must be positive, got {self.timeout_s}")
+
+
+@dataclass
+class SchedulerStats:
+    """Counts since the scheduler was built; :attr:`RoundScheduler.stats` returns a copy."""
+
+    started: int = 0  # rounds that got a slot and began
+    completed: int = 0  # returned normally
+    timeouts: int = 0  # cut at timeout_s
+    errors: int = 0  # raised
+    skipped: int = 0  # came due while the previous run of the same job was still going
+
+
+def phase_offset(key: str, interval_s: float) -> float:
+    """Where in its interval a job starts, in [0, interval_s): a stable hash of the key.
+
+    Stable across processes (not Python's salted ``hash``), so restarts and reloads keep it.
+    """
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    fraction = (int.from_bytes(digest, "big") >> 11) / float(1 << 53)  # uniform in [0, 1)
+    return (fraction * interval_s) % interval_s
+
+
+def _trigger(job: RoundJob) -> Any:
+    # Anchor the grid at the Unix epoch plus the phase: the same key and interval give the
+    # same start times in every process, whenever the job was added.
+    anchor = datetime.fromtimestamp(phase_offset(job.key, job.interval_s), UTC)
+    return IntervalTrigger(seconds=job.interval_s, start_date=anchor, timezone=UTC)
+
+
+def _ignore(_: object) -> None:
+    return None
+
+
+def _apscheduler_logger(parent: logging.Logger) -> logging.Logger:
+    """APScheduler's own logger, under ours. Its INFO says one line per job added and per
+    pause, thousands at startup, so it starts at WARNING unless configured otherwise."""
+    logger = parent.getChild("apscheduler")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    return logger
+
+
+class _RoundExecutor(BaseExecutor):  # type: ignore[misc]
+    """Hands each due run, with the time it was scheduled for, to the RoundScheduler.
+
+    APScheduler's own AsyncIOExecutor neither names its tasks nor tells the job when it was due.
+    ``_do_submit_job`` is the executor extension point; BaseExecutor keeps the max_instances
+    bookkeeping, which we release when the task ends.
+    """
+
+    def __init__(self, launch: Callable[[RoundJob, datetime], asyncio.Task[None] | None]) -> None:
+        super().__init__()
+        self._launch = launch
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        # coalesce=True: run_times holds one time, the latest that came due.
+        task = self._launch(job.args[0], run_times[-1])
+        if task is None:
+            raise MaxInstancesReachedError(job)  # the scheduler counts it as skipped
+        job_id = job.id
+        task.add_done_callback(lambda _: self._run_job_success(job_id, []))
+
+
+class RoundScheduler:
+    """Runs :class:`RoundJob` s on their timers; see the module docstring for the contract.
+
+    Hooks are called on the event loop: ``on_lateness(seconds)`` for every round as it starts,
+    ``on_timeout(key)``, ``on_error(key)`` and ``on_skipped(key)``. Wire metrics with e.g.
+    ``on_timeout=lambda _key: metrics.count_round_timeout()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrent: int,
+        on_lateness: Callable[[float], None] = _ignore,
+        on_timeout: Callable[[str], None] = _ignore,
+        on_error: Callable[[str], None] = _ignore,
+        on_skipped: Callable[[str], None] = _ignore,
+        logger: logging.Logger = _log,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        self._on_lateness = on_lateness
+        self._on_timeout = on_timeout
+        self._on_error = on_error
+        self._on_skipped = on_skipped
+        self._log = logger
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._jobs: dict[str, RoundJob] = {}  # wanted
+        self._pending: dict[str, RoundJob] = {}  # wanted, not yet handed to APScheduler
+        self._applied: set[str] = set()  # keys APScheduler holds
+        self._changed = asyncio.Event()
+        self._applier: asyncio.Task[None] | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # rounds in flight, one per key at most
+        self._stats = SchedulerStats()
+        self._started = self._stopped = False
+        self._aps = AsyncIOScheduler(
+            timezone=UTC,
+            executors={"default": _RoundExecutor(self._launch)},
+            logger=_apscheduler_logger(logger),
+        )
+        self._aps.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`shutdown`."""
+        return self._started and not self._stopped
+
+    @property
+    def pending(self) -> int:
+        """Jobs added or changed by :meth:`set_jobs` and not yet on their timers."""
+        return len(self._pending)
+
+    @property
+    def stats(self) -> SchedulerStats:
+        return dataclasses.replace(self._stats)
+
+    def job_keys(self) -> frozenset[str]:
+        return frozenset(self._jobs)
+
+    def start(self) -> None:
+        """Start firing the jobs; call it inside the running event loop, once."""
+        if self._started:
+            raise RuntimeError("the round scheduler was already started")
+        self._started = True
+        self._aps.start()
+        self._applier = asyncio.get_running_loop().create_task(
+            self._apply_pending(), name="egresswatch-round-scheduler:apply"
+        )
+
+    def set_jobs(self, jobs: Sequence[RoundJob]) -> None:
+        """Make ``jobs`` the scheduled set: add new keys, replace changed jobs, remove the rest.
+
+        Unchanged jobs are not touched. Removal is immediate, and a removed job's running round
+        is cancelled, so no result for a target that has left the config turns up afterwards.
+        New and changed jobs go onto their timers in the background (once started), in slices,
+        because APScheduler spends ~0.1 ms per job and 5,000 at once would stall the event loop
+        (and every probe timing on it) for half a second; :attr:`pending` counts those left. A
+        replaced job keeps its phase (key and interval fix it); its running round, if any,
+        finishes under the old settings and the next run waits for it. ValueError on
+        duplicate keys, before anything changes.
+        """
+        wanted: dict[str, RoundJob] = {}
+        for job in jobs:
+            if job.key in wanted:
+                raise ValueError(f"duplicate round job key {job.key!r}")
+            wanted[job.key] = job
+        removed = [key for key in self._jobs if key not in wanted]
+        changed = [job for key, job in wanted.items() if self._jobs.get(key) != job]
+        for key in removed:
+            self._pending.pop(key, None)
+            if key in self._applied:
+                self._applied.discard(key)
+                self._aps.remove_job(key)
+            if task := self._tasks.get(key):
+                task.cancel()
+        for job in changed:
+            self._pending[job.key] = job
+        self._jobs = wanted
+        if changed:
+            self._changed.set()
+        if removed or changed:
+            self._log.info(
+                "round jobs: %d scheduled, %d added or changed, %d removed",
+                len(wanted),
+                len(changed),
+                len(removed),
+            )
+
+    async def shutdown(self) -> None:
+        """Stop firing, cancel every running round and wait until they have ended. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._started:
+            self._aps.pause()  # synchronous: nothing is submitted from here on
+            self._aps.shutdown(wait=False)  # AsyncIOScheduler defers this to a loop callback
+        tasks = list(self._tasks.values())
+        if self._applier is not None:
+            tasks.append(self._applier)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pending.clear()  # a later set_jobs only records
+        self._applied.clear()  # APScheduler holds nothing once shut down
+        # Let the deferred shutdown run (it cancels APScheduler's timer) before we return.
+        for _ in range(100):
+            if not self._aps.running:
+                break
+            await asyncio.sleep(0)
+
+    async def _apply_pending(self) -> None:
+        """Hand pending jobs to APScheduler, a slice per loop iteration, for ever."""
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            while self._pending:
+                self._add_slice()
+                await asyncio.sleep(0)  # let rounds and the API run between slices
+
+    def _add_slice(self) -> None:
+        keys = list(itertools.islice(self._pending, _SLICE))
+        # Paused while adding, so a slice costs one scheduler wakeup, not one per job.
+        with self._paused():
+            for key in keys:
+                job = self._pending.pop(key)
+                try:
+                    self._add(job)
+                except Exception:  # keep applying the others; the job stays off its timer
+                    self._log.exception("round %s could not be scheduled", key)
+                    continue
+                self._applied.add(key)
+
+    @contextmanager
+    def _paused(self) -> Iterator[None]:
+        self._aps.pause()
+        try:
+            yield
+        finally:
+            self._aps.resume()
+
+    def _add(self, job: RoundJob) -> None:
+        self._aps.add_job(
+            self._run_round,
+            trigger=_trigger(job),
+            args=(job,),
+            id=job.key,
+            name=job.key,
+            replace_existing=True,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+
+    def _launch(self, job: RoundJob, scheduled_for: datetime) -> asyncio.Task[None] | None:
+        """Start a run as an owned, named task; None if the previous run is still going."""
+        # APScheduler's max_instances already guards this; the check keeps the invariant local.
+        if job.key in self._tasks:
+            return None
+        task = asyncio.get_running_loop().create_task(
+            self._run_round(job, scheduled_for), name=f"{TASK_PREFIX}{job.key}"
+        )
+        self._tasks[job.key] = task
+        task.add_done_callback(lambda done: self._forget(job.key, done))
+        return task
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+
+    def _skipped(self, event: Any) -> None:
+        # APScheduler has already logged a warning naming the job.
+        key: str = event.job_id
+        self._stats.skipped += 1
+        self._call(self._on_skipped, key)
+
+    async def _run_round(self, job: RoundJob, scheduled_for: datetime | None = None) -> None:
+        """One round: wait for a slot, report lateness, run under the hard timeout.
+
+        Never raises, except CancelledError when the scheduler cancels it. Without
+        ``scheduled_for`` (not run by our executor) the round counts as on time.
+        """
+        async with self._slots:
+            due = time.time() if scheduled_for is None else scheduled_for.timestamp()
+            self._stats.started += 1
+            self._call(self._on_lateness, max(0.0, time.time() - due))
+            deadline = asyncio.timeout(job.timeout_s)
+            try:
+                async with deadline:
+                    await job.run()
+            except Exception as exc:
+                # A TimeoutError that the round raised itself is an error, not our timeout.
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    self._stats.timeouts += 1
+                    self._log.warning("round %s timed out after %gs", job.key, job.timeout_s)
+                    self._call(self._on_timeout, job.key)
+                else:
+                    self._stats.errors += 1
+                    self._log.exception("round %s raised", job.key)
+                    self._call(self._on_error, job.key)
+            else:
+                self._stats.completed += 1
+
+    def _call(self, hook: Callable[[_T], None], arg: _T) -> None:
+        try:
+            hook(arg)
+        except Exception:
+            self._log.exception("scheduler hook %r failed", hook)

@@ -1,0 +1,266 @@
+"""Prometheus metrics (DESIGN.md §4), registered on an injected registry: no global one.
+
+Label values come only from configured names (source, target) and the closed vocabularies of
+:mod:`egresswatch.model` (Step, Status, Reason, Suspect), never from exception text.
+
+Decisions:
+
+- ``egresswatch_step_up`` is set by steps that ran to a verdict: 1 for ``ok``, 0 for ``fail``.
+  ``skipped`` and ``error`` steps leave it as it was (``path_trace`` is skipped while not due;
+  ``error`` is our probe breaking, not the target), and a step that never reached a verdict has
+  no series. ``egresswatch_step_results_total`` counts every status.
+- ``egresswatch_step_duration_seconds`` observes every step that ran (not ``skipped``).
+- ``reason`` is ``"none"`` when a step has no reason (not a member of Reason, and explicit in
+  PromQL where ``""`` would mean "label absent").
+- ``egresswatch_first_failing_step`` is a state set per (source, target): 1 on the current first
+  failing step, 0 on the steps that were first failing before; steps that never were have no
+  series, and a healthy pair has only zeros (or nothing). Alert on ``== 1``.
+- ``egresswatch_incidents_open`` keeps a (target, suspect) series at 0 once its incidents close.
+- :meth:`Metrics.forget_target` / :meth:`Metrics.forget_source` remove every series carrying
+  that name, so a target that leaves the config leaves the scrape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from egresswatch.model import RoundResult, Status, Step, Suspect
+
+__all__ = ["DURATION_BUCKETS", "LATENESS_BUCKETS", "NO_REASON", "Metrics"]
+
+NO_REASON = "none"
+# Steps take from about a millisecond (DNS from the node cache) to a 30 s timeout.
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Healthy lateness is milliseconds; seconds mean saturation or a stalled loop.
+LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+_PAIR = ("source", "target", "step")
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+class _Tracked(Generic[_M]):
+    """A labelled family plus the label values it holds, indexed by source and target, so the
+    series of one name can be removed without scanning them all.
+
+    prometheus_client's ``remove()`` needs the exact label values, and its own record of them
+    is private.
+    """
+
+    _INDEXED = ("source", "target")
+
+    def __init__(self, family: _M, labelnames: tuple[str, ...]) -> None:
+        self.family = family
+        self._positions = {n: labelnames.index(n) for n in self._INDEXED if n in labelnames}
+        self._present: set[tuple[str, ...]] = set()
+        self._index: dict[str, dict[str, set[tuple[str, ...]]]] = {n: {} for n in self._positions}
+
+    def labels(self, *values: str) -> _M:
+        if values not in self._present:
+            self._present.add(values)
+            for name, position in self._positions.items():
+                self._index[name].setdefault(values[position], set()).add(values)
+        return self.family.labels(*values)
+
+    def remove_where(self, label: str, value: str) -> None:
+        """Remove every series whose ``label`` (source or target) is ``value``."""
+        if label not in self._index:
+            return
+        for values in self._index[label].pop(value, set()):
+            self.family.remove(*values)
+            self._present.discard(values)
+            for name, position in self._positions.items():
+                if name != label:
+                    self._index[name].get(values[position], set()).discard(values)
+
+
+class Metrics:
+    """Every egresswatch metric family, registered on ``registry`` at construction."""
+
+    def __init__(self, registry: CollectorRegistry, *, version: str) -> None:
+        r = registry
+        self._step_up = _Tracked(
+            Gauge(
+                "egresswatch_step_up",
+                "1 if the step's latest verdict was ok, 0 if fail (skipped and error leave it).",
+                _PAIR,
+                registry=r,
+            ),
+            _PAIR,
+        )
+        self._duration = _Tracked(
+            Histogram(
+                "egresswatch_step_duration_seconds",
+                "How long each step that ran took.",
+                _PAIR,
+                buckets=DURATION_BUCKETS,
+                registry=r,
+            ),
+            _PAIR,
+        )
+        results_labels = (*_PAIR, "status", "reason")
+        self._results = _Tracked(
+            Counter(
+                "egresswatch_step_results_total",
+                'Step results by status and reason (reason "none" when there is none).',
+                results_labels,
+                registry=r,
+            ),
+            results_labels,
+        )
+        self._first_failing = _Tracked(
+            Gauge(
+                "egresswatch_first_failing_step",
+                "1 on the current first failing step of a (source, target), 0 on earlier ones.",
+                _PAIR,
+                registry=r,
+            ),
+            _PAIR,
+        )
+        self._incidents = _Tracked(
+            Gauge(
+                "egresswatch_incidents_open",
+                "Open incidents per target and suspect.",
+                ("target", "suspect"),
+                registry=r,
+            ),
+            ("target", "suspect"),
+        )
+        self._last_change = _Tracked(
+            Gauge(
+                "egresswatch_step_last_change_timestamp_seconds",
+                "When the step's state last changed (after hysteresis), Unix time.",
+                _PAIR,
+                registry=r,
+            ),
+            _PAIR,
+        )
+        self._first_failing_steps: dict[tuple[str, str], set[str]] = {}  # (source, target)
+        self._families: tuple[_Tracked[Any], ...] = (
+            self._step_up,
+            self._duration,
+            self._results,
+            self._first_failing,
+            self._incidents,
+            self._last_change,
+        )
+        self._health(r, version)
+
+    def _health(self, r: CollectorRegistry, version: str) -> None:
+        """The service's own health: no per-target labels."""
+        self.lateness = Histogram(
+            "egresswatch_scheduler_lateness_seconds",
+            "How late rounds started: when they got a slot minus when they were due.",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
+        self.round_timeouts = Counter(
+            "egresswatch_round_timeouts_total", "Rounds cut at their hard timeout.", registry=r
+        )
+        self.rounds_skipped = Counter(
+            "egresswatch_rounds_skipped_total",
+            "Rounds not started because the previous one of the same job was still running.",
+            registry=r,
+        )
+        self.buffer_depth = Gauge(
+            "egresswatch_buffer_depth", "Rounds waiting to be written or sent.", registry=r
+        )
+        self.ingest_batches = Counter(
+            "egresswatch_ingest_batches_total", "Result batches ingested.", ("outcome",), registry=r
+        )
+        self.ingested_rounds = Counter(
+            "egresswatch_ingested_rounds_total", "Rounds ingested.", registry=r
+        )
+        self.database_errors = Counter(
+            "egresswatch_database_errors_total", "Database operations that failed.", registry=r
+        )
+        self.config_reloads = Counter(
+            "egresswatch_config_reloads_total",
+            "Configuration reloads by outcome.",
+            ("outcome",),
+            registry=r,
+        )
+        # Known outcomes start at 0, so rate() and alerts see the first error.
+        for outcome in ("ok", "error"):
+            self.ingest_batches.labels(outcome)
+        for outcome in ("ok", "rejected"):
+            self.config_reloads.labels(outcome)
+        build_info = Gauge(
+            "egresswatch_build_info", "Always 1; the version as a label.", ("version",), registry=r
+        )
+        build_info.labels(version).set(1)
+
+    # Per-step series -------------------------------------------------------------------------
+
+    def observe_round(self, result: RoundResult) -> None:
+        """Count and time every step of a round, and set step_up and first_failing_step."""
+        source, target = result.source, result.target
+        for step in result.steps:
+            pair = (source, target, step.step.value)
+            reason = step.reason.value if step.reason is not None else NO_REASON
+            self._results.labels(*pair, step.status.value, reason).inc()
+            if step.status is not Status.SKIPPED:
+                self._duration.labels(*pair).observe(step.duration_s)
+            if step.status in (Status.OK, Status.FAIL):
+                self._step_up.labels(*pair).set(1 if step.status is Status.OK else 0)
+        self.set_first_failing_step(source, target, result.first_failing_step)
+
+    def set_first_failing_step(self, source: str, target: str, step: Step | None) -> None:
+        """Mark ``step`` (None: no step fails) as the first failing step of (source, target)."""
+        # An index per pair: this runs for every round, and scanning every series would not do.
+        steps = self._first_failing_steps.setdefault((source, target), set())
+        for other in steps:
+            self._first_failing.labels(source, target, other).set(0)
+        if step is not None:
+            self._first_failing.labels(source, target, step.value).set(1)
+            steps.add(step.value)
+
+    def set_step_last_change(self, source: str, target: str, step: Step, at: datetime) -> None:
+        """Record when a step's state last changed (``at`` must be timezone-aware)."""
+        self._last_change.labels(source, target, step.value).set(at.timestamp())
+
+    def set_incidents_open(self, target: str, suspect: Suspect, count: int) -> None:
+        self._incidents.labels(target, suspect.value).set(count)
+
+    def forget_target(self, target: str) -> None:
+        """Remove every series of ``target`` from every labelled family."""
+        for family in self._families:
+            family.remove_where("target", target)
+        for pair in [p for p in self._first_failing_steps if p[1] == target]:
+            del self._first_failing_steps[pair]
+
+    def forget_source(self, source: str) -> None:
+        """Remove every series of ``source`` (incidents_open has no source label: untouched)."""
+        for family in self._families:
+            family.remove_where("source", source)
+        for pair in [p for p in self._first_failing_steps if p[0] == source]:
+            del self._first_failing_steps[pair]
+
+    # The service's own health: methods the scheduler, sink and writer hooks call -------------
+
+    def observe_lateness(self, seconds: float) -> None:
+        self.lateness.observe(seconds)
+
+    def count_round_timeout(self) -> None:
+        self.round_timeouts.inc()
+
+    def count_round_skipped(self) -> None:
+        self.rounds_skipped.inc()
+
+    def set_buffer_depth(self, rounds: int) -> None:
+        self.buffer_depth.set(rounds)
+
+    def count_ingest_batch(self, outcome: Literal["ok", "error"], rounds: int = 0) -> None:
+        """One ingested batch; ``rounds`` (written rounds) counts only when the outcome is ok."""
+        self.ingest_batches.labels(outcome).inc()
+        if outcome == "ok" and rounds:
+            self.ingested_rounds.inc(rounds)
+
+    def count_database_error(self) -> None:
+        self.database_errors.inc()
+
+    def count_config_reload(self, outcome: Literal["ok", "rejected"]) -> None:
+        self.config_reloads.labels(outcome).inc()
