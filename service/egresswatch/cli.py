@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "info", json_lines=True)
     # The *_created series double what a scrape carries and say nothing an alert uses.
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     overrides = _overrides(args)
     settings = load_settings(args.config, overrides)
     if not settings.targets:

@@ -11,7 +11,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,10 @@ class Service:
         overrides: Mapping[str, Any] | None = None,
         migrate: bool = False,
         environ: Mapping[str, str] | None = None,
+        on_round: Callable[[RoundResult], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._observer = on_round
         self._config_path = config_path
         self._overrides = dict(overrides or {})
         self._migrate = migrate
@@ -199,6 +201,11 @@ class Service:
         if self.settings.target(result.target) is not None:
             self.metrics.observe_round(result)
         self.writer.submit(result)
+        if self._observer is not None:
+            try:
+                self._observer(result)
+            except Exception:  # an observer's bug must not cost a round
+                log.exception("round observer failed")
 
     def _jobs(self, settings: Settings) -> list[RoundJob]:
         every = settings.retention.every
