@@ -274,7 +274,7 @@ async def test_a_replaced_job_lets_its_running_round_finish_without_overlap(
     scheduler.set_jobs([RoundJob("pod/a", 0.2, 1.0, old)])
     scheduler.start()
     async with asyncio.timeout(5):
-        while not old.active:  # noqa: ASYNC110 -- polling the stand-in round
+        while not old.active:
             await asyncio.sleep(0.01)
     scheduler.set_jobs([RoundJob("pod/a", 0.2, 2.0, new)])
     await asyncio.sleep(1.0)
