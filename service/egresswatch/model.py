@@ -272,3 +272,43 @@ class StatusRanges:
                 raise ValueError(f"bad status range {part.strip()!r}: codes are 100-599, low first")
             ranges.append((lo, hi))
         return cls(tuple(ranges))
+
+
+class StepState(StrEnum):
+    """A step's state for one (source, target) after hysteresis: what changes flip between."""
+
+    OK = "ok"
+    FAILING = "failing"
+    DEGRADED = "degraded"  # ok, but its latency shifted up and stayed there
+    UNKNOWN = "unknown"  # the source stopped reporting: not failing, just not known
+
+
+@dataclass(frozen=True)
+class Change:
+    """A step's state flipping for a (source, target), after hysteresis.
+
+    `started_at` is the first round of the run that caused the flip (when it really began);
+    `detected_at` is when the hysteresis was satisfied. `step` is None for a change of the
+    whole source (it went silent, or came back).
+    """
+
+    source: str
+    target: str
+    step: Step | None
+    previous: StepState
+    current: StepState
+    started_at: datetime
+    detected_at: datetime
+    reason: Reason | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The controller's diagnosis: the likely cause, the evidence, and the next manual command."""
+
+    suspect: Suspect
+    first_failing_step: Step | None
+    evidence: tuple[str, ...] = ()
+    next_command: str | None = None
+    facts: Mapping[str, Any] = field(default_factory=dict)  # structured evidence for the API

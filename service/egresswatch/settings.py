@@ -180,6 +180,35 @@ class ProbeSettings(_Strict):
         return self
 
 
+class DetectionSettings(_Strict):
+    """Hysteresis: how many rounds make a change. A target may override each field."""
+
+    fail_after: int = Field(3, ge=1, le=100, description="consecutive failed rounds to fail")
+    fail_window: tuple[int, int] | None = Field(
+        None,
+        description="[M, K]: also fail when M of the last K rounds failed (flapping that "
+        "never gives fail_after in a row)",
+    )
+    recover_after: int = Field(2, ge=1, le=100, description="consecutive good rounds to recover")
+    stale_after: int = Field(
+        3, ge=1, le=100, description="intervals without a round before a source is unknown"
+    )
+
+    @field_validator("fail_window")
+    @classmethod
+    def _check_window(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not 1 <= value[0] <= value[1] <= 1000:
+            raise ValueError("fail_window is [M, K] with 1 <= M <= K <= 1000")
+        return value
+
+
+class DetectionOverrides(_Strict):
+    fail_after: int | None = Field(None, ge=1, le=100)
+    fail_window: tuple[int, int] | None = None
+    recover_after: int | None = Field(None, ge=1, le=100)
+    stale_after: int | None = Field(None, ge=1, le=100)
+
+
 class RetentionSettings(_Strict):
     raw: Duration = Field("14d", validate_default=True, description="keep raw results this long")
     rollups: Duration = Field(
@@ -212,6 +241,7 @@ class TargetSettings(_Strict):
     )
     ca_file: Path | None = None
     use_proxy: bool = Field(True, description="false: always go direct for this target")
+    detection: DetectionOverrides = Field(default_factory=DetectionOverrides)
 
     @field_validator("url")
     @classmethod
@@ -267,6 +297,7 @@ class Settings(_Strict):
     )
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)
     max_concurrent_rounds: int = Field(
         64, ge=1, le=10000, description="rounds in flight at once in this process"
     )
@@ -294,6 +325,11 @@ class Settings(_Strict):
 
     def target(self, name: str) -> TargetSettings | None:
         return next((t for t in self.targets if t.name == name), None)
+
+    def detection_for(self, target: TargetSettings) -> DetectionSettings:
+        """The hysteresis for a target: its overrides on top of the global settings."""
+        chosen = {k: v for k, v in target.detection.model_dump().items() if v is not None}
+        return self.detection.model_copy(update=chosen)
 
     def timing(self, target: TargetSettings) -> tuple[float, float, float]:
         """(interval, timeout, step_timeout) for a target, defaults filled in."""
