@@ -211,8 +211,11 @@ class DetectionOverrides(_Strict):
 
 class RetentionSettings(_Strict):
     raw: Duration = Field("14d", validate_default=True, description="keep raw results this long")
+    minute_rollups: Duration = Field(
+        "31d", validate_default=True, description="keep per-minute rollups this long"
+    )
     rollups: Duration = Field(
-        "400d", validate_default=True, description="keep per-minute and per-hour rollups this long"
+        "400d", validate_default=True, description="keep per-hour rollups this long"
     )
     every: Duration = Field(
         "1m", validate_default=True, description="how often rollups are built and old rows pruned"
@@ -220,8 +223,8 @@ class RetentionSettings(_Strict):
 
     @model_validator(mode="after")
     def _rollups_outlive_raw(self) -> Self:
-        if self.rollups < self.raw:
-            raise ValueError("rollups must be kept at least as long as raw results")
+        if not self.raw <= self.minute_rollups <= self.rollups:
+            raise ValueError("keep raw <= minute_rollups <= rollups: coarser rows outlive finer")
         return self
 
 

@@ -117,7 +117,11 @@ class Service:
         retention = settings.retention
         self.store = Store(
             engine,
-            windows=RetentionWindows(raw_s=retention.raw, rollups_s=retention.rollups),
+            windows=RetentionWindows(
+                raw_s=retention.raw,
+                minute_rollups_s=retention.minute_rollups,
+                rollups_s=retention.rollups,
+            ),
         )
         await self.store.register_source(settings.source.name, settings.source.kind)
         await self._sync_targets(settings)
@@ -221,7 +225,13 @@ class Service:
         try:
             for resolution in ("minute", "hour"):
                 await rollup(self.store, now, resolution, raw_keep_s=windows.raw)
-            report = await prune(self.store, now, windows.raw, windows.rollups)
+            report = await prune(
+                self.store,
+                now,
+                windows.raw,
+                windows.rollups,
+                minute_keep_s=windows.minute_rollups,
+            )
             log.debug("retention done", extra={"report": str(report)})
         except Exception:
             self.metrics.count_database_error()

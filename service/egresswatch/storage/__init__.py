@@ -1,0 +1,51 @@
+"""Storage: the schema (through Alembic), the Store, the batched writer, rollups and pruning.
+
+Everything here speaks `egresswatch.model` types and the frozen types defined in this package;
+table rows never leave it. SQLite (aiosqlite) and PostgreSQL (asyncpg) behave the same.
+"""
+
+from egresswatch.storage.policy import Resolution, RetentionWindows, choose_resolution
+from egresswatch.storage.records import SourceRecord, TargetRecord
+from egresswatch.storage.retention import PruneReport, RollupReport, prune, rollup
+from egresswatch.storage.schema import (
+    SchemaState,
+    SchemaStatus,
+    alembic_config,
+    downgrade,
+    make_engine,
+    normalize_url,
+    redact,
+    schema_state,
+    upgrade,
+)
+from egresswatch.storage.store import Store
+from egresswatch.storage.timeline import Timeline, TimelinePoint
+from egresswatch.storage.writer import BatchedWriter, NoHooks, RoundSink, WriterHooks
+
+__all__ = [
+    "BatchedWriter",
+    "NoHooks",
+    "PruneReport",
+    "Resolution",
+    "RetentionWindows",
+    "RollupReport",
+    "RoundSink",
+    "SchemaState",
+    "SchemaStatus",
+    "SourceRecord",
+    "Store",
+    "TargetRecord",
+    "Timeline",
+    "TimelinePoint",
+    "WriterHooks",
+    "alembic_config",
+    "choose_resolution",
+    "downgrade",
+    "make_engine",
+    "normalize_url",
+    "prune",
+    "redact",
+    "rollup",
+    "schema_state",
+    "upgrade",
+]

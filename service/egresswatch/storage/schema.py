@@ -1,0 +1,204 @@
+"""Engines, and the schema's state and migrations, for a database URL.
+
+The schema exists only through the Alembic migrations shipped inside the package
+(`egresswatch/migrations`), so an installed egresswatch can migrate its database without an
+alembic.ini: `alembic_config(url)` builds the configuration in code.
+
+`upgrade` and `downgrade` are synchronous (Alembic is) and run their own event loop for the
+async drivers: call them from a thread (`await asyncio.to_thread(upgrade, url)`), not from a
+running event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+# Seconds a SQLite connection waits for another writer's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+# Evidence comes from probes; a stray non-JSON value (an IP address object, a datetime) is
+# stored as its text rather than failing the whole batch it travels in. One encoder, reused:
+# building one per value costs more than encoding a small dict.
+_JSON = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def _json_dumps(value: Any) -> str:
+    return _JSON.encode(value)
+
+
+def redact(url: str | URL) -> str:
+    """The URL as text with its password hidden, for logs and messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# Plain URLs name the sync drivers; egresswatch is async throughout.
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The URL with its async driver: `sqlite://` and `postgresql://` get aiosqlite and asyncpg."""
+    parsed = make_url(url)
+    return parsed.set(drivername=_ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername))
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """An AsyncEngine for `sqlite+aiosqlite://` or `postgresql+asyncpg://` URLs.
+
+    SQLite: the parent directory of a file database is created (a relative path stays relative
+    to the working directory, as SQLAlchemy reads it), and every connection uses WAL (readers do
+    not block the writer), synchronous=NORMAL (safe with WAL; a power cut may lose the last
+    commits, not the file) and a busy timeout (wait for the other writer's lock, do not fail).
+    `sqlite://` and `postgresql://` get their async drivers. Extra keyword arguments go to
+    `create_async_engine`.
+    """
+    parsed = normalize_url(url)
+    kwargs.setdefault("json_serializer", _json_dumps)
+    # A pooled connection may have died with a database restart: test it before use.
+    kwargs.setdefault("pool_pre_ping", True)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(parsed, **kwargs)
+
+    database = parsed.database or ""
+    in_memory = database in ("", ":memory:") or "mode=memory" in database
+    if not in_memory and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(parsed, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry) -> None:
+        cursor = dbapi_connection.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    return engine
+
+
+def alembic_config(url: str | URL | None = None, script_location: Path | None = None) -> Config:
+    """An Alembic Config for the packaged migrations (or `script_location`'s), without an ini.
+
+    The URL travels in `config.attributes["url"]` (not the ini options, which would interpolate
+    a `%` in a password); the migrations' env.py reads it from there.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(script_location or MIGRATIONS_DIR))
+    if url is not None:
+        config.attributes["url"] = make_url(url).render_as_string(hide_password=False)
+    return config
+
+
+def _check_no_running_loop(what: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"{what} runs its own event loop: call it via asyncio.to_thread({what}, …)")
+
+
+def upgrade(url: str | URL, revision: str = "head") -> None:
+    """Migrate the database at `url` up to `revision` (default: the newest). Synchronous."""
+    _check_no_running_loop("upgrade")
+    log.info("upgrading database %s to %s", redact(url), revision)
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str | URL, revision: str) -> None:
+    """Migrate the database at `url` down to `revision` (`base` removes everything)."""
+    _check_no_running_loop("downgrade")
+    log.info("downgrading database %s to %s", redact(url), revision)
+    command.downgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships migrations
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+class SchemaStatus(StrEnum):
+    MISSING = "missing"  # no egresswatch schema: an empty or never migrated database
+    BEHIND = "behind"  # an older revision: run the upgrade
+    CURRENT = "current"
+    AHEAD = "ahead"  # a revision this code does not know: the database is newer than the code
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where a database's schema stands against this code's migrations."""
+
+    status: SchemaStatus
+    current: str | None  # the database's revision; None when missing
+    head: str  # the newest revision this code knows
+
+    @property
+    def ok(self) -> bool:
+        return self.status is SchemaStatus.CURRENT
+
+    def message(self, url: str | URL | None = None) -> str:
+        """One sentence for a person: what is wrong and the command that fixes it."""
+        db = redact(url) if url is not None else "URL"
+        fix = f"run `egresswatch db upgrade --db {db}`"
+        match self.status:
+            case SchemaStatus.CURRENT:
+                return f"the database schema is current (revision {self.head})"
+            case SchemaStatus.MISSING:
+                return f"the database has no egresswatch schema yet: {fix}"
+            case SchemaStatus.BEHIND:
+                return (
+                    f"the database schema is at revision {self.current}, this egresswatch needs"
+                    f" {self.head}: {fix}"
+                )
+            case SchemaStatus.AHEAD:
+                return (
+                    f"the database schema is at revision {self.current}, which this egresswatch"
+                    f" (newest revision {self.head}) does not know: it was migrated by a newer"
+                    " egresswatch; run that version, or downgrade the database with it"
+                )
+
+
+async def schema_state(engine: AsyncEngine, config: Config | None = None) -> SchemaState:
+    """Compare the database's Alembic revision with the packaged migrations (or `config`'s).
+
+    Reads only. MISSING also covers a database holding other tables but no egresswatch revision.
+    """
+    script = ScriptDirectory.from_config(config or alembic_config())
+    head = script.get_current_head()
+    assert head is not None
+    async with engine.connect() as connection:
+        current_heads = await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_heads()
+        )
+    if not current_heads:
+        return SchemaState(SchemaStatus.MISSING, None, head)
+    current = ",".join(sorted(current_heads))
+    if current_heads == (head,):
+        return SchemaState(SchemaStatus.CURRENT, current, head)
+    known = {rev.revision for rev in script.walk_revisions()}
+    if all(rev in known for rev in current_heads):
+        return SchemaState(SchemaStatus.BEHIND, current, head)
+    return SchemaState(SchemaStatus.AHEAD, current, head)

@@ -1,0 +1,409 @@
+"""The Store: rounds in, rounds and timelines out, over an injected AsyncEngine.
+
+Speaks `egresswatch.model` types and the small frozen types of `storage.timeline`; table rows
+never leave the storage package. Works the same on SQLite (aiosqlite) and PostgreSQL (asyncpg).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from egresswatch.model import Reason, Role, RoundResult, SourceKind, Status, Step, StepResult
+from egresswatch.storage import tables as t
+from egresswatch.storage.bulk import RoundRow, StepRow, insert_rounds_and_steps
+from egresswatch.storage.policy import (
+    ROLLUP_RESOLUTIONS,
+    Resolution,
+    RetentionWindows,
+    bucket_start,
+    choose_resolution,
+)
+from egresswatch.storage.records import SourceRecord, TargetRecord
+from egresswatch.storage.timeline import Timeline, read_raw, read_rollups
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+LAST_SEEN_STEP = timedelta(minutes=1)  # sources' and targets' last_seen are this precise
+_STEP_ORDER = {step: i for i, step in enumerate(Step)}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def upsert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has `on_conflict_do_nothing/do_update` on both databases."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+class Store:
+    """Reads and writes egresswatch's results.
+
+    `clock` gives the time recorded for ingested batches; `windows` tells `timeline` which rows
+    still exist. Name-to-id caches of sources and targets live here, updated only after the
+    transaction that created the ids committed (a rolled-back id must never be reused).
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        clock: Clock = utc_now,
+        windows: RetentionWindows | None = None,
+    ) -> None:
+        self.engine = engine
+        self.windows = windows or RetentionWindows()
+        self._clock = clock
+        self._source_ids: dict[str, int] = {}
+        self._target_ids: dict[str, int] = {}
+        # Per table, the last_seen this Store last wrote for each name (after commit).
+        self._last_seen_written: dict[str, dict[str, datetime]] = {"sources": {}, "targets": {}}
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def save_rounds(self, rounds: Sequence[RoundResult], batch_id: str | None = None) -> int:
+        """Store `rounds` in one transaction and return how many were stored.
+
+        With a `batch_id` (an agent's ingest batch) the batch is recorded too; when that id was
+        ingested before, nothing is stored and 0 is returned, so a retried upload is harmless.
+        Sources and targets are created by name on first sight (targets active, url = name,
+        role endpoint, until `sync_targets` says otherwise). Every minute and hour bucket the
+        rounds fall in is marked for `retention.rollup`, in the same transaction.
+        Raises ValueError for a naive `started_at`, and the database's errors (sqlalchemy.exc.*);
+        nothing is stored then.
+        """
+        if not rounds and batch_id is None:
+            return 0
+        for r in rounds:
+            if r.started_at.utcoffset() is None:
+                raise ValueError(f"naive datetime {r.started_at!r}: started_at needs a timezone")
+        async with self.engine.begin() as conn:
+            batch_pk: int | None = None
+            if batch_id is not None:
+                batch_pk = await self._claim_batch(conn, batch_id, rounds)
+                if batch_pk is None:
+                    log.info("ingest batch %s was stored before: ignoring it", batch_id)
+                    return 0
+            if not rounds:
+                return 0
+            new_sources, source_ids, sources_seen = await self._resolve_names(
+                conn, t.sources, self._source_ids, _seen(rounds, lambda r: r.source), {}
+            )
+            new_targets, target_ids, targets_seen = await self._resolve_names(
+                conn,
+                t.targets,
+                self._target_ids,
+                _seen(rounds, lambda r: r.target),
+                {"role": Role.ENDPOINT.value, "active": True},
+            )
+            round_rows = [
+                RoundRow(
+                    source_ids[r.source],
+                    target_ids[r.target],
+                    r.started_at,
+                    sum(s.duration_s for s in r.steps),
+                    _code(r.first_failing_step),
+                    batch_pk,
+                )
+                for r in rounds
+            ]
+            step_rows = [
+                StepRow(
+                    position,
+                    s.step.value,
+                    s.status.value,
+                    _code(s.reason),
+                    s.duration_s,
+                    s.detail,
+                    dict(s.evidence),
+                )
+                for position, r in enumerate(rounds)
+                for s in r.steps
+            ]
+            # Written before the rounds: on SQLite this takes the write lock bulk.py relies on.
+            await _mark_pending(conn, rounds)
+            await insert_rounds_and_steps(conn, round_rows, step_rows)
+        self._source_ids.update(new_sources)
+        self._target_ids.update(new_targets)
+        self._last_seen_written["sources"].update(sources_seen)
+        self._last_seen_written["targets"].update(targets_seen)
+        return len(rounds)
+
+    async def _claim_batch(
+        self, conn: AsyncConnection, batch_id: str, rounds: Sequence[RoundResult]
+    ) -> int | None:
+        """Record the batch; its primary key, or None when the batch id is already stored."""
+        row = {
+            "batch_id": batch_id,
+            "source": rounds[0].source if rounds else "",
+            "received_at": self._clock(),
+            "rounds": len(rounds),
+        }
+        # ON CONFLICT DO NOTHING, not a SELECT first: two concurrent uploads of one batch
+        # cannot both pass (the second waits on the unique index, then finds the conflict).
+        statement = (
+            upsert(conn, t.ingest_batches)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=["batch_id"])
+            .returning(t.ingest_batches.c.id)
+        )
+        pk = (await conn.execute(statement)).scalar_one_or_none()
+        return int(pk) if pk is not None else None
+
+    async def _resolve_names(
+        self,
+        conn: AsyncConnection,
+        table: sa.Table,
+        cache: Mapping[str, int],
+        seen: Mapping[str, tuple[datetime, datetime]],
+        defaults: Mapping[str, Any],
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, datetime]]:
+        """Ids for the names in `seen` (first, last time seen), creating missing rows.
+
+        Returns (ids created or first read in this transaction, ids of all `seen` names,
+        last_seen values written), and moves `last_seen` forward. Names are handled in sorted
+        order so that two concurrent transactions lock the same rows in the same order (no
+        deadlock on PostgreSQL).
+        """
+        names = sorted(seen)
+        missing = [name for name in names if name not in cache]
+        fresh: dict[str, int] = {}
+        if missing:
+            new_rows = [
+                {
+                    "name": name,
+                    "first_seen": seen[name][0],
+                    "last_seen": seen[name][1],
+                    **defaults,
+                    **({"url": name} if table is t.targets else {}),
+                }
+                for name in missing
+            ]
+            await conn.execute(
+                upsert(conn, table).on_conflict_do_nothing(index_elements=["name"]), new_rows
+            )
+            found = await conn.execute(
+                sa.select(table.c.name, table.c.id).where(table.c.name.in_(missing))
+            )
+            fresh = {name: int(pk) for name, pk in found.all()}
+        ids = {name: cache[name] if name in cache else fresh[name] for name in names}
+        # last_seen to the minute, not to the batch: every batch touches the same few rows, and
+        # on PostgreSQL an update holds their row locks until commit, serializing concurrent
+        # ingests. Written when it moved LAST_SEEN_STEP past what this Store last wrote.
+        written = self._last_seen_written[table.name]
+        stale = [
+            name
+            for name in names
+            if name not in written or seen[name][1] >= written[name] + LAST_SEEN_STEP
+        ]
+        if stale:
+            when = sa.bindparam("b_last_seen", type_=t.UTCDateTime())
+            await conn.execute(
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("b_id"), table.c.last_seen < when)
+                .values(last_seen=when),
+                [{"b_id": ids[name], "b_last_seen": seen[name][1]} for name in stale],
+            )
+        return fresh, ids, {name: seen[name][1] for name in stale}
+
+    async def sync_targets(self, targets: Sequence[tuple[str, str, str | Role]]) -> None:
+        """Make the configured targets, (name, url, role), the active ones.
+
+        Creates or updates each named target and marks it active; every other stored target
+        becomes inactive (its history stays).
+        """
+        now = self._clock()
+        async with self.engine.begin() as conn:
+            names = sorted({name for name, _, _ in targets})
+            if targets:
+                statement = upsert(conn, t.targets)
+                statement = statement.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={
+                        "url": statement.excluded.url,
+                        "role": statement.excluded.role,
+                        "active": True,
+                    },
+                )
+                rows = {
+                    name: {
+                        "name": name,
+                        "url": url,
+                        "role": Role(role).value,
+                        "active": True,
+                        "first_seen": now,
+                        "last_seen": now,
+                    }
+                    for name, url, role in targets
+                }
+                await conn.execute(statement, [rows[name] for name in names])
+            await conn.execute(
+                sa.update(t.targets)
+                .where(t.targets.c.name.not_in(names), t.targets.c.active.is_(True))
+                .values(active=False)
+            )
+
+    async def register_source(self, name: str, kind: SourceKind) -> None:
+        """Create or update a source with its kind (rounds name their source, not its kind)."""
+        now = self._clock()
+        async with self.engine.begin() as conn:
+            statement = upsert(conn, t.sources).values(
+                name=name, kind=kind.value, first_seen=now, last_seen=now
+            )
+            statement = statement.on_conflict_do_update(
+                index_elements=["name"], set_={"kind": statement.excluded.kind}
+            )
+            await conn.execute(statement)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def sources(self) -> list[SourceRecord]:
+        """Every source ever seen, by name."""
+        s = t.sources
+        query = sa.select(s.c.name, s.c.kind, s.c.first_seen, s.c.last_seen).order_by(s.c.name)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            SourceRecord(name, SourceKind(kind) if kind else None, first, last)
+            for name, kind, first, last in rows
+        ]
+
+    async def targets(self) -> list[TargetRecord]:
+        """Every target ever configured or seen, active or not, by name."""
+        tg = t.targets
+        query = sa.select(
+            tg.c.name, tg.c.url, tg.c.role, tg.c.active, tg.c.first_seen, tg.c.last_seen
+        ).order_by(tg.c.name)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            TargetRecord(name, url, Role(role), bool(active), first, last)
+            for name, url, role, active, first, last in rows
+        ]
+
+    async def rounds_between(
+        self, target: str, start: datetime, end: datetime, source: str | None = None
+    ) -> list[RoundResult]:
+        """The raw rounds of `target` started in [start, end), oldest first.
+
+        Steps come back in checklist order. Empty when the target is unknown or its rounds in
+        that range were pruned.
+        """
+        r, s, tg, sr = t.rounds, t.sources, t.targets, t.step_results
+        query = (
+            sa.select(
+                r.c.id,
+                r.c.started_at,
+                s.c.name,
+                sr.c.step,
+                sr.c.status,
+                sr.c.reason,
+                sr.c.duration_s,
+                sr.c.detail,
+                sr.c.evidence,
+            )
+            .select_from(
+                r.join(tg, tg.c.id == r.c.target_id)
+                .join(s, s.c.id == r.c.source_id)
+                .outerjoin(sr, sr.c.round_id == r.c.id)
+            )
+            .where(tg.c.name == target, r.c.started_at >= start, r.c.started_at < end)
+            .order_by(r.c.started_at, r.c.id)
+        )
+        if source is not None:
+            query = query.where(s.c.name == source)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        grouped: dict[int, tuple[datetime, str, list[StepResult]]] = {}
+        for round_id, started_at, source_name, step, status, reason, duration, detail, ev in rows:
+            _, _, steps = grouped.setdefault(round_id, (started_at, source_name, []))
+            if step is not None:
+                steps.append(
+                    StepResult(
+                        step=Step(step),
+                        status=Status(status),
+                        reason=Reason(reason) if reason is not None else None,
+                        duration_s=duration,
+                        detail=detail,
+                        evidence=ev,
+                    )
+                )
+        return [
+            RoundResult(
+                target=target,
+                source=source_name,
+                started_at=started_at,
+                steps=tuple(sorted(steps, key=lambda s: _STEP_ORDER[s.step])),
+            )
+            for started_at, source_name, steps in grouped.values()
+        ]
+
+    async def timeline(
+        self,
+        target: str,
+        start: datetime,
+        end: datetime,
+        step: Step | None = None,
+        *,
+        now: datetime,
+        source: str | None = None,
+    ) -> Timeline:
+        """`target`'s results in [start, end): raw, minute or hour points (policy.py says which).
+
+        Raw for a range of at most 6 h inside the raw window, minute rollups for at most 7 d
+        inside the minute rollups' window, hour rollups otherwise. `step` and `source` narrow it.
+        """
+        resolution = choose_resolution(start, end, now, self.windows)
+        async with self.engine.connect() as conn:
+            target_id = (
+                await conn.execute(sa.select(t.targets.c.id).where(t.targets.c.name == target))
+            ).scalar_one_or_none()
+            if target_id is None:
+                points = []
+            elif resolution is Resolution.RAW:
+                points = await read_raw(conn, target_id, start, end, step, source)
+            else:
+                points = await read_rollups(conn, target_id, start, end, resolution, step, source)
+        return Timeline(target, start, end, resolution, tuple(points))
+
+
+def _code(value: StrEnum | None) -> str | None:
+    return value.value if value is not None else None
+
+
+def _seen(
+    rounds: Iterable[RoundResult], name_of: Callable[[RoundResult], str]
+) -> dict[str, tuple[datetime, datetime]]:
+    """Each name's earliest and latest round start in `rounds`."""
+    seen: dict[str, tuple[datetime, datetime]] = {}
+    for r in rounds:
+        name = name_of(r)
+        first, last = seen.get(name, (r.started_at, r.started_at))
+        seen[name] = (min(first, r.started_at), max(last, r.started_at))
+    return seen
+
+
+async def _mark_pending(conn: AsyncConnection, rounds: Sequence[RoundResult]) -> None:
+    """Mark the rollup buckets of `rounds` as needing (re)computation (tables.rollup_pending)."""
+    buckets = sorted(
+        {(res.value, bucket_start(r.started_at, res)) for r in rounds for res in ROLLUP_RESOLUTIONS}
+    )
+    statement = upsert(conn, t.rollup_pending)
+    statement = statement.on_conflict_do_update(
+        index_elements=["resolution", "bucket_start"],
+        set_={"version": t.rollup_pending.c.version + 1},
+    )
+    await conn.execute(
+        statement, [{"resolution": res, "bucket_start": b, "version": 1} for res, b in buckets]
+    )

@@ -1,0 +1,183 @@
+"""The database schema as SQLAlchemy Core tables: the one source autogenerate compares against.
+
+The schema itself is created only by the Alembic migrations in `egresswatch/migrations`; this
+module describes it so queries can be built and `alembic revision --autogenerate` can diff it.
+Rows never leave the storage package: the public API speaks `egresswatch.model` types.
+
+Conventions, identical on SQLite and PostgreSQL:
+- times are `UTCDateTime`: aware UTC datetimes in Python, `timestamptz` on PostgreSQL, naive UTC
+  text on SQLite (one fixed format, so text order is time order);
+- step, status, reason, role, kind and resolution are short strings, not database enums: the
+  vocabularies grow, and an enum type would need a migration for every new reason;
+- ids of the big tables are BIGINT on PostgreSQL and INTEGER on SQLite (only an INTEGER primary
+  key is SQLite's auto-incrementing rowid).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+# Stable constraint names: batch mode on SQLite recreates tables and needs names to find them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Name = sa.String(253)  # a DNS name's maximum length; sources and targets are named like hosts
+Code = sa.String(32)  # step ids, statuses, reasons and other closed vocabularies
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """An aware UTC datetime, stored the same way on both databases.
+
+    Binding a naive datetime raises: a time without a zone is ambiguous and would be stored
+    wrong on one of the two databases.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: storage needs timezone-aware times")
+        value = value.astimezone(UTC)
+        # SQLite stores text: drop the zone so every value has the same format and sorts as text.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def copy(self, **kw: Any) -> UTCDateTime:
+        return UTCDateTime()
+
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    # `pod` or `node`; NULL until someone registers it (a round names its source, not its kind).
+    sa.Column("kind", Code, nullable=True),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+)
+
+targets = sa.Table(
+    "targets",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", Name, nullable=False, unique=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("role", Code, nullable=False),
+    # False once the target left the config: its history stays, the status page hides it.
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+)
+
+ingest_batches = sa.Table(
+    "ingest_batches",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    # Chosen by the agent; unique so a retried POST stores nothing twice.
+    sa.Column("batch_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("source", Name, nullable=False),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("rounds", sa.Integer, nullable=False),
+    sa.Index("ix_ingest_batches_received_at", "received_at"),  # pruning
+)
+
+rounds = sa.Table(
+    "rounds",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), nullable=False),
+    sa.Column("target_id", sa.Integer, sa.ForeignKey("targets.id"), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    # Time spent in the round's steps (their sum): RoundResult carries no finish time.
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("first_failing_step", Code, nullable=True),
+    # ingest_batches.id of the batch that brought the round, NULL for local rounds. Not a
+    # foreign key on purpose: the batch ledger is pruned on its own, and a foreign key would make
+    # every batch deletion scan rounds for referencing rows (there is no index on this column).
+    sa.Column("batch_id", BigId, nullable=True),
+    # Timeline of a target across sources.
+    sa.Index("ix_rounds_target_id_started_at", "target_id", "started_at"),
+    # One (source, target) over time; also "latest round per (source, target)" for change
+    # detection, which compares both ids for equality and so is served in either column order.
+    sa.Index("ix_rounds_source_id_target_id_started_at", "source_id", "target_id", "started_at"),
+    # Rollups read one time bucket across all pairs; pruning deletes the oldest.
+    sa.Index("ix_rounds_started_at", "started_at"),
+)
+
+step_results = sa.Table(
+    "step_results",
+    metadata,
+    # The primary key (round_id, step) is also the index for "the steps of these rounds".
+    sa.Column(
+        "round_id",
+        BigId,
+        sa.ForeignKey("rounds.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("step", Code, primary_key=True),
+    sa.Column("status", Code, nullable=False),
+    sa.Column("reason", Code, nullable=True),
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("evidence", Json, nullable=False),
+)
+
+rollups = sa.Table(
+    "rollups",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("resolution", sa.String(8), nullable=False),  # 'minute' or 'hour'
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), nullable=False),
+    sa.Column("target_id", sa.Integer, sa.ForeignKey("targets.id"), nullable=False),
+    sa.Column("step", Code, nullable=False),
+    sa.Column("bucket_start", UTCDateTime, nullable=False),
+    # `count` results ran (ok or fail), `failures` of them failed; skipped and error results are
+    # counted apart because they say nothing about the target's latency or availability.
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("skipped", sa.Integer, nullable=False),
+    sa.Column("errors", sa.Integer, nullable=False),
+    # Quantiles of the `count` results' durations; NULL when none ran.
+    sa.Column("p50_s", sa.Float, nullable=True),
+    sa.Column("p95_s", sa.Float, nullable=True),
+    sa.Column("p99_s", sa.Float, nullable=True),
+    sa.Column("max_s", sa.Float, nullable=True),
+    # One row per key; the leading columns are the timeline's index (target, resolution, time).
+    sa.UniqueConstraint("target_id", "resolution", "bucket_start", "source_id", "step"),
+    sa.Index("ix_rollups_resolution_bucket_start", "resolution", "bucket_start"),  # pruning
+)
+
+# Time buckets that received raw rounds since they were last rolled up. save_rounds marks them
+# in the same transaction as the rounds, so rounds that arrive late (an agent that buffered while
+# the controller was away) are rolled up too, and prune never drops raw rows not yet rolled up.
+# `version` grows on every mark: rollup unmarks only the version it read, so a mark made while it
+# was computing survives and the bucket is computed again.
+rollup_pending = sa.Table(
+    "rollup_pending",
+    metadata,
+    sa.Column("resolution", sa.String(8), primary_key=True),
+    sa.Column("bucket_start", UTCDateTime, primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+)

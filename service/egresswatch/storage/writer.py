@@ -1,0 +1,304 @@
+"""BatchedWriter: rounds go into a memory buffer at once and reach the database in batches.
+
+`submit` never blocks and never touches the database. One named background task writes up to
+`max_batch` rounds at a time, as soon as that many are waiting or when the oldest has waited
+`max_delay_s`. While the database is down it keeps the batch and retries with capped exponential
+backoff: rounds are buffered, not lost. Only beyond `max_buffer` rounds does it drop, the oldest
+first, counting and logging every drop.
+
+A batch the database rejects for its content (an integrity or data error: retrying cannot help)
+is written again round by round, so one bad round costs only itself; those rounds are dropped
+and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+from sqlalchemy import exc
+
+from egresswatch.model import RoundResult
+
+log = logging.getLogger(__name__)
+
+DROP_LOG_INTERVAL_S = 10.0
+
+
+class RoundSink(Protocol):
+    """Where batches go: `Store` is one."""
+
+    async def save_rounds(
+        self, rounds: Sequence[RoundResult], batch_id: str | None = None
+    ) -> int: ...
+
+
+class WriterHooks(Protocol):
+    """What the writer reports, for metrics (no global registry: the owner wires these)."""
+
+    def buffer_depth(self, depth: int) -> None:
+        """Rounds waiting in memory, including the batch being written."""
+
+    def batch_written(self, ok: bool, rounds: int) -> None:
+        """A write attempt of `rounds` rounds finished, ok or not."""
+
+    def rows_written(self, rounds: int, step_results: int) -> None:
+        """Rows that reached the database."""
+
+    def database_error(self, error: BaseException) -> None:
+        """A write failed with this error (use its type for labels, never its text)."""
+
+    def rounds_dropped(self, rounds: int, why: str) -> None:
+        """Rounds given up: `overflow` (buffer full), `rejected` (bad data), `shutdown`."""
+
+
+class NoHooks:
+    """Hooks that do nothing."""
+
+    def buffer_depth(self, depth: int) -> None:
+        pass
+
+    def batch_written(self, ok: bool, rounds: int) -> None:
+        pass
+
+    def rows_written(self, rounds: int, step_results: int) -> None:
+        pass
+
+    def database_error(self, error: BaseException) -> None:
+        pass
+
+    def rounds_dropped(self, rounds: int, why: str) -> None:
+        pass
+
+
+def is_permanent(error: BaseException) -> bool:
+    """True when writing the same rows again cannot succeed (the rows are bad, not the link).
+
+    Connection, lock, timeout and schema problems are transient: they heal when the database
+    is back or migrated. Integrity and data errors, and values that cannot be bound, are not.
+    """
+    if isinstance(error, exc.IntegrityError | exc.DataError):
+        return True
+    if isinstance(error, exc.StatementError) and not isinstance(error, exc.DBAPIError):
+        return True  # failed while binding parameters, before reaching the database
+    return isinstance(error, TypeError | ValueError)
+
+
+class BatchedWriter:
+    """Buffers submitted rounds and writes them in batches from one background task.
+
+    Lifecycle: `start()` once, inside the event loop; `submit()` from that loop's thread as
+    often as needed; `await close()` flushes what is buffered (giving up after `close_timeout_s`
+    if the database stays away, counting the rest as dropped) and stops the task.
+    """
+
+    def __init__(
+        self,
+        sink: RoundSink,
+        *,
+        max_batch: int = 500,
+        max_delay_s: float = 1.0,
+        max_buffer: int = 1_000_000,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        close_timeout_s: float = 10.0,
+        hooks: WriterHooks | None = None,
+        name: str = "egresswatch-storage-writer",
+    ) -> None:
+        if max_batch < 1 or max_buffer < max_batch:
+            raise ValueError("need 1 <= max_batch <= max_buffer")
+        self._sink = sink
+        self._max_batch = max_batch
+        self._max_delay_s = max_delay_s
+        self._max_buffer = max_buffer
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._close_timeout_s = close_timeout_s
+        self._hooks: WriterHooks = hooks or NoHooks()
+        self._name = name
+        self._buffer: deque[RoundResult] = deque()
+        self._in_flight: list[RoundResult] = []
+        self._first_waiting_at = 0.0  # monotonic time the oldest buffered round arrived
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_drop_log = -DROP_LOG_INTERVAL_S
+        self.dropped = 0  # rounds given up, for any reason
+        self.written = 0  # rounds that reached the database
+
+    @property
+    def depth(self) -> int:
+        """Rounds not yet written: the buffer and the batch being written."""
+        return len(self._buffer) + len(self._in_flight)
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("BatchedWriter already started")
+        self._task = asyncio.create_task(self._run(), name=self._name)
+        self._task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "%s died; %d rounds unwritten", self._name, self.depth, exc_info=task.exception()
+            )
+
+    def submit(self, round_result: RoundResult) -> None:
+        """Queue one round for writing. Never blocks, never raises for a full buffer."""
+        if self._closing:
+            raise RuntimeError("BatchedWriter is closed")
+        if not self._buffer:
+            self._first_waiting_at = time.monotonic()
+            self._wakeup.set()  # start the delay timer
+        self._buffer.append(round_result)
+        if self.depth > self._max_buffer:  # the buffer holds >= 1 round: max_buffer >= max_batch
+            self._buffer.popleft()
+            self._drop(1, "overflow")
+        elif len(self._buffer) == self._max_batch:
+            self._wakeup.set()
+        self._hooks.buffer_depth(self.depth)
+
+    async def close(self) -> None:
+        """Write everything buffered, then stop. Idempotent."""
+        self._closing = True
+        self._wakeup.set()
+        task = self._task
+        if task is None or task.done():
+            if self.depth:  # never started, or died: nobody will write these
+                self._drop(self.depth, "shutdown")
+                self._buffer.clear()
+                self._in_flight = []
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self._close_timeout_s)
+        except TimeoutError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            left = self.depth
+            self._buffer.clear()
+            self._in_flight = []
+            if left:
+                self._drop(left, "shutdown")
+            self._hooks.buffer_depth(0)
+
+    # -- the task -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_for_batch()
+            count = min(self._max_batch, len(self._buffer))
+            self._in_flight = [self._buffer.popleft() for _ in range(count)]
+            if self._buffer:
+                self._first_waiting_at = time.monotonic()
+            await self._write(self._in_flight)
+            self._in_flight = []
+            self._hooks.buffer_depth(self.depth)
+
+    async def _wait_for_batch(self) -> None:
+        """Return when a full batch waits, the oldest round waited max_delay_s, or on close."""
+        deadline = self._first_waiting_at + self._max_delay_s
+        while len(self._buffer) < self._max_batch and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _write(self, batch: list[RoundResult]) -> None:
+        """Write `batch`, retrying transient failures until it is written (or cancelled)."""
+        backoff = self._backoff_initial_s
+        failures = 0
+        while True:
+            try:
+                await self._sink.save_rounds(batch)
+            except Exception as error:  # a scheduled job never raises: classify, then retry
+                self._hooks.batch_written(False, len(batch))
+                self._hooks.database_error(error)
+                if is_permanent(error):
+                    log.error(
+                        "database rejected a batch of %d rounds (%s): writing them one by one",
+                        len(batch),
+                        type(error).__name__,
+                    )
+                    await self._write_one_by_one(batch)
+                    return
+                failures += 1
+                log.log(
+                    logging.ERROR if failures == 1 else logging.WARNING,
+                    "cannot write %d rounds (%s: %s); %d rounds buffered, retry %d in %.1fs",
+                    len(batch),
+                    type(error).__name__,
+                    _first_line(error),
+                    self.depth,
+                    failures,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._backoff_max_s)
+                continue
+            if failures:
+                log.warning(
+                    "database is back: wrote %d rounds after %d failures", len(batch), failures
+                )
+            self._written(batch)
+            return
+
+    async def _write_one_by_one(self, batch: list[RoundResult]) -> None:
+        for position, round_result in enumerate(batch):
+            try:
+                await self._sink.save_rounds([round_result])
+            except Exception as error:
+                self._hooks.database_error(error)
+                if not is_permanent(error):
+                    # The database went away meanwhile: back to retrying what is left.
+                    await self._write(batch[position:])
+                    return
+                log.error(
+                    "dropping a round the database rejects: %s from %s at %s (%s)",
+                    round_result.target,
+                    round_result.source,
+                    round_result.started_at.isoformat(),
+                    type(error).__name__,
+                )
+                self._drop(1, "rejected")
+            else:
+                self._written([round_result])
+
+    def _written(self, batch: Sequence[RoundResult]) -> None:
+        self.written += len(batch)
+        self._hooks.batch_written(True, len(batch))
+        self._hooks.rows_written(len(batch), sum(len(r.steps) for r in batch))
+
+    def _drop(self, count: int, why: str) -> None:
+        self.dropped += count
+        self._hooks.rounds_dropped(count, why)
+        # Loud, but at most one line per DROP_LOG_INTERVAL_S while a long outage overflows.
+        now = time.monotonic()
+        if why != "overflow" or now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+            self._last_drop_log = now
+            log.error(
+                "DROPPED %d rounds (%s): %d dropped since start; buffer holds %d (cap %d)",
+                count,
+                why,
+                self.dropped,
+                self.depth,
+                self._max_buffer,
+            )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else ""

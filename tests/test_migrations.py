@@ -1,0 +1,174 @@
+"""Migrations on SQLite and PostgreSQL: up, down, up again; no drift from tables.py; state."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import URL, Connection, make_url
+
+from egresswatch.storage import (
+    SchemaState,
+    SchemaStatus,
+    alembic_config,
+    downgrade,
+    make_engine,
+    normalize_url,
+    schema_state,
+    upgrade,
+)
+from egresswatch.storage.schema import MIGRATIONS_DIR, head_revision
+from egresswatch.storage.tables import metadata
+from tests.support.databases import db_url_fixture  # noqa: F401
+
+TABLES = {
+    "sources",
+    "targets",
+    "ingest_batches",
+    "rounds",
+    "step_results",
+    "rollups",
+    "rollup_pending",
+}
+
+
+async def table_names(url: URL) -> set[str]:
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_downgrade_upgrade(db_url: URL) -> None:
+    assert await table_names(db_url) == set()
+    await asyncio.to_thread(upgrade, db_url)
+    assert await table_names(db_url) == TABLES | {"alembic_version"}
+    await asyncio.to_thread(downgrade, db_url, "base")
+    assert await table_names(db_url) == {"alembic_version"}
+    await asyncio.to_thread(upgrade, db_url, "head")
+    assert await table_names(db_url) == TABLES | {"alembic_version"}
+
+
+async def test_migrations_match_the_tables_module(db_url: URL) -> None:
+    """What `alembic revision --autogenerate` would see: no difference at all."""
+    await asyncio.to_thread(upgrade, db_url)
+
+    def compare(sync: Connection) -> list[object]:
+        context = MigrationContext.configure(sync, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    engine = make_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            assert await conn.run_sync(compare) == []
+    finally:
+        await engine.dispose()
+
+
+def _migrations_with_a_newer_revision(directory: Path) -> Path:
+    """A copy of the packaged migrations plus a revision 9999 on top (a "newer egresswatch")."""
+    scripts = directory / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "9999_newer.py").write_text(
+        f'''"""A revision from the future."""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "9999"
+down_revision = "{head_revision()}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("future", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade() -> None:
+    op.drop_table("future")
+'''
+    )
+    return scripts
+
+
+async def test_schema_state_missing_behind_current_ahead(db_url: URL, tmp_path: Path) -> None:
+    newer = alembic_config(db_url, script_location=_migrations_with_a_newer_revision(tmp_path))
+    engine = make_engine(db_url)
+    try:
+        state = await schema_state(engine)
+        assert (state.status, state.current, state.head) == (SchemaStatus.MISSING, None, "0001")
+        assert "egresswatch db upgrade --db" in state.message(db_url)
+
+        await asyncio.to_thread(upgrade, db_url)
+        state = await schema_state(engine)
+        assert (state.status, state.current) == (SchemaStatus.CURRENT, "0001")
+        assert state.ok
+
+        # Seen by a newer egresswatch, this database is behind.
+        state = await schema_state(engine, newer)
+        assert (state.status, state.current, state.head) == (SchemaStatus.BEHIND, "0001", "9999")
+        assert "needs 9999" in state.message(db_url)
+
+        # Migrated by the newer egresswatch, it is ahead of this one.
+        await asyncio.to_thread(command.upgrade, newer, "head")
+        state = await schema_state(engine)
+        assert (state.status, state.current, state.head) == (SchemaStatus.AHEAD, "9999", "0001")
+        assert "newer egresswatch" in state.message(db_url)
+        assert await schema_state(engine, newer) == SchemaState(
+            SchemaStatus.CURRENT, "9999", "9999"
+        )
+
+        # A revision nobody knows (stamped by hand) is ahead too.
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dcafe'"))
+        state = await schema_state(engine)
+        assert (state.status, state.current) == (SchemaStatus.AHEAD, "f00dcafe")
+    finally:
+        await engine.dispose()
+
+
+def test_message_hides_the_password() -> None:
+    state = SchemaState(SchemaStatus.MISSING, None, "0001")
+    message = state.message("postgresql+asyncpg://ew:s3cret@db.example:5432/ew")
+    assert "s3cret" not in message
+    assert "egresswatch db upgrade --db postgresql+asyncpg://ew:***@db.example:5432/ew" in message
+
+
+async def test_upgrade_refuses_to_run_inside_an_event_loop(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match=r"asyncio\.to_thread"):
+        upgrade(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+
+
+async def test_sqlite_engine_makes_its_directory_and_uses_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    engine = make_engine("sqlite:///data/nested/egresswatch.db")  # relative, sync-style URL
+    try:
+        assert engine.url.drivername == "sqlite+aiosqlite"
+        async with engine.connect() as conn:
+            journal = (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar_one()
+            timeout = (await conn.execute(sa.text("PRAGMA busy_timeout"))).scalar_one()
+            await conn.execute(sa.text("CREATE TABLE t (x INTEGER)"))
+            await conn.commit()
+        assert (journal, timeout) == ("wal", 5000)
+        assert (tmp_path / "data" / "nested" / "egresswatch.db").is_file()
+    finally:
+        await engine.dispose()
+
+
+def test_plain_urls_get_the_async_drivers() -> None:
+    assert normalize_url(make_url("postgresql://u:p@127.0.0.1:1/db")).drivername == (
+        "postgresql+asyncpg"
+    )
+    assert normalize_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
+    assert normalize_url("postgresql+asyncpg://u@h/db").drivername == "postgresql+asyncpg"
