@@ -103,7 +103,7 @@ async def main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     scheduler.start()
     if args.gc_freeze:
-        while scheduler.pending:  # noqa: ASYNC110 -- polling a counter, no event to wait on
+        while scheduler.pending:
             await asyncio.sleep(0.01)
         # What a service can do once its config is applied: move the long-lived objects (jobs,
         # triggers) out of the collector's generations so full collections stay short.
@@ -112,7 +112,7 @@ async def main(args: argparse.Namespace) -> None:
     # A config reload that changes every job (a new timeout): all are replaced, phases kept.
     reloaded = time.perf_counter()
     scheduler.set_jobs(jobs(6.0))
-    while scheduler.pending:  # noqa: ASYNC110 -- polling a counter, no event to wait on
+    while scheduler.pending:
         await asyncio.sleep(0.01)
     reload_s = time.perf_counter() - reloaded
     await asyncio.sleep(args.duration / 2 - reload_s)
