@@ -250,17 +250,15 @@ async def test_thousands_of_jobs_go_on_their_timers_without_stalling_the_loop(
     assert scheduler.pending == 3000
     # All at once would block the loop for ~0.3 s (APScheduler spends ~0.1 ms per job): count
     # how many jobs go on their timers between two turns of our own task instead.
+    # Structure, not timing (a timed assertion flakes on a loaded machine; the loop's latency
+    # is measured by benchmarks/scheduler.py): the work is handed over in small slices.
     left = [scheduler.pending]
-    gaps: list[float] = []
     async with asyncio.timeout(10):
         while scheduler.pending:
-            before = time.perf_counter()
             await asyncio.sleep(0)
-            gaps.append(time.perf_counter() - before)
             left.append(scheduler.pending)
     steps = [a - b for a, b in itertools.pairwise(left)]
     assert max(steps) <= 100 and len(steps) >= 30, steps
-    assert max(gaps) < sum(gaps) / 3  # no single turn holds the loop for most of the work
     scheduler.set_jobs([])
     assert scheduler.pending == 0 and scheduler.job_keys() == frozenset()
 
