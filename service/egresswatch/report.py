@@ -20,14 +20,16 @@ def next_command(
     *,
     upstream: str | None = None,
     address: str | None = None,
+    port: int | None = None,
     proxy: str | None = None,
 ) -> str | None:
     """The manual command that shows `step` failing for `endpoint`, or None when all is ok.
 
-    `address` is the IP the round connected to (or tried), `upstream` the resolver asked
-    directly, `proxy` the proxy URL in use.
+    `address` and `port` are where the round connected to (or tried: the proxy, when one is
+    used), `upstream` the resolver asked directly, `proxy` the proxy URL in use.
     """
-    host, port = endpoint.host, endpoint.port
+    host = endpoint.host
+    port = port or endpoint.port
     ip = address or host
     curl_proxy = f" --proxy {shlex.quote(proxy)}" if proxy else ""
     match step:
@@ -36,14 +38,27 @@ def next_command(
         case Step.DNS_CLUSTER:
             return f"nslookup {host}"
         case Step.DNS_UPSTREAM:
-            server = (upstream or "UPSTREAM_DNS_IP").removesuffix(":53")
-            return f"nslookup {host} {server}"
+            return _nslookup(host, upstream)
         case Step.TCP_CONNECT:
             return f"nc -z -v -w 5 {ip} {port}"
         case Step.TLS_HANDSHAKE | Step.HTTP_RESPONSE if endpoint.scheme is not Scheme.TCP:
             return f"curl -Iv{curl_proxy} {shlex.quote(endpoint.url)}"
         case _:
             return f"traceroute -T -p {port} {ip}"
+
+
+def _nslookup(host: str, upstream: str | None) -> str:
+    """`nslookup host server`, with `-port=N` when the server is not on 53 (nslookup takes no
+    host:port)."""
+    if upstream is None:
+        return f"nslookup {host} UPSTREAM_DNS_IP"
+    server, port = upstream, "53"
+    if upstream.startswith("["):
+        server, _, rest = upstream[1:].partition("]")
+        port = rest.removeprefix(":") or "53"
+    elif upstream.count(":") == 1:
+        server, port = upstream.split(":")
+    return f"nslookup {host} {server}" if port == "53" else f"nslookup -port={port} {host} {server}"
 
 
 def round_document(
@@ -64,7 +79,12 @@ def round_document(
         "first_failing_step": first.value if first else None,
         "first_failing_reason": _reason(result, first),
         "next_command": next_command(
-            first, endpoint, upstream=upstream, address=_address(result), proxy=proxy
+            first,
+            endpoint,
+            upstream=upstream,
+            address=_address(result),
+            port=_port(result),
+            proxy=proxy,
         ),
         "steps": [step_document(step) for step in result.steps],
     }
@@ -110,6 +130,12 @@ def _broken(result: RoundResult) -> bool:
 def _reason(result: RoundResult, step: Step | None) -> str | None:
     found = result.step(step) if step else None
     return found.reason.value if found and found.reason else None
+
+
+def _port(result: RoundResult) -> int | None:
+    tcp = result.step(Step.TCP_CONNECT)
+    port = tcp.evidence.get("port") if tcp is not None else None
+    return port if isinstance(port, int) else None
 
 
 def _address(result: RoundResult) -> str | None:

@@ -1,0 +1,118 @@
+"""The derived steps that look beyond one round: `source_compare` and `control_external`.
+
+`compare` puts this source's failure next to the same target's rounds from other sources
+(a pod failing where a node gets through is a network policy's signature; only this source
+failing is this source's problem); `egress_path` next to the control targets from the same
+source (every one failing means nothing outside is reachable from here).
+
+Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from egresswatch.controller.case import Case, Observation
+from egresswatch.controller.clues import (
+    BLOCKED,
+    DNS_STEPS,
+    NETWORK_STEPS,
+    NOT_REACHED,
+    Finding,
+    failure_facts,
+    is_ok,
+    listing,
+    ran,
+    reason_text,
+)
+from egresswatch.model import RoundResult, SourceKind, Step, StepResult, Suspect
+
+
+def compare_sources(case: Case) -> Finding | None:
+    """Rule: a network step blocked here, compared with every other source's same step."""
+    failing = case.failing
+    if failing is None or failing.step not in NETWORK_STEPS or failing.reason not in BLOCKED:
+        return None
+    return compare(case, failing.step, case.peers)
+
+
+def compare(case: Case, step: Step, peers: Sequence[Observation]) -> Finding | None:
+    """`network_policy` when this pod fails at `step` where a node gets through; else
+    `source_local` when every peer that ran `step` got through (at least one did); else None.
+
+    The next command is `step`'s, to be run from this source. For a DNS step the evidence
+    quotes both DNS steps.
+    """
+    judged = [p for p in peers if ran(p.round.step(step))]
+    working = [p for p in judged if is_ok(p.round.step(step))]
+    failing = [p for p in judged if not is_ok(p.round.step(step))]
+    nodes = [p.source for p in working if p.source_kind is SourceKind.NODE]
+    facts: dict[str, Any] = {
+        step.value: failure_facts(case.result(step)),
+        "working_sources": [p.source for p in working],
+        "failing_sources": [p.source for p in failing],
+    }
+    told = frozenset(DNS_STEPS) if step in DNS_STEPS else frozenset({step})
+    evidence = [case.says(s) for s in (DNS_STEPS if step in DNS_STEPS else (step,))]
+    if case.this.source_kind is SourceKind.POD and nodes:
+        evidence.append(f"{step.value} works from node {listing(nodes)}")
+        if failing:
+            evidence.append(f"{step.value} fails from {listing([p.source for p in failing])} too")
+        evidence.extend(_controls_too(case))
+        suspect, rule = Suspect.NETWORK_POLICY, "pod_fails_node_works"
+    elif working and not failing:
+        names = listing([f"{p.source_kind.value} {p.source}" for p in working])
+        evidence.append(f"{step.value} works from every other source: {names}")
+        evidence.extend(_controls_too(case))
+        suspect, rule = Suspect.SOURCE_LOCAL, "only_this_source_fails"
+    else:
+        return None
+    return Finding(suspect, rule, tuple(evidence), facts, step, told)
+
+
+def _controls_too(case: Case) -> list[str]:
+    """A sentence when every control fails from this source as well (a default-deny policy)."""
+    if case.controls and all(not_reached(c.round) is not None for c in case.controls):
+        return [f"every control fails from {case.this.source} too"]
+    return []
+
+
+def egress_path(case: Case) -> Finding | None:
+    """Rule: nothing outside is reachable from this source: this target is blocked, and every
+    control (at least one) was not reached at a network step either.
+    """
+    failing = case.failing
+    if failing is None or failing.step not in NETWORK_STEPS or failing.reason not in BLOCKED:
+        return None
+    failures: list[tuple[Observation, StepResult]] = []
+    for control in case.controls:
+        failed = not_reached(control.round)
+        if failed is None:
+            return None
+        failures.append((control, failed))
+    if not failures:
+        return None
+    listed = [f"{c.target} ({f.step.value} {reason_text(f)})" for c, f in failures]
+    evidence = (
+        case.says(failing.step),
+        f"every control fails from {case.this.source} too: {listing(listed)}",
+    )
+    facts = {
+        failing.step.value: failure_facts(failing),
+        "controls": [
+            {"target": c.target, "step": f.step.value, "reason": reason_text(f)}
+            for c, f in failures
+        ],
+    }
+    told = frozenset({failing.step})
+    return Finding(Suspect.EGRESS_PATH, "every_control_fails", evidence, facts, None, told)
+
+
+def not_reached(round_: RoundResult) -> StepResult | None:
+    """The network step at which a round's target was not reached, or None if it was."""
+    for step in NETWORK_STEPS:
+        result = round_.step(step)
+        if result is not None and result.failed and result.reason in NOT_REACHED:
+            return result
+    return None
