@@ -27,7 +27,7 @@ from egresswatch.storage.schema import MIGRATIONS_DIR, head_revision
 from egresswatch.storage.tables import metadata
 from tests.support.databases import db_url_fixture  # noqa: F401
 
-TABLES = {
+TABLES_0001 = {
     "sources",
     "targets",
     "ingest_batches",
@@ -36,6 +36,7 @@ TABLES = {
     "rollups",
     "rollup_pending",
 }
+TABLES = TABLES_0001 | {"changes", "incidents", "step_states"}
 
 
 async def table_names(url: URL) -> set[str]:
@@ -51,6 +52,8 @@ async def test_upgrade_downgrade_upgrade(db_url: URL) -> None:
     assert await table_names(db_url) == set()
     await asyncio.to_thread(upgrade, db_url)
     assert await table_names(db_url) == TABLES | {"alembic_version"}
+    await asyncio.to_thread(downgrade, db_url, "0001")
+    assert await table_names(db_url) == TABLES_0001 | {"alembic_version"}
     await asyncio.to_thread(downgrade, db_url, "base")
     assert await table_names(db_url) == {"alembic_version"}
     await asyncio.to_thread(upgrade, db_url, "head")
@@ -102,26 +105,27 @@ def downgrade() -> None:
 
 async def test_schema_state_missing_behind_current_ahead(db_url: URL, tmp_path: Path) -> None:
     newer = alembic_config(db_url, script_location=_migrations_with_a_newer_revision(tmp_path))
+    head = head_revision()
     engine = make_engine(db_url)
     try:
         state = await schema_state(engine)
-        assert (state.status, state.current, state.head) == (SchemaStatus.MISSING, None, "0001")
+        assert (state.status, state.current, state.head) == (SchemaStatus.MISSING, None, head)
         assert "egresswatch db upgrade --db" in state.message(db_url)
 
         await asyncio.to_thread(upgrade, db_url)
         state = await schema_state(engine)
-        assert (state.status, state.current) == (SchemaStatus.CURRENT, "0001")
+        assert (state.status, state.current) == (SchemaStatus.CURRENT, head)
         assert state.ok
 
         # Seen by a newer egresswatch, this database is behind.
         state = await schema_state(engine, newer)
-        assert (state.status, state.current, state.head) == (SchemaStatus.BEHIND, "0001", "9999")
+        assert (state.status, state.current, state.head) == (SchemaStatus.BEHIND, head, "9999")
         assert "needs 9999" in state.message(db_url)
 
         # Migrated by the newer egresswatch, it is ahead of this one.
         await asyncio.to_thread(command.upgrade, newer, "head")
         state = await schema_state(engine)
-        assert (state.status, state.current, state.head) == (SchemaStatus.AHEAD, "9999", "0001")
+        assert (state.status, state.current, state.head) == (SchemaStatus.AHEAD, "9999", head)
         assert "newer egresswatch" in state.message(db_url)
         assert await schema_state(engine, newer) == SchemaState(
             SchemaStatus.CURRENT, "9999", "9999"

@@ -1,11 +1,18 @@
-"""Storage: the schema (through Alembic), the Store, the batched writer, rollups and pruning.
+"""Storage: the schema (through Alembic), the Store, the batched writer, rollups and pruning,
+and History (changes, incidents, step states).
 
 Everything here speaks `egresswatch.model` types and the frozen types defined in this package;
 table rows never leave it. SQLite (aiosqlite) and PostgreSQL (asyncpg) behave the same.
 """
 
+from egresswatch.storage.history import BadCursor, History, Page
 from egresswatch.storage.policy import Resolution, RetentionWindows, choose_resolution
-from egresswatch.storage.records import SourceRecord, TargetRecord
+from egresswatch.storage.records import (
+    IncidentRecord,
+    SourceRecord,
+    StateRecord,
+    TargetRecord,
+)
 from egresswatch.storage.retention import PruneReport, RollupReport, prune, rollup
 from egresswatch.storage.schema import (
     SchemaState,
@@ -23,8 +30,12 @@ from egresswatch.storage.timeline import Timeline, TimelinePoint
 from egresswatch.storage.writer import BatchedWriter, NoHooks, RoundSink, WriterHooks
 
 __all__ = [
+    "BadCursor",
     "BatchedWriter",
+    "History",
+    "IncidentRecord",
     "NoHooks",
+    "Page",
     "PruneReport",
     "Resolution",
     "RetentionWindows",
@@ -33,6 +44,7 @@ __all__ = [
     "SchemaState",
     "SchemaStatus",
     "SourceRecord",
+    "StateRecord",
     "Store",
     "TargetRecord",
     "Timeline",

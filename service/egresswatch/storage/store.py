@@ -13,10 +13,9 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from egresswatch.model import Reason, Role, RoundResult, SourceKind, Status, Step, StepResult
+from egresswatch.model import Role, RoundResult, SourceKind, Step
 from egresswatch.storage import tables as t
 from egresswatch.storage.bulk import RoundRow, StepRow, insert_rounds_and_steps
 from egresswatch.storage.policy import (
@@ -27,24 +26,17 @@ from egresswatch.storage.policy import (
     choose_resolution,
 )
 from egresswatch.storage.records import SourceRecord, TargetRecord
+from egresswatch.storage.rows import create_names, read_rounds, upsert
 from egresswatch.storage.timeline import Timeline, read_raw, read_rollups
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 LAST_SEEN_STEP = timedelta(minutes=1)  # sources' and targets' last_seen are this precise
-_STEP_ORDER = {step: i for i, step in enumerate(Step)}
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def upsert(conn: AsyncConnection, table: sa.Table) -> Any:
-    """The dialect's INSERT, which has `on_conflict_do_nothing/do_update` on both databases."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 class Store:
@@ -177,26 +169,8 @@ class Store:
         deadlock on PostgreSQL).
         """
         names = sorted(seen)
-        missing = [name for name in names if name not in cache]
-        fresh: dict[str, int] = {}
-        if missing:
-            new_rows = [
-                {
-                    "name": name,
-                    "first_seen": seen[name][0],
-                    "last_seen": seen[name][1],
-                    **defaults,
-                    **({"url": name} if table is t.targets else {}),
-                }
-                for name in missing
-            ]
-            await conn.execute(
-                upsert(conn, table).on_conflict_do_nothing(index_elements=["name"]), new_rows
-            )
-            found = await conn.execute(
-                sa.select(table.c.name, table.c.id).where(table.c.name.in_(missing))
-            )
-            fresh = {name: int(pk) for name, pk in found.all()}
+        missing = {name: seen[name] for name in names if name not in cache}
+        fresh = await create_names(conn, table, missing, defaults)
         ids = {name: cache[name] if name in cache else fresh[name] for name in names}
         # last_seen to the minute, not to the batch: every batch touches the same few rows, and
         # on PostgreSQL an update holds their row locks until commit, serializing concurrent
@@ -300,54 +274,12 @@ class Store:
         Steps come back in checklist order. Empty when the target is unknown or its rounds in
         that range were pruned.
         """
-        r, s, tg, sr = t.rounds, t.sources, t.targets, t.step_results
-        query = (
-            sa.select(
-                r.c.id,
-                r.c.started_at,
-                s.c.name,
-                sr.c.step,
-                sr.c.status,
-                sr.c.reason,
-                sr.c.duration_s,
-                sr.c.detail,
-                sr.c.evidence,
-            )
-            .select_from(
-                r.join(tg, tg.c.id == r.c.target_id)
-                .join(s, s.c.id == r.c.source_id)
-                .outerjoin(sr, sr.c.round_id == r.c.id)
-            )
-            .where(tg.c.name == target, r.c.started_at >= start, r.c.started_at < end)
-            .order_by(r.c.started_at, r.c.id)
-        )
+        r, s, tg = t.rounds, t.sources, t.targets
+        where = [tg.c.name == target, r.c.started_at >= start, r.c.started_at < end]
         if source is not None:
-            query = query.where(s.c.name == source)
+            where.append(s.c.name == source)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        grouped: dict[int, tuple[datetime, str, list[StepResult]]] = {}
-        for round_id, started_at, source_name, step, status, reason, duration, detail, ev in rows:
-            _, _, steps = grouped.setdefault(round_id, (started_at, source_name, []))
-            if step is not None:
-                steps.append(
-                    StepResult(
-                        step=Step(step),
-                        status=Status(status),
-                        reason=Reason(reason) if reason is not None else None,
-                        duration_s=duration,
-                        detail=detail,
-                        evidence=ev,
-                    )
-                )
-        return [
-            RoundResult(
-                target=target,
-                source=source_name,
-                started_at=started_at,
-                steps=tuple(sorted(steps, key=lambda s: _STEP_ORDER[s.step])),
-            )
-            for started_at, source_name, steps in grouped.values()
-        ]
+            return await read_rounds(conn, *where)
 
     async def timeline(
         self,

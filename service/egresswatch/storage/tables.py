@@ -181,3 +181,66 @@ rollup_pending = sa.Table(
     sa.Column("bucket_start", UTCDateTime, primary_key=True),
     sa.Column("version", sa.Integer, nullable=False),
 )
+
+# -- change detection and diagnosis (migration 0002) -----------------------------------------
+
+# A step's state flipping for a (source, target), after hysteresis: the change log. Kept longest
+# (DESIGN.md §4), so it references sources and targets by id like the results do.
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("id", BigId, primary_key=True),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), nullable=False),
+    sa.Column("target_id", sa.Integer, sa.ForeignKey("targets.id"), nullable=False),
+    sa.Column("step", Code, nullable=True),  # NULL: the whole (source, target) (staleness)
+    sa.Column("previous", Code, nullable=False),
+    sa.Column("current", Code, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("detected_at", UTCDateTime, nullable=False),
+    sa.Column("reason", Code, nullable=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    # Keyset pagination, newest first, with and without a target or source filter. On SQLite
+    # every index also holds the rowid (= id), so all three serve the (detected_at, id) order.
+    sa.Index("ix_changes_detected_at_id", "detected_at", "id"),
+    sa.Index("ix_changes_target_id_detected_at", "target_id", "detected_at"),
+    sa.Index("ix_changes_source_id_detected_at", "source_id", "detected_at"),
+)
+
+# A period in which a target is failing from one or more sources. The id is chosen by the
+# controller (so an incident is updated in place as it evolves); `sources`, `evidence` and
+# `history` are JSON lists; `ended_at` is NULL while the incident is open.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("target_id", sa.Integer, sa.ForeignKey("targets.id"), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("detected_at", UTCDateTime, nullable=False),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("sources", Json, nullable=False),
+    sa.Column("first_failing_step", Code, nullable=True),
+    sa.Column("suspect", Code, nullable=False),
+    sa.Column("evidence", Json, nullable=False),
+    sa.Column("next_command", sa.Text, nullable=True),
+    sa.Column("history", Json, nullable=False),
+    # A target's incidents over time, and the one open at a moment (History.incident_at).
+    sa.Index("ix_incidents_target_id_started_at", "target_id", "started_at"),
+    # Keyset pagination of all incidents, newest first.
+    sa.Index("ix_incidents_started_at_id", "started_at", "id"),
+    # Open incidents (ended_at IS NULL) without reading the closed ones.
+    sa.Index("ix_incidents_ended_at", "ended_at"),
+)
+
+# The current state of each step of each (source, target): the latest change wins, by
+# detected_at. `step` is '' for the whole pair (a primary key column cannot be NULL).
+step_states = sa.Table(
+    "step_states",
+    metadata,
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), primary_key=True),
+    sa.Column("target_id", sa.Integer, sa.ForeignKey("targets.id"), primary_key=True),
+    sa.Column("step", Code, primary_key=True),
+    sa.Column("state", Code, nullable=False),
+    sa.Column("since", UTCDateTime, nullable=False),  # started_at of the change that set it
+    sa.Column("reason", Code, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),  # detected_at of that change
+)
