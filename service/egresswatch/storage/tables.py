@@ -232,15 +232,17 @@ incidents = sa.Table(
 )
 
 # The current state of each step of each (source, target): the latest change wins, by
-# detected_at. `step` is '' for the whole pair (a primary key column cannot be NULL).
+# detected_at. `step` is '' for the whole pair (a primary key column cannot be NULL). The key
+# leads with the target: the API reads the states of one target (History.states(target)).
 step_states = sa.Table(
     "step_states",
     metadata,
-    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), primary_key=True),
-    sa.Column("target_id", sa.Integer, sa.ForeignKey("targets.id"), primary_key=True),
-    sa.Column("step", Code, primary_key=True),
+    sa.Column("source_id", sa.Integer, sa.ForeignKey("sources.id"), nullable=False),
+    sa.Column("target_id", sa.Integer, sa.ForeignKey("targets.id"), nullable=False),
+    sa.Column("step", Code, nullable=False),
     sa.Column("state", Code, nullable=False),
     sa.Column("since", UTCDateTime, nullable=False),  # started_at of the change that set it
     sa.Column("reason", Code, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),  # detected_at of that change
+    sa.PrimaryKeyConstraint("target_id", "source_id", "step"),
 )

@@ -1,0 +1,398 @@
+"""Hysteresis: round results in, per-step states and their `Change`s out (DESIGN.md §2 "change").
+
+Pure: no I/O and no clock of its own (the caller passes `now`). One `Detector` holds, per
+(source, target, step), a few counters, the last K judgements of the M-of-K window and one
+latency change-point detector, so memory is bounded per key whatever the history.
+
+The rules, per step of a (source, target):
+
+- `fail` is a failed round, `ok` a good one. `skipped` and `error` are neither and leave every
+  counter where it was: `skipped` means an earlier step failed, so this step was not tried and
+  says nothing about itself (counting it as failed would blame tcp_connect for a DNS outage;
+  counting it as good would "recover" a step nobody tested); `error` means our probe broke, and
+  the target must not be judged by our own bugs.
+- The step turns FAILING after `fail_after` failed rounds in a row, or when `fail_window` is set
+  and M of the last K judged rounds failed (flapping). `started_at` of the change is the first
+  failed round of the run, or the first failed round inside the window, whichever is earlier.
+- A FAILING step recovers to OK after `recover_after` good rounds in a row; `started_at` is the
+  first good round of that run. Both flips clear the M-of-K window, so old failures cannot
+  re-fail a step that just recovered.
+- A step starts UNKNOWN (never judged). Its first good round makes it OK without a change: a
+  baseline is not news. A step failing from its very first round counts towards FAILING as
+  usual and flips UNKNOWN -> FAILING.
+- Latency: the durations of `ok` results (all probe steps but path_trace, whose duration is
+  hop timeouts, not latency) feed a `LatencyShiftDetector`. An upward shift turns OK into
+  DEGRADED (`started_at`: the round where the shift began). DEGRADED turns back into OK once
+  the latency shifted down and its level is again less than `min_shift` above the level before
+  the rise (`started_at`: where it came down), or, if it drifted back without a shift, less
+  than half that. A shift down while OK is just a new normal.
+  FAILING wins over DEGRADED: a step going FAILING forgets its latency history and learns it
+  again after it recovers.
+- Staleness: see `Detector.stale`. A silence breaks runs (counting restarts when the source
+  reports again), so rounds before and after a gap never add up to a failure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from egresswatch.controller.changepoint import (
+    Direction,
+    LatencyShiftDetector,
+    Shift,
+    ShiftParams,
+)
+from egresswatch.model import (
+    PROBE_STEPS,
+    Change,
+    Reason,
+    RoundResult,
+    Status,
+    Step,
+    StepResult,
+    StepState,
+)
+
+if TYPE_CHECKING:  # settings imports pydantic and YAML; the rules only read four fields
+    from egresswatch.settings import DetectionSettings
+
+Policy = Callable[[str], "DetectionSettings"]
+LATENCY_STEPS = frozenset(PROBE_STEPS) - {Step.PATH_TRACE}
+_DETAIL_MAX = 200
+
+
+@dataclass
+class _StepTrack:
+    state: StepState = StepState.UNKNOWN
+    since: datetime | None = None  # started_at of the run that set `state`
+    reason: Reason | None = None  # of the latest failed result
+    fails: int = 0  # failed rounds in a row
+    fail_start: datetime | None = None
+    goods: int = 0  # good rounds in a row
+    good_start: datetime | None = None
+    window: deque[tuple[bool, datetime]] = field(default_factory=lambda: deque(maxlen=0))
+    latency: LatencyShiftDetector | None = None
+    normal_s: float | None = None  # the level a DEGRADED step is measured against
+    came_down: datetime | None = None  # a DEGRADED step's latency shifted down from here...
+    settling: int = 0  # ...and the detector is still learning the level it came down to
+
+    def break_runs(self) -> None:
+        self.fails = self.goods = 0
+        self.fail_start = self.good_start = None
+        self.window.clear()
+
+    def flip(self, state: StepState, since: datetime) -> StepState:
+        previous, self.state, self.since = self.state, state, since
+        return previous
+
+
+@dataclass
+class _SourceTrack:
+    last_round_at: datetime
+    steps: dict[Step, _StepTrack] = field(default_factory=dict)
+    stale: bool = False
+    lost: StepState | None = None  # the state announced as lost when it went stale
+
+    def summary(self) -> StepState | None:
+        """The worst judged state of its steps; None when no step was ever judged."""
+        states = {t.state for t in self.steps.values()}
+        for state in (StepState.FAILING, StepState.DEGRADED, StepState.OK):
+            if state in states:
+                return state
+        return None
+
+
+class Detector:
+    """Per-step states of every (source, target) after hysteresis, and the changes between them.
+
+    `policy(target)` gives the target's `DetectionSettings` (e.g. `Settings.detection_for`);
+    it is asked on every round, so a config reload takes effect at the next round.
+    Rounds of one (source, target) must arrive in time order; a round that is not newer than
+    the last one seen (a replayed batch) is ignored.
+    """
+
+    def __init__(self, policy: Policy, *, shift_params: ShiftParams | None = None) -> None:
+        self._policy = policy
+        self._shift_params = shift_params or ShiftParams()
+        self._tracks: dict[str, dict[str, _SourceTrack]] = {}  # target -> source -> track
+
+    # -- feeding --------------------------------------------------------------------------
+
+    def observe(self, result: RoundResult, *, now: datetime) -> list[Change]:
+        """Judge one round; the changes it causes, in order (a source's return comes first)."""
+        sources = self._tracks.setdefault(result.target, {})
+        track = sources.get(result.source)
+        if track is None:
+            track = sources[result.source] = _SourceTrack(last_round_at=result.started_at)
+        elif result.started_at <= track.last_round_at:
+            return []
+        track.last_round_at = result.started_at
+        changes: list[Change] = []
+        if track.stale:
+            changes.extend(self._returned(result, track, now))
+        policy = self._policy(result.target)
+        for step_result in result.steps:
+            if step_result.step not in PROBE_STEPS:
+                continue
+            step = track.steps.setdefault(step_result.step, _StepTrack())
+            change = self._judge(result, step_result, step, policy, now)
+            if change is not None:
+                changes.append(change)
+        return changes
+
+    def stale(self, now: datetime, interval_of: Callable[[str], float]) -> list[Change]:
+        """Mark silent sources UNKNOWN: one change (step None) per (source, target).
+
+        A (source, target) with no round for more than `stale_after` x `interval_of(target)`
+        seconds becomes unknown; the change says what it was (its worst step state) and starts
+        one interval after its last round (the first round that did not come). Time alone never
+        changes a step's state: the states are kept, shown as UNKNOWN while it is silent, and
+        given back by the change of its next round. A source never judged emits nothing.
+        """
+        changes: list[Change] = []
+        for target, sources in self._tracks.items():
+            policy = self._policy(target)
+            interval = timedelta(seconds=interval_of(target))
+            for source, track in sources.items():
+                if track.stale or now - track.last_round_at <= interval * policy.stale_after:
+                    continue
+                track.stale, track.lost = True, track.summary()
+                if track.lost is None:
+                    continue
+                changes.append(
+                    Change(
+                        source=source,
+                        target=target,
+                        step=None,
+                        previous=track.lost,
+                        current=StepState.UNKNOWN,
+                        started_at=track.last_round_at + interval,
+                        detected_at=now,
+                        detail=f"no round for {policy.stale_after} intervals"
+                        f" of {interval.total_seconds():g}s",
+                    )
+                )
+        return changes
+
+    def forget(self, *, source: str | None = None, target: str | None = None) -> None:
+        """Drop what is held about a source, a target, or one pair (a pod deleted, a target
+        removed from the config), so memory follows what exists. Emits no change."""
+        if source is None and target is None:
+            raise ValueError("forget a source, a target or both")
+        for name in [target] if target is not None else list(self._tracks):
+            sources = self._tracks.get(name, {})
+            if source is None:
+                sources.clear()
+            else:
+                sources.pop(source, None)
+            if not sources:
+                self._tracks.pop(name, None)
+
+    # -- queries --------------------------------------------------------------------------
+
+    def state(self, source: str, target: str, step: Step) -> StepState:
+        """The step's state; UNKNOWN if never judged or while its source is silent."""
+        track = self._tracks.get(target, {}).get(source)
+        if track is None or track.stale or step not in track.steps:
+            return StepState.UNKNOWN
+        return track.steps[step].state
+
+    def since(self, source: str, target: str, step: Step) -> datetime | None:
+        """When the step's current state began (the started_at of its change), if judged."""
+        track = self._tracks.get(target, {}).get(source)
+        if track is None or track.stale or step not in track.steps:
+            return None
+        return track.steps[step].since
+
+    def failing_since(self, source: str, target: str, step: Step) -> datetime | None:
+        """The first failed round of the current failure, None unless FAILING now."""
+        if self.state(source, target, step) is not StepState.FAILING:
+            return None
+        return self.since(source, target, step)
+
+    def states(self, target: str) -> dict[str, dict[Step, StepState]]:
+        """source -> step -> state for every source seen for `target` (copies)."""
+        return {
+            source: {step: self.state(source, target, step) for step in track.steps}
+            for source, track in self._tracks.get(target, {}).items()
+        }
+
+    def unknown_sources(self, target: str) -> frozenset[str]:
+        """The sources of `target` that are silent now."""
+        return frozenset(s for s, t in self._tracks.get(target, {}).items() if t.stale)
+
+    def pairs(self) -> Iterator[tuple[str, str]]:
+        """Every (source, target) held."""
+        for target, sources in self._tracks.items():
+            for source in sources:
+                yield source, target
+
+    # -- the rules ------------------------------------------------------------------------
+
+    def _returned(self, result: RoundResult, track: _SourceTrack, now: datetime) -> list[Change]:
+        # A silence breaks the runs: "in a row" and "of the last K" mean rounds that came one
+        # after the other, and the failure seen before the gap may not be the one after it.
+        track.stale = False
+        for step in track.steps.values():
+            step.break_runs()
+        lost, track.lost = track.lost, None
+        if lost is None:
+            return []
+        return [
+            Change(
+                source=result.source,
+                target=result.target,
+                step=None,
+                previous=StepState.UNKNOWN,
+                current=lost,
+                started_at=result.started_at,
+                detected_at=now,
+                detail="reporting again",
+            )
+        ]
+
+    def _judge(
+        self,
+        result: RoundResult,
+        step_result: StepResult,
+        step: _StepTrack,
+        policy: DetectionSettings,
+        now: datetime,
+    ) -> Change | None:
+        at = result.started_at
+
+        def change(previous: StepState, detail: str, reason: Reason | None) -> Change:
+            return Change(
+                source=result.source,
+                target=result.target,
+                step=step_result.step,
+                previous=previous,
+                current=step.state,
+                started_at=step.since or at,
+                detected_at=now,
+                reason=reason,
+                detail=detail[:_DETAIL_MAX],
+            )
+
+        _fit_window(step, policy.fail_window)
+        if step_result.status is Status.FAIL:
+            return _failed(step, step_result, at, policy, change)
+        if step_result.status is not Status.OK:
+            return None  # skipped or error: neither failed nor good (module docstring)
+        flipped = _good(step, at, policy, change)
+        if step.state is StepState.FAILING or step_result.step not in LATENCY_STEPS:
+            return flipped
+        if step.latency is None:
+            step.latency = LatencyShiftDetector(self._shift_params)
+        shift = step.latency.update(step_result.duration_s, at)
+        if flipped is not None:
+            return flipped
+        return _latency(step, at, shift, step.latency, self._shift_params, change)
+
+
+_ChangeOf = Callable[[StepState, str, "Reason | None"], Change]
+
+
+def _fit_window(step: _StepTrack, fail_window: tuple[int, int] | None) -> None:
+    size = fail_window[1] if fail_window else 0
+    if step.window.maxlen != size:  # first use, or the config changed
+        step.window = deque(step.window, maxlen=size)
+
+
+def _failed(
+    step: _StepTrack,
+    result: StepResult,
+    at: datetime,
+    policy: DetectionSettings,
+    change: _ChangeOf,
+) -> Change | None:
+    step.goods, step.good_start = 0, None
+    step.fails += 1
+    if step.fails == 1:
+        step.fail_start = at
+    step.reason = result.reason
+    step.window.append((True, at))
+    if step.state is StepState.FAILING:
+        return None
+    starts: list[datetime] = []
+    why = ""
+    if step.fails >= policy.fail_after and step.fail_start is not None:
+        starts.append(step.fail_start)
+        why = f"{step.fails} failed rounds in a row"
+    if policy.fail_window is not None:
+        failed_at = [when for failed, when in step.window if failed]
+        if len(failed_at) >= policy.fail_window[0]:
+            starts.append(failed_at[0])
+            why = f"{len(failed_at)} of the last {len(step.window)} rounds failed"
+    if not starts:
+        return None
+    previous = step.flip(StepState.FAILING, min(starts))
+    step.window.clear()
+    # The latency seen before a failure says nothing about the path after it.
+    step.latency, step.normal_s, step.came_down = None, None, None
+    detail = f"{why}: {result.detail}" if result.detail else why
+    return change(previous, detail, step.reason)
+
+
+def _good(
+    step: _StepTrack, at: datetime, policy: DetectionSettings, change: _ChangeOf
+) -> Change | None:
+    step.fails, step.fail_start = 0, None
+    step.goods += 1
+    if step.goods == 1:
+        step.good_start = at
+    step.window.append((False, at))
+    if step.state is StepState.UNKNOWN:
+        step.flip(StepState.OK, at)  # the first good round sets a baseline: no change
+        return None
+    if step.state is not StepState.FAILING or step.goods < policy.recover_after:
+        return None
+    previous = step.flip(StepState.OK, step.good_start or at)
+    step.window.clear()  # or the failures before would fail it again at once
+    return change(previous, f"{step.goods} good rounds in a row", None)
+
+
+def _latency(
+    step: _StepTrack,
+    at: datetime,
+    shift: Shift | None,
+    detector: LatencyShiftDetector,
+    params: ShiftParams,
+    change: _ChangeOf,
+) -> Change | None:
+    if shift is not None and shift.direction is Direction.UP:
+        step.came_down = None
+        if step.state is not StepState.OK:
+            return None  # already DEGRADED: still is
+        step.normal_s = shift.before_s
+        previous = step.flip(StepState.DEGRADED, shift.started_at)
+        level = f"{shift.before_s * 1000:.1f} ms -> {shift.after_s * 1000:.1f} ms"
+        return change(previous, f"latency {level} ({shift.ratio:.1f}x)", None)
+    if step.state is not StepState.DEGRADED or step.normal_s is None:
+        return None  # a shift down while OK is just a new normal
+    if shift is not None:
+        step.came_down, step.settling = shift.started_at, params.warmup
+    elif step.settling > 0:
+        step.settling -= 1
+    if step.settling == 0:
+        step.came_down = None  # what it came down to was not the old level
+    # Back to OK once the level is again less than `min_shift` above the level before the
+    # rise. Judged on the detector's level while it settles after a shift down, not on the
+    # shift's first estimate (a median of a few samples, which could leave the step DEGRADED
+    # for good); `started_at` is then where it came down. Otherwise (the level drifted back)
+    # the bar is half as far, so a level hovering at the edge cannot flap, and it starts now.
+    level_s = detector.baseline_s
+    margin = params.min_shift if step.came_down is not None else params.min_shift / 2
+    if level_s is None or level_s >= step.normal_s * math.exp(margin):
+        return None
+    normal = f"{step.normal_s * 1000:.1f} ms"
+    step.normal_s = None
+    previous = step.flip(StepState.OK, step.came_down or at)
+    step.came_down = None
+    detail = f"latency back to {level_s * 1000:.1f} ms ({normal} before it rose)"
+    return change(previous, detail, None)

@@ -1,0 +1,246 @@
+"""Rounds in; changes, incidents, stored history and metrics out.
+
+The detector and the incident book are pure and synchronous: every round is judged the moment
+it arrives. What they produce is written by `flush()`; while the database is away it stays
+pending here and is written later (buffering, not loss).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from egresswatch.controller.diagnosis import Context, Observation, diagnose
+from egresswatch.controller.hysteresis import Detector
+from egresswatch.controller.incidents import Incident, IncidentBook, IncidentEvent
+from egresswatch.metrics import Metrics
+from egresswatch.model import Change, Role, RoundResult, SourceKind, Suspect, Verdict
+from egresswatch.settings import DetectionSettings, Settings
+from egresswatch.storage import History, IncidentRecord
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING_CHANGES = 1_000_000  # memory bound while the database is away; oldest go first
+
+
+class Pipeline:
+    """Judges rounds as they come, keeps the latest round of every (source, target)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Callable[[], Settings],
+        history: History,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._settings = settings
+        self._history = history
+        self._metrics = metrics
+        self._clock = clock
+        self.detector = Detector(self._policy)
+        self.book = IncidentBook()
+        self._latest: dict[tuple[str, str], RoundResult] = {}
+        self._kinds: dict[str, SourceKind] = {}
+        self._pending_changes: list[Change] = []
+        self._pending_incidents: dict[str, IncidentRecord] = {}
+        self._suspects_seen: set[tuple[str, Suspect]] = set()
+
+    # -- in ----------------------------------------------------------------------------------
+
+    def set_source_kind(self, source: str, kind: SourceKind) -> None:
+        self._kinds[source] = kind
+
+    def observe(self, rounds: Iterable[RoundResult]) -> list[Change]:
+        """Judge rounds (of any sources), oldest first; returns the changes they caused."""
+        now = self._clock()
+        changes: list[Change] = []
+        for result in sorted(rounds, key=lambda r: r.started_at):
+            if self._settings().target(result.target) is None:
+                continue  # a target that left the config: stored, but no longer judged
+            self._latest[(result.source, result.target)] = result
+            changes += self.detector.observe(result, now=now)
+        self._after(changes, now)
+        return changes
+
+    def tick(self) -> list[Change]:
+        """Time passing: sources that stopped reporting become unknown."""
+        now = self._clock()
+        changes = self.detector.stale(now, self._interval_of)
+        self._after(changes, now)
+        return changes
+
+    def forget_target(self, target: str) -> None:
+        self.detector.forget(target=target)
+        for key in [k for k in self._latest if k[1] == target]:
+            del self._latest[key]
+
+    def _after(self, changes: list[Change], now: datetime) -> None:
+        events = self.book.apply(
+            changes, now=now, detector_states=self.detector.states, verdict_for=self.verdict_for
+        )
+        for change in changes:
+            if change.step is not None:
+                self._metrics.set_step_last_change(
+                    change.source, change.target, change.step, change.detected_at
+                )
+            log.info(
+                "change",
+                extra={
+                    "source": change.source,
+                    "target": change.target,
+                    "step": change.step.value if change.step else None,
+                    "from": change.previous.value,
+                    "to": change.current.value,
+                    "since": change.started_at.isoformat(),
+                },
+            )
+        self._pending_changes += changes
+        if len(self._pending_changes) > MAX_PENDING_CHANGES:
+            dropped = len(self._pending_changes) - MAX_PENDING_CHANGES
+            del self._pending_changes[:dropped]
+            log.error("changes dropped while the database is away", extra={"changes": dropped})
+        for event in events:
+            self._pending_incidents[event.incident.id] = incident_record(event.incident)
+            _log_event(event)
+        self._export_incidents()
+
+    # -- out ---------------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Write pending changes and incidents; on failure keep them for the next flush."""
+        if self._pending_changes:
+            batch = self._pending_changes[:5000]
+            try:
+                await self._history.save_changes(batch)
+            except Exception:
+                self._metrics.count_database_error()
+                log.exception("could not store changes; kept for the next try")
+                return
+            del self._pending_changes[: len(batch)]
+        for incident_id, record in list(self._pending_incidents.items()):
+            try:
+                await self._history.save_incident(record)
+            except Exception:
+                self._metrics.count_database_error()
+                log.exception("could not store an incident; kept for the next try")
+                return
+            if self._pending_incidents.get(incident_id) is record:
+                del self._pending_incidents[incident_id]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending_changes) + len(self._pending_incidents)
+
+    def _export_incidents(self) -> None:
+        counts: dict[tuple[str, Suspect], int] = {}
+        for incident in self.book.open_incidents():
+            key = (incident.target, incident.suspect)
+            counts[key] = counts.get(key, 0) + 1
+        for key in self._suspects_seen | set(counts):
+            self._metrics.set_incidents_open(key[0], key[1], counts.get(key, 0))
+        self._suspects_seen |= set(counts)
+
+    # -- diagnosis ---------------------------------------------------------------------------
+
+    def verdict_for(self, target: str, sources: tuple[str, ...]) -> Verdict:
+        """The verdict for a target failing from `sources`: diagnose the first of them that
+        has a failing round, against its control targets and the target's other sources."""
+        settings = self._settings()
+        rounds = [self._latest.get((s, target)) for s in sources]
+        failing = [r for r in rounds if r is not None and r.first_failing_step is not None]
+        if not failing:
+            return Verdict(Suspect.UNKNOWN, None, ("no failing round at hand",))
+        this = self._observation(settings, failing[0])
+        controls = [
+            self._observation(settings, result)
+            for (source, name), result in self._latest.items()
+            if source == this.source and _role(settings, name) is Role.CONTROL
+        ]
+        peers = [
+            self._observation(settings, result)
+            for (source, name), result in self._latest.items()
+            if name == target and source != this.source
+        ]
+        context = Context(
+            egress_devices=tuple(settings.egress_devices),
+            upstream=settings.dns.upstream,
+            proxy=settings.proxy.url if settings.proxy else None,
+        )
+        return diagnose(this, controls=controls, peers=peers, context=context)
+
+    def _observation(self, settings: Settings, result: RoundResult) -> Observation:
+        target = settings.target(result.target)
+        assert target is not None  # only configured targets are kept in _latest
+        return Observation(
+            source=result.source,
+            source_kind=self._kinds.get(result.source, SourceKind.NODE),
+            target=result.target,
+            role=target.role,
+            endpoint=target.endpoint,
+            round=result,
+        )
+
+    def _policy(self, target: str) -> DetectionSettings:
+        settings = self._settings()
+        found = settings.target(target)
+        return settings.detection_for(found) if found is not None else settings.detection
+
+    def _interval_of(self, target: str) -> float:
+        settings = self._settings()
+        found = settings.target(target)
+        return settings.timing(found)[0] if found is not None else settings.probes.interval
+
+
+def _role(settings: Settings, target: str) -> Role | None:
+    found = settings.target(target)
+    return found.role if found is not None else None
+
+
+def incident_record(incident: Incident) -> IncidentRecord:
+    """The stored form of an incident: its history as JSON-able updates."""
+    return IncidentRecord(
+        id=incident.id,
+        target=incident.target,
+        started_at=incident.started_at,
+        detected_at=incident.detected_at,
+        ended_at=incident.ended_at,
+        sources=incident.sources,
+        first_failing_step=incident.first_failing_step,
+        suspect=incident.suspect,
+        evidence=incident.evidence,
+        next_command=incident.next_command,
+        history=tuple(_jsonable(asdict(update)) for update in incident.history),
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, Mapping):
+        return {str(_jsonable(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "value") and isinstance(value.value, str):  # StrEnum
+        return value.value
+    return value
+
+
+def _log_event(event: IncidentEvent) -> None:
+    incident = event.incident
+    log.warning(
+        f"incident {event.kind.value}",
+        extra={
+            "incident": incident.id,
+            "target": incident.target,
+            "first_failing_step": (
+                incident.first_failing_step.value if incident.first_failing_step else None
+            ),
+            "suspect": incident.suspect.value,
+            "sources": list(incident.sources),
+            "started_at": incident.started_at.isoformat(),
+        },
+    )
