@@ -33,7 +33,12 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem(exc.status, exc.reason, exc.text or exc.reason)
+        response = problem(exc.status, exc.reason, exc.text or exc.reason)
+        # Allow (405) and WWW-Authenticate (401) are part of the answer, not of its body.
+        for name, value in exc.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                response.headers[name] = value
+        return response
 
 
 def make_app(*, registry: CollectorRegistry, readiness: Readiness) -> web.Application:

@@ -1,0 +1,340 @@
+"""The v1 HTTP API of DESIGN.md §4: its handlers, over injected dependencies.
+
+`add_api_routes(app, deps)` adds /api/v1/* and /openapi.json (openapi.py describes every
+route). Answers are JSON; failures are problem documents (`controller.api.problem`) naming
+what was wrong, with `invalid_params` for bad parameters. Unknown query parameters are
+refused (400), so a misspelled filter never returns unfiltered data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from egresswatch.controller import documents as docs
+from egresswatch.controller.api import problem
+from egresswatch.controller.diagnosis_view import TargetCatalog, diagnosis_document
+from egresswatch.controller.openapi import openapi_document
+from egresswatch.controller.params import (
+    ApiError,
+    InvalidParam,
+    Query,
+    bad_request,
+    iso,
+    not_found,
+)
+from egresswatch.controller.payloads import parse_batch, read_body
+from egresswatch.model import RoundResult, SourceKind
+from egresswatch.report import round_document
+from egresswatch.settings import Settings
+from egresswatch.storage import BadCursor, History, Store
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+TIMELINE_DEFAULT = timedelta(hours=1)
+FUTURE_SKEW = timedelta(hours=1)  # an agent's round may start this far ahead of our clock
+CURSOR_MAX = 1024
+ID_MAX = 128
+
+
+@dataclass(frozen=True)
+class ApiDeps:
+    """What the API needs, made and owned by wiring.py."""
+
+    store: Store
+    history: History
+    settings: Callable[[], Settings]  # the current config (reloads swap it)
+    # (source, batch_id, rounds) -> rounds stored (0 for a repeated batch)
+    ingest: Callable[[str, str, Sequence[RoundResult]], Awaitable[int]]
+    run_now: Callable[[str], Awaitable[RoundResult]]  # an on-demand round of a configured target
+    token: str | None  # the agents' bearer token; None = ingest disabled (401/403 always)
+    clock: Callable[[], datetime]
+
+
+def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
+    """Add the /api/v1/* routes and /openapi.json to `app` (before it starts)."""
+    api = _Api(deps)
+    document = openapi_document()
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    get, post = app.router.add_get, app.router.add_post
+    get("/api/v1/status", _answering(api.status))
+    get("/api/v1/incidents", _answering(api.incidents))
+    get("/api/v1/incidents/{id}", _answering(api.incident))
+    get("/api/v1/changes", _answering(api.changes))
+    get("/api/v1/targets/{target}/timeline", _answering(api.timeline))
+    get("/api/v1/targets/{target}/diagnosis", _answering(api.diagnosis))
+    post("/api/v1/targets/{target}/run", _answering(api.run))
+    post("/api/v1/results", _answering(api.results))
+    get("/api/v1/plan", _answering(api.plan))
+    get("/openapi.json", openapi)
+
+
+def _answering(handler: Handler) -> Handler:
+    """The handler, with ApiError as its problem document and any other failure as a 500 one
+    (logged with its traceback; the answer says nothing of the exception)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except ApiError as exc:
+            answer = problem(exc.status, exc.title, exc.detail, **exc.fields())
+            answer.headers.update(exc.headers)
+            return answer
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("API request failed", extra={"path": request.path})
+            return problem(
+                500, "Internal Server Error", "the controller could not answer: see its log"
+            )
+
+    return wrapped
+
+
+def _json(document: Any, status: int = 200) -> web.Response:
+    return web.json_response(document, status=status)
+
+
+class _Api:
+    def __init__(self, deps: ApiDeps) -> None:
+        self.deps = deps
+        self._runs: dict[str, asyncio.Task[RoundResult]] = {}
+        self._kinds: dict[str, SourceKind] = {}
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        Query(request.query).done()
+        states = await self.deps.history.states()
+        sources = [s.name for s in await self.deps.store.sources()]
+        return _json(docs.status_document(self.deps.settings(), states, sources, self._now()))
+
+    async def incidents(self, request: web.Request) -> web.Response:
+        q = Query(request.query)
+        target, source = q.text("target"), q.text("source")
+        since, until = q.time("since"), q.time("until")
+        is_open, limit = q.boolean("open"), q.limit()
+        cursor = q.text("cursor", max_length=CURSOR_MAX)
+        q.ordered("since", "until", since, until)
+        q.done()
+        try:
+            page = await self.deps.history.incidents(
+                target=target,
+                source=source,
+                since=since,
+                until=until,
+                open=is_open,
+                limit=limit,
+                cursor=cursor,
+            )
+        except BadCursor:
+            raise _bad_cursor() from None
+        items = [docs.incident_document(i) for i in page.items]
+        return _json(docs.page_document(items, page.next_cursor))
+
+    async def incident(self, request: web.Request) -> web.Response:
+        Query(request.query).done()
+        incident_id = request.match_info["id"]
+        found = None
+        # Ids are the controller's: short and printable. Anything else (a NUL, which
+        # PostgreSQL refuses even to compare) is no incident, without asking the database.
+        if len(incident_id) <= ID_MAX and incident_id.isprintable():
+            found = await self.deps.history.incident(incident_id)
+        if found is None:
+            raise not_found(f"no incident {incident_id[:ID_MAX]!r}")
+        return _json(docs.incident_document(found))
+
+    async def changes(self, request: web.Request) -> web.Response:
+        q = Query(request.query)
+        target, source, step = q.text("target"), q.text("source"), q.step()
+        since, until = q.time("since"), q.time("until")
+        limit, cursor = q.limit(), q.text("cursor", max_length=CURSOR_MAX)
+        q.ordered("since", "until", since, until)
+        q.done()
+        try:
+            page = await self.deps.history.changes(
+                target=target,
+                source=source,
+                step=step,
+                since=since,
+                until=until,
+                limit=limit,
+                cursor=cursor,
+            )
+        except BadCursor:
+            raise _bad_cursor() from None
+        items = [docs.change_document(c) for c in page.items]
+        return _json(docs.page_document(items, page.next_cursor))
+
+    async def timeline(self, request: web.Request) -> web.Response:
+        q = Query(request.query)
+        start, end = q.time("from"), q.time("to")
+        step, source = q.step(), q.text("source")
+        q.ordered("from", "to", start, end)
+        q.done()
+        target = request.match_info["target"]
+        await self._catalog(known=target)
+        now = self._now()
+        end = end if end is not None else (now if start is None or start < now else start)
+        start = start if start is not None else end - TIMELINE_DEFAULT
+        if start >= end:  # only `from` given, at or after now
+            end = start + TIMELINE_DEFAULT
+        timeline = await self.deps.store.timeline(target, start, end, step, now=now, source=source)
+        return _json(docs.timeline_document(timeline))
+
+    async def diagnosis(self, request: web.Request) -> web.Response:
+        q = Query(request.query)
+        at = q.time("at")
+        q.done()
+        target = request.match_info["target"]
+        catalog = await self._catalog(known=target)
+        settings = self.deps.settings()
+        document = await diagnosis_document(
+            target,
+            at if at is not None else self._now(),
+            catalog=catalog,
+            settings=settings,
+            store=self.deps.store,
+            history=self.deps.history,
+        )
+        return _json(document)
+
+    async def plan(self, request: web.Request) -> web.Response:
+        q = Query(request.query)
+        source = q.text("source", required=True)
+        q.done()
+        assert source is not None
+        return _json(docs.plan_document(self.deps.settings(), source, self._now()))
+
+    # -- acting -----------------------------------------------------------------------------
+
+    async def run(self, request: web.Request) -> web.Response:
+        """An on-demand round of a configured target; never of anything else (no open proxy).
+
+        Concurrent requests for one target share one round, and a client that goes away does
+        not cut the round short (it is bounded by the target's own timeout).
+        """
+        Query(request.query).done()
+        name = request.match_info["target"]
+        settings = self.deps.settings()
+        target = settings.target(name)
+        if target is None:
+            raise not_found(f"{name[:253]!r} is not a configured target")
+        task = self._runs.get(name)
+        if task is None:
+            task = asyncio.create_task(self._run_now(name), name=f"egresswatch-run-{name}")
+            self._runs[name] = task
+            task.add_done_callback(self._run_done)
+        result = await asyncio.shield(task)
+        document = round_document(
+            result,
+            target.endpoint,
+            upstream=settings.dns.upstream,
+            proxy=docs.public_proxy_url(settings) if target.use_proxy else None,
+        )
+        return _json(docs.json_safe(document))
+
+    async def results(self, request: web.Request) -> web.Response:
+        """Agent ingest: authenticated, validated, idempotent per batch_id."""
+        self._authorize(request)
+        batch = parse_batch(await read_body(request))
+        now = self._now()
+        late = [
+            InvalidParam(f"rounds[{i}].started_at", f"after {iso(now)}: check the agent's clock")
+            for i, r in enumerate(batch.rounds)
+            if r.started_at > now + FUTURE_SKEW
+        ]
+        if late:
+            raise bad_request(late[:50])
+        await self._check_targets([r.target for r in batch.rounds])
+        if batch.source_kind is not None and self._kinds.get(batch.source) != batch.source_kind:
+            await self.deps.store.register_source(batch.source, batch.source_kind)
+            self._kinds[batch.source] = batch.source_kind
+        rounds = [r.result() for r in batch.rounds]
+        stored = await self.deps.ingest(batch.source, batch.batch_id, rounds)
+        return _json({"stored": stored, "duplicate": stored == 0})
+
+    async def _run_now(self, name: str) -> RoundResult:
+        return await self.deps.run_now(name)
+
+    def _run_done(self, task: asyncio.Task[RoundResult]) -> None:
+        self._runs = {name: t for name, t in self._runs.items() if t is not task}
+        if not task.cancelled() and task.exception() is not None:
+            # The clients waiting for it answer 500 and log it; when every one went away,
+            # this is the only place that sees it.
+            log.warning("on-demand round failed", exc_info=task.exception())
+
+    def _authorize(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            raise ApiError(
+                401,
+                "Unauthorized",
+                "send the agent token as Authorization: Bearer TOKEN",
+                headers={"WWW-Authenticate": 'Bearer realm="egresswatch"'},
+            )
+        expected = self.deps.token
+        # Compared in constant time, and compared even when ingest is disabled, so the
+        # answer's timing tells nothing.
+        same = hmac.compare_digest(presented.encode(), (expected or "\0").encode())
+        if expected is None or not same:
+            detail = (
+                "ingest is disabled: the controller has no agent token"
+                if expected is None
+                else "the token is not the agents' token"
+            )
+            raise ApiError(403, "Forbidden", detail)
+
+    async def _check_targets(self, names: Sequence[str]) -> None:
+        """422 naming every round whose target is neither configured nor stored before.
+
+        A target that left the config (a reload) keeps taking rounds an agent buffered
+        before it learnt of the change; a name never seen is refused, so agents cannot
+        create targets.
+        """
+        settings = self.deps.settings()
+        unknown = [i for i, name in enumerate(names) if settings.target(name) is None]
+        if unknown:
+            stored = {t.name for t in await self.deps.store.targets()}
+            unknown = [i for i in unknown if names[i] not in stored]
+        if unknown:
+            raise bad_request(
+                [
+                    InvalidParam(f"rounds[{i}].target", f"{names[i]!r} is not a configured target")
+                    for i in unknown[:50]
+                ],
+                status=422,
+            )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _catalog(self, *, known: str) -> TargetCatalog:
+        """The targets configured or stored; 404 when `known` is neither."""
+        catalog = TargetCatalog.of(self.deps.settings(), await self.deps.store.targets())
+        if known not in catalog.targets:
+            raise not_found(f"{known[:253]!r} is not a configured target and has no history")
+        return catalog
+
+    def _now(self) -> datetime:
+        return self.deps.clock()
+
+
+def _bad_cursor() -> ApiError:
+    return bad_request(
+        [InvalidParam("cursor", "not a cursor of this list with these filters: start without one")]
+    )
