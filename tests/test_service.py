@@ -199,7 +199,7 @@ async def test_reload_good_and_bad_configs(
     )
     # Reloads by hand only here: the file watcher would race the assertions on counts.
     service: Service = await running(path, migrate=True, watch_config=False)
-    assert service.scheduler.job_keys() == {"node-1/one", "node-1/two", "retention"}
+    assert service.scheduler.job_keys() == {"node-1/one", "node-1/two", "retention", "controller"}
     await asyncio.sleep(1.5)
     _, text = await scrape(service)
     assert 'target="two"' in text
@@ -207,7 +207,7 @@ async def test_reload_good_and_bad_configs(
     # A bad file is refused with its field path; the running config goes on.
     path.write_text(path.read_text().replace("interval: 1s", "interval: soon"))
     assert await service.reload() is False
-    assert service.scheduler.job_keys() == {"node-1/one", "node-1/two", "retention"}
+    assert service.scheduler.job_keys() == {"node-1/one", "node-1/two", "retention", "controller"}
     _, text = await scrape(service)
     found = samples(text)
     assert found[series("egresswatch_config_reloads_total", outcome="rejected")] == 1
@@ -222,7 +222,7 @@ async def test_reload_good_and_bad_configs(
         ]
     )
     assert await service.reload() is True
-    assert service.scheduler.job_keys() == {"node-1/one", "node-1/three", "retention"}
+    assert service.scheduler.job_keys() == {"node-1/one", "node-1/three", "retention", "controller"}
     await asyncio.sleep(1.5)
     _, text = await scrape(service)
     assert 'target="two"' not in text

@@ -304,6 +304,11 @@ class Settings(_Strict):
     max_concurrent_rounds: int = Field(
         64, ge=1, le=10000, description="rounds in flight at once in this process"
     )
+    agent_token_env: str | None = Field(
+        None,
+        description="name of the environment variable holding the bearer token agents present "
+        "to POST /api/v1/results; unset means ingest is closed",
+    )
     targets: list[TargetSettings] = Field(default_factory=list)
 
     @field_validator("listen")
@@ -325,6 +330,17 @@ class Settings(_Strict):
             except ValueError as exc:
                 raise ValueError(f"targets[{index}] ({target.name}): {exc}") from None
         return self
+
+    @model_validator(mode="after")
+    def _agent_token_set(self) -> Self:
+        if self.agent_token_env is not None and not os.environ.get(self.agent_token_env):
+            raise ValueError(
+                f"agent_token_env: environment variable {self.agent_token_env} is not set"
+            )
+        return self
+
+    def agent_token(self) -> str | None:
+        return os.environ.get(self.agent_token_env) if self.agent_token_env else None
 
     def target(self, name: str) -> TargetSettings | None:
         return next((t for t in self.targets if t.name == name), None)

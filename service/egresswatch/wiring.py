@@ -11,7 +11,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,15 @@ from egresswatch import __version__
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.schedule import RoundJob, RoundScheduler
 from egresswatch.controller.api import make_app
+from egresswatch.controller.incidents import IncidentEvent
+from egresswatch.controller.pipeline import Pipeline
+from egresswatch.controller.routes import ApiDeps, add_api_routes
 from egresswatch.metrics import Metrics
-from egresswatch.model import RoundResult
+from egresswatch.model import RoundResult, SourceKind
 from egresswatch.settings import ConfigError, Settings, load_settings, parse_listen
 from egresswatch.storage import (
     BatchedWriter,
+    History,
     RetentionWindows,
     SchemaStatus,
     Store,
@@ -42,6 +46,9 @@ from egresswatch.storage import (
 log = logging.getLogger(__name__)
 
 RETENTION_JOB = "retention"
+CONTROLLER_JOB = "controller"
+CONTROLLER_TICK_S = 1.0  # how often detection's results are written
+STALENESS_EVERY_TICKS = 5  # silent sources are looked for every 5 ticks
 CONFIG_POLL_S = 1.0  # how often the config file is looked at for changes
 RESTART_ONLY = ("listen", "database", "source")  # fields a reload cannot change in place
 
@@ -84,10 +91,13 @@ class Service:
         migrate: bool = False,
         environ: Mapping[str, str] | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
+        on_incident: Callable[[IncidentEvent], None] | None = None,
         watch_config: bool = True,
     ) -> None:
         self.settings = settings
         self._observer = on_round
+        self._on_incident = on_incident
+        self._ticks = 0
         self._watch = watch_config
         self._config_path = config_path
         self._overrides = dict(overrides or {})
@@ -125,6 +135,15 @@ class Service:
         )
         await self.store.register_source(settings.source.name, settings.source.kind)
         await self._sync_targets(settings)
+        self.history = History(engine)
+        self.pipeline = Pipeline(
+            settings=lambda: self.settings,
+            history=self.history,
+            metrics=self.metrics,
+            clock=_utc_now,
+            on_incident=self._on_incident,
+        )
+        self.pipeline.set_source_kind(settings.source.name, settings.source.kind)
         self.writer = BatchedWriter(self.store, hooks=WriterMetrics(self.metrics))
         self.writer.start()
         self.runner = RoundRunner(
@@ -207,6 +226,7 @@ class Service:
         if self.settings.target(result.target) is not None:
             self.metrics.observe_round(result)
         self.writer.submit(result)
+        self.pipeline.observe([result])
         if self._observer is not None:
             try:
                 self._observer(result)
@@ -216,7 +236,38 @@ class Service:
     def _jobs(self, settings: Settings) -> list[RoundJob]:
         every = settings.retention.every
         retention = RoundJob(RETENTION_JOB, every, max(every, 1.0), self._retention)
-        return [*self.runner.jobs(), retention]
+        controller = RoundJob(CONTROLLER_JOB, CONTROLLER_TICK_S, 30.0, self._controller_tick)
+        return [*self.runner.jobs(), retention, controller]
+
+    async def _controller_tick(self) -> None:
+        """Write what detection produced; every few ticks, look for silent sources."""
+        self._ticks += 1
+        if self._ticks % STALENESS_EVERY_TICKS == 0:
+            self.pipeline.tick()
+            try:
+                for source in await self.store.sources():
+                    if source.kind:
+                        self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
+            except Exception:
+                self.metrics.count_database_error()
+                log.exception("could not read the sources' kinds")
+        await self.pipeline.flush()
+
+    async def _ingest(self, source: str, batch_id: str, rounds: Sequence[RoundResult]) -> int:
+        """An agent's batch: stored at once (idempotent per batch id), then judged."""
+        stored = await self.store.save_rounds(rounds, batch_id)
+        if stored:
+            for result in rounds:
+                if self.settings.target(result.target) is not None:
+                    self.metrics.observe_round(result)
+            self.pipeline.observe(rounds)
+        return stored
+
+    async def _run_now(self, target: str) -> RoundResult:
+        result = await self.runner.run_round(target)
+        if result is None:
+            raise LookupError(f"target {target!r} is not configured")
+        return result
 
     async def _retention(self) -> None:
         """Roll up complete buckets, then prune what is past its window. Never raises."""
@@ -263,6 +314,18 @@ class Service:
     async def _serve(self, listen: str) -> None:
         host, port = parse_listen(listen)
         app = make_app(registry=self.registry, readiness=self.readiness)
+        add_api_routes(
+            app,
+            ApiDeps(
+                store=self.store,
+                history=self.history,
+                settings=lambda: self.settings,
+                ingest=self._ingest,
+                run_now=self._run_now,
+                token=self.settings.agent_token(),
+                clock=_utc_now,
+            ),
+        )
         self._http = web.AppRunner(app, access_log=None)
         await self._http.setup()
         site = web.TCPSite(self._http, host, port)
@@ -303,6 +366,7 @@ class Service:
             self.scheduler.set_jobs(self._jobs(new))
             for gone in old_targets - {t.name for t in new.targets}:
                 self.metrics.forget_target(gone)
+                self.pipeline.forget_target(gone)
             try:
                 await self._sync_targets(new)
             except Exception:
@@ -327,6 +391,10 @@ class Service:
             if stamp is not None and stamp != self._config_stamp:
                 self._config_stamp = stamp
                 await self.reload()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
@@ -36,8 +36,10 @@ class Pipeline:
         history: History,
         metrics: Metrics,
         clock: Callable[[], datetime],
+        on_incident: Callable[[IncidentEvent], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._on_incident = on_incident
         self._history = history
         self._metrics = metrics
         self._clock = clock
@@ -106,6 +108,11 @@ class Pipeline:
         for event in events:
             self._pending_incidents[event.incident.id] = incident_record(event.incident)
             _log_event(event)
+            if self._on_incident is not None:
+                try:
+                    self._on_incident(event)
+                except Exception:  # an observer's bug must not cost the incident
+                    log.exception("incident observer failed")
         self._export_incidents()
 
     # -- out ---------------------------------------------------------------------------------
@@ -213,7 +220,10 @@ def incident_record(incident: Incident) -> IncidentRecord:
         suspect=incident.suspect,
         evidence=incident.evidence,
         next_command=incident.next_command,
-        history=tuple(_jsonable(asdict(update)) for update in incident.history),
+        history=tuple(
+            _jsonable({f.name: getattr(update, f.name) for f in fields(update)})
+            for update in incident.history
+        ),
     )
 
 

@@ -1,0 +1,110 @@
+"""Detection through the running service: a fault becomes an incident in the API and in
+/metrics, with its first failing step, suspect and start; the repair closes it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+
+from egresswatch.wiring import Service
+from tests.support.dnsserver import TestDNSServer, dns_server
+from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_servers, pki
+from tests.test_service import Lab, lab, running, samples, series
+
+__all__ = ["dns_server", "lab", "local_servers", "pki", "running"]  # fixtures
+
+
+async def get(service: Service, path: str) -> Any:
+    assert service.listening is not None
+    host, port = service.listening
+    async with aiohttp.ClientSession() as session, session.get(f"http://{host}:{port}{path}") as r:
+        assert r.status == 200, await r.text()
+        return await r.json(content_type=None)
+
+
+async def poll(check: Callable[[], Any], timeout_s: float) -> Any:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            found = await check()
+            if found:
+                return found
+            await asyncio.sleep(0.25)
+
+
+async def test_a_dns_outage_opens_and_closes_one_incident(
+    lab: Lab,
+    dns_server: TestDNSServer,
+    local_servers: LocalServers,
+    pki: Pki,
+    running: Callable[..., Any],
+) -> None:
+    shop = await local_servers.https(Reply(200))
+    control = await local_servers.https(Reply(200))
+    path = lab.write(
+        [
+            {"name": "shop", "url": f"https://{NAME}:{shop.port}/"},
+            {"name": "control", "url": f"https://{HOST}:{control.port}/", "role": "control"},
+        ],
+        detection={"fail_after": 3, "recover_after": 2},
+    )
+    service: Service = await running(path, migrate=True, watch_config=False)
+    await asyncio.sleep(2.5)  # healthy rounds first
+    dns_server.nxdomain(NAME)
+
+    async def opened() -> Any:
+        page = await get(service, "/api/v1/incidents?target=shop&open=true")
+        return page["items"]
+
+    # fail_after 3 at a 1 s interval, plus a flush: well within 10 s.
+    items = await poll(opened, timeout_s=10)
+    assert len(items) == 1
+    incident = items[0]
+    assert incident["first_failing_step"] == "dns_cluster"
+    assert incident["suspect"] == "name_not_found"  # NXDOMAIN, no upstream to say otherwise
+    assert incident["sources"] == ["node-1"]
+    assert incident["next_command"].startswith("nslookup ")
+    # Its start is the first failed round, before it was detected.
+    started = datetime.fromisoformat(incident["started_at"])
+    detected = datetime.fromisoformat(incident["detected_at"])
+    assert started < detected
+
+    changes = await get(service, "/api/v1/changes?target=shop&step=dns_cluster")
+    failing = [c for c in changes["items"] if c["current"] == "failing"]
+    assert len(failing) == 1 and failing[0]["started_at"] == incident["started_at"]
+
+    status = await get(service, "/api/v1/status")
+    shop_status = next(t for t in status["targets"] if t["target"] == "shop")
+    assert shop_status["healthy"] is False
+    _, text = await _metrics(service)
+    found = samples(text)
+    suspect = incident["suspect"]
+    assert found[series("egresswatch_incidents_open", target="shop", suspect=suspect)] == 1
+
+    dns_server.answer(NAME, a=[HOST])
+
+    async def closed() -> Any:
+        page = await get(service, f"/api/v1/incidents/{incident['id']}")
+        return page if page["ended_at"] else None
+
+    ended = await poll(closed, timeout_s=10)
+    assert ended["open"] is False
+    assert datetime.fromisoformat(ended["ended_at"]) > started
+    _, text = await _metrics(service)
+    found = samples(text)
+    assert found[series("egresswatch_incidents_open", target="shop", suspect=suspect)] == 0
+    controls = await get(service, "/api/v1/incidents?target=control")
+    assert controls["items"] == []
+
+
+async def _metrics(service: Service) -> tuple[int, str]:
+    assert service.listening is not None
+    host, port = service.listening
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://{host}:{port}/metrics") as r,
+    ):
+        return r.status, await r.text()
