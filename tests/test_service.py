@@ -292,8 +292,11 @@ async def test_the_command_line_overrides_the_file_and_stops_cleanly(
             async with asyncio.timeout(20):
                 while not await healthy():
                     await asyncio.sleep(0.1)
-        assert other_db.exists()
-        assert not (tmp_path / "egresswatch.db").exists()
+            assert other_db.exists()
+            assert not (tmp_path / "egresswatch.db").exists()
+            process.send_signal(signal.SIGHUP)  # reload, file unchanged: logged, nothing stops
+            await asyncio.sleep(1.0)
+            assert await healthy()
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(20):
             _, err = await process.communicate()
@@ -304,4 +307,5 @@ async def test_the_command_line_overrides_the_file_and_stops_cleanly(
     assert process.returncode == 0, err.decode()
     lines = err.decode().splitlines()
     assert any('"event": "egresswatch stopped"' in line for line in lines)
+    assert any('"event": "config reloaded"' in line for line in lines)
     assert "Traceback" not in err.decode()

@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,7 @@ class Service:
             on_incident=self._on_incident,
         )
         self.pipeline.set_source_kind(settings.source.name, settings.source.kind)
+        await self._close_inherited_incidents()
         self.writer = BatchedWriter(self.store, hooks=WriterMetrics(self.metrics))
         self.writer.start()
         self.runner = RoundRunner(
@@ -238,6 +240,32 @@ class Service:
         retention = RoundJob(RETENTION_JOB, every, max(every, 1.0), self._retention)
         controller = RoundJob(CONTROLLER_JOB, CONTROLLER_TICK_S, 30.0, self._controller_tick)
         return [*self.runner.jobs(), retention, controller]
+
+    async def _close_inherited_incidents(self) -> None:
+        """Incidents left open by a previous run are closed at this start, saying so.
+
+        Detection state lives in memory: a restarted controller cannot tell whether those
+        targets recovered while it was away. Closing them (with a note) keeps nothing open
+        forever; a target still failing opens a new incident from its next failed rounds.
+        """
+        now = _utc_now()
+        page = await self.history.incidents(open=True, limit=1000)
+        for record in page.items:
+            note: dict[str, Any] = {
+                "at": now.isoformat().replace("+00:00", "Z"),
+                "first_failing_step": (
+                    record.first_failing_step.value if record.first_failing_step else None
+                ),
+                "suspect": record.suspect.value,
+                "sources": list(record.sources),
+                "states": {},
+                "note": "closed at a controller restart: whether it recovered meanwhile is not "
+                "known; a target still failing opens a new incident",
+            }
+            await self.history.save_incident(
+                replace(record, ended_at=now, history=(*record.history, note))
+            )
+            log.warning("incident closed at restart", extra={"incident": record.id})
 
     async def _controller_tick(self) -> None:
         """Write what detection produced; every few ticks, look for silent sources."""
