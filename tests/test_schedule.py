@@ -225,7 +225,9 @@ async def test_set_jobs_adds_replaces_and_removes(
     a_starts = len(a.starts)
     await asyncio.sleep(0.75)
     assert len(gone.starts) == gone_starts
-    assert all(t < b_switch for t in b_old.starts)
+    # Replacements are handed over by a background task: the old job may fire once more in
+    # the moment before it is swapped (on a loaded machine), never again after that.
+    assert len([t for t in b_old.starts if t >= b_switch]) <= 1
     assert len(b_new.starts) >= 2 and len(c.starts) >= 2  # ~4 expected
     assert len(a.starts) - a_starts >= 2  # a kept running through the reload
     # Replaced and unchanged jobs keep their phase.
