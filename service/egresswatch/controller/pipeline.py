@@ -46,6 +46,9 @@ class Pipeline:
         self.detector = Detector(self._policy)
         self.book = IncidentBook()
         self._latest: dict[tuple[str, str], RoundResult] = {}
+        # The last round that failed, per (source, target): while an incident recovers under
+        # hysteresis the latest round is already good, yet the verdict is about the failure.
+        self._last_failing: dict[tuple[str, str], RoundResult] = {}
         self._kinds: dict[str, SourceKind] = {}
         self._pending_changes: list[Change] = []
         self._pending_incidents: dict[str, IncidentRecord] = {}
@@ -64,6 +67,8 @@ class Pipeline:
             if self._settings().target(result.target) is None:
                 continue  # a target that left the config: stored, but no longer judged
             self._latest[(result.source, result.target)] = result
+            if result.first_failing_step is not None:
+                self._last_failing[(result.source, result.target)] = result
             changes += self.detector.observe(result, now=now)
         self._after(changes, now)
         return changes
@@ -79,6 +84,8 @@ class Pipeline:
         self.detector.forget(target=target)
         for key in [k for k in self._latest if k[1] == target]:
             del self._latest[key]
+        for key in [k for k in self._last_failing if k[1] == target]:
+            del self._last_failing[key]
 
     def _after(self, changes: list[Change], now: datetime) -> None:
         events = self.book.apply(
@@ -159,6 +166,9 @@ class Pipeline:
         settings = self._settings()
         rounds = [self._latest.get((s, target)) for s in sources]
         failing = [r for r in rounds if r is not None and r.first_failing_step is not None]
+        if not failing:  # recovering: judge the failure it recovers from, not the good round
+            found = (self._last_failing.get((s, target)) for s in sources)
+            failing = [r for r in found if r is not None]
         if not failing:
             return Verdict(Suspect.UNKNOWN, None, ("no failing round at hand",))
         this = self._observation(settings, failing[0])

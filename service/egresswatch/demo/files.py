@@ -14,6 +14,7 @@ import yaml
 
 from egresswatch.demo.dns import HOST
 from egresswatch.demo.endpoints import ZONE, DemoEndpoints
+from egresswatch.demo.scenario import FAIL_AFTER, RECOVER_AFTER, round_timeout_s
 from egresswatch.settings import format_duration
 
 SOURCE = "demo-node"
@@ -59,7 +60,7 @@ def demo_config(
 ) -> dict[str, Any]:
     """The service's config for the demo (the shape of config/demo.yaml, with real values)."""
     # A round must end before the next is due; each step gets at most a second on loopback.
-    timeout = round(min(4.0, interval_s * 0.8), 3)
+    timeout = round_timeout_s(interval_s)
     return {
         "source": {"name": SOURCE, "kind": "node"},
         "listen": listen,
@@ -78,6 +79,8 @@ def demo_config(
             "trace_hop_timeout": "200ms",
             "ca_file": str(directory / "ca.pem"),
         },
+        # Set here, not left to the defaults, because the timeline is built around them.
+        "detection": {"fail_after": FAIL_AFTER, "recover_after": RECOVER_AFTER},
         "targets": [
             {"name": SHOP_TARGET, "url": shop_url, "role": "endpoint"},
             {"name": CONTROL_TARGET, "url": control_url, "role": "control"},

@@ -7,12 +7,17 @@ Contract:
 - The files (resolv.conf, ca.pem, egresswatch.yaml, egresswatch.db) go to a new temporary
   directory (under $TMPDIR) that is kept afterwards, so the config and the database can be
   looked at; its path is printed at the start and in the summary.
+- The headlines are the service's own incidents (its `on_incident` hook): opened with their
+  first failing step, suspect, evidence and next command, updated, closed. The per-round lines
+  (its `on_round` hook) show the first round and the checklist of the first failed round.
 - It ends by itself after `duration_s` (default: the whole cycle, see `scenario`), or on
-  SIGINT/SIGTERM: the service is stopped first (its writer flushes), then the endpoints.
-- Exit status: 0 when egresswatch saw every break and recovery as expected (also when a
-  signal came after that); 1 when something was not seen as expected; 128 + the signal number
-  (130 for Ctrl-C, 143 for SIGTERM) when a signal stopped it before the cycle was seen; 2 when
-  it cannot start (bad options, `--listen` address busy).
+  SIGINT/SIGTERM: the demo waits (briefly) for the service to write its changes and incidents,
+  stops it (its writer flushes the rounds), then the endpoints.
+- Exit status: 0 when every fault opened exactly one incident, at the expected first failing
+  step, that closed after the repair (also when a signal came after that); 1 when something
+  was not as expected; 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM) when a signal
+  stopped it before the cycle was seen; 2 when it cannot start (bad options, `--listen`
+  address busy).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import signal
 import socket
 import sys
@@ -31,18 +37,26 @@ from typing import TextIO
 
 import prometheus_client
 
+from egresswatch.controller.incidents import IncidentEvent, IncidentEventKind
+from egresswatch.controller.pipeline import Pipeline
 from egresswatch.demo.dns import HOST
 from egresswatch.demo.endpoints import ZONE, DemoEndpoints
 from egresswatch.demo.files import CONTROL_TARGET, SHOP_TARGET, write_files
 from egresswatch.demo.printer import Printer, seconds
 from egresswatch.demo.scenario import BROKEN_STATUS, Fault, FaultKind, Timeline, timeline
-from egresswatch.demo.watch import Scoreboard, View, with_round
+from egresswatch.demo.watch import Scoreboard, View, new_notes, with_round
 from egresswatch.model import Endpoint, RoundResult
 from egresswatch.settings import load_settings, parse_listen
-from egresswatch.wiring import Service, StartupError
+from egresswatch.wiring import CONTROLLER_TICK_S, Service, StartupError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 HEARTBEAT_ROUNDS = 6  # with nothing else to say for this many intervals, say it is still on
+# How long the end waits for the service to write what detection produced: it does so once a
+# controller tick, and `Service.stop` does not, yet the summary points at the database.
+WRITE_WAIT_S = 3 * CONTROLLER_TICK_S
+WRITE_POLL_S = 0.05
+# The pipeline's log events for incident events ("incident opened"...), see _not_incident_events.
+INCIDENT_LOG_EVENTS = frozenset(f"incident {kind.value}" for kind in IncidentEventKind)
 
 
 @dataclass(frozen=True)
@@ -114,12 +128,20 @@ class _Demo:
         # Seeded in config order, so summaries list the targets in that order.
         self._views: dict[str, View] = {SHOP_TARGET: View(), CONTROL_TARGET: View()}
         self._endpoints: dict[str, Endpoint] = {}
+        self._api = f"http://{options.listen}"  # the real port once the service listens
         self._stop = asyncio.Event()
         self._signal: int | None = None
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
         with contextlib.ExitStack() as handlers:
+            # The demo prints every incident event itself; the service's warning about each
+            # would say it twice, in another format, on the same terminal. Asked for more
+            # (--log-level info or debug), the log stays whole.
+            pipeline_log = logging.getLogger(Pipeline.__module__)
+            if not pipeline_log.isEnabledFor(logging.INFO):
+                pipeline_log.addFilter(_not_incident_events)
+                handlers.callback(pipeline_log.removeFilter, _not_incident_events)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 handlers.callback(loop.remove_signal_handler, sig)
@@ -161,11 +183,18 @@ class _Demo:
             settings = load_settings(config)  # the file as written is what runs
             self._endpoints = {t.name: t.endpoint for t in settings.targets}
             self._show_files(directory, config, endpoints)
-            service = Service(settings, migrate=True, on_round=self._on_round, watch_config=False)
+            service = Service(
+                settings,
+                migrate=True,
+                on_round=self._on_round,
+                on_incident=self._on_incident,
+                watch_config=False,
+            )
             try:
                 await service.start()
                 self._show_service(service, config)
                 await self._watch(endpoints)
+                await self._written(service.pipeline)
             except StartupError as exc:
                 print(f"egresswatch demo: {_startup_problem(exc)}", file=sys.stderr)
                 return EXIT_USAGE
@@ -177,8 +206,9 @@ class _Demo:
         self._printer.summary(
             self._board,
             self._views,
-            str(directory / "egresswatch.db"),
-            str(directory),
+            api=self._api,
+            database=str(directory / "egresswatch.db"),
+            directory=str(directory),
             cut_short=self._cut_short(),
         )
         return EXIT_OK
@@ -224,17 +254,53 @@ class _Demo:
                 self._board.repaired(fault, now)
                 self._printer.repaired(fault, endpoints.shop.url, HOST)
 
+    async def _written(self, pipeline: Pipeline) -> None:
+        """Give the service's controller tick the time to write its changes and incidents."""
+        # Polled: the pipeline has no event to wait on, and this runs once, at the end.
+        for _ in range(round(WRITE_WAIT_S / WRITE_POLL_S)):
+            if not pipeline.pending:
+                return
+            await asyncio.sleep(WRITE_POLL_S)
+        if pipeline.pending:
+            self._printer.line(
+                f"{pipeline.pending} changes or incidents not written yet: the database misses them"
+            )
+
     def _on_round(self, result: RoundResult) -> None:
         """Every round the service runs passes here (the service's `on_round` hook)."""
         seen = with_round(self._views, result)
         if seen is not None:
-            self._board.saw(seen)
             endpoint = self._endpoints[result.target]
-            self._printer.seen(seen, endpoint, details=result.target == SHOP_TARGET)
+            self._printer.seen(
+                seen,
+                endpoint,
+                details=result.target == SHOP_TARGET,
+                incident_open=result.target in self._board.open_targets(),
+            )
             return
         quiet_s = (datetime.now(UTC) - self._printer.last_line_at).total_seconds()
         if quiet_s >= HEARTBEAT_ROUNDS * self._timeline.interval_s:
-            self._printer.heartbeat(self._views)
+            self._printer.heartbeat(self._views, self._board.open_targets())
+
+    def _on_incident(self, event: IncidentEvent) -> None:
+        """The service's `on_incident` hook. It is called while the service judges a round,
+        before that round reaches `_on_round`: printed on the next turn of the loop, the
+        incident comes after the round that caused it, and counts it among the failed ones."""
+        asyncio.get_running_loop().call_soon(self._incident, event, datetime.now(UTC))
+
+    def _incident(self, event: IncidentEvent, at: datetime) -> None:
+        incident = event.incident
+        before = self._board.latest(incident.id)
+        self._board.incident(event, at)
+        notes = new_notes(before, incident)
+        if event.kind is IncidentEventKind.OPENED:
+            view = self._views.get(incident.target, View())
+            self._printer.opened(incident, view.failed_rounds, self._api)
+            return
+        if notes:  # none: only the evidence's wording changed, nothing a person needs
+            self._printer.updated(before, incident, notes)
+        if event.kind is IncidentEventKind.CLOSED:
+            self._printer.closed(incident)
 
     def _show_files(self, directory: Path, config: Path, endpoints: DemoEndpoints) -> None:
         dns, shop, control = endpoints.dns, endpoints.shop, endpoints.control
@@ -254,15 +320,22 @@ class _Demo:
 
     def _show_service(self, service: Service, config: Path) -> None:
         host, port = service.listening or parse_listen(self._options.listen)
-        base = f"http://{host}:{port}"
+        base = self._api = f"http://{host}:{port}"
+        detection = service.settings.detection
         self._printer.line(
             f"egresswatch running: every {seconds(self._options.interval_s)} a round of the "
             "checklist per target",
-            f"metrics  {base}/metrics",
-            f"         (try: curl -s {base}/metrics | grep -E 'step_up|first_failing')",
-            f"health   {base}/healthz",
-            f"by hand  egresswatch check {SHOP_TARGET} --config {config}",
+            f"an incident opens after {detection.fail_after} failed rounds in a row, closes "
+            f"after {detection.recover_after} good ones",
+            f"incidents  curl -s {base}/api/v1/incidents",
+            f"metrics    curl -s {base}/metrics | grep -E 'step_up|first_failing|incidents_open'",
+            f"health     {base}/healthz",
+            f"by hand    egresswatch check {SHOP_TARGET} --config {config}",
         )
+
+
+def _not_incident_events(record: logging.LogRecord) -> bool:
+    return record.getMessage() not in INCIDENT_LOG_EVENTS
 
 
 def _inject(endpoints: DemoEndpoints, fault: Fault) -> None:
