@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +25,12 @@ from egresswatch.settings import (
     TargetSettings,
     json_schema,
     load_settings,
+    parse_listen,
     settings_from_dict,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_AGENT_LISTEN = "127.0.0.1:9109"  # the controller's default is 9108: both fit one host
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=_run)
 
+    _agent_parser(commands)
+    _controller_parser(commands)
+
     demo = commands.add_parser(
         "demo",
         help="a self-contained tour on loopback: break an endpoint, watch egresswatch see it",
@@ -147,6 +153,82 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agent = commands.add_parser(
+        "agent",
+        help="run rounds from this pod or node and push them to the controller",
+        description="Ask the controller what to probe, run every target's checklist on its "
+        "timer from here, and push the results to the controller in batches (buffered while it "
+        "is away). Who this agent is comes from --source/--source-kind, else from the Downward "
+        "API: POD_NAME and POD_NAMESPACE (a pod), NODE_NAME (a node), EGRESSWATCH_SOURCE_KIND "
+        "when both are set. Proxy credentials, when the controller's proxy wants them: "
+        "EGRESSWATCH_PROXY_USERNAME and EGRESSWATCH_PROXY_PASSWORD. Exit 2 on bad flags or a "
+        "missing identity.",
+    )
+    agent.add_argument(
+        "--controller", required=True, metavar="URL", help="e.g. http://egresswatch:9108"
+    )
+    agent.add_argument(
+        "--token-file",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="the agents' bearer token (read again when the file changes)",
+    )
+    agent.add_argument(
+        "--source", metavar="NAME", help="this source's name (default: Downward API)"
+    )
+    agent.add_argument("--source-kind", choices=["pod", "node"], help="what this source is")
+    agent.add_argument(
+        "--listen",
+        default=DEFAULT_AGENT_LISTEN,
+        metavar="HOST:PORT",
+        help="/healthz, /readyz and /metrics (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--resolv-conf",
+        type=Path,
+        default=Path("/etc/resolv.conf"),
+        metavar="PATH",
+        help="resolv.conf for dns_cluster (default: %(default)s)",
+    )
+    agent.add_argument(
+        "--ca-file", type=Path, metavar="PATH", help="CA bundle for TLS verification"
+    )
+    _log_level_flag(agent)
+    agent.set_defaults(handler=_agent)
+
+
+def _controller_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    controller = commands.add_parser(
+        "controller",
+        help="the controller alone: agents' results stored, judged and served",
+        description="Store the results agents push (POST /api/v1/results, with the bearer "
+        "token from the variable named by agent_token_env), detect changes and incidents, "
+        "serve the plan, the API and /metrics. Runs no rounds itself. SIGHUP or a change to "
+        "the file reloads the config.",
+    )
+    controller.add_argument("--config", type=Path, required=True, help="config file")
+    _service_flags(controller)
+    controller.add_argument(
+        "--migrate", action="store_true", help="migrate the database schema before starting"
+    )
+    _log_level_flag(controller)
+    controller.set_defaults(handler=_controller)
+
+
+def _log_level_flag(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given after the command it wins, absent it leaves the global flag's value.
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default=argparse.SUPPRESS,
+        help="default: info",
+    )
+
+
 def _service_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", help="API and /metrics address")
     parser.add_argument("--db", metavar="URL", help="database URL, e.g. sqlite+aiosqlite:///x.db")
@@ -178,6 +260,80 @@ def _run(args: argparse.Namespace) -> int:
         asyncio.run(service.run())
     except StartupError as exc:
         print(f"egresswatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from egresswatch.agent.service import (
+        Agent,
+        AgentOptions,
+        AgentStartupError,
+        TokenFile,
+        UsageError,
+        check_controller_url,
+        resolve_identity,
+    )
+    from egresswatch.logs import setup_logging
+
+    try:
+        # Checked in the order of the usage line, so the first problem named is the first flag.
+        controller = check_controller_url(args.controller)
+        TokenFile(args.token_file).load()
+        identity = resolve_identity(source=args.source, kind=args.source_kind, environ=os.environ)
+        for flag, path in (("--resolv-conf", args.resolv_conf), ("--ca-file", args.ca_file)):
+            if path is not None and not path.is_file():
+                raise UsageError(f"{flag}: {path} is not a file")
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            raise UsageError(f"--listen: {exc}") from None
+    except UsageError as exc:
+        raise ConfigError([str(exc)]) from None
+    setup_logging(args.log_level or "info", json_lines=True)
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    options = AgentOptions(
+        controller=controller,
+        token_file=args.token_file,
+        identity=identity,
+        listen=args.listen,
+        resolv_conf=args.resolv_conf,
+        ca_file=args.ca_file,
+    )
+    try:
+        asyncio.run(Agent(options).run())
+    except AgentStartupError as exc:
+        print(f"egresswatch agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from egresswatch.logs import setup_logging
+    from egresswatch.wiring import Service, StartupError
+
+    setup_logging(args.log_level or "info", json_lines=True)
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    overrides = _overrides(args)
+    settings = load_settings(args.config, overrides)
+    if not settings.targets:
+        raise ConfigError([f"{args.config}: targets: no targets configured, nothing to plan"])
+    if settings.agent_token() is None:
+        logging.getLogger(__name__).error(
+            "ingest is closed: set agent_token_env in the config, or every agent's batch is "
+            "refused (403)"
+        )
+    service = Service(
+        settings,
+        config_path=args.config,
+        overrides=overrides,
+        migrate=args.migrate,
+        local_agent=False,
+    )
+    try:
+        asyncio.run(service.run())
+    except StartupError as exc:
+        print(f"egresswatch controller: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
 

@@ -1,5 +1,8 @@
 """`egresswatch run`: the controller and a local agent in one process, wired in one place.
 
+With `local_agent=False` (`egresswatch controller`) it is the controller alone: no rounds of
+its own and no local source; results arrive from agents through `POST /api/v1/results`.
+
 Every long-lived part is made here and injected: the engine, the store, the writer, the
 metrics registry, the scheduler, the round runner, the HTTP server. Nothing is global.
 """
@@ -25,6 +28,7 @@ from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.schedule import RoundJob, RoundScheduler
 from egresswatch.controller.api import make_app
 from egresswatch.controller.incidents import IncidentEvent
+from egresswatch.controller.params import ApiError
 from egresswatch.controller.pipeline import Pipeline
 from egresswatch.controller.routes import ApiDeps, add_api_routes
 from egresswatch.metrics import Metrics
@@ -81,7 +85,12 @@ class WriterMetrics:
 
 
 class Service:
-    """One process: rounds on a timer, stored, exported, reloadable."""
+    """One process: rounds on a timer, stored, exported, reloadable.
+
+    `local_agent=False` makes it a controller only: the config's `source` is not used, no
+    round runs here, and an on-demand run of a configured target answers 409 (no source here
+    to run it from); rounds come from agents.
+    """
 
     def __init__(
         self,
@@ -94,8 +103,10 @@ class Service:
         on_round: Callable[[RoundResult], None] | None = None,
         on_incident: Callable[[IncidentEvent], None] | None = None,
         watch_config: bool = True,
+        local_agent: bool = True,
     ) -> None:
         self.settings = settings
+        self.local_agent = local_agent
         self._observer = on_round
         self._on_incident = on_incident
         self._ticks = 0
@@ -134,7 +145,8 @@ class Service:
                 rollups_s=retention.rollups,
             ),
         )
-        await self.store.register_source(settings.source.name, settings.source.kind)
+        if self.local_agent:
+            await self.store.register_source(settings.source.name, settings.source.kind)
         await self._sync_targets(settings)
         self.history = History(engine)
         self.pipeline = Pipeline(
@@ -144,13 +156,15 @@ class Service:
             clock=_utc_now,
             on_incident=self._on_incident,
         )
-        self.pipeline.set_source_kind(settings.source.name, settings.source.kind)
+        if self.local_agent:
+            self.pipeline.set_source_kind(settings.source.name, settings.source.kind)
         await self._close_inherited_incidents()
         self.writer = BatchedWriter(self.store, hooks=WriterMetrics(self.metrics))
         self.writer.start()
-        self.runner = RoundRunner(
-            settings, source=settings.source.name, sink=self._on_round, environ=self._environ
-        )
+        if self.local_agent:
+            self.runner = RoundRunner(
+                settings, source=settings.source.name, sink=self._on_round, environ=self._environ
+            )
         self.scheduler = RoundScheduler(
             max_concurrent=settings.max_concurrent_rounds,
             on_lateness=self.metrics.observe_lateness,
@@ -173,7 +187,8 @@ class Service:
                 "listen": f"{self.listening[0]}:{self.listening[1]}" if self.listening else None,
                 "database": redact(settings.database),
                 "targets": [t.name for t in settings.targets],
-                "source": settings.source.name,
+                "source": settings.source.name if self.local_agent else None,
+                "mode": "run" if self.local_agent else "controller",
             },
         )
 
@@ -210,6 +225,8 @@ class Service:
             await self.scheduler.shutdown()
         if hasattr(self, "writer"):
             await self.writer.close()
+        if hasattr(self, "pipeline"):
+            await self.pipeline.flush()  # what detection found in the last second is kept
         if hasattr(self, "store"):
             await self.store.engine.dispose()
         log.info("egresswatch stopped")
@@ -239,7 +256,8 @@ class Service:
         every = settings.retention.every
         retention = RoundJob(RETENTION_JOB, every, max(every, 1.0), self._retention)
         controller = RoundJob(CONTROLLER_JOB, CONTROLLER_TICK_S, 30.0, self._controller_tick)
-        return [*self.runner.jobs(), retention, controller]
+        rounds = self.runner.jobs() if self.local_agent else []
+        return [*rounds, retention, controller]
 
     async def _close_inherited_incidents(self) -> None:
         """Incidents left open by a previous run are closed at this start, saying so.
@@ -292,9 +310,18 @@ class Service:
         return stored
 
     async def _run_now(self, target: str) -> RoundResult:
+        if not self.local_agent:
+            # The route answered 404 already for a target that is not configured; this one
+            # is, but no source here can run it (ApiError: the route's problem document).
+            raise ApiError(
+                409,
+                "Conflict",
+                f"{target!r} is configured, but this controller runs no rounds itself: "
+                "its agents run them on their timers",
+            )
         result = await self.runner.run_round(target)
-        if result is None:
-            raise LookupError(f"target {target!r} is not configured")
+        if result is None:  # a reload removed it while the request was on its way
+            raise ApiError(404, "Not Found", f"target {target!r} is not configured")
         return result
 
     async def _retention(self) -> None:
@@ -390,7 +417,8 @@ class Service:
             new = self._keep_restart_only(new)
             old_targets = {t.name for t in self.settings.targets}
             self.settings = new
-            self.runner.update(new)
+            if self.local_agent:
+                self.runner.update(new)
             self.scheduler.set_jobs(self._jobs(new))
             for gone in old_targets - {t.name for t in new.targets}:
                 self.metrics.forget_target(gone)

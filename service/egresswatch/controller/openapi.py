@@ -245,7 +245,10 @@ def _paths() -> Doc:
                 "run one round of a configured target now (never of any other host)",
                 _ok("the round, step by step", _ref("RoundDocument")),
                 parameters=[_param("targetPath")],
-                problems={"404": _problem("the target is not configured")},
+                problems={
+                    "404": _problem("the target is not configured"),
+                    "409": _problem("a controller that runs no rounds itself (its agents do)"),
+                },
             )
         },
         "/api/v1/results": {"post": _ingest()},

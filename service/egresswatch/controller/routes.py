@@ -113,14 +113,17 @@ class _Api:
         self.deps = deps
         self._runs: dict[str, asyncio.Task[RoundResult]] = {}
         self._kinds: dict[str, SourceKind] = {}
+        self._status = docs.StatusDocuments()  # reuses what did not change between requests
 
     # -- reading ----------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
         Query(request.query).done()
-        states = await self.deps.history.states()
-        sources = [s.name for s in await self.deps.store.sources()]
-        return _json(docs.status_document(self.deps.settings(), states, sources, self._now()))
+        states, sources = await asyncio.gather(
+            self.deps.history.states(), self.deps.store.sources()
+        )
+        names = [s.name for s in sources]
+        return _json(self._status.document(self.deps.settings(), states, names, self._now()))
 
     async def incidents(self, request: web.Request) -> web.Response:
         q = Query(request.query)
@@ -272,7 +275,8 @@ class _Api:
 
     def _run_done(self, task: asyncio.Task[RoundResult]) -> None:
         self._runs = {name: t for name, t in self._runs.items() if t is not task}
-        if not task.cancelled() and task.exception() is not None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, ApiError):
             # The clients waiting for it answer 500 and log it; when every one went away,
             # this is the only place that sees it.
             log.warning("on-demand round failed", exc_info=task.exception())

@@ -1,0 +1,610 @@
+"""The agent's result sink: rounds buffered in memory and pushed to the controller in batches.
+
+Contract of :class:`HttpSink`:
+
+- :meth:`HttpSink.submit` never blocks and never raises: the round is encoded and queued.
+- One named, owned, cancellable task (``egresswatch-sink``) posts batches of up to
+  ``batch_max_rounds`` rounds, at least every ``batch_interval_s`` while rounds wait, to
+  ``{controller}/api/v1/results`` with ``Authorization: Bearer TOKEN``. One batch is in flight
+  at a time, so batches arrive in the order the rounds were run.
+- A batch keeps its ``batch_id`` across retries: the controller stores a batch id once, so a
+  retry after a lost answer stores nothing twice.
+- Connection errors, timeouts, 408, 429 and 5xx: the same batch is retried with capped
+  exponential backoff (``Retry-After`` honoured, within the cap). Rounds buffer meanwhile.
+- 422 (targets the controller does not know): the rounds it names are dropped, counted and
+  logged; the batch's other rounds go again under a new id (nothing of a refused batch was
+  stored). A 422 that names no round drops the whole batch.
+- 400 and 413 (our bug, or too big a batch): the batch is split in halves, each sent under a new
+  id, down to single rounds; a single round still refused is dropped, logged as an error.
+- 401, 403 and any other answer (a wrong token, a wrong URL): the rounds are kept and the batch
+  is retried every ``auth_retry_s``, logging an error each time. The token is asked for again
+  on every attempt, so a rotated token file is picked up.
+- The buffer holds at most ``buffer_max_rounds`` rounds; past that the oldest are dropped and
+  counted.
+- :meth:`HttpSink.close` sends what is buffered, waiting at most its timeout; rounds still
+  undelivered then are counted as dropped (``shutdown``) and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import re
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from pathlib import PurePath
+from typing import Any, Literal, Protocol
+
+import aiohttp
+
+from egresswatch.model import RoundResult, SourceKind
+from egresswatch.report import step_document
+
+__all__ = [
+    "DropReason",
+    "HttpSink",
+    "SinkHooks",
+    "SinkStats",
+    "SinkTuning",
+    "encode_round",
+]
+
+log = logging.getLogger(__name__)
+
+RESULTS_PATH = "/api/v1/results"
+TASK_NAME = "egresswatch-sink"
+# The controller refuses longer step details and NUL characters (controller.payloads): they are
+# made to fit here rather than cost the whole round.
+DETAIL_MAX = 4096
+_ANSWER_MAX = 64 * 1024  # bytes of an answer read: enough for any problem document
+_ROUND_INDEX = re.compile(r"^rounds\[(\d+)\]")
+_DROP_LOG_EVERY_S = 10.0  # buffer overflow is logged at most this often
+
+DropReason = Literal["buffer_full", "unknown_target", "refused", "shutdown", "unencodable"]
+
+
+@dataclass(frozen=True)
+class SinkTuning:
+    """How the sink batches and retries; the defaults are the production ones."""
+
+    batch_max_rounds: int = 200
+    batch_interval_s: float = 1.0
+    buffer_max_rounds: int = 200_000
+    request_timeout_s: float = 10.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    auth_retry_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.batch_max_rounds < 1 or self.buffer_max_rounds < self.batch_max_rounds:
+            raise ValueError("need 1 <= batch_max_rounds <= buffer_max_rounds")
+        if min(self.batch_interval_s, self.request_timeout_s, self.backoff_initial_s) <= 0:
+            raise ValueError("intervals and timeouts must be positive")
+        if self.backoff_max_s < self.backoff_initial_s or self.auth_retry_s <= 0:
+            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s and auth_retry_s > 0")
+
+
+class SinkHooks(Protocol):
+    """What the sink reports as it goes (wired to the agent's metrics); called on the loop."""
+
+    def buffer_depth(self, rounds: int) -> None: ...
+
+    def batch_sent(self, ok: bool, rounds: int) -> None:
+        """One POST: ok with the rounds the controller stored (0 for a repeated batch), or not."""
+
+    def rounds_dropped(self, rounds: int, why: DropReason) -> None: ...
+
+
+class _NoHooks:
+    def buffer_depth(self, rounds: int) -> None:
+        pass
+
+    def batch_sent(self, ok: bool, rounds: int) -> None:
+        pass
+
+    def rounds_dropped(self, rounds: int, why: DropReason) -> None:
+        pass
+
+
+@dataclass
+class SinkStats:
+    """Counts since the sink was made; :attr:`HttpSink.stats` returns a copy."""
+
+    submitted: int = 0  # rounds handed to submit()
+    stored: int = 0  # rounds the controller answered as stored
+    batches_ok: int = 0  # POSTs answered 2xx (duplicates included)
+    duplicates: int = 0  # of those, answered as a batch stored before (a lost answer retried)
+    failed_attempts: int = 0  # POSTs that did not settle their batch
+    dropped: dict[str, int] = field(default_factory=dict)  # by DropReason
+
+
+@dataclass(frozen=True)
+class _Round:
+    target: str
+    document: bytes  # the round document as JSON
+
+
+@dataclass(frozen=True)
+class _Batch:
+    batch_id: str
+    rounds: tuple[_Round, ...]
+
+
+class _Kind(Enum):
+    OK = "ok"
+    RETRY = "retry"  # the controller is away or busy: same batch, backoff
+    WAIT = "wait"  # the controller refuses us (token, URL): same batch, slowly
+    UNKNOWN_TARGETS = "unknown_targets"  # 422
+    REFUSED = "refused"  # 400, 413
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: _Kind
+    what: str  # the status or the error's class, for logs
+    detail: str = ""  # the problem document's detail, for logs
+    stored: int = 0
+    duplicate: bool = False
+    retry_after_s: float | None = None
+    rounds: frozenset[int] = frozenset()  # the rounds a 422 names
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class HttpSink:
+    """Rounds to the controller over HTTP; see the module docstring for the contract.
+
+    `token()` gives the bearer token for each attempt (None: send none). `session` is the
+    caller's and is not closed here. Call :meth:`start` inside the running loop, once.
+    """
+
+    def __init__(
+        self,
+        controller: str,
+        *,
+        source: str,
+        source_kind: SourceKind | None,
+        token: Callable[[], str | None],
+        session: aiohttp.ClientSession,
+        tuning: SinkTuning | None = None,
+        hooks: SinkHooks | None = None,
+        new_id: Callable[[], str] = _new_id,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self._url = controller.rstrip("/") + RESULTS_PATH
+        self._source = source
+        self._kind = source_kind
+        self._token = token
+        self._session = session
+        self._tuning = tuning or SinkTuning()
+        self._hooks: SinkHooks = hooks or _NoHooks()
+        self._new_id = new_id
+        self._jitter = jitter
+        self._buffer: deque[_Round] = deque()
+        # Taken from the buffer and not yet settled: the batch being sent, and the halves of a
+        # split batch still to send.
+        self._current: _Batch | None = None
+        self._work: list[_Batch] = []
+        self._wake = asyncio.Event()  # a round came in, or closing
+        self._full = asyncio.Event()  # a whole batch is waiting, or closing
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._stats = SinkStats()
+        self._overflow_since_log = 0
+        self._overflow_logged_at = -math.inf
+        # The batch prefix never changes, so it is encoded once.
+        head: dict[str, Any] = {"source": source}
+        if source_kind is not None:
+            head["source_kind"] = source_kind.value
+        self._head = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+
+    # -- the caller's side ------------------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """Rounds not yet delivered: buffered plus in flight."""
+        current = len(self._current.rounds) if self._current is not None else 0
+        return len(self._buffer) + current + sum(len(b.rounds) for b in self._work)
+
+    @property
+    def stats(self) -> SinkStats:
+        return dataclasses.replace(self._stats, dropped=dict(self._stats.dropped))
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("the sink was already started")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=TASK_NAME)
+
+    def submit(self, result: RoundResult) -> None:
+        """Queue a round for the controller. Never blocks, never raises."""
+        self._stats.submitted += 1
+        if self._closed:
+            self._drop(1, "shutdown")
+            log.error("round submitted after the sink closed", extra={"target": result.target})
+            return
+        try:
+            document = encode_round(result)
+        except Exception:  # encode_round makes everything JSON: this is a bug, not an outage
+            log.exception("round could not be encoded", extra={"target": result.target})
+            self._drop(1, "unencodable")
+            return
+        self._buffer.append(_Round(result.target, document))
+        if len(self._buffer) > self._tuning.buffer_max_rounds:
+            self._buffer.popleft()
+            self._overflowed()
+        self._idle.clear()
+        self._wake.set()
+        if len(self._buffer) >= self._tuning.batch_max_rounds:
+            self._full.set()
+        self._hooks.buffer_depth(self.depth)
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until nothing is buffered or in flight; False when `timeout_s` passed first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Send what is buffered (at most `timeout_s`), then stop. Idempotent.
+
+        Rounds still undelivered when the time is up are counted as dropped and logged.
+        """
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        self._full.set()
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=timeout_s)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("the sink's task failed", exc_info=task.exception())
+        self._closed = True
+        left = self.depth
+        if left:
+            log.error(
+                "rounds not delivered at shutdown: the controller did not take them in time",
+                extra={"rounds": left, "timeout_s": timeout_s},
+            )
+            self._buffer.clear()
+            self._current, self._work = None, []
+            self._drop(left, "shutdown")
+        self._idle.set()
+        self._hooks.buffer_depth(0)
+
+    # -- the task ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Take batches off the buffer and settle each before the next; ends when closing
+        and empty. A bug in one batch's handling is logged and costs only that batch."""
+        while True:
+            await self._wait_for_batch()
+            if not self._buffer:
+                if self._closing:
+                    return
+                continue
+            batch = self._take()
+            try:
+                await self._settle(batch)
+            except Exception:
+                log.exception("batch handling failed: its rounds are dropped")
+                self._drop(self.depth - len(self._buffer), "refused")
+                self._current, self._work = None, []
+            if not self._buffer:
+                self._idle.set()
+            self._hooks.buffer_depth(self.depth)
+
+    async def _wait_for_batch(self) -> None:
+        while not self._buffer and not self._closing:
+            self._wake.clear()
+            await self._wake.wait()
+        if self._closing or len(self._buffer) >= self._tuning.batch_max_rounds:
+            return
+        # The first round of a batch is in: give others up to batch_interval_s to join it.
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._tuning.batch_interval_s):
+                await self._full.wait()
+
+    def _take(self) -> _Batch:
+        count = min(len(self._buffer), self._tuning.batch_max_rounds)
+        return _Batch(self._new_id(), tuple(self._buffer.popleft() for _ in range(count)))
+
+    async def _settle(self, batch: _Batch) -> None:
+        """Deliver `batch`, splitting it when refused; returns when every round of it is
+        stored or dropped."""
+        self._work = [batch]
+        while self._work:
+            halves = await self._deliver(self._work.pop())
+            # Halves go on the stack second half first, so the rounds keep their order.
+            self._work.extend(reversed(halves))
+
+    async def _deliver(self, batch: _Batch) -> list[_Batch]:
+        """Send one batch until it is settled; returns the halves to send instead, if split."""
+        attempt = 0
+        self._current = batch
+        while True:
+            outcome = await self._post(batch)
+            if outcome.kind is _Kind.OK:
+                self._current = None
+                self._delivered(batch, outcome)
+                return []
+            self._stats.failed_attempts += 1
+            self._hooks.batch_sent(False, 0)
+            match outcome.kind:
+                case _Kind.RETRY:
+                    delay = self._backoff(attempt, outcome.retry_after_s)
+                    attempt += 1
+                    log.warning(
+                        "controller unavailable: the batch is kept and retried",
+                        extra={**self._about(batch, outcome), "attempt": attempt, "in_s": delay},
+                    )
+                    await asyncio.sleep(delay)
+                case _Kind.WAIT:
+                    log.error(
+                        "controller refuses this agent: check --controller and --token-file; "
+                        "the batch is kept and retried",
+                        extra={**self._about(batch, outcome), "in_s": self._tuning.auth_retry_s},
+                    )
+                    await asyncio.sleep(self._tuning.auth_retry_s)
+                case _Kind.UNKNOWN_TARGETS:
+                    self._current = None
+                    rest = self._drop_unknown(batch, outcome)
+                    if rest is None:
+                        return []
+                    batch = self._current = rest
+                    attempt = 0
+                case _Kind.REFUSED:
+                    self._current = None
+                    return self._split(batch, outcome)
+
+    def _delivered(self, batch: _Batch, outcome: _Outcome) -> None:
+        self._stats.batches_ok += 1
+        self._stats.stored += outcome.stored
+        self._hooks.batch_sent(True, outcome.stored)
+        if outcome.duplicate:
+            self._stats.duplicates += 1
+            # The controller had stored it already: an earlier answer was lost on the way.
+            log.info(
+                "batch was stored before (a retry after a lost answer)", extra=self._about(batch)
+            )
+        else:
+            log.debug("batch delivered", extra=self._about(batch, outcome))
+
+    def _drop_unknown(self, batch: _Batch, outcome: _Outcome) -> _Batch | None:
+        """Drop the rounds a 422 names; the rest, under a new id, or None when none is left."""
+        named = {i for i in outcome.rounds if i < len(batch.rounds)}
+        if not named:  # nothing to tell the good rounds from the others by
+            named = set(range(len(batch.rounds)))
+        gone = [r for i, r in enumerate(batch.rounds) if i in named]
+        kept = tuple(r for i, r in enumerate(batch.rounds) if i not in named)
+        self._drop(len(gone), "unknown_target")
+        log.error(
+            "controller does not know these targets: their rounds are dropped",
+            extra={
+                **self._about(batch, outcome),
+                "dropped": len(gone),
+                "targets": sorted({r.target for r in gone}),
+            },
+        )
+        # Nothing of a refused batch was stored, so the rest may go under any new id.
+        return _Batch(self._new_id(), kept) if kept else None
+
+    def _split(self, batch: _Batch, outcome: _Outcome) -> list[_Batch]:
+        if len(batch.rounds) == 1:
+            self._drop(1, "refused")
+            log.error(
+                "controller refuses a single round: it is dropped (its answer's detail says "
+                "why: an agent bug, or this machine's clock)",
+                extra={**self._about(batch, outcome), "target": batch.rounds[0].target},
+            )
+            return []
+        middle = len(batch.rounds) // 2
+        log.warning(
+            "controller refuses the batch: sending it in halves",
+            extra=self._about(batch, outcome),
+        )
+        return [
+            _Batch(self._new_id(), batch.rounds[:middle]),
+            _Batch(self._new_id(), batch.rounds[middle:]),
+        ]
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def _post(self, batch: _Batch) -> _Outcome:
+        body = self._body(batch)
+        headers = {"Content-Type": "application/json"}
+        token = self._token()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        timeout = aiohttp.ClientTimeout(total=self._tuning.request_timeout_s)
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=headers, timeout=timeout
+            ) as response:
+                answer = await response.content.read(_ANSWER_MAX)
+                return _classify(response.status, answer, response.headers)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return _Outcome(_Kind.RETRY, type(exc).__name__, str(exc)[:200])
+
+    def _body(self, batch: _Batch) -> bytes:
+        return b"".join(
+            (
+                self._head,
+                b',"batch_id":',
+                json.dumps(batch.batch_id).encode(),
+                b',"rounds":[',
+                b",".join(r.document for r in batch.rounds),
+                b"]}",
+            )
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
+        tuning = self._tuning
+        delay = min(tuning.backoff_max_s, tuning.backoff_initial_s * 2.0**attempt)
+        # +-20 %: a thousand agents that lost the controller together do not return together.
+        delay *= 0.8 + 0.4 * self._jitter()
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)
+        return min(delay, tuning.backoff_max_s)
+
+    def _drop(self, rounds: int, why: DropReason) -> None:
+        if rounds <= 0:
+            return
+        self._stats.dropped[why] = self._stats.dropped.get(why, 0) + rounds
+        self._hooks.rounds_dropped(rounds, why)
+
+    def _overflowed(self) -> None:
+        self._drop(1, "buffer_full")
+        self._overflow_since_log += 1
+        now = time.monotonic()
+        if now - self._overflow_logged_at >= _DROP_LOG_EVERY_S:
+            log.error(
+                "buffer full: the oldest rounds are dropped while the controller is away",
+                extra={
+                    "dropped": self._overflow_since_log,
+                    "buffer_max_rounds": self._tuning.buffer_max_rounds,
+                },
+            )
+            self._overflow_since_log = 0
+            self._overflow_logged_at = now
+
+    def _about(self, batch: _Batch, outcome: _Outcome | None = None) -> dict[str, Any]:
+        about: dict[str, Any] = {
+            "batch_id": batch.batch_id,
+            "rounds": len(batch.rounds),
+            "buffered": len(self._buffer),
+        }
+        if outcome is not None:
+            about["answer"] = outcome.what
+            if outcome.detail:
+                about["detail"] = outcome.detail
+        return about
+
+
+def _classify(status: int, answer: bytes, headers: Mapping[str, str]) -> _Outcome:
+    what = str(status)
+    if 200 <= status < 300:
+        stored, duplicate = _stored(answer)
+        return _Outcome(_Kind.OK, what, stored=stored, duplicate=duplicate)
+    detail = _detail(answer)
+    if status in (408, 429) or status >= 500:
+        return _Outcome(_Kind.RETRY, what, detail, retry_after_s=_retry_after(headers))
+    if status == 422:
+        return _Outcome(_Kind.UNKNOWN_TARGETS, what, detail, rounds=_named_rounds(answer))
+    if status in (400, 413):
+        return _Outcome(_Kind.REFUSED, what, detail)
+    return _Outcome(_Kind.WAIT, what, detail)
+
+
+def _detail(answer: bytes) -> str:
+    """A problem document's detail (what the controller says was wrong), or the answer's start."""
+    try:
+        document = json.loads(answer)
+    except ValueError:
+        return answer[:200].decode(errors="replace")
+    detail = document.get("detail") if isinstance(document, dict) else None
+    return detail[:500] if isinstance(detail, str) else answer[:200].decode(errors="replace")
+
+
+def _stored(answer: bytes) -> tuple[int, bool]:
+    try:
+        document = json.loads(answer)
+        stored, duplicate = document["stored"], document["duplicate"]
+    except (ValueError, TypeError, KeyError):
+        # A 2xx means the controller has the batch; a strange body does not change that.
+        return 0, False
+    return (stored if isinstance(stored, int) else 0), duplicate is True
+
+
+def _named_rounds(answer: bytes) -> frozenset[int]:
+    """The round indexes a 422 problem document names in `invalid_params` (rounds[i].target)."""
+    try:
+        params = json.loads(answer).get("invalid_params", [])
+        names = [p.get("name", "") for p in params if isinstance(p, dict)]
+    except (ValueError, AttributeError):
+        return frozenset()
+    found = (_ROUND_INDEX.match(n) for n in names if isinstance(n, str))
+    return frozenset(int(m.group(1)) for m in found if m)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date, or nothing: our own backoff decides
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+# -- the round document ---------------------------------------------------------------------------
+
+
+def encode_round(result: RoundResult) -> bytes:
+    """The round as the controller's ingest takes it (target, source, started_at, steps as
+    :func:`report.step_document`), JSON-encoded. Anything not JSON in the evidence becomes
+    text, non-finite numbers null, NUL characters U+FFFD, and details are cut to DETAIL_MAX:
+    the controller would refuse the whole round otherwise."""
+    started = result.started_at.isoformat().replace("+00:00", "Z")
+    steps = []
+    for step in result.steps:
+        document = step_document(step)
+        document["detail"] = document["detail"][:DETAIL_MAX]
+        steps.append(document)
+    document = {
+        "target": result.target,
+        "source": result.source,
+        "started_at": started,
+        "steps": steps,
+    }
+    return json.dumps(_plain(document), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    if depth > 32:
+        return _text(str(value))
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Enum):
+        return _plain(value.value, depth + 1)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, Mapping):
+        return {_text(str(k)): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, Sequence | set | frozenset) and not isinstance(value, bytes):
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, PurePath):
+        return _text(str(value))
+    return _text(str(value))
+
+
+def _text(value: str) -> str:
+    return value.replace("\0", "\ufffd") if "\0" in value else value
