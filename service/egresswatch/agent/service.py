@@ -7,7 +7,8 @@ over HTTP (agent/sink.py), buffering while the controller is away. It serves its
 from its own registry. Step series are the controller's to export, from the rounds it stores,
 so that no step is counted twice in Prometheus.
 
-Who the agent is comes from the Downward API environment or from flags (:func:`resolve_identity`).
+Who the agent is comes from the Downward API environment or from flags (agent/identity.py);
+its health endpoints and metrics hooks are in agent/health.py.
 It never imports storage or the controller (DESIGN.md §5).
 """
 
@@ -21,20 +22,26 @@ import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
+from egresswatch.agent.health import AgentMetrics, health_app
+from egresswatch.agent.identity import (
+    SourceIdentity,
+    TokenFile,
+    UsageError,
+    check_controller_url,
+    resolve_identity,
+)
 from egresswatch.agent.plan import LocalSettings, PlanFollower
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.schedule import RoundScheduler
-from egresswatch.agent.sink import DropReason, HttpSink, SinkTuning
+from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.metrics import Metrics
-from egresswatch.model import RoundResult, SourceKind
+from egresswatch.model import RoundResult
 from egresswatch.settings import Settings, parse_listen
 
 __all__ = [
@@ -47,156 +54,18 @@ __all__ = [
     "TokenFile",
     "UsageError",
     "check_controller_url",
+    "health_app",
     "resolve_identity",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:9109"
-ENV_KIND = "EGRESSWATCH_SOURCE_KIND"
-ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_NODE_NAME = "POD_NAME", "POD_NAMESPACE", "NODE_NAME"
 ENV_PROXY_USERNAME, ENV_PROXY_PASSWORD = "EGRESSWATCH_PROXY_USERNAME", "EGRESSWATCH_PROXY_PASSWORD"
-NAME_MAX = 253  # the controller's limit on a source name
-DROP_REASONS: tuple[DropReason, ...] = (
-    "buffer_full",
-    "unknown_target",
-    "refused",
-    "shutdown",
-    "unencodable",
-)
-
-
-class UsageError(ValueError):
-    """Bad flags or environment; the message names the flag or the variable."""
 
 
 class AgentStartupError(Exception):
     """The agent cannot start (e.g. its listen address is taken); the message says why."""
-
-
-# -- identity -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SourceIdentity:
-    name: str
-    kind: SourceKind
-
-
-def resolve_identity(
-    *, source: str | None, kind: str | None, environ: Mapping[str, str]
-) -> SourceIdentity:
-    """Who this agent is. Flags win over the environment.
-
-    - `--source NAME` needs a kind: `--source-kind`, else EGRESSWATCH_SOURCE_KIND.
-    - Otherwise the kind is `--source-kind`, else EGRESSWATCH_SOURCE_KIND, else what the
-      Downward API variables say (POD_NAME: pod; NODE_NAME alone: node; both: ambiguous).
-    - A pod is `POD_NAMESPACE/POD_NAME`, a node `NODE_NAME`.
-
-    UsageError names the flag or variable that is missing or wrong.
-    """
-    chosen_kind = _kind(kind, "--source-kind") or _kind(environ.get(ENV_KIND), ENV_KIND)
-    if source is not None:
-        if chosen_kind is None:
-            raise UsageError(f"--source needs --source-kind pod|node (or {ENV_KIND}=pod|node)")
-        return SourceIdentity(_checked(source.strip(), "--source"), chosen_kind)
-    pod, node = environ.get(ENV_POD_NAME, "").strip(), environ.get(ENV_NODE_NAME, "").strip()
-    if chosen_kind is None:
-        if pod and node:
-            raise UsageError(
-                f"both {ENV_POD_NAME} and {ENV_NODE_NAME} are set: say which this agent is "
-                f"with {ENV_KIND}=pod|node (or --source-kind)"
-            )
-        if not pod and not node:
-            raise UsageError(
-                f"no identity: set {ENV_POD_NAME} and {ENV_POD_NAMESPACE} (a pod) or "
-                f"{ENV_NODE_NAME} (a node) through the Downward API, or pass "
-                "--source NAME --source-kind pod|node"
-            )
-        chosen_kind = SourceKind.POD if pod else SourceKind.NODE
-    if chosen_kind is SourceKind.POD:
-        namespace = environ.get(ENV_POD_NAMESPACE, "").strip()
-        missing = [n for n, v in ((ENV_POD_NAMESPACE, namespace), (ENV_POD_NAME, pod)) if not v]
-        if missing:
-            raise UsageError(
-                f"a pod source needs {' and '.join(missing)} set (Downward API), or --source NAME"
-            )
-        return SourceIdentity(_checked(f"{namespace}/{pod}", ENV_POD_NAME), SourceKind.POD)
-    if not node:
-        raise UsageError(
-            f"a node source needs {ENV_NODE_NAME} set (Downward API), or --source NAME"
-        )
-    return SourceIdentity(_checked(node, ENV_NODE_NAME), SourceKind.NODE)
-
-
-def _kind(value: str | None, origin: str) -> SourceKind | None:
-    if value is None or not value.strip():
-        return None
-    try:
-        return SourceKind(value.strip().lower())
-    except ValueError:
-        raise UsageError(f"{origin}: {value!r} is not a source kind: use pod or node") from None
-
-
-def _checked(name: str, origin: str) -> str:
-    if not name or len(name) > NAME_MAX or not name.isprintable():
-        raise UsageError(f"{origin}: a source name is 1 to {NAME_MAX} printable characters")
-    return name
-
-
-# -- flags ----------------------------------------------------------------------------------------
-
-
-def check_controller_url(url: str) -> str:
-    """The controller's base URL, without a trailing slash; UsageError names --controller."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--controller: {url!r} is not http(s)://HOST[:PORT]")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise UsageError(f"--controller: {url!r} has a bad port") from None
-    if parts.query or parts.fragment or parts.username is not None:
-        raise UsageError(f"--controller: {url!r}: no query, fragment or credentials in the URL")
-    return url.strip().rstrip("/")
-
-
-class TokenFile:
-    """The bearer token, read from a file and read again when the file changes (a rotated
-    Kubernetes Secret), so a new token is used without a restart."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._token: str | None = None
-        self._stamp: tuple[int, int] | None = None
-
-    def load(self) -> str:
-        """Read it now; UsageError naming --token-file when it cannot be read or is empty."""
-        try:
-            info = self.path.stat()
-            token = self.path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise UsageError(f"--token-file: cannot read {self.path}: {reason}") from None
-        if not token:
-            raise UsageError(f"--token-file: {self.path} is empty")
-        self._token, self._stamp = token, (info.st_mtime_ns, info.st_size)
-        return token
-
-    def __call__(self) -> str | None:
-        """The current token; a file that went bad keeps the last good token (logged)."""
-        try:
-            info = self.path.stat()
-            if (info.st_mtime_ns, info.st_size) != self._stamp:
-                self.load()
-                log.info("token file read", extra={"path": str(self.path)})
-        except (OSError, UsageError) as exc:
-            log.warning("token file unreadable: the last token stays", extra={"problem": str(exc)})
-            # Remember the failure: one warning per change of the file, not one per batch.
-            with contextlib.suppress(OSError):
-                info = self.path.stat()
-                self._stamp = (info.st_mtime_ns, info.st_size)
-        return self._token
 
 
 @dataclass(frozen=True)
@@ -215,35 +84,6 @@ class AgentOptions:
     plan_backoff_initial_s: float = 0.5
     plan_backoff_max_s: float = 30.0
     flush_timeout_s: float = 10.0
-
-
-# -- metrics --------------------------------------------------------------------------------------
-
-
-class AgentMetrics:
-    """The sink's hooks on the agent's registry: Metrics' health families, plus rounds dropped
-    by reason (a closed vocabulary, every reason present from the start at 0)."""
-
-    def __init__(self, metrics: Metrics, registry: CollectorRegistry) -> None:
-        self._metrics = metrics
-        self._dropped = Counter(
-            "egresswatch_agent_rounds_dropped_total",
-            "Rounds the agent gave up on, by why: buffer_full, unknown_target, refused, "
-            "shutdown, unencodable.",
-            ("why",),
-            registry=registry,
-        )
-        for why in DROP_REASONS:
-            self._dropped.labels(why)
-
-    def buffer_depth(self, rounds: int) -> None:
-        self._metrics.set_buffer_depth(rounds)
-
-    def batch_sent(self, ok: bool, rounds: int) -> None:
-        self._metrics.count_ingest_batch("ok" if ok else "error", rounds)
-
-    def rounds_dropped(self, rounds: int, why: DropReason) -> None:
-        self._dropped.labels(why).inc(rounds)
 
 
 # -- the process ----------------------------------------------------------------------------------
@@ -441,36 +281,3 @@ class Agent:
         sockets = getattr(server, "sockets", None) or []
         bound = sockets[0].getsockname() if sockets else (host, port)
         self.listening = (str(bound[0]), int(bound[1]))
-
-
-def health_app(
-    registry: CollectorRegistry, readiness: Callable[[], Mapping[str, bool]]
-) -> web.Application:
-    """/healthz (the process lives), /readyz (every check true, else 503), /metrics.
-
-    The same answers as the controller's (controller/api.py), written again because the agent
-    must not import the controller.
-    """
-    app = web.Application()
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        checks = dict(readiness())
-        ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
-
-    async def metrics(_: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, registry)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    return app

@@ -23,6 +23,8 @@ Contract of :class:`HttpSink`:
   counted.
 - :meth:`HttpSink.close` sends what is buffered, waiting at most its timeout; rounds still
   undelivered then are counted as dropped (``shutdown``) and logged.
+
+See also agent/encode.py (bodies), agent/answers.py, agent/sink_types.py (tuning, hooks).
 """
 
 from __future__ import annotations
@@ -30,25 +32,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import random
-import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import Enum
-from pathlib import PurePath
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
+from egresswatch.agent.answers import ANSWER_MAX, Kind, Outcome, classify
+from egresswatch.agent.encode import batch_body, batch_head, encode_round
+from egresswatch.agent.sink_types import DropReason, NoHooks, SinkHooks, SinkStats, SinkTuning
 from egresswatch.model import RoundResult, SourceKind
-from egresswatch.report import step_document
 
 __all__ = [
     "DropReason",
@@ -63,69 +62,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_PATH = "/api/v1/results"
 TASK_NAME = "egresswatch-sink"
-# The controller refuses longer step details and NUL characters (controller.payloads): they are
-# made to fit here rather than cost the whole round.
-DETAIL_MAX = 4096
-_ANSWER_MAX = 64 * 1024  # bytes of an answer read: enough for any problem document
-_ROUND_INDEX = re.compile(r"^rounds\[(\d+)\]")
 _DROP_LOG_EVERY_S = 10.0  # buffer overflow is logged at most this often
-
-DropReason = Literal["buffer_full", "unknown_target", "refused", "shutdown", "unencodable"]
-
-
-@dataclass(frozen=True)
-class SinkTuning:
-    """How the sink batches and retries; the defaults are the production ones."""
-
-    batch_max_rounds: int = 200
-    batch_interval_s: float = 1.0
-    buffer_max_rounds: int = 200_000
-    request_timeout_s: float = 10.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    auth_retry_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.batch_max_rounds < 1 or self.buffer_max_rounds < self.batch_max_rounds:
-            raise ValueError("need 1 <= batch_max_rounds <= buffer_max_rounds")
-        if min(self.batch_interval_s, self.request_timeout_s, self.backoff_initial_s) <= 0:
-            raise ValueError("intervals and timeouts must be positive")
-        if self.backoff_max_s < self.backoff_initial_s or self.auth_retry_s <= 0:
-            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s and auth_retry_s > 0")
-
-
-class SinkHooks(Protocol):
-    """What the sink reports as it goes (wired to the agent's metrics); called on the loop."""
-
-    def buffer_depth(self, rounds: int) -> None: ...
-
-    def batch_sent(self, ok: bool, rounds: int) -> None:
-        """One POST: ok with the rounds the controller stored (0 for a repeated batch), or not."""
-
-    def rounds_dropped(self, rounds: int, why: DropReason) -> None: ...
-
-
-class _NoHooks:
-    def buffer_depth(self, rounds: int) -> None:
-        pass
-
-    def batch_sent(self, ok: bool, rounds: int) -> None:
-        pass
-
-    def rounds_dropped(self, rounds: int, why: DropReason) -> None:
-        pass
-
-
-@dataclass
-class SinkStats:
-    """Counts since the sink was made; :attr:`HttpSink.stats` returns a copy."""
-
-    submitted: int = 0  # rounds handed to submit()
-    stored: int = 0  # rounds the controller answered as stored
-    batches_ok: int = 0  # POSTs answered 2xx (duplicates included)
-    duplicates: int = 0  # of those, answered as a batch stored before (a lost answer retried)
-    failed_attempts: int = 0  # POSTs that did not settle their batch
-    dropped: dict[str, int] = field(default_factory=dict)  # by DropReason
 
 
 @dataclass(frozen=True)
@@ -138,25 +75,6 @@ class _Round:
 class _Batch:
     batch_id: str
     rounds: tuple[_Round, ...]
-
-
-class _Kind(Enum):
-    OK = "ok"
-    RETRY = "retry"  # the controller is away or busy: same batch, backoff
-    WAIT = "wait"  # the controller refuses us (token, URL): same batch, slowly
-    UNKNOWN_TARGETS = "unknown_targets"  # 422
-    REFUSED = "refused"  # 400, 413
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    kind: _Kind
-    what: str  # the status or the error's class, for logs
-    detail: str = ""  # the problem document's detail, for logs
-    stored: int = 0
-    duplicate: bool = False
-    retry_after_s: float | None = None
-    rounds: frozenset[int] = frozenset()  # the rounds a 422 names
 
 
 def _new_id() -> str:
@@ -189,7 +107,7 @@ class HttpSink:
         self._token = token
         self._session = session
         self._tuning = tuning or SinkTuning()
-        self._hooks: SinkHooks = hooks or _NoHooks()
+        self._hooks: SinkHooks = hooks or NoHooks()
         self._new_id = new_id
         self._jitter = jitter
         self._buffer: deque[_Round] = deque()
@@ -208,10 +126,7 @@ class HttpSink:
         self._overflow_since_log = 0
         self._overflow_logged_at = -math.inf
         # The batch prefix never changes, so it is encoded once.
-        head: dict[str, Any] = {"source": source}
-        if source_kind is not None:
-            head["source_kind"] = source_kind.value
-        self._head = json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
+        self._head = batch_head(source, source_kind)
 
     # -- the caller's side ------------------------------------------------------------------
 
@@ -347,40 +262,40 @@ class HttpSink:
         self._current = batch
         while True:
             outcome = await self._post(batch)
-            if outcome.kind is _Kind.OK:
+            if outcome.kind is Kind.OK:
                 self._current = None
                 self._delivered(batch, outcome)
                 return []
             self._stats.failed_attempts += 1
             self._hooks.batch_sent(False, 0)
             match outcome.kind:
-                case _Kind.RETRY:
-                    delay = self._backoff(attempt, outcome.retry_after_s)
+                case Kind.RETRY:
+                    delay = self._tuning.backoff_s(attempt, outcome.retry_after_s, self._jitter())
                     attempt += 1
                     log.warning(
                         "controller unavailable: the batch is kept and retried",
                         extra={**self._about(batch, outcome), "attempt": attempt, "in_s": delay},
                     )
                     await asyncio.sleep(delay)
-                case _Kind.WAIT:
+                case Kind.WAIT:
                     log.error(
                         "controller refuses this agent: check --controller and --token-file; "
                         "the batch is kept and retried",
                         extra={**self._about(batch, outcome), "in_s": self._tuning.auth_retry_s},
                     )
                     await asyncio.sleep(self._tuning.auth_retry_s)
-                case _Kind.UNKNOWN_TARGETS:
+                case Kind.UNKNOWN_TARGETS:
                     self._current = None
                     rest = self._drop_unknown(batch, outcome)
                     if rest is None:
                         return []
                     batch = self._current = rest
                     attempt = 0
-                case _Kind.REFUSED:
+                case Kind.REFUSED:
                     self._current = None
                     return self._split(batch, outcome)
 
-    def _delivered(self, batch: _Batch, outcome: _Outcome) -> None:
+    def _delivered(self, batch: _Batch, outcome: Outcome) -> None:
         self._stats.batches_ok += 1
         self._stats.stored += outcome.stored
         self._hooks.batch_sent(True, outcome.stored)
@@ -393,7 +308,7 @@ class HttpSink:
         else:
             log.debug("batch delivered", extra=self._about(batch, outcome))
 
-    def _drop_unknown(self, batch: _Batch, outcome: _Outcome) -> _Batch | None:
+    def _drop_unknown(self, batch: _Batch, outcome: Outcome) -> _Batch | None:
         """Drop the rounds a 422 names; the rest, under a new id, or None when none is left."""
         named = {i for i in outcome.rounds if i < len(batch.rounds)}
         if not named:  # nothing to tell the good rounds from the others by
@@ -412,7 +327,7 @@ class HttpSink:
         # Nothing of a refused batch was stored, so the rest may go under any new id.
         return _Batch(self._new_id(), kept) if kept else None
 
-    def _split(self, batch: _Batch, outcome: _Outcome) -> list[_Batch]:
+    def _split(self, batch: _Batch, outcome: Outcome) -> list[_Batch]:
         if len(batch.rounds) == 1:
             self._drop(1, "refused")
             log.error(
@@ -433,8 +348,8 @@ class HttpSink:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    async def _post(self, batch: _Batch) -> _Outcome:
-        body = self._body(batch)
+    async def _post(self, batch: _Batch) -> Outcome:
+        body = batch_body(self._head, batch.batch_id, [r.document for r in batch.rounds])
         headers = {"Content-Type": "application/json"}
         token = self._token()
         if token:
@@ -444,33 +359,12 @@ class HttpSink:
             async with self._session.post(
                 self._url, data=body, headers=headers, timeout=timeout
             ) as response:
-                answer = await response.content.read(_ANSWER_MAX)
-                return _classify(response.status, answer, response.headers)
+                answer = await response.content.read(ANSWER_MAX)
+                return classify(response.status, answer, response.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return _Outcome(_Kind.RETRY, type(exc).__name__, str(exc)[:200])
-
-    def _body(self, batch: _Batch) -> bytes:
-        return b"".join(
-            (
-                self._head,
-                b',"batch_id":',
-                json.dumps(batch.batch_id).encode(),
-                b',"rounds":[',
-                b",".join(r.document for r in batch.rounds),
-                b"]}",
-            )
-        )
+            return Outcome(Kind.RETRY, type(exc).__name__, str(exc)[:200])
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
-        tuning = self._tuning
-        delay = min(tuning.backoff_max_s, tuning.backoff_initial_s * 2.0**attempt)
-        # +-20 %: a thousand agents that lost the controller together do not return together.
-        delay *= 0.8 + 0.4 * self._jitter()
-        if retry_after_s is not None:
-            delay = max(delay, retry_after_s)
-        return min(delay, tuning.backoff_max_s)
 
     def _drop(self, rounds: int, why: DropReason) -> None:
         if rounds <= 0:
@@ -493,7 +387,7 @@ class HttpSink:
             self._overflow_since_log = 0
             self._overflow_logged_at = now
 
-    def _about(self, batch: _Batch, outcome: _Outcome | None = None) -> dict[str, Any]:
+    def _about(self, batch: _Batch, outcome: Outcome | None = None) -> dict[str, Any]:
         about: dict[str, Any] = {
             "batch_id": batch.batch_id,
             "rounds": len(batch.rounds),
@@ -504,107 +398,3 @@ class HttpSink:
             if outcome.detail:
                 about["detail"] = outcome.detail
         return about
-
-
-def _classify(status: int, answer: bytes, headers: Mapping[str, str]) -> _Outcome:
-    what = str(status)
-    if 200 <= status < 300:
-        stored, duplicate = _stored(answer)
-        return _Outcome(_Kind.OK, what, stored=stored, duplicate=duplicate)
-    detail = _detail(answer)
-    if status in (408, 429) or status >= 500:
-        return _Outcome(_Kind.RETRY, what, detail, retry_after_s=_retry_after(headers))
-    if status == 422:
-        return _Outcome(_Kind.UNKNOWN_TARGETS, what, detail, rounds=_named_rounds(answer))
-    if status in (400, 413):
-        return _Outcome(_Kind.REFUSED, what, detail)
-    return _Outcome(_Kind.WAIT, what, detail)
-
-
-def _detail(answer: bytes) -> str:
-    """A problem document's detail (what the controller says was wrong), or the answer's start."""
-    try:
-        document = json.loads(answer)
-    except ValueError:
-        return answer[:200].decode(errors="replace")
-    detail = document.get("detail") if isinstance(document, dict) else None
-    return detail[:500] if isinstance(detail, str) else answer[:200].decode(errors="replace")
-
-
-def _stored(answer: bytes) -> tuple[int, bool]:
-    try:
-        document = json.loads(answer)
-        stored, duplicate = document["stored"], document["duplicate"]
-    except (ValueError, TypeError, KeyError):
-        # A 2xx means the controller has the batch; a strange body does not change that.
-        return 0, False
-    return (stored if isinstance(stored, int) else 0), duplicate is True
-
-
-def _named_rounds(answer: bytes) -> frozenset[int]:
-    """The round indexes a 422 problem document names in `invalid_params` (rounds[i].target)."""
-    try:
-        params = json.loads(answer).get("invalid_params", [])
-        names = [p.get("name", "") for p in params if isinstance(p, dict)]
-    except (ValueError, AttributeError):
-        return frozenset()
-    found = (_ROUND_INDEX.match(n) for n in names if isinstance(n, str))
-    return frozenset(int(m.group(1)) for m in found if m)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date, or nothing: our own backoff decides
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-# -- the round document ---------------------------------------------------------------------------
-
-
-def encode_round(result: RoundResult) -> bytes:
-    """The round as the controller's ingest takes it (target, source, started_at, steps as
-    :func:`report.step_document`), JSON-encoded. Anything not JSON in the evidence becomes
-    text, non-finite numbers null, NUL characters U+FFFD, and details are cut to DETAIL_MAX:
-    the controller would refuse the whole round otherwise."""
-    started = result.started_at.isoformat().replace("+00:00", "Z")
-    steps = []
-    for step in result.steps:
-        document = step_document(step)
-        document["detail"] = document["detail"][:DETAIL_MAX]
-        steps.append(document)
-    document = {
-        "target": result.target,
-        "source": result.source,
-        "started_at": started,
-        "steps": steps,
-    }
-    return json.dumps(_plain(document), ensure_ascii=False, allow_nan=False).encode()
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    if depth > 32:
-        return _text(str(value))
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Enum):
-        return _plain(value.value, depth + 1)
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, Mapping):
-        return {_text(str(k)): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, Sequence | set | frozenset) and not isinstance(value, bytes):
-        return [_plain(v, depth + 1) for v in value]
-    if isinstance(value, PurePath):
-        return _text(str(value))
-    return _text(str(value))
-
-
-def _text(value: str) -> str:
-    return value.replace("\0", "\ufffd") if "\0" in value else value
