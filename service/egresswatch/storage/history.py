@@ -38,7 +38,7 @@ from egresswatch.storage.history_queries import (
     incidents_query,
     latest_per_step,
     name_id,
-    state_of,
+    state_reader,
     state_row,
     states_query,
 )
@@ -69,6 +69,11 @@ class History:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # What the last `states()` of all targets read: its rows, as read; per state
+        # (source, target, step), its row and its record; and the records in order.
+        self._states_rows: list[tuple[Any, ...]] = []
+        self._states_read: dict[tuple[Any, ...], tuple[tuple[Any, ...], StateRecord]] = {}
+        self._states_sorted: list[StateRecord] = []
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -283,15 +288,37 @@ class History:
 
     async def states(self, target: str | None = None) -> list[StateRecord]:
         """The current step states (of `target`, or all), by target, source, then checklist
-        order with the whole-pair state (step None) first."""
+        order with the whole-pair state (step None) first.
+
+        A state whose row is unchanged since the last call for all targets comes back as the
+        same (immutable) record object, not converted again: the API's status reads every state
+        on each request, and converting thousands of rows costs more than reading them. A
+        caller may reuse what it derived from a record it saw before (the status document
+        does).
+        """
         query = states_query()
         if target is not None:
             query = query.where(t.step_states.c.target_id == name_id(t.targets, target))
         async with self.engine.connect() as conn:
-            records = [state_of(row) for row in (await conn.execute(query)).all()]
+            rows = [tuple(row) for row in await conn.execute(query)]
+            state_of = state_reader(conn.dialect.name)
+        if target is None and rows == self._states_rows:
+            return list(self._states_sorted)  # nothing changed
+        seen = self._states_read
+        read: dict[tuple[Any, ...], tuple[tuple[Any, ...], StateRecord]] = {}
+        records = []
+        for row in rows:
+            key = row[:3]  # source, target, step: the primary key
+            before = seen.get(key)
+            record = before[1] if before is not None and before[0] == row else state_of(row)
+            read[key] = (row, record)
+            records.append(record)
         records.sort(
             key=lambda r: (r.target, r.source, -1 if r.step is None else STEP_ORDER[r.step])
         )
+        if target is None:  # the states that exist now, no more
+            self._states_rows, self._states_read = rows, read
+            self._states_sorted = list(records)
         return records
 
     async def latest_rounds(
