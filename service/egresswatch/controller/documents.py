@@ -7,6 +7,7 @@ made JSON-safe (enums to values, datetimes to text, anything else unknown to its
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -176,19 +177,19 @@ def status_document(
 
 
 class StatusDocuments:
-    """Builds status documents, reusing each source's part of the previous document when its
-    step states are the very same record objects as then.
+    """Builds status documents (and their JSON), reusing each source's part of the previous
+    one when its step states are the very same record objects as then.
 
     `History.states()` gives the same (immutable) record for a state unchanged since its
     previous call, and a source's part depends only on its name and its records, so between two
-    requests only the sources whose states changed are rendered again: rendering thousands of
-    step states costs more than reading them. The parts are shared by the documents built, so
-    a document must not be changed once built (it is serialized as it is).
+    requests only the sources whose states changed are rendered and encoded again: rendering
+    and encoding thousands of step states costs more than reading them. The parts are shared
+    by the documents built, so a document must not be changed once built.
     """
 
     def __init__(self) -> None:
-        # (target, source) -> (its records, its part), of the last document built.
-        self._parts: dict[tuple[str, str], tuple[Sequence[StateRecord], Document]] = {}
+        # (target, source) -> (its records, its part, the part as JSON), of the last document.
+        self._parts: dict[tuple[str, str], tuple[Sequence[StateRecord], Document, str]] = {}
         # A target's url or address -> its endpoint's URL (parsing it costs ~40 us a target).
         self._urls: dict[str, str] = {}
 
@@ -204,7 +205,7 @@ class StatusDocuments:
         for record in states:
             by_target.setdefault(record.target, {}).setdefault(record.source, []).append(record)
         before, urls_before = self._parts, self._urls
-        parts: dict[tuple[str, str], tuple[Sequence[StateRecord], Document]] = {}
+        parts: dict[tuple[str, str], tuple[Sequence[StateRecord], Document, str]] = {}
         urls: dict[str, str] = {}
         targets = []
         for target in settings.targets:
@@ -219,12 +220,11 @@ class StatusDocuments:
                 key = (target.name, name)
                 records: Sequence[StateRecord] = pairs.get(name, ())
                 seen = before.get(key)
-                if seen is not None and _same(seen[0], records):
-                    part = seen[1]
-                else:
+                if seen is None or not _same(seen[0], records):
                     part = source_status_document(name, records)
-                parts[key] = (records, part)
-                documents.append(part)
+                    seen = (records, part, json.dumps(part))
+                parts[key] = seen
+                documents.append(seen[1])
             targets.append(
                 {
                     "target": target.name,
@@ -240,6 +240,30 @@ class StatusDocuments:
             "healthy": all(t["healthy"] for t in targets),
             "targets": targets,
         }
+
+    def json_text(
+        self,
+        settings: Settings,
+        states: Sequence[StateRecord],
+        sources: Sequence[str],
+        now: datetime,
+    ) -> str:
+        """`json.dumps(self.document(...))`, the same text, with each source's part encoded
+        only when it was rendered."""
+        document = self.document(settings, states, sources, now)
+        targets = []
+        for target in document["targets"]:
+            texts = [self._parts[(target["target"], s["source"])][2] for s in target["sources"]]
+            targets.append(_json_ending_with_list(target, "sources", texts))
+        return _json_ending_with_list(document, "targets", targets)
+
+
+def _json_ending_with_list(document: Document, key: str, items: Sequence[str]) -> str:
+    """`json.dumps(document)`, where `document[key]` is its last entry, a list, and `items` is
+    the JSON of each of its elements (json.dumps encodes a value alike wherever it is)."""
+    assert next(reversed(document)) == key, f"{key!r} must be the last entry"
+    head = json.dumps({k: v for k, v in document.items() if k != key})[:-1]
+    return f"{head}{', ' if len(document) > 1 else ''}{json.dumps(key)}: [{', '.join(items)}]}}"
 
 
 def _same(these: Sequence[StateRecord], those: Sequence[StateRecord]) -> bool:

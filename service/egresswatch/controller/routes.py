@@ -123,7 +123,8 @@ class _Api:
             self.deps.history.states(), self.deps.store.sources()
         )
         names = [s.name for s in sources]
-        return _json(self._status.document(self.deps.settings(), states, names, self._now()))
+        text = self._status.json_text(self.deps.settings(), states, names, self._now())
+        return web.Response(text=text, content_type="application/json")
 
     async def incidents(self, request: web.Request) -> web.Response:
         q = Query(request.query)

@@ -300,7 +300,7 @@ class History:
         if target is not None:
             query = query.where(t.step_states.c.target_id == name_id(t.targets, target))
         async with self.engine.connect() as conn:
-            rows = [tuple(row) for row in await conn.execute(query)]
+            rows = [tuple(row) for row in (await conn.execute(query)).all()]
             state_of = state_reader(conn.dialect.name)
         if target is None and rows == self._states_rows:
             return list(self._states_sorted)  # nothing changed
