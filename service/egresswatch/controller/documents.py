@@ -138,9 +138,12 @@ def source_status_document(source: str, states: Sequence[StateRecord]) -> Docume
                 first, first_order = record, order
             if failing_since is None or since < failing_since:
                 failing_since = since
-        elif state is StepState.DEGRADED and (degraded_since is None or since < degraded_since):
-            degraded_since = since
-        degraded = degraded or state is StepState.DEGRADED
+        elif state is StepState.DEGRADED:
+            # Only the steps say degraded: the whole pair's record keeps the state it came
+            # back from silence with, which a step that recovered since no longer holds.
+            degraded = True
+            if degraded_since is None or since < degraded_since:
+                degraded_since = since
         if latest is None or since > latest:
             latest = since
         steps.append(_step_state_document(record))
@@ -151,10 +154,6 @@ def source_status_document(source: str, states: Sequence[StateRecord]) -> Docume
     elif first is not None:
         state, current = StepState.FAILING, failing_since
     elif degraded:
-        if degraded_since is None:
-            # Only the whole pair's state says degraded (it came back from silence so, and its
-            # degraded step has recovered since): no step says since when. Refused, as before.
-            raise ValueError(f"{source}: only the whole pair is degraded, no step is")
         state, current = StepState.DEGRADED, degraded_since
     else:
         state, current = StepState.OK, latest
