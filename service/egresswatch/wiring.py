@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 RETENTION_JOB = "retention"
 CONTROLLER_JOB = "controller"
-CONTROLLER_TICK_S = 1.0  # how often detection's results are written
-STALENESS_EVERY_TICKS = 5  # silent sources are looked for every 5 ticks
+CONTROLLER_TICK_S = 0.25  # how often detection's results are written (nothing pending: no work)
+STALENESS_EVERY_TICKS = 20  # silent sources are looked for every 20 ticks (5 s)
 CONFIG_POLL_S = 1.0  # how often the config file is looked at for changes
 RESTART_ONLY = ("listen", "database", "source")  # fields a reload cannot change in place
 
