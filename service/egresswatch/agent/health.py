@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Mapping
-
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from egresswatch.agent.sink_types import DROP_REASONS, DropReason
+from egresswatch.health import Readiness, add_health_routes
 from egresswatch.metrics import Metrics
 
 __all__ = ["AgentMetrics", "health_app"]
@@ -42,34 +39,8 @@ class AgentMetrics:
         self._dropped.labels(why).inc(rounds)
 
 
-def health_app(
-    registry: CollectorRegistry, readiness: Callable[[], Mapping[str, bool]]
-) -> web.Application:
-    """/healthz (the process lives), /readyz (every check true, else 503), /metrics.
-
-    The same answers as the controller's (controller/api.py), written again because the agent
-    must not import the controller.
-    """
+def health_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:
+    """/healthz, /readyz and /metrics for the agent (egresswatch.health, as the controller)."""
     app = web.Application()
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        checks = dict(readiness())
-        ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
-
-    async def metrics(_: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, registry)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    add_health_routes(app, registry=registry, readiness=readiness)
     return app

@@ -5,18 +5,17 @@ Errors are `application/problem+json` documents (RFC 9457) that name what was wr
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from egresswatch.health import Readiness, add_health_routes
 
 PROBLEM = "application/problem+json"
 
-Readiness = Callable[[], Mapping[str, bool]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -44,26 +43,5 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
 def make_app(*, registry: CollectorRegistry, readiness: Readiness) -> web.Application:
     """The application; `readiness()` says which parts are ready (all true: ready)."""
     app = web.Application(middlewares=[problems])
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        parts = dict(readiness())
-        ready = all(parts.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": parts},
-            status=200 if ready else 503,
-        )
-
-    async def metrics(_: web.Request) -> web.Response:
-        # Rendered off the event loop: thousands of series take long enough to stall rounds.
-        body = await asyncio.to_thread(generate_latest, registry)
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    add_health_routes(app, registry=registry, readiness=readiness)
     return app
