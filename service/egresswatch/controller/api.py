@@ -1,6 +1,7 @@
-"""The HTTP surface: health, readiness, /metrics (and, later, the API of DESIGN.md §4).
+"""The controller's HTTP application: problem documents for every error, health and metrics.
 
-Errors are `application/problem+json` documents (RFC 9457) that name what was wrong.
+Errors are `application/problem+json` documents (RFC 9457) that name what was wrong; the v1
+API's routes are added by controller/routes.py.
 """
 
 from __future__ import annotations
