@@ -53,8 +53,12 @@ status="$(pg_lsclusters -h | awk -v v="$version" '$1 == v && $2 == "main" {print
 if [[ "$status" != online* ]]; then
   echo "== starting cluster $version/main on port $port"
   # Loopback only: the tests never need more, and a CI machine should not expose a database.
-  pg_ctlcluster "$version" main start -- -o "-c listen_addresses=127.0.0.1" >/dev/null \
-    || pg_ctlcluster "$version" main start
+  # The server outlives this script, so it must not inherit fd 3 or the caller's stdout and
+  # stderr: `$(...)` in the caller waits for every writer of its pipe to close, and a server
+  # holding that pipe makes CI hang forever (it did, once).
+  pg_ctlcluster "$version" main start -- -o "-c listen_addresses=127.0.0.1" \
+    </dev/null >/dev/null 2>&1 3>&- \
+    || pg_ctlcluster "$version" main start </dev/null >/dev/null 2>&1 3>&-
 fi
 
 ready=""
