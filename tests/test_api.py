@@ -522,6 +522,7 @@ async def test_plan_lists_targets_with_defaults_and_no_secret(shared_client: Cli
         "trace_hop_timeout_s": 1.0,
         "pinned_ips": ["203.0.113.10"],
         "use_proxy": True,
+        "recover_after": 2,
     }
     assert (targets["db"]["address"], targets["db"]["url"]) == ("db.example.test:5432", None)
     assert (targets["db"]["interval_s"], targets["db"]["use_proxy"]) == (30.0, False)

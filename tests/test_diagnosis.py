@@ -464,8 +464,17 @@ CASES = [
         (f"stopped at hop 2 ({FIREWALL}, in egress device 10.1.0.0/26)",),
     ),
     Case(
-        "silent drop at the egress device while every control fails: firewall before egress_path",
+        "silent drop at the egress device while every control fails: egress_path, device named",
         obs(rnd(tcp(Reason.CONN_TIMEOUT), trace(FIREWALL), blocked=True)),
+        Suspect.EGRESS_PATH,
+        "every_control_fails",
+        NC,
+        (f"stopped at hop 2 ({FIREWALL}, in egress device 10.1.0.0/26)",),
+        controls=(K8S_DOWN, GOOGLE_DOWN),
+    ),
+    Case(
+        "ICMP refusal from the egress device while every control fails: still firewall",
+        obs(rnd(tcp(Reason.FIREWALL_DENIED, icmp_from=FIREWALL), blocked=True)),
         Suspect.FIREWALL,
         "egress_device_stops_it",
         NC,

@@ -68,6 +68,7 @@ class Zone:
     """The server's configurable behaviour and its query log; safe across server threads."""
 
     default: Rule = field(default_factory=lambda: Rule(rcode="NXDOMAIN"))
+    ttl: int = 30  # of every record served
     rules: dict[str, Rule] = field(default_factory=dict)
     queries: list[Query] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -106,14 +107,14 @@ class Zone:
         for _ in range(_MAX_CHAIN):
             if rule.cname is None:
                 break
-            reply.add_answer(RR(owner, QTYPE.CNAME, rdata=CNAME(rule.cname), ttl=30))
+            reply.add_answer(RR(owner, QTYPE.CNAME, rdata=CNAME(rule.cname), ttl=self.ttl))
             owner = DNSLabel(rule.cname)
             rule = self.rule(rule.cname)
         reply.header.rcode = getattr(RCODE, rule.rcode)
         if qtype == QTYPE.A:
-            reply.rr.extend(RR(owner, QTYPE.A, rdata=A(ip), ttl=30) for ip in rule.a)
+            reply.rr.extend(RR(owner, QTYPE.A, rdata=A(ip), ttl=self.ttl) for ip in rule.a)
         elif qtype == QTYPE.AAAA:
-            reply.rr.extend(RR(owner, QTYPE.AAAA, rdata=AAAA(ip), ttl=30) for ip in rule.aaaa)
+            reply.rr.extend(RR(owner, QTYPE.AAAA, rdata=AAAA(ip), ttl=self.ttl) for ip in rule.aaaa)
         return reply
 
 
@@ -130,10 +131,11 @@ class TestDNSServer:
 
     __test__ = False  # not a test class, despite the name
 
-    def __init__(self) -> None:
-        self.zone = Zone()
-        self._udp, self._tcp = _bind_pair(self.zone)
-        self.host = "127.0.0.1"
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ttl: int = 30) -> None:
+        """Serve on `host`:`port` (0: a free port, the same for UDP and TCP)."""
+        self.zone = Zone(ttl=ttl)
+        self._udp, self._tcp = _bind_pair(self.zone, host, port)
+        self.host = host
         self.port: int = self._udp.server.server_address[1]
         self._threads = [
             threading.Thread(
@@ -200,15 +202,16 @@ class TestDNSServer:
             thread.join(timeout=5)
 
 
-def _bind_pair(zone: Zone) -> tuple[DNSServer, DNSServer]:
-    """Bind UDP on an ephemeral port, then TCP on the same one; retry if TCP's is taken."""
+def _bind_pair(zone: Zone, host: str, port: int) -> tuple[DNSServer, DNSServer]:
+    """Bind UDP on `port` (0: an ephemeral one), then TCP on the same one; with an ephemeral
+    port, retry if TCP's is taken."""
     logger = DNSLogger(logf=lambda _message: None)
     last_error: OSError | None = None
-    for _ in range(_PORT_ATTEMPTS):
-        udp = DNSServer(zone, "127.0.0.1", 0, tcp=False, logger=logger, handler=_Handler)
-        port = udp.server.server_address[1]
+    for _ in range(1 if port else _PORT_ATTEMPTS):
+        udp = DNSServer(zone, host, port, tcp=False, logger=logger, handler=_Handler)
+        bound = udp.server.server_address[1]
         try:
-            tcp = DNSServer(zone, "127.0.0.1", port, tcp=True, logger=logger, handler=_Handler)
+            tcp = DNSServer(zone, host, bound, tcp=True, logger=logger, handler=_Handler)
         except OSError as exc:
             udp.server.server_close()
             last_error = exc

@@ -68,6 +68,7 @@ LAB_NETWORKS = (
 )
 PREFIX = "ew"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ETC_NETNS = Path("/etc/netns")  # where `ip netns exec` finds a namespace's own /etc files
 COMMAND_TIMEOUT_S = 10.0  # any one `ip`/`nft` command; they take milliseconds
 READY_TIMEOUT_S = 10.0  # a spawned server has this long to print its ready line
 STOP_TIMEOUT_S = 2.0  # a process gets this long to exit on SIGTERM before SIGKILL
@@ -264,6 +265,15 @@ class Lab:
         """Remove a route `route()` added (same destination and kind)."""
         self.ip(node, "route", "del", *([kind] if kind else []), destination)
 
+    def etc_file(self, node: Node, name: str, text: str) -> Path:
+        """Write /etc/netns/NODE/`name`: `ip netns exec` mounts it over /etc/`name` for every
+        process the lab runs in `node` (resolv.conf, hosts). Removed by close()."""
+        directory = ETC_NETNS / node.name
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        path.write_text(text)
+        return path
+
     def sysctl(self, node: Node, key: str, value: str) -> None:
         self.exec(node, "sysctl", "-qw", f"{key}={value}")
 
@@ -286,15 +296,25 @@ class Lab:
         return _command(["ip", "netns", "exec", node.name, *argv], input=input)
 
     def spawn(
-        self, node: Node, argv: Sequence[str], *, ready: str | None = None
+        self,
+        node: Node,
+        argv: Sequence[str],
+        *,
+        ready: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[str]:
         """Start a long-running process inside `node`; the lab kills it (by PID) on close.
 
         With `ready`, wait until the process prints a line starting with it (RuntimeError if
         it exits or stays silent for READY_TIMEOUT_S). Its stdout after that line is not
-        read: a spawned process prints its ready line, then keeps quiet on stdout.
+        read: a spawned process prints its ready line, then keeps quiet on stdout. `env` adds
+        variables to the environment it inherits.
         """
-        process = self._start(node, argv, stdin=subprocess.DEVNULL)
+        if env:  # `env` execs argv in turn, so the PID stays argv's
+            argv = ["env", *(f"{key}={value}" for key, value in env.items()), *argv]
+        # Without a ready line nobody reads its stdout: it goes to the stderr file, since a
+        # pipe nobody reads fills up and then blocks the process (tinyproxy's log did).
+        process = self._start(node, argv, stdin=subprocess.DEVNULL, read_stdout=ready is not None)
         if ready is not None and _read_line(process, READY_TIMEOUT_S, prefix=ready) is None:
             _stop(process)
             raise RuntimeError(
@@ -302,13 +322,15 @@ class Lab:
             )
         return process
 
-    def _start(self, node: Node, argv: Sequence[str], *, stdin: int) -> subprocess.Popen[str]:
+    def _start(
+        self, node: Node, argv: Sequence[str], *, stdin: int, read_stdout: bool = True
+    ) -> subprocess.Popen[str]:
         # stderr goes to a file, not a pipe: a chatty process must never block on a full pipe
         stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115  # closed by close()
         process = subprocess.Popen(
             ["ip", "netns", "exec", node.name, *argv],  # ip execs argv: the PID is argv's
             stdin=stdin,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if read_stdout else stderr,
             stderr=stderr,
             text=True,
             cwd=REPO_ROOT,
@@ -316,6 +338,19 @@ class Lab:
         self.processes.append(process)
         self._stderr[process.pid] = stderr
         return process
+
+    def stop(self, process: subprocess.Popen[str]) -> None:
+        """Stop one process the lab started (by its PID), before close() would."""
+        _stop(process)
+        if process in self.processes:
+            self.processes.remove(process)
+        stderr = self._stderr.pop(process.pid, None)
+        if stderr is not None:
+            stderr.close()
+
+    def stderr_of(self, process: subprocess.Popen[str]) -> str:
+        """The end of what a process the lab started wrote to stderr."""
+        return self._stderr_of(process)
 
     def _stderr_of(self, process: subprocess.Popen[str]) -> str:
         stderr = self._stderr.get(process.pid)
@@ -381,6 +416,7 @@ class Lab:
             subprocess.run(
                 ["ip", "netns", "del", node.name], capture_output=True, timeout=COMMAND_TIMEOUT_S
             )
+            shutil.rmtree(ETC_NETNS / node.name, ignore_errors=True)
         self.nodes.clear()
 
 

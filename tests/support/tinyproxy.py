@@ -75,12 +75,23 @@ class TinyProxy:
             self.process.wait(_STOP_WAIT_S)
 
 
-def config_text(port: int, mode: str, connect_ports: Sequence[int], filter_file: Path) -> str:
-    """The config for one mode: allow, deny (filter everything) or auth (BasicAuth)."""
+def config_text(
+    port: int,
+    mode: str,
+    connect_ports: Sequence[int],
+    filter_file: Path,
+    *,
+    host: str = HOST,
+    allow: str = HOST,
+) -> str:
+    """The config for one mode: allow, deny (filter everything) or auth (BasicAuth).
+
+    It listens on `host` and serves clients from `allow` (an address or a prefix).
+    """
     lines = [
         f"Port {port}",
-        f"Listen {HOST}",
-        f"Allow {HOST}",
+        f"Listen {host}",
+        f"Allow {allow}",
         "Timeout 10",
         "MaxClients 20",
         "LogLevel Info",

@@ -84,6 +84,7 @@ class _PlanTarget(_Lenient):
     trace_hop_timeout_s: float = Field(gt=0)
     pinned_ips: list[str] = Field(default_factory=list)
     use_proxy: bool = True
+    recover_after: int = Field(2, ge=1, le=100)  # absent from an older controller's plan
 
 
 class _PlanDns(_Lenient):
@@ -156,6 +157,7 @@ def _target(target: _PlanTarget) -> dict[str, Any]:
         "method": target.method,
         "pinned_ips": target.pinned_ips,
         "use_proxy": target.use_proxy,
+        "detection": {"recover_after": target.recover_after},
     }
     if target.url is not None:
         found["url"] = target.url

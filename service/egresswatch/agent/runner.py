@@ -32,6 +32,7 @@ class _Target:
     interval_s: float
     timeout_s: float
     trace_every_s: float
+    traces_to_confirm: int  # ok traces owed after a failed one: the step's recover_after
 
 
 class RoundRunner:
@@ -59,6 +60,7 @@ class RoundRunner:
         self._runs: dict[str, Callable[[], Awaitable[None]]] = {}
         self._known_good: dict[str, str] = {}
         self._last_trace: dict[str, float] = {}
+        self._traces_owed: dict[str, int] = {}  # target -> ok traces owed after a failed one
         self.update(settings)
 
     @property
@@ -75,11 +77,13 @@ class RoundRunner:
                 interval_s=interval,
                 timeout_s=timeout,
                 trace_every_s=settings.probes.trace_every,
+                traces_to_confirm=settings.detection_for(target).recover_after,
             )
         for gone in set(self._targets) - set(targets):
             self._runs.pop(gone, None)
             self._known_good.pop(gone, None)
             self._last_trace.pop(gone, None)
+            self._traces_owed.pop(gone, None)
         self._targets = targets
 
     def jobs(self) -> list[RoundJob]:
@@ -103,6 +107,13 @@ class RoundRunner:
             self._runs[name] = run
         return self._runs[name]
 
+    def _owe_traces(self, name: str, target: _Target, *, failed: bool) -> None:
+        owed = _owed_after(self._traces_owed.get(name), target.traces_to_confirm, failed=failed)
+        if owed:
+            self._traces_owed[name] = owed
+        else:
+            self._traces_owed.pop(name, None)
+
     async def run_round(self, name: str) -> RoundResult | None:
         """Run one round of `name` now and hand it to the sink; None if it left the config."""
         target = self._targets.get(name)
@@ -111,6 +122,10 @@ class RoundRunner:
         plan = target.plan
         now = self._clock()
         due = now - self._last_trace.get(name, float("-inf")) >= target.trace_every_s
+        # After a failed trace, trace every round until as many traces worked as recover a
+        # step: else, once the other steps recover, the trace's failure would stand until
+        # trace_every, and so would the incident.
+        due = due or name in self._traces_owed
         mode = TraceMode.ALWAYS if due else TraceMode.ON_FAILURE
         result = await run_checklist(
             _with_trace(plan, mode), source=self._source, known_good=self._known_good
@@ -118,11 +133,19 @@ class RoundRunner:
         trace = result.step(Step.PATH_TRACE)
         if trace is not None and trace.status is not Status.SKIPPED:
             self._last_trace[name] = now
+            self._owe_traces(name, target, failed=trace.status is Status.FAIL)
         try:
             self._sink(result)
         except Exception:  # a sink's bug must not stop the rounds
             log.exception("round sink failed", extra={"target": name})
         return result
+
+
+def _owed_after(owed: int | None, confirm: int, *, failed: bool) -> int:
+    """Ok traces still owed after one more trace (0: back to tracing on schedule)."""
+    if failed:
+        return confirm
+    return max((owed or 0) - 1, 0)
 
 
 def _with_budget(plan: ChecklistPlan, timeout_s: float) -> ChecklistPlan:

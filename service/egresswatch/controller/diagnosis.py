@@ -45,7 +45,12 @@ from egresswatch.controller.clues import (
     trace_stop,
 )
 from egresswatch.controller.shapes import shape
-from egresswatch.controller.sources import compare, compare_sources, egress_path
+from egresswatch.controller.sources import (
+    compare,
+    compare_sources,
+    egress_path,
+    every_control_fails,
+)
 from egresswatch.model import (
     Endpoint,
     Reason,
@@ -237,6 +242,11 @@ def _egress_device(case: Case) -> Finding | None:
         )
     device, where = _device_answering(case, failing)
     if device is None:
+        return None
+    if where is Step.PATH_TRACE and every_control_fails(case):
+        # Silence at the device for every target from here: the path out is gone there (a
+        # deny-all, or the device's own route out), not a rule for this target. The source
+        # comparison, then egress_path (later in _RULES), say so and name the device.
         return None
     if where is Step.PATH_TRACE:
         evidence.append(case.says(Step.PATH_TRACE))

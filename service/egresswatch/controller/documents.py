@@ -345,6 +345,9 @@ def plan_target(settings: Settings, target: TargetSettings) -> Document:
         "trace_hop_timeout_s": probes.trace_hop_timeout,
         "pinned_ips": [str(ip) for ip in target.pinned_ips],
         "use_proxy": target.use_proxy,
+        # An agent traces every round after a failed trace until this many traces worked,
+        # so that path_trace can recover as the other steps do (agent/runner.py).
+        "recover_after": settings.detection_for(target).recover_after,
     }
 
 

@@ -320,6 +320,11 @@ def _agents() -> dict[str, Schema]:
             "trace_hop_timeout_s": SECONDS,
             "pinned_ips": array(STRING),
             "use_proxy": BOOLEAN,
+            "recover_after": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "good rounds that recover a step (traced every round until then)",
+            },
         }
     )
     proxy = obj(

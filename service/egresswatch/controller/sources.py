@@ -20,11 +20,14 @@ from egresswatch.controller.clues import (
     NETWORK_STEPS,
     NOT_REACHED,
     Finding,
+    device_of,
     failure_facts,
     is_ok,
     listing,
     ran,
     reason_text,
+    trace_sentence,
+    trace_stop,
 )
 from egresswatch.model import RoundResult, SourceKind, Step, StepResult, Suspect
 
@@ -73,9 +76,14 @@ def compare(case: Case, step: Step, peers: Sequence[Observation]) -> Finding | N
 
 def _controls_too(case: Case) -> list[str]:
     """A sentence when every control fails from this source as well (a default-deny policy)."""
-    if case.controls and all(not_reached(c.round) is not None for c in case.controls):
+    if every_control_fails(case):
         return [f"every control fails from {case.this.source} too"]
     return []
+
+
+def every_control_fails(case: Case) -> bool:
+    """At least one control target, and none of them was reached from this source."""
+    return bool(case.controls) and all(not_reached(c.round) is not None for c in case.controls)
 
 
 def egress_path(case: Case) -> Finding | None:
@@ -94,19 +102,31 @@ def egress_path(case: Case) -> Finding | None:
     if not failures:
         return None
     listed = [f"{c.target} ({f.step.value} {reason_text(f)})" for c, f in failures]
-    evidence = (
+    evidence = [
         case.says(failing.step),
         f"every control fails from {case.this.source} too: {listing(listed)}",
-    )
-    facts = {
+    ]
+    facts: dict[str, Any] = {
         failing.step.value: failure_facts(failing),
         "controls": [
             {"target": c.target, "step": f.step.value, "reason": reason_text(f)}
             for c, f in failures
         ],
     }
-    told = frozenset({failing.step})
-    return Finding(Suspect.EGRESS_PATH, "every_control_fails", evidence, facts, None, told)
+    told = {failing.step}
+    # Where the path ends, when the trace says: an egress device that stops everything is
+    # named here rather than blamed for this one target (diagnosis._egress_device defers).
+    trace = case.result(Step.PATH_TRACE)
+    sentence = trace_sentence(trace, case.devices)
+    if sentence is not None and trace is not None and trace.failed:
+        evidence.append(sentence)
+        told.add(Step.PATH_TRACE)
+        stop = trace_stop(trace)
+        if device_of(stop, case.devices) is not None:
+            facts["egress_device"] = stop
+    return Finding(
+        Suspect.EGRESS_PATH, "every_control_fails", tuple(evidence), facts, None, frozenset(told)
+    )
 
 
 def not_reached(round_: RoundResult) -> StepResult | None:

@@ -1,0 +1,53 @@
+"""The round runner's trace schedule after a failed trace, and the plan field it relies on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from egresswatch.agent.plan import LocalSettings, settings_from_plan
+from egresswatch.agent.runner import _owed_after
+from egresswatch.model import SourceKind
+
+
+@pytest.mark.parametrize(
+    ("owed", "confirm", "failed", "after"),
+    [
+        (None, 2, True, 2),  # a failed trace: trace every round until 2 worked
+        (1, 3, True, 3),  # failing again starts the count over
+        (2, 2, False, 1),
+        (1, 2, False, 0),  # the last owed trace worked: back to trace_every
+        (None, 2, False, 0),  # nothing owed, nothing changes
+    ],
+)
+def test_traces_owed_after_a_failed_trace(
+    owed: int | None, confirm: int, failed: bool, after: int
+) -> None:
+    assert _owed_after(owed, confirm, failed=failed) == after
+
+
+def plan_target(**extra: object) -> dict[str, object]:
+    return {
+        "name": "shop",
+        "url": "https://shop.example.test/",
+        "role": "endpoint",
+        "interval_s": 10.0,
+        "timeout_s": 5.0,
+        "step_timeout_s": 2.0,
+        "expect_status": "200-399",
+        "method": "GET",
+        "trace_every_s": 600.0,
+        "trace_max_hops": 30,
+        "trace_hop_timeout_s": 1.0,
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(("extra", "wanted"), [({"recover_after": 5}, 5), ({}, 2)])
+def test_the_plan_carries_recover_after_to_the_agent(
+    extra: dict[str, object], wanted: int
+) -> None:
+    local = LocalSettings(source="pod-a", source_kind=SourceKind.POD, resolv_conf=Path("/x"))
+    settings = settings_from_plan({"targets": [plan_target(**extra)]}, local)
+    assert settings.detection_for(settings.targets[0]).recover_after == wanted
