@@ -388,3 +388,66 @@ def report(
         line["closed_after_repair_s"] = round((ended - repaired).total_seconds(), 2)
     with open(path, "a") as sink:
         sink.write(json.dumps(line) + "\n")
+
+
+def test_up_and_down_by_hand(tmp_path: Path) -> None:
+    """`python -m tests.lab up` leaves a healthy lab behind; `down` removes all of it."""
+    require_lab()
+    lab_dir = tmp_path / "lab"
+    command = [sys.executable, "-m", "tests.lab"]
+    repo = Path(__file__).resolve().parents[1]
+    up = subprocess.run(
+        [*command, "up", "--dir", str(lab_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=repo,
+        check=False,
+    )
+    state_file = lab_dir / "state.json"
+    try:
+        assert up.returncode == 0, (up.stdout, up.stderr, (lab_dir / "keeper.log").read_text())
+        assert "The fault lab is up" in up.stdout
+        state = json.loads(state_file.read_text())
+        namespaces = list(state["namespaces"].values())
+        assert set(namespaces) <= set(netns_names())
+        status = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                state["namespaces"]["node"],
+                sys.executable,
+                "-c",
+                "import sys, urllib.request as u; "
+                "o = u.build_opener(u.ProxyHandler({})); "
+                "print(o.open(sys.argv[1], timeout=5).read().decode())",
+                state["controller"] + "/api/v1/status",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        assert json.loads(status.stdout)["healthy"] is True
+    finally:
+        down = subprocess.run(
+            [*command, "down", "--dir", str(lab_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=repo,
+            check=False,
+        )
+    assert down.returncode == 0, down.stderr
+    assert not state_file.exists()
+    assert not set(namespaces) & set(netns_names())
+    for pid in [state["keeper_pid"], *state["all_pids"]]:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        ), pid
+
+
+def netns_names() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]

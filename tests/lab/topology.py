@@ -293,6 +293,10 @@ class EgressLab:
         }
 
     def _service(self) -> None:
+        # A fresh lab starts from an empty database: an earlier lab's incidents and step
+        # states (same names, same addresses) are not this one's.
+        for stale in self.directory.glob("egresswatch.db*"):
+            stale.unlink()
         self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         token_file = self.directory / "token"
         token_file.write_text(self.token + "\n")
