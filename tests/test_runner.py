@@ -45,9 +45,7 @@ def plan_target(**extra: object) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(("extra", "wanted"), [({"recover_after": 5}, 5), ({}, 2)])
-def test_the_plan_carries_recover_after_to_the_agent(
-    extra: dict[str, object], wanted: int
-) -> None:
+def test_the_plan_carries_recover_after_to_the_agent(extra: dict[str, object], wanted: int) -> None:
     local = LocalSettings(source="pod-a", source_kind=SourceKind.POD, resolv_conf=Path("/x"))
     settings = settings_from_plan({"targets": [plan_target(**extra)]}, local)
     assert settings.detection_for(settings.targets[0]).recover_after == wanted
