@@ -223,3 +223,32 @@ async def test_bad_usage_exits_2(args: list[str], message: str) -> None:
     assert code == 2
     assert message in err
     assert out == ""
+
+
+async def test_a_controller_config_works_without_the_agents_token(
+    tmp_path: Path, resolv: Path, dns_server: TestDNSServer, local_servers: LocalServers, pki: Pki
+) -> None:
+    """`check` takes no agents' results: the controller's token variable need not be set,
+    while `config validate` (what the controller will load) still says it is missing."""
+    server = await local_servers.https(Reply(200))
+    config = tmp_path / "controller.yaml"
+    config.write_text(
+        "agent_token_env: EGRESSWATCH_TEST_UNSET_TOKEN\n"
+        f"targets:\n  - name: shop\n    url: https://{NAME}:{server.port}/\n"
+    )
+    code, out, err = await check("shop", "--config", str(config), *common(resolv, dns_server, pki))
+    assert code == 0, (out, err)
+    validate = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "egresswatch.cli",
+        "config",
+        "validate",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        _, problems = await validate.communicate()
+    assert validate.returncode == 2
+    assert "agent_token_env: environment variable EGRESSWATCH_TEST_UNSET_TOKEN" in problems.decode()

@@ -29,7 +29,6 @@ from tests.lab.topology import (
     NODE_SOURCE,
     POD_SOURCE,
     SHOP,
-    TOKEN_ENV,
     UPSTREAM_DNS,
     EgressLab,
     name,
@@ -362,7 +361,7 @@ def scrape(lab: EgressLab) -> Scrape:
 
 def check_in_pod(lab: EgressLab, target: str) -> dict[str, Any]:
     """`egresswatch check TARGET --json` run inside the pod namespace, with the lab's config."""
-    argv = ["ip", "netns", "exec", lab.pod.name, "env", f"{TOKEN_ENV}={lab.token}"]
+    argv = ["ip", "netns", "exec", lab.pod.name]  # no token: `check` takes no agents' results
     argv += [sys.executable, "-m", "egresswatch.cli", "check", target, "--json"]
     argv += ["--config", str(lab.config_file), "--ca-file", str(lab.ca_file)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)

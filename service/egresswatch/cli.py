@@ -347,7 +347,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from egresswatch.storage import redact, upgrade
 
-    settings = load_settings(args.config, _overrides(args)) if args.config else None
+    settings = (
+        load_settings(args.config, _overrides(args), agent_token=False) if args.config else None
+    )
     url = args.db or (settings.database if settings else Settings().database)
     upgrade(url)
     print(f"database {redact(url)} is at the newest schema")
@@ -355,7 +357,7 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config) if args.config else Settings()
+    settings = load_settings(args.config, agent_token=False) if args.config else Settings()
     settings = _with_check_overrides(settings, args)
     target = settings.target(args.target) or _adhoc_target(settings, args.target)
     plan = plan_for(settings, target, trace=TraceMode.ALWAYS)
@@ -387,7 +389,7 @@ def _with_check_overrides(settings: Settings, args: argparse.Namespace) -> Setti
             Nameserver.parse(args.upstream)
         except ValueError as exc:
             raise ConfigError([f"--upstream: {exc}"]) from None
-    return settings_from_dict(data, origin=origin)
+    return settings_from_dict(data, origin=origin, agent_token=False)
 
 
 def _adhoc_target(settings: Settings, text: str) -> TargetSettings:

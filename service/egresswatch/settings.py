@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -332,8 +333,11 @@ class Settings(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _agent_token_set(self) -> Self:
-        if self.agent_token_env is not None and not os.environ.get(self.agent_token_env):
+    def _agent_token_set(self, info: ValidationInfo) -> Self:
+        # Only the controller takes agents' results; `check` and `db upgrade` read the same
+        # file without needing the token (validation context {"agent_token": False}).
+        wanted = not (info.context and info.context.get("agent_token") is False)
+        if wanted and self.agent_token_env is not None and not os.environ.get(self.agent_token_env):
             raise ValueError(
                 f"agent_token_env: environment variable {self.agent_token_env} is not set"
             )
@@ -404,8 +408,14 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Read, parse and validate a config file; every problem is reported at once."""
+def load_settings(
+    path: Path, overrides: Mapping[str, Any] | None = None, *, agent_token: bool = True
+) -> Settings:
+    """Read, parse and validate a config file; every problem is reported at once.
+
+    `agent_token=False`: a command that takes no agents' results does not need the variable
+    named by `agent_token_env` to be set.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -422,12 +432,14 @@ def load_settings(path: Path, overrides: Mapping[str, Any] | None = None) -> Set
     if not isinstance(data, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of settings"])
     data.update(overrides or {})
-    return settings_from_dict(data, origin=str(path))
+    return settings_from_dict(data, origin=str(path), agent_token=agent_token)
 
 
-def settings_from_dict(data: Mapping[str, Any], origin: str = "<config>") -> Settings:
+def settings_from_dict(
+    data: Mapping[str, Any], origin: str = "<config>", *, agent_token: bool = True
+) -> Settings:
     try:
-        return Settings.model_validate(dict(data))
+        return Settings.model_validate(dict(data), context={"agent_token": agent_token})
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False):

@@ -129,7 +129,6 @@ def describe(built: Any, directory: Path) -> dict[str, Any]:
 def usage(state: dict[str, Any]) -> str:
     """What to type next: the namespaces, and commands to look, break, repair and remove."""
     ns, api, shop = state["namespaces"], state["controller"], state["addresses"]["shop"]
-    token = f"{state['token_env']}=$(cat {state['token_file']})"
     drop = (
         "'table ip fault { chain forward { type filter hook forward priority 0; "
         f"ip daddr {shop} tcp dport 443 drop; }} }}'"
@@ -142,7 +141,7 @@ def usage(state: dict[str, Any]) -> str:
         ),
         (
             "check from the pod",
-            f"ip netns exec {ns['pod']} env {token} egresswatch check shop "
+            f"ip netns exec {ns['pod']} egresswatch check shop "
             f"--config {state['config']} --ca-file {state['ca_file']}",
         ),
         ("break the firewall", f"ip netns exec {ns['egress']} nft -f - <<< {drop}"),
