@@ -135,7 +135,16 @@ def test_a_zero_duration_does_not_break_the_log() -> None:
     values = [0.0] * 20 + [0.020] * 20
     found = shifts(values)
     assert [s.direction for s in found] == [Direction.UP]
-    assert found[0].before_s == pytest.approx(1e-4, rel=0.01)
+    assert found[0].before_s == pytest.approx(0.001, rel=0.01)  # ShiftParams.floor_s
+
+
+def test_sub_millisecond_jitter_is_no_shift_but_leaving_it_is() -> None:
+    """0.2 ms -> 0.6 ms is 3x, but below the floor (1 ms): no alarm; 0.2 ms -> 20 ms is one."""
+    rng = random.Random(5)
+    jitter = [0.0002 * math.exp(rng.gauss(0, 0.1)) for _ in range(20)]
+    tripled = [0.0006 * math.exp(rng.gauss(0, 0.1)) for _ in range(30)]
+    assert shifts(jitter + tripled) == []
+    assert [s.direction for s in shifts(jitter + [0.020] * 20)] == [Direction.UP]
 
 
 def test_thresholds_follow_the_noise() -> None:

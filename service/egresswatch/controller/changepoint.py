@@ -44,7 +44,6 @@ from enum import StrEnum
 
 _MAD_TO_SIGMA = 1.4826  # MAD of a normal sample x this = its standard deviation
 _MEAN_ABS_TO_SIGMA = math.sqrt(math.pi / 2)  # mean |deviation| of a normal x this = sigma
-_FLOOR_S = 1e-4  # 0.1 ms: a duration reported as 0 must not become log(0)
 _MIN_AFTER = 2  # samples a new level is estimated from, at least
 
 
@@ -59,12 +58,16 @@ class ShiftParams:
     noise_h: float = 6.0  # the threshold h is at least this many noise scales
     alpha: float = 0.02  # how fast the baseline follows the series once learned
     min_scale: float = 0.02  # noise scale floor: a perfectly steady series still has jitter
+    # Durations below this count as this: among sub-millisecond values a 1.5x "shift" is the
+    # prober's host scheduling, not the path (the fault lab saw such alarms on a quiet path).
+    # It also keeps a duration reported as 0 from becoming log(0).
+    floor_s: float = 0.001
 
     def __post_init__(self) -> None:
         if not (self.min_shift > 0 and self.persist >= 1 and self.warmup >= 3):
             raise ValueError("need min_shift > 0, persist >= 1 and warmup >= 3")
-        if not (0 < self.alpha < 1 and self.min_scale > 0):
-            raise ValueError("need 0 < alpha < 1 and min_scale > 0")
+        if not (0 < self.alpha < 1 and self.min_scale > 0 and self.floor_s > 0):
+            raise ValueError("need 0 < alpha < 1, min_scale > 0 and floor_s > 0")
 
 
 class Direction(StrEnum):
@@ -152,7 +155,7 @@ class LatencyShiftDetector:
 
     def update(self, value_s: float, at: datetime) -> Shift | None:
         """Feed one duration (seconds) taken at `at`; a `Shift` when one is confirmed."""
-        x = math.log(max(value_s, _FLOOR_S))
+        x = math.log(max(value_s, self.params.floor_s))
         self._index += 1
         self._recent.append((x, at))
         if self._baseline is None:
