@@ -33,7 +33,7 @@ from tests.lab.topology import (
     EgressLab,
     name,
 )
-from tests.support.netns import require_lab
+from tests.support.netns import require_lab, run_in_netns
 
 pytestmark = pytest.mark.root
 
@@ -399,58 +399,36 @@ def test_up_and_down_by_hand(tmp_path: Path) -> None:
     """`python -m tests.lab up` leaves a healthy lab behind; `down` removes all of it."""
     require_lab()
     lab_dir = tmp_path / "lab"
-    command = [sys.executable, "-m", "tests.lab"]
-    repo = Path(__file__).resolve().parents[1]
-    up = subprocess.run(
-        [*command, "up", "--dir", str(lab_dir)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=repo,
-        check=False,
-    )
     state_file = lab_dir / "state.json"
     try:
+        up = lab_command("up", "--dir", str(lab_dir), timeout_s=120)
         assert up.returncode == 0, (up.stdout, up.stderr, (lab_dir / "keeper.log").read_text())
         assert "The fault lab is up" in up.stdout
         state = json.loads(state_file.read_text())
-        namespaces = list(state["namespaces"].values())
-        assert set(namespaces) <= set(netns_names())
-        status = subprocess.run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                state["namespaces"]["node"],
-                sys.executable,
-                "-c",
-                "import sys, urllib.request as u; "
-                "o = u.build_opener(u.ProxyHandler({})); "
-                "print(o.open(sys.argv[1], timeout=5).read().decode())",
-                state["controller"] + "/api/v1/status",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=True,
-        )
-        assert json.loads(status.stdout)["healthy"] is True
+        assert set(state["namespaces"].values()) <= set(netns_names())
+        url = state["controller"] + "/api/v1/status"
+        reply = run_in_netns(state["namespaces"]["node"], "tests.lab.client:get", {"url": url})
+        assert json.loads(reply["body"])["healthy"] is True
     finally:
-        down = subprocess.run(
-            [*command, "down", "--dir", str(lab_dir)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=repo,
-            check=False,
-        )
+        down = lab_command("down", "--dir", str(lab_dir), timeout_s=60)
     assert down.returncode == 0, down.stderr
     assert not state_file.exists()
-    assert not set(namespaces) & set(netns_names())
+    assert not set(state["namespaces"].values()) & set(netns_names())
     for pid in [state["keeper_pid"], *state["all_pids"]]:
-        assert (
-            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-        ), pid
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text(), pid
+
+
+def lab_command(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """`python -m tests.lab ARGS` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
 
 
 def netns_names() -> list[str]:

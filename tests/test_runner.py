@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 
 from egresswatch.agent.plan import LocalSettings, settings_from_plan
-from egresswatch.agent.runner import _owed_after
-from egresswatch.model import SourceKind
+from egresswatch.agent.runner import RoundRunner, _owed_after
+from egresswatch.model import Reason, RoundResult, SourceKind, Status, Step
+from egresswatch.settings import settings_from_dict
+from tests.support.tcpservers import TcpServer, accept_server
+
+__all__ = ["accept_server"]  # fixture
 
 
 @pytest.mark.parametrize(
@@ -49,3 +53,23 @@ def test_the_plan_carries_recover_after_to_the_agent(extra: dict[str, object], w
     local = LocalSettings(source="pod-a", source_kind=SourceKind.POD, resolv_conf=Path("/x"))
     settings = settings_from_plan({"targets": [plan_target(**extra)]}, local)
     assert settings.detection_for(settings.targets[0]).recover_after == wanted
+
+
+async def test_a_new_runner_traces_until_recover_after_traces_worked(
+    accept_server: TcpServer,
+) -> None:
+    """After a (re)start the runner owes recover_after traces, then traces on schedule."""
+    settings = settings_from_dict(
+        {
+            "probes": {"trace_every": "1h", "trace_max_hops": 2, "trace_hop_timeout": "200ms"},
+            "detection": {"recover_after": 3},
+            "targets": [{"name": "db", "address": f"{accept_server.host}:{accept_server.port}"}],
+        }
+    )
+    rounds: list[RoundResult] = []
+    runner = RoundRunner(settings, source="node-1", sink=rounds.append)
+    for _ in range(5):
+        await runner.run_round("db")
+    traces = [r.step(Step.PATH_TRACE) for r in rounds]
+    assert [t.status if t else None for t in traces] == [Status.OK] * 3 + [Status.SKIPPED] * 2
+    assert all(t is not None and t.reason is Reason.NOT_DUE for t in traces[3:])

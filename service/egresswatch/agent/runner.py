@@ -84,6 +84,11 @@ class RoundRunner:
             self._known_good.pop(gone, None)
             self._last_trace.pop(gone, None)
             self._traces_owed.pop(gone, None)
+        for new in set(targets) - set(self._targets):
+            # A new runner (an agent that restarted) cannot know whether its last trace
+            # failed; the controller may still hold path_trace failing. Confirming costs
+            # recover_after traces, and an incident then never waits for trace_every.
+            self._traces_owed[new] = targets[new].traces_to_confirm
         self._targets = targets
 
     def jobs(self) -> list[RoundJob]:
