@@ -164,6 +164,20 @@ def test_a_step_starts_unknown_and_its_first_good_round_is_not_a_change() -> Non
     assert (change.previous, change.current) == (UNKNOWN, FAILING)
 
 
+def test_a_first_good_round_is_a_baseline_to_store_once_not_a_change() -> None:
+    detector = Detector(lambda _: policy(fail_after=2))
+    assert feed(detector, [round_(0)]) == []
+    baselines = detector.take_baselines()
+    tcp = [b for b in baselines if b.step is Step.TCP_CONNECT]
+    assert [(b.previous, b.current, b.started_at) for b in tcp] == [(UNKNOWN, OK, at(0))]
+    assert detector.take_baselines() == []  # taken
+    feed(detector, [round_(1), round_(2)])
+    assert detector.take_baselines() == []  # only the first good round of a step
+    failing = Detector(lambda _: policy(fail_after=2))
+    feed(failing, [round_(i, tcp_connect="conn_refused") for i in (0, 1)])
+    assert [b for b in failing.take_baselines() if b.step is Step.TCP_CONNECT] == []
+
+
 @pytest.mark.parametrize("no_address", [False, True], ids=["later-steps-ok", "later-skipped"])
 def test_a_dns_outage_is_one_change_for_dns_cluster_from_its_first_failed_round(
     no_address: bool,

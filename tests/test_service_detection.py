@@ -144,3 +144,25 @@ def opened_on(service: Service) -> Callable[[], Any]:
         return (await get(service, "/api/v1/incidents?open=true"))["items"]
 
     return check
+
+
+async def test_a_pair_that_never_failed_is_ok_in_the_status_with_no_change_logged(
+    lab: Lab, local_servers: LocalServers, running: Callable[..., Any]
+) -> None:
+    """The first good rounds are stored as step states (not as changes): the status says ok,
+    not unknown, from the first round on."""
+    control = await local_servers.https(Reply(200))
+    path = lab.write([{"name": "control", "url": f"https://{HOST}:{control.port}/"}])
+    service: Service = await running(path, migrate=True, watch_config=False)
+
+    async def judged() -> Any:
+        status = await get(service, "/api/v1/status")
+        (target,) = status["targets"]
+        sources = target["sources"]
+        return sources and all(s["state"] == "ok" and s["steps"] for s in sources) and sources
+
+    (source,) = await poll(judged, timeout_s=10)
+    assert source["healthy"] is True
+    assert {s["step"] for s in source["steps"]} >= {"tcp_connect", "tls_handshake"}
+    assert all(s["state"] == "ok" for s in source["steps"])
+    assert (await get(service, "/api/v1/changes?target=control"))["items"] == []

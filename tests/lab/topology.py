@@ -337,8 +337,9 @@ class EgressLab:
 
         def healthy() -> bool:
             status = self.api("/api/v1/status")
+            # judged good (ok, or degraded: still up), not merely "no failing step known"
             seen = {
-                (t["target"], s["source"]): s["healthy"]
+                (t["target"], s["source"]): s["healthy"] and s["state"] in ("ok", "degraded")
                 for t in status["targets"]
                 for s in t["sources"]
             }

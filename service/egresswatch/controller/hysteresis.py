@@ -120,6 +120,7 @@ class Detector:
         self._policy = policy
         self._shift_params = shift_params or ShiftParams()
         self._tracks: dict[str, dict[str, _SourceTrack]] = {}  # target -> source -> track
+        self._baselines: list[Change] = []  # first judgements, not changes: take_baselines()
 
     # -- feeding --------------------------------------------------------------------------
 
@@ -144,6 +145,14 @@ class Detector:
             if change is not None:
                 changes.append(change)
         return changes
+
+    def take_baselines(self) -> list[Change]:
+        """The first judgements since the last call: `unknown -> ok` on a step's first good
+        round. They are not changes (nothing changed that anyone knew of: no change is logged,
+        no incident is touched), but the stored step states must say `ok` from then on, or
+        `/api/v1/status` would call a pair that never failed `unknown`."""
+        taken, self._baselines = self._baselines, []
+        return taken
 
     def stale(self, now: datetime, interval_of: Callable[[str], float]) -> list[Change]:
         """Mark silent sources UNKNOWN: one change (step None) per (source, target).
@@ -284,7 +293,10 @@ class Detector:
             return _failed(step, step_result, at, policy, change)
         if step_result.status is not Status.OK:
             return None  # skipped or error: neither failed nor good (module docstring)
+        was_unknown = step.state is StepState.UNKNOWN
         flipped = _good(step, at, policy, change)
+        if was_unknown and step.state is StepState.OK:
+            self._baselines.append(change(StepState.UNKNOWN, "first good round", None))
         if step.state is StepState.FAILING or step_result.step not in LATENCY_STEPS:
             return flipped
         if step.latency is None:

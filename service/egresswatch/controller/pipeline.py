@@ -51,6 +51,7 @@ class Pipeline:
         self._last_failing: dict[tuple[str, str], RoundResult] = {}
         self._kinds: dict[str, SourceKind] = {}
         self._pending_changes: list[Change] = []
+        self._pending_states: list[Change] = []  # first judgements: states, not changes
         self._pending_incidents: dict[str, IncidentRecord] = {}
         self._suspects_seen: set[tuple[str, Suspect]] = set()
 
@@ -70,6 +71,13 @@ class Pipeline:
             if result.first_failing_step is not None:
                 self._last_failing[(result.source, result.target)] = result
             changes += self.detector.observe(result, now=now)
+        self._pending_states += self.detector.take_baselines()
+        if len(self._pending_states) > MAX_PENDING_CHANGES:
+            dropped = len(self._pending_states) - MAX_PENDING_CHANGES
+            del self._pending_states[:dropped]  # the oldest first judgements: still "unknown"
+            log.error(
+                "first judgements dropped while the database is away", extra={"states": dropped}
+            )
         self._after(changes, now)
         return changes
 
@@ -135,6 +143,15 @@ class Pipeline:
                 log.exception("could not store changes; kept for the next try")
                 return
             del self._pending_changes[: len(batch)]
+        if self._pending_states:
+            batch = self._pending_states[:5000]
+            try:
+                await self._history.save_states(batch)
+            except Exception:
+                self._metrics.count_database_error()
+                log.exception("could not store step states; kept for the next try")
+                return
+            del self._pending_states[: len(batch)]
         for incident_id, record in list(self._pending_incidents.items()):
             try:
                 await self._history.save_incident(record)
@@ -147,7 +164,7 @@ class Pipeline:
 
     @property
     def pending(self) -> int:
-        return len(self._pending_changes) + len(self._pending_incidents)
+        return len(self._pending_changes) + len(self._pending_states) + len(self._pending_incidents)
 
     def _export_incidents(self) -> None:
         counts: dict[tuple[str, Suspect], int] = {}

@@ -11,7 +11,7 @@ aware UTC.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
@@ -97,25 +97,48 @@ class History:
                 sa.insert(t.changes),
                 [change_row(c, source_ids[c.source], target_ids[c.target]) for c in changes],
             )
-            statement = upsert(conn, t.step_states)
-            new = statement.excluded
-            statement = statement.on_conflict_do_update(
-                index_elements=["target_id", "source_id", "step"],
-                set_={
-                    "state": new.state,
-                    "since": new.since,
-                    "reason": new.reason,
-                    "updated_at": new.updated_at,
-                },
-                where=t.step_states.c.updated_at <= new.updated_at,
+            await self._upsert_states(conn, changes, source_ids, target_ids)
+
+    async def save_states(self, changes: Sequence[Change]) -> None:
+        """Update the step states from `changes` as save_changes does, without logging them as
+        changes (first judgements: Detector.take_baselines)."""
+        if not changes:
+            return
+        for change in changes:
+            check_aware(started_at=change.started_at, detected_at=change.detected_at)
+        async with self.engine.begin() as conn:
+            source_ids, target_ids = await self._ids(
+                conn, [(c.source, c.target, c.started_at) for c in changes]
             )
-            await conn.execute(
-                statement,
-                [
-                    state_row(c, source_ids[c.source], target_ids[c.target])
-                    for c in latest_per_step(changes)
-                ],
-            )
+            await self._upsert_states(conn, changes, source_ids, target_ids)
+
+    async def _upsert_states(
+        self,
+        conn: AsyncConnection,
+        changes: Sequence[Change],
+        source_ids: Mapping[str, int],
+        target_ids: Mapping[str, int],
+    ) -> None:
+        """Each (source, target, step) takes its latest change, unless a newer is stored."""
+        statement = upsert(conn, t.step_states)
+        new = statement.excluded
+        statement = statement.on_conflict_do_update(
+            index_elements=["target_id", "source_id", "step"],
+            set_={
+                "state": new.state,
+                "since": new.since,
+                "reason": new.reason,
+                "updated_at": new.updated_at,
+            },
+            where=t.step_states.c.updated_at <= new.updated_at,
+        )
+        await conn.execute(
+            statement,
+            [
+                state_row(c, source_ids[c.source], target_ids[c.target])
+                for c in latest_per_step(changes)
+            ],
+        )
 
     async def save_incident(self, incident: IncidentRecord) -> None:
         """Insert the incident, or replace the stored one with the same id (all fields).
