@@ -33,7 +33,7 @@ from tests.lab.topology import (
     EgressLab,
     name,
 )
-from tests.support.netns import require_lab, run_in_netns
+from tests.support.netns import require_lab, run_in_netns, sweep_orphans
 
 pytestmark = pytest.mark.root
 
@@ -434,3 +434,40 @@ def lab_command(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str
 def netns_names() -> list[str]:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
     return [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+
+
+ORPHAN_MAKER = """
+import sys, time
+from tests.support.netns import Lab
+lab = Lab()
+node = lab.node("orphan")
+sleeper = lab.spawn(node, ["sleep", "60"])
+print(node.name, sleeper.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_namespaces_of_a_killed_run_are_swept(tmp_path: Path) -> None:
+    """A lab whose process was SIGKILLed leaves a namespace and a process inside; the next
+    lab's sweep kills that process by PID and deletes the namespace."""
+    require_lab()
+    maker = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_MAKER],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert maker.stdout is not None
+        name, sleeper = maker.stdout.readline().split()
+    finally:
+        maker.kill()  # by its PID: what a crashed test runner looks like
+        maker.wait(10)
+    assert name in netns_names() and Path(f"/proc/{sleeper}").exists()
+    assert name in sweep_orphans()
+    assert name not in netns_names()
+    status = Path(f"/proc/{sleeper}/status")
+    deadline = time.monotonic() + 5
+    while status.exists() and "zombie" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not status.exists() or "zombie" in status.read_text()

@@ -48,8 +48,10 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -126,6 +128,48 @@ def lab_unavailable() -> str | None:
     return None
 
 
+def sweep_orphans() -> list[str]:
+    """Remove the namespaces of lab processes that died without closing them (SIGKILL, a
+    crashed runner): each is named `ew<creator pid>-...`; when that PID is gone, the processes
+    still inside are killed by their PIDs (`ip netns pids`), then the namespace is deleted.
+    Returns the names removed. A namespace whose creator lives is never touched.
+    """
+    listed = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+    )
+    removed = []
+    for line in listed.stdout.splitlines():
+        name = line.split()[0] if line.strip() else ""
+        found = re.fullmatch(rf"{PREFIX}(\d+)-\S+", name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        inside = subprocess.run(
+            ["ip", "netns", "pids", name], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+        )
+        for pid in inside.stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=COMMAND_TIMEOUT_S)
+        shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@cache
+def _swept_once() -> list[str]:
+    return sweep_orphans()
+
+
 def require_lab() -> None:
     """Skip the calling test (or fixture) with the reason when a lab cannot be built."""
     why = lab_unavailable()
@@ -194,6 +238,7 @@ class Lab:
 
     def __post_init__(self) -> None:
         require_lab()
+        _swept_once()  # leftovers of a killed earlier run, once per process
 
     def __enter__(self) -> Lab:
         return self
