@@ -17,7 +17,7 @@ from egresswatch.controller.incidents import (
 )
 from egresswatch.model import Change, RoundResult, Step, StepState, Suspect, Verdict
 from egresswatch.settings import DetectionSettings
-from tests.test_hysteresis import INTERVAL_S, at, dns_outage, round_
+from tests.support.rounds import INTERVAL_S, at, dns_outage, round_
 
 OPENED, UPDATED, CLOSED = (
     IncidentEventKind.OPENED,
