@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +39,7 @@ from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_servers, pki
+from tests.support.service import free_port, wait_for
 
 __all__ = ["dns_server", "local_servers", "pki"]  # fixtures, imported explicitly
 
@@ -47,19 +47,6 @@ TOKEN_ENV = "EGRESSWATCH_TEST_AGENT_TOKEN"
 TOKEN = "agent-token-for-tests"
 # Fast, for tests: retries within a fraction of a second, plans refreshed every second.
 FAST_SINK = SinkTuning(backoff_initial_s=0.1, backoff_max_s=0.3, auth_retry_s=0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.05)
 
 
 class World:
