@@ -24,6 +24,7 @@ from egresswatch.storage import History, IncidentRecord
 log = logging.getLogger(__name__)
 
 MAX_PENDING_CHANGES = 1_000_000  # memory bound while the database is away; oldest go first
+FLUSH_BATCH = 5000  # changes (or states) written in one transaction
 
 
 class Pipeline:
@@ -71,13 +72,8 @@ class Pipeline:
             if result.first_failing_step is not None:
                 self._last_failing[(result.source, result.target)] = result
             changes += self.detector.observe(result, now=now)
-        self._pending_states += self.detector.take_baselines()
-        if len(self._pending_states) > MAX_PENDING_CHANGES:
-            dropped = len(self._pending_states) - MAX_PENDING_CHANGES
-            del self._pending_states[:dropped]  # the oldest first judgements: still "unknown"
-            log.error(
-                "first judgements dropped while the database is away", extra={"states": dropped}
-            )
+        # the oldest first judgements dropped stay "unknown" in the status until a change
+        _queue(self._pending_states, self.detector.take_baselines(), "first judgements")
         self._after(changes, now)
         return changes
 
@@ -115,11 +111,7 @@ class Pipeline:
                     "since": change.started_at.isoformat(),
                 },
             )
-        self._pending_changes += changes
-        if len(self._pending_changes) > MAX_PENDING_CHANGES:
-            dropped = len(self._pending_changes) - MAX_PENDING_CHANGES
-            del self._pending_changes[:dropped]
-            log.error("changes dropped while the database is away", extra={"changes": dropped})
+        _queue(self._pending_changes, changes, "changes")
         for event in events:
             self._pending_incidents[event.incident.id] = incident_record(event.incident)
             _log_event(event)
@@ -134,24 +126,20 @@ class Pipeline:
 
     async def flush(self) -> None:
         """Write pending changes and incidents; on failure keep them for the next flush."""
-        if self._pending_changes:
-            batch = self._pending_changes[:5000]
+        for pending, save, what in (
+            (self._pending_changes, self._history.save_changes, "changes"),
+            (self._pending_states, self._history.save_states, "step states"),
+        ):
+            if not pending:
+                continue
+            batch = pending[:FLUSH_BATCH]
             try:
-                await self._history.save_changes(batch)
+                await save(batch)
             except Exception:
                 self._metrics.count_database_error()
-                log.exception("could not store changes; kept for the next try")
+                log.exception(f"could not store {what}; kept for the next try")
                 return
-            del self._pending_changes[: len(batch)]
-        if self._pending_states:
-            batch = self._pending_states[:5000]
-            try:
-                await self._history.save_states(batch)
-            except Exception:
-                self._metrics.count_database_error()
-                log.exception("could not store step states; kept for the next try")
-                return
-            del self._pending_states[: len(batch)]
+            del pending[: len(batch)]
         for incident_id, record in list(self._pending_incidents.items()):
             try:
                 await self._history.save_incident(record)
@@ -232,6 +220,15 @@ class Pipeline:
 def _role(settings: Settings, target: str) -> Role | None:
     found = settings.target(target)
     return found.role if found is not None else None
+
+
+def _queue(pending: list[Change], more: list[Change], what: str) -> None:
+    """Append `more` to `pending`, dropping the oldest beyond MAX_PENDING_CHANGES (logged)."""
+    pending += more
+    if len(pending) > MAX_PENDING_CHANGES:
+        dropped = len(pending) - MAX_PENDING_CHANGES
+        del pending[:dropped]
+        log.error(f"{what} dropped while the database is away", extra={"dropped": dropped})
 
 
 def incident_record(incident: Incident) -> IncidentRecord:

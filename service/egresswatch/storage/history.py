@@ -85,23 +85,14 @@ class History:
         overwrite a newer state; on equal `detected_at` the one saved last wins. Sources and
         targets are created by name on first sight. ValueError for naive datetimes.
         """
-        if not changes:
-            return
-        for change in changes:
-            check_aware(started_at=change.started_at, detected_at=change.detected_at)
-        async with self.engine.begin() as conn:
-            source_ids, target_ids = await self._ids(
-                conn, [(c.source, c.target, c.started_at) for c in changes]
-            )
-            await conn.execute(
-                sa.insert(t.changes),
-                [change_row(c, source_ids[c.source], target_ids[c.target]) for c in changes],
-            )
-            await self._upsert_states(conn, changes, source_ids, target_ids)
+        await self._save(changes, log=True)
 
     async def save_states(self, changes: Sequence[Change]) -> None:
         """Update the step states from `changes` as save_changes does, without logging them as
         changes (first judgements: Detector.take_baselines)."""
+        await self._save(changes, log=False)
+
+    async def _save(self, changes: Sequence[Change], *, log: bool) -> None:
         if not changes:
             return
         for change in changes:
@@ -110,6 +101,11 @@ class History:
             source_ids, target_ids = await self._ids(
                 conn, [(c.source, c.target, c.started_at) for c in changes]
             )
+            if log:
+                await conn.execute(
+                    sa.insert(t.changes),
+                    [change_row(c, source_ids[c.source], target_ids[c.target]) for c in changes],
+                )
             await self._upsert_states(conn, changes, source_ids, target_ids)
 
     async def _upsert_states(
