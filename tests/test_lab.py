@@ -226,7 +226,10 @@ def test_scenario(scenario: Scenario, egress_lab: EgressLab) -> None:
     repaired = datetime.now(UTC)
     scenario.repair(lab)
     closed = wait_until(
-        lambda: closed_incident(lab, incident["id"]), RECOVERY_WINDOW_S, lab, "the incident closed"
+        lambda: closed_incident(lab, scenario.target, incident["id"]),
+        RECOVERY_WINDOW_S,
+        lab,
+        "the incident closed",
     )
     assert datetime.fromisoformat(closed["ended_at"]) >= repaired - ROUND
     # Everything recovers, not only this incident: every step of every target from both
@@ -319,8 +322,8 @@ def wait_for_incident(lab: EgressLab, scenario: Scenario) -> dict[str, Any]:
     )
 
 
-def closed_incident(lab: EgressLab, incident_id: str) -> dict[str, Any] | None:
-    items = lab.api("/api/v1/incidents?target=" + incident_id.split("@")[0])["items"]
+def closed_incident(lab: EgressLab, target: str, incident_id: str) -> dict[str, Any] | None:
+    items = lab.api(f"/api/v1/incidents?target={target}")["items"]
     found = next((i for i in items if i["id"] == incident_id), None)
     return found if found is not None and found["ended_at"] is not None else None
 

@@ -6,7 +6,7 @@
 `up` starts a detached keeper process that owns the lab (docs/lab.md); it writes
 DIR/state.json (namespaces, PIDs, addresses) once every target is healthy, and removes the lab
 on SIGTERM or SIGINT, or after --hours. `down` sends it SIGTERM and waits; if the keeper died
-without cleaning up, `down` removes the namespaces and stops the PIDs recorded in the state.
+without cleaning up, `down` sweeps its namespaces and the processes still in them.
 """
 
 from __future__ import annotations
@@ -167,13 +167,12 @@ def _down(directory: Path) -> int:
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while time.monotonic() < deadline and _alive(keeper):
         time.sleep(WAIT_STEP_S)
-    if state_file.exists():  # the keeper is gone without cleaning up: do it from the state
-        for pid in state.get("all_pids", []):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
-        for name in state["namespaces"].values():
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-            subprocess.run(["rm", "-rf", f"/etc/netns/{name}"], capture_output=True, timeout=10)
+    if state_file.exists():
+        # The keeper is gone without cleaning up. Its namespaces carry its (now dead) PID in
+        # their names, so the sweep every lab runs at start removes them and what runs inside.
+        from tests.support.netns import sweep_orphans
+
+        sweep_orphans()
         state_file.unlink(missing_ok=True)
     print("the lab is down")
     return 0
