@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from egresswatch.model import PROBE_STEPS, Reason, RoundResult, Status, StepResult

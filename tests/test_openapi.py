@@ -9,6 +9,7 @@ answered without the token.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from enum import Enum
 from typing import Any
 
 import pytest
@@ -70,7 +71,7 @@ def test_every_route_is_documented_and_nothing_else(live_api: ThreadedApi) -> No
 
 def test_vocabularies_come_from_the_model() -> None:
     schemas = openapi_document()["components"]["schemas"]
-    for name, vocabulary in [
+    vocabularies: list[tuple[str, list[Enum]]] = [
         ("Step", list(Step)),
         ("ProbeStep", list(PROBE_STEPS)),
         ("Status", list(Status)),
@@ -80,7 +81,8 @@ def test_vocabularies_come_from_the_model() -> None:
         ("SourceKind", list(SourceKind)),
         ("StepState", list(StepState)),
         ("Resolution", list(Resolution)),
-    ]:
+    ]
+    for name, vocabulary in vocabularies:
         assert schemas[name]["enum"] == [member.value for member in vocabulary], name
 
 

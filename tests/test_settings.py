@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,7 @@ def test_bad_durations_refused(bad: object) -> None:
         parse_duration(bad)
 
 
-def _problems(data: dict[str, object]) -> list[str]:
+def _problems(data: Mapping[str, object]) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         settings_from_dict(data, origin="cfg.yaml")
     return caught.value.problems
@@ -55,6 +56,7 @@ def test_defaults_and_target_overrides() -> None:
     )
     web, db, ctl = settings.targets
     assert web.endpoint.host == "example.test" and web.endpoint.path == "/health"
+    assert web.expect_status is not None
     assert 204 in web.expect_status and 200 in web.expect_status and 301 not in web.expect_status
     assert settings.timing(web) == (60.0, 20.0, 5.0)
     assert db.endpoint.scheme is Scheme.TCP and db.endpoint.port == 5432
