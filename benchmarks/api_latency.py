@@ -47,7 +47,7 @@ from sqlalchemy.engine import make_url
 
 from egresswatch.controller.api import make_app
 from egresswatch.controller.routes import ApiDeps, add_api_routes
-from egresswatch.model import Role, RoundResult
+from egresswatch.model import Role, RoundResult, SourceKind
 from egresswatch.settings import Settings, TargetSettings
 from egresswatch.storage import History, Store, make_engine, redact
 from egresswatch.storage import tables as t
@@ -86,7 +86,9 @@ def settings_for(targets: Sequence[tuple[str, str, Role]]) -> Settings:
     )
 
 
-async def refuse_ingest(source: str, batch_id: str, rounds: Sequence[RoundResult]) -> int:
+async def refuse_ingest(
+    source: str, batch_id: str, rounds: Sequence[RoundResult], kind: SourceKind | None
+) -> int:
     raise RuntimeError("ingest is not part of this benchmark")
 
 

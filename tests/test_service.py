@@ -130,7 +130,7 @@ async def test_rounds_on_their_timers_stored_and_exported_while_one_target_hangs
     status, body = await scrape(service, "/readyz")
     assert status == 200 and '"ready"' in body
     await asyncio.sleep(4.2)
-    await service.writer.close()  # flush: everything run so far reaches the database
+    await service.ingest.close()  # flush: everything run so far reaches the database
     end = datetime.now(UTC) + timedelta(seconds=1)
 
     rounds = {

@@ -110,12 +110,14 @@ async def _metrics(service: Service) -> tuple[int, str]:
         return r.status, await r.text()
 
 
-async def test_an_incident_left_open_by_a_previous_run_is_closed_with_a_note(
+async def test_an_incident_open_at_a_restart_is_the_same_incident_after_it(
     lab: Lab,
     dns_server: TestDNSServer,
     local_servers: LocalServers,
     running: Callable[..., Any],
 ) -> None:
+    """Detection is rebuilt from the database: the incident keeps its id and start across the
+    restart, and closes once, when the source recovers."""
     shop = await local_servers.https(Reply(200))
     path = lab.write(
         [{"name": "shop", "url": f"https://{NAME}:{shop.port}/"}],
@@ -123,20 +125,29 @@ async def test_an_incident_left_open_by_a_previous_run_is_closed_with_a_note(
     )
     first: Service = await running(path, migrate=True, watch_config=False)
     dns_server.nxdomain(NAME)
-
-    async def opened() -> Any:
-        return (await get(first, "/api/v1/incidents?open=true"))["items"]
-
-    incident = (await poll(opened, timeout_s=10))[0]
+    incident = (await poll(opened_on(first), timeout_s=10))[0]
     await first.stop()
 
     second: Service = await running(path, watch_config=False)
-    stored = await get(second, f"/api/v1/incidents/{incident['id']}")
-    assert stored["open"] is False
-    assert "controller restart" in stored["history"][-1]["note"]
-    # Still failing: a new incident opens from the rounds after the restart.
-    again = await poll(opened_on(second), timeout_s=10)
-    assert again[0]["id"] != incident["id"]
+    [still] = (await get(second, "/api/v1/incidents?open=true"))["items"]
+    assert (still["id"], still["started_at"]) == (incident["id"], incident["started_at"])
+    assert still["first_failing_step"] == "dns_cluster"
+    held = second.pipeline.book.open_for("shop")
+    assert held is not None and held.id == incident["id"]
+
+    dns_server.answer(NAME, a=[HOST])
+
+    async def closed() -> Any:
+        found = await get(second, f"/api/v1/incidents/{incident['id']}")
+        return found if found["open"] is False else None
+
+    done = await poll(closed, timeout_s=15)
+    assert done["started_at"] == incident["started_at"]
+    notes = [entry["note"] for entry in done["history"]]
+    assert notes[0] == "opened" and notes[-1] == "closed: all sources recovered"
+    assert sum(note.startswith("closed") for note in notes) == 1
+    everything = (await get(second, "/api/v1/incidents"))["items"]
+    assert [i["id"] for i in everything] == [incident["id"]]  # none opened anew
 
 
 def opened_on(service: Service) -> Callable[[], Any]:

@@ -15,7 +15,6 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.schedule import RoundJob, RoundScheduler
 from egresswatch.controller.api import make_app
 from egresswatch.controller.incidents import IncidentEvent
+from egresswatch.controller.ingest import Ingest
 from egresswatch.controller.params import ApiError
 from egresswatch.controller.pipeline import Pipeline
 from egresswatch.controller.routes import ApiDeps, add_api_routes
@@ -35,7 +35,6 @@ from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.settings import ConfigError, Settings, load_settings, parse_listen
 from egresswatch.storage import (
-    BatchedWriter,
     History,
     RetentionWindows,
     SchemaStatus,
@@ -123,7 +122,7 @@ class Service:
         self._config_stamp: tuple[int, int] | None = None
         self._reload_lock = asyncio.Lock()
         self.store: Store
-        self.writer: BatchedWriter
+        self.ingest: Ingest
         self.runner: RoundRunner
         self.scheduler: RoundScheduler
         self._http: web.AppRunner | None = None
@@ -156,14 +155,27 @@ class Service:
             clock=_utc_now,
             on_incident=self._on_incident,
         )
+        for source in await self.store.sources():
+            if source.kind:
+                self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
         if self.local_agent:
             self.pipeline.set_source_kind(settings.source.name, settings.source.kind)
-        await self._close_inherited_incidents()
-        self.writer = BatchedWriter(self.store, hooks=WriterMetrics(self.metrics))
-        self.writer.start()
+        await self.pipeline.restore()  # the open incidents stay the same incidents
+        await self.pipeline.flush()
+        self.ingest = Ingest(
+            self.store,
+            settings=lambda: self.settings,
+            judge=self._judge,
+            clock=_utc_now,
+            hooks=WriterMetrics(self.metrics),
+        )
+        self.ingest.start()
         if self.local_agent:
             self.runner = RoundRunner(
-                settings, source=settings.source.name, sink=self._on_round, environ=self._environ
+                settings,
+                source=settings.source.name,
+                sink=self.ingest.submit,
+                environ=self._environ,
             )
         self.scheduler = RoundScheduler(
             max_concurrent=settings.max_concurrent_rounds,
@@ -223,8 +235,8 @@ class Service:
             self._http = None
         if hasattr(self, "scheduler"):
             await self.scheduler.shutdown()
-        if hasattr(self, "writer"):
-            await self.writer.close()
+        if hasattr(self, "ingest"):
+            await self.ingest.close()
         if hasattr(self, "pipeline"):
             await self.pipeline.flush()  # what detection found in the last second is kept
         if hasattr(self, "store"):
@@ -239,18 +251,20 @@ class Service:
 
     # -- rounds -----------------------------------------------------------------------------
 
-    def _on_round(self, result: RoundResult) -> None:
-        # A round of a target that a reload removed is still stored (nothing is lost), but
-        # its series stay gone from /metrics.
-        if self.settings.target(result.target) is not None:
-            self.metrics.observe_round(result)
-        self.writer.submit(result)
-        self.pipeline.observe([result])
+    def _judge(self, rounds: Sequence[RoundResult]) -> None:
+        """Stored rounds, local or an agent's: exported, judged, shown to the observer."""
+        for result in rounds:
+            # A round of a target that a reload removed is still stored (nothing is lost), but
+            # its series stay gone from /metrics.
+            if self.settings.target(result.target) is not None:
+                self.metrics.observe_round(result)
+        self.pipeline.observe(rounds)
         if self._observer is not None:
-            try:
-                self._observer(result)
-            except Exception:  # an observer's bug must not cost a round
-                log.exception("round observer failed")
+            for result in rounds:
+                try:
+                    self._observer(result)
+                except Exception:  # an observer's bug must not cost a round
+                    log.exception("round observer failed")
 
     def _jobs(self, settings: Settings) -> list[RoundJob]:
         every = settings.retention.every
@@ -258,32 +272,6 @@ class Service:
         controller = RoundJob(CONTROLLER_JOB, CONTROLLER_TICK_S, 30.0, self._controller_tick)
         rounds = self.runner.jobs() if self.local_agent else []
         return [*rounds, retention, controller]
-
-    async def _close_inherited_incidents(self) -> None:
-        """Incidents left open by a previous run are closed at this start, saying so.
-
-        Detection state lives in memory: a restarted controller cannot tell whether those
-        targets recovered while it was away. Closing them (with a note) keeps nothing open
-        forever; a target still failing opens a new incident from its next failed rounds.
-        """
-        now = _utc_now()
-        page = await self.history.incidents(open=True, limit=1000)
-        for record in page.items:
-            note: dict[str, Any] = {
-                "at": now.isoformat().replace("+00:00", "Z"),
-                "first_failing_step": (
-                    record.first_failing_step.value if record.first_failing_step else None
-                ),
-                "suspect": record.suspect.value,
-                "sources": list(record.sources),
-                "states": {},
-                "note": "closed at a controller restart: whether it recovered meanwhile is not "
-                "known; a target still failing opens a new incident",
-            }
-            await self.history.save_incident(
-                replace(record, ended_at=now, history=(*record.history, note))
-            )
-            log.warning("incident closed at restart", extra={"incident": record.id})
 
     async def _controller_tick(self) -> None:
         """Write what detection produced; every few ticks, look for silent sources."""
@@ -298,16 +286,6 @@ class Service:
                 self.metrics.count_database_error()
                 log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
-
-    async def _ingest(self, source: str, batch_id: str, rounds: Sequence[RoundResult]) -> int:
-        """An agent's batch: stored at once (idempotent per batch id), then judged."""
-        stored = await self.store.save_rounds(rounds, batch_id)
-        if stored:
-            for result in rounds:
-                if self.settings.target(result.target) is not None:
-                    self.metrics.observe_round(result)
-            self.pipeline.observe(rounds)
-        return stored
 
     async def _run_now(self, target: str) -> RoundResult:
         if not self.local_agent:
@@ -375,7 +353,7 @@ class Service:
                 store=self.store,
                 history=self.history,
                 settings=lambda: self.settings,
-                ingest=self._ingest,
+                ingest=self.ingest.accept,
                 run_now=self._run_now,
                 token=self.settings.agent_token(),
                 clock=_utc_now,

@@ -32,6 +32,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from egresswatch.controller.api import make_app
+from egresswatch.controller.ingest import Ingest
 from egresswatch.controller.routes import ApiDeps, add_api_routes
 from egresswatch.model import (
     PROBE_STEPS,
@@ -288,9 +289,21 @@ class ApiWorld:
     run_error: Exception | None = None
     run_gate: asyncio.Event | None = None  # when set, on-demand rounds wait for it
 
-    async def ingest(self, source: str, batch_id: str, rounds: Sequence[RoundResult]) -> int:
+    intake: Ingest | None = None
+    judged: list[RoundResult] = field(default_factory=list)
+
+    async def ingest(
+        self,
+        source: str,
+        batch_id: str,
+        rounds: Sequence[RoundResult],
+        kind: SourceKind | None = None,
+    ) -> int:
+        """The real ingest path (validated, stored, then judged), its calls recorded."""
+        assert self.intake is not None
+        stored = await self.intake.accept(source, batch_id, rounds, kind)
         self.ingested.append((source, batch_id, list(rounds)))
-        return await self.store.save_rounds(rounds, batch_id=batch_id)
+        return stored
 
     async def run_now(self, target: str) -> RoundResult:
         self.runs.append(target)
@@ -315,6 +328,9 @@ async def build_world(engine: AsyncEngine, *, token: str | None = TOKEN) -> ApiW
         await history.save_incident(incident)
     app = make_app(registry=CollectorRegistry(), readiness=lambda: {"database_schema": True})
     world = ApiWorld(store, history, settings, app)
+    world.intake = Ingest(
+        store, settings=lambda: world.settings, judge=world.judged.extend, clock=lambda: world.now
+    )
     deps = ApiDeps(
         store=store,
         history=history,

@@ -35,8 +35,9 @@ The rules, per step of a (source, target):
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -58,6 +59,21 @@ from egresswatch.model import (
     StepState,
 )
 
+_TICK = timedelta(microseconds=1)  # "just before": a replayed round is newer than its track
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """A step state as stored (DESIGN.md §4 step_states): what `Detector.restore` starts from."""
+
+    source: str
+    target: str
+    step: Step | None  # None: the whole pair (silent or reporting)
+    state: StepState
+    since: datetime
+    reason: Reason | None = None
+
+
 if TYPE_CHECKING:  # settings imports pydantic and YAML; the rules only read four fields
     from egresswatch.settings import DetectionSettings
 
@@ -78,6 +94,7 @@ class _StepTrack:
     window: deque[tuple[bool, datetime]] = field(default_factory=lambda: deque(maxlen=0))
     latency: LatencyShiftDetector | None = None
     normal_s: float | None = None  # the level a DEGRADED step is measured against
+    judged_until: datetime | None = None  # restored: rounds before this are in `state` already
     came_down: datetime | None = None  # a DEGRADED step's latency shifted down from here...
     settling: int = 0  # ...and the detector is still learning the level it came down to
 
@@ -121,6 +138,7 @@ class Detector:
         self._shift_params = shift_params or ShiftParams()
         self._tracks: dict[str, dict[str, _SourceTrack]] = {}  # target -> source -> track
         self._baselines: list[Change] = []  # first judgements, not changes: take_baselines()
+        self._restored_at: datetime | None = None
 
     # -- feeding --------------------------------------------------------------------------
 
@@ -141,9 +159,103 @@ class Detector:
             if step_result.step not in PROBE_STEPS:
                 continue
             step = track.steps.setdefault(step_result.step, _StepTrack())
+            if step.judged_until is not None and result.started_at < step.judged_until:
+                continue  # a replayed round that the restored state already counts
             change = self._judge(result, step_result, step, policy, now)
             if change is not None:
                 changes.append(change)
+        return changes
+
+    def restore(
+        self, saved: Iterable[SavedState], rounds: Iterable[RoundResult], *, now: datetime
+    ) -> list[Change]:
+        """Rebuild the state a previous run left: call once, on an empty detector, at startup.
+
+        `saved` are the stored step states (what the last stored change of each step set, a
+        pair's step None UNKNOWN meaning it had gone silent); `rounds` the latest stored rounds
+        of each pair, any order. Each step starts in its stored state, and only the rounds
+        started at or after its `since` are judged again (the earlier ones made that state):
+        that rebuilds the runs that hysteresis counts, so a failure 2 rounds into its recovery
+        recovers at the next good round, not 2 rounds later. A change those rounds cause was
+        not stored before the previous run stopped; it is returned, detected `now`.
+
+        A DEGRADED step is measured again against the median latency of its good rounds
+        before it degraded; with none of those stored, it is OK again, said by a change.
+        """
+        self._restored_at = now
+        silent_since: dict[tuple[str, str], datetime] = {}
+        for state in saved:
+            track = self._track(state.source, state.target, state.since)
+            if state.step is None:
+                if state.state is StepState.UNKNOWN:
+                    silent_since[(state.source, state.target)] = state.since
+                continue
+            if state.state is StepState.UNKNOWN or state.step not in PROBE_STEPS:
+                continue
+            track.steps[state.step] = _StepTrack(
+                state=state.state,
+                since=state.since,
+                reason=state.reason,
+                judged_until=state.since,
+            )
+        ordered = sorted(rounds, key=lambda r: r.started_at)
+        changes = self._degraded_baselines(ordered, now)
+        replayed: dict[tuple[str, str], datetime] = {}
+        for result in ordered:
+            pair = (result.source, result.target)
+            if pair in replayed and result.started_at <= replayed[pair]:
+                continue  # the same round twice
+            replayed[pair] = result.started_at
+            track = self._track(result.source, result.target, result.started_at)
+            went_silent = silent_since.get(pair)
+            if went_silent is not None and result.started_at >= went_silent:
+                del silent_since[pair]
+                track.stale, track.lost = True, track.summary()  # it reported again after
+            track.last_round_at = result.started_at - _TICK  # stored rounds are all judged
+            changes += self.observe(result, now=now)
+        for source, target in silent_since:
+            track = self._tracks[target][source]
+            track.stale, track.lost = True, track.summary()
+        return changes
+
+    def _track(self, source: str, target: str, at: datetime) -> _SourceTrack:
+        sources = self._tracks.setdefault(target, {})
+        track = sources.get(source)
+        if track is None:
+            track = sources[source] = _SourceTrack(last_round_at=at - _TICK)
+        return track
+
+    def _degraded_baselines(self, ordered: Sequence[RoundResult], now: datetime) -> list[Change]:
+        changes: list[Change] = []
+        for target, sources in self._tracks.items():
+            for source, track in sources.items():
+                for name, step in track.steps.items():
+                    if step.state is not StepState.DEGRADED or step.since is None:
+                        continue
+                    before = [
+                        s.duration_s
+                        for r in ordered
+                        if r.source == source and r.target == target and r.started_at < step.since
+                        for s in r.steps
+                        if s.step is name and s.status is Status.OK
+                    ]
+                    if before:
+                        step.normal_s = statistics.median(before)
+                        continue
+                    previous = step.flip(StepState.OK, now)
+                    detail = "latency baseline not stored: judged again from now"
+                    changes.append(
+                        Change(
+                            source=source,
+                            target=target,
+                            step=name,
+                            previous=previous,
+                            current=StepState.OK,
+                            started_at=now,
+                            detected_at=now,
+                            detail=detail,
+                        )
+                    )
         return changes
 
     def take_baselines(self) -> list[Change]:
@@ -159,7 +271,8 @@ class Detector:
 
         A (source, target) with no round for more than `stale_after` x `interval_of(target)`
         seconds becomes unknown; the change says what it was (its worst step state) and starts
-        one interval after its last round (the first round that did not come). Time alone never
+        one interval after its last round (the first round that did not come). After a
+        `restore`, a full `stale_after` window from the restart passes first. Time alone never
         changes a step's state: the states are kept, shown as UNKNOWN while it is silent, and
         given back by the change of its next round. A source never judged emits nothing.
         """
@@ -167,6 +280,12 @@ class Detector:
         for target, sources in self._tracks.items():
             policy = self._policy(target)
             interval = timedelta(seconds=interval_of(target))
+            if self._restored_at is not None and now - self._restored_at <= interval * (
+                policy.stale_after
+            ):
+                # Just restarted: agents deliver what they buffered meanwhile; nobody went
+                # silent because this controller was away.
+                continue
             for source, track in sources.items():
                 if track.stale or now - track.last_round_at <= interval * policy.stale_after:
                     continue

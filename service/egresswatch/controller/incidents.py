@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -182,6 +182,62 @@ class IncidentBook:
             asked.add(change.target)
         for target in [t for t in self._open if t not in asked]:
             events.extend(self._update(target, now, ctx))
+        return events
+
+    def restore(
+        self,
+        incidents: Iterable[Incident],
+        *,
+        failing: Mapping[str, Mapping[str, Mapping[Step, datetime]]],
+        silent: Mapping[str, Iterable[str]],
+    ) -> None:
+        """What a previous run left: its open incidents (as stored, ids and starts kept), and
+        per target the FAILING steps of each source with their starts, and its silent sources
+        (as the restored detector holds them). Call once, at startup, before `apply`."""
+        for target, sources in failing.items():
+            memory = self._memory.setdefault(target, _Memory())
+            memory.failing = {s: dict(steps) for s, steps in sources.items() if steps}
+        for target, names in silent.items():
+            self._memory.setdefault(target, _Memory()).silent = set(names)
+        for incident in incidents:
+            if incident.is_open:
+                self._open[incident.target] = incident
+                self._memory.setdefault(incident.target, _Memory())
+
+    def reconcile(
+        self,
+        *,
+        now: datetime,
+        recovered_at: Callable[[str, tuple[str, ...]], datetime],
+        detector_states: StatesOf,
+        verdict_for: VerdictFor,
+    ) -> list[IncidentEvent]:
+        """After `restore` (and the replayed changes' `apply`): close each open incident that no
+        reporting source fails any more, at `recovered_at(target, sources)` (its recovery was
+        judged but its closing not stored before the stop), and open one for each target that
+        fails with none open (its opening was not stored), detected `now`."""
+        ctx = _Context(detector_states, verdict_for)
+        events: list[IncidentEvent] = []
+        for target, incident in list(self._open.items()):
+            if not self._memory[target].reporting_failing():
+                at = max(recovered_at(target, incident.sources), incident.started_at)
+                note = "closed: all sources had recovered when the controller restarted"
+                events.append(self._close(incident, at, note, ctx))
+        for target, memory in self._memory.items():
+            if target not in self._open and memory.reporting_failing():
+                source = memory.reporting_failing()[0]
+                step = memory.first_failing_step([source]) or Step.DNS_CLUSTER
+                since = memory.failing[source][step]
+                opening = Change(
+                    source=source,
+                    target=target,
+                    step=step,
+                    previous=StepState.UNKNOWN,
+                    current=StepState.FAILING,
+                    started_at=since,
+                    detected_at=now,
+                )
+                events.append(self._opened(target, opening, ctx))
         return events
 
     def retire(

@@ -7,17 +7,38 @@ pending here and is written later (buffering, not loss).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from egresswatch.controller.diagnosis import Context, Observation, diagnose
 from egresswatch.controller.hysteresis import Detector
-from egresswatch.controller.incidents import Incident, IncidentBook, IncidentEvent
+from egresswatch.controller.incidents import (
+    Incident,
+    IncidentBook,
+    IncidentEvent,
+    IncidentEventKind,
+)
+from egresswatch.controller.restart import (
+    RESTORE_ROUNDS,
+    failing_steps,
+    incident_from_record,
+    saved_states,
+)
 from egresswatch.metrics import Metrics
-from egresswatch.model import Change, Role, RoundResult, SourceKind, Suspect, Verdict
+from egresswatch.model import (
+    Change,
+    Role,
+    RoundResult,
+    SourceKind,
+    Step,
+    StepState,
+    Suspect,
+    Verdict,
+)
 from egresswatch.settings import DetectionSettings, Settings
 from egresswatch.storage import History, IncidentRecord
 
@@ -77,6 +98,90 @@ class Pipeline:
         self._after(changes, now)
         return changes
 
+    async def restore(self) -> list[IncidentEvent]:
+        """Rebuild detection from the database, once, before the first round is judged.
+
+        The step states become the detector's, the latest stored rounds of every pair are
+        judged again from where those states left off (rebuilding the runs hysteresis counts,
+        and any change the previous run judged but did not store), the open incidents are held
+        again under their ids and starts, and the latest rounds are what the diagnosis
+        compares. Raises the database's errors: a controller that cannot read its past must
+        not start judging as if it had none.
+        """
+        now = self._clock()
+        settings = self._settings()
+        targets = {t.name for t in settings.targets}
+        saved = saved_states(await self._history.states(), targets)
+        longest = max((settings.timing(t)[0] for t in settings.targets), default=60.0)
+        since = now - timedelta(seconds=max(3600.0, longest * RESTORE_ROUNDS))
+        rounds = [
+            r
+            for r in await self._history.recent_rounds(per_pair=RESTORE_ROUNDS, since=since)
+            if r.target in targets and r.started_at <= now
+        ]
+        incidents = [incident_from_record(r) for r in await self._open_incidents()]
+        gone = [i for i in incidents if i.target not in targets]
+        for result in rounds:
+            self._latest[(result.source, result.target)] = result
+            if result.first_failing_step is not None:
+                self._last_failing[(result.source, result.target)] = result
+        changes = self.detector.restore(saved, rounds, now=now)
+        silent: dict[str, set[str]] = {}
+        for state in saved:
+            if state.step is None and state.state is StepState.UNKNOWN:
+                silent.setdefault(state.target, set()).add(state.source)
+        self.book.restore(
+            [i for i in incidents if i.target in targets],
+            failing=failing_steps(saved),
+            silent=silent,
+        )
+        _queue(self._pending_states, self.detector.take_baselines(), "first judgements")
+        events = self._after(changes, now)
+        reconciled = self.book.reconcile(
+            now=now,
+            recovered_at=self._recovered_at,
+            detector_states=self.detector.states,
+            verdict_for=self.verdict_for,
+        )
+        self._publish(reconciled)
+        for incident in gone:  # its target left the config while this controller was away
+            note = "closed: the target is no longer configured"
+            update = dataclasses.replace(incident.history[-1], at=now, note=note)
+            closed = dataclasses.replace(
+                incident, ended_at=now, history=(*incident.history, update)
+            )
+            self._publish([IncidentEvent(IncidentEventKind.CLOSED, closed)])
+        log.info(
+            "detection restored",
+            extra={
+                "states": len(saved),
+                "rounds": len(rounds),
+                "open_incidents": len(self.book.open_incidents()),
+                "changes_not_stored_before": len(changes),
+            },
+        )
+        return [*events, *reconciled]
+
+    async def _open_incidents(self) -> list[IncidentRecord]:
+        found: list[IncidentRecord] = []
+        cursor: str | None = None
+        while True:
+            page = await self._history.incidents(open=True, limit=1000, cursor=cursor)
+            found += page.items
+            cursor = page.next_cursor
+            if cursor is None or not page.items:
+                return found
+
+    def _recovered_at(self, target: str, sources: tuple[str, ...]) -> datetime:
+        """When the last of these sources' steps came back to OK (a restored incident's end)."""
+        times = [
+            since
+            for source in sources
+            for step in Step
+            if (since := self.detector.since(source, target, step)) is not None
+        ]
+        return max(times, default=self._clock())
+
     def tick(self) -> list[Change]:
         """Time passing: sources that stopped reporting become unknown."""
         now = self._clock()
@@ -91,7 +196,7 @@ class Pipeline:
         for key in [k for k in self._last_failing if k[1] == target]:
             del self._last_failing[key]
 
-    def _after(self, changes: list[Change], now: datetime) -> None:
+    def _after(self, changes: list[Change], now: datetime) -> list[IncidentEvent]:
         events = self.book.apply(
             changes, now=now, detector_states=self.detector.states, verdict_for=self.verdict_for
         )
@@ -112,6 +217,11 @@ class Pipeline:
                 },
             )
         _queue(self._pending_changes, changes, "changes")
+        self._publish(events)
+        return events
+
+    def _publish(self, events: Iterable[IncidentEvent]) -> None:
+        """Queue the incidents for storage, log them, tell the observer, export the gauge."""
         for event in events:
             self._pending_incidents[event.incident.id] = incident_record(event.incident)
             _log_event(event)

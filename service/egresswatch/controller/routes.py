@@ -21,13 +21,13 @@ from aiohttp import web
 from egresswatch.controller import documents as docs
 from egresswatch.controller.api import problem
 from egresswatch.controller.diagnosis_view import TargetCatalog, diagnosis_document
+from egresswatch.controller.ingest import Refused
 from egresswatch.controller.openapi import openapi_document
 from egresswatch.controller.params import (
     ApiError,
     InvalidParam,
     Query,
     bad_request,
-    iso,
     not_found,
 )
 from egresswatch.controller.payloads import parse_batch, read_body
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 TIMELINE_DEFAULT = timedelta(hours=1)
-FUTURE_SKEW = timedelta(hours=1)  # an agent's round may start this far ahead of our clock
 CURSOR_MAX = 1024
 ID_MAX = 128
 
@@ -53,8 +52,9 @@ class ApiDeps:
     store: Store
     history: History
     settings: Callable[[], Settings]  # the current config (reloads swap it)
-    # (source, batch_id, rounds) -> rounds stored (0 for a repeated batch)
-    ingest: Callable[[str, str, Sequence[RoundResult]], Awaitable[int]]
+    # (source, batch_id, rounds, source kind) -> rounds stored (0 for a repeated batch);
+    # raises Refused (controller.ingest.Ingest.accept)
+    ingest: Callable[[str, str, Sequence[RoundResult], SourceKind | None], Awaitable[int]]
     run_now: Callable[[str], Awaitable[RoundResult]]  # an on-demand round of a configured target
     token: str | None  # the agents' bearer token; None = ingest disabled (401/403 always)
     clock: Callable[[], datetime]
@@ -112,7 +112,6 @@ class _Api:
     def __init__(self, deps: ApiDeps) -> None:
         self.deps = deps
         self._runs: dict[str, asyncio.Task[RoundResult]] = {}
-        self._kinds: dict[str, SourceKind] = {}
         self._status = docs.StatusDocuments()  # reuses what did not change between requests
 
     # -- reading ----------------------------------------------------------------------------
@@ -255,20 +254,12 @@ class _Api:
         """Agent ingest: authenticated, validated, idempotent per batch_id."""
         self._authorize(request)
         batch = parse_batch(await read_body(request))
-        now = self._now()
-        late = [
-            InvalidParam(f"rounds[{i}].started_at", f"after {iso(now)}: check the agent's clock")
-            for i, r in enumerate(batch.rounds)
-            if r.started_at > now + FUTURE_SKEW
-        ]
-        if late:
-            raise bad_request(late[:50])
-        await self._check_targets([r.target for r in batch.rounds])
-        if batch.source_kind is not None and self._kinds.get(batch.source) != batch.source_kind:
-            await self.deps.store.register_source(batch.source, batch.source_kind)
-            self._kinds[batch.source] = batch.source_kind
         rounds = [r.result() for r in batch.rounds]
-        stored = await self.deps.ingest(batch.source, batch.batch_id, rounds)
+        try:
+            stored = await self.deps.ingest(batch.source, batch.batch_id, rounds, batch.source_kind)
+        except Refused as refused:
+            invalid = [InvalidParam(name, why) for name, why in refused.problems]
+            raise bad_request(invalid, status=refused.status) from None
         return _json({"stored": stored, "duplicate": stored == 0})
 
     async def _run_now(self, name: str) -> RoundResult:
@@ -304,27 +295,6 @@ class _Api:
                 else "the token is not the agents' token"
             )
             raise ApiError(403, "Forbidden", detail)
-
-    async def _check_targets(self, names: Sequence[str]) -> None:
-        """422 naming every round whose target is neither configured nor stored before.
-
-        A target that left the config (a reload) keeps taking rounds an agent buffered
-        before it learnt of the change; a name never seen is refused, so agents cannot
-        create targets.
-        """
-        settings = self.deps.settings()
-        unknown = [i for i, name in enumerate(names) if settings.target(name) is None]
-        if unknown:
-            stored = {t.name for t in await self.deps.store.targets()}
-            unknown = [i for i in unknown if names[i] not in stored]
-        if unknown:
-            raise bad_request(
-                [
-                    InvalidParam(f"rounds[{i}].target", f"{names[i]!r} is not a configured target")
-                    for i in unknown[:50]
-                ],
-                status=422,
-            )
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -380,3 +380,31 @@ class History:
             ids = [pk for pk in (await conn.execute(pairs)).scalars() if pk is not None]
             found = await read_rounds(conn, r.c.id.in_(ids)) if ids else []
         return sorted(found, key=lambda round_: (round_.target, round_.source))
+
+    async def recent_rounds(self, *, per_pair: int, since: datetime) -> list[RoundResult]:
+        """Per (source, target): its last `per_pair` rounds started at or after `since`.
+
+        What a restarted controller replays to rebuild its detector and the diagnosis's latest
+        rounds. Oldest first. One window query (ROW_NUMBER per pair over the
+        (source, target, started_at) index), on SQLite and PostgreSQL alike.
+        """
+        check_aware(since=since)
+        if per_pair < 1:
+            raise ValueError(f"per_pair must be at least 1, not {per_pair!r}")
+        r = t.rounds
+        ranked = (
+            sa.select(
+                r.c.id,
+                sa.func.row_number()
+                .over(
+                    partition_by=(r.c.source_id, r.c.target_id),
+                    order_by=(r.c.started_at.desc(), r.c.id.desc()),
+                )
+                .label("rank"),
+            )
+            .where(r.c.started_at >= since)
+            .subquery()
+        )
+        ids = sa.select(ranked.c.id).where(ranked.c.rank <= per_pair)
+        async with self.engine.connect() as conn:
+            return await read_rounds(conn, r.c.id.in_(ids))

@@ -1,6 +1,7 @@
 """BatchedWriter: rounds go into a memory buffer at once and reach the database in batches.
 
-`submit` never blocks and never touches the database. One named background task writes up to
+`submit` never blocks and never touches the database. `on_written` is told each batch once
+it is stored (the controller judges rounds only then). One named background task writes up to
 `max_batch` rounds at a time, as soon as that many are waiting or when the oldest has waited
 `max_delay_s`. While the database is down it keeps the batch and retries with capped exponential
 backoff: rounds are buffered, not lost. Only beyond `max_buffer` rounds does it drop, the oldest
@@ -17,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sqlalchemy import exc
@@ -108,6 +109,7 @@ class BatchedWriter:
         close_timeout_s: float = 10.0,
         hooks: WriterHooks | None = None,
         name: str = "egresswatch-storage-writer",
+        on_written: Callable[[Sequence[RoundResult]], None] | None = None,
     ) -> None:
         if max_batch < 1 or max_buffer < max_batch:
             raise ValueError("need 1 <= max_batch <= max_buffer")
@@ -119,6 +121,7 @@ class BatchedWriter:
         self._backoff_max_s = backoff_max_s
         self._close_timeout_s = close_timeout_s
         self._hooks: WriterHooks = hooks or NoHooks()
+        self._on_written = on_written
         self._name = name
         self._buffer: deque[RoundResult] = deque()
         self._in_flight: list[RoundResult] = []
@@ -281,6 +284,11 @@ class BatchedWriter:
         self.written += len(batch)
         self._hooks.batch_written(True, len(batch))
         self._hooks.rows_written(len(batch), sum(len(r.steps) for r in batch))
+        if self._on_written is not None:
+            try:
+                self._on_written(batch)
+            except Exception:  # the rounds are stored; a consumer's bug must not stop writing
+                log.exception("%s: on_written failed", self._name)
 
     def _drop(self, count: int, why: str) -> None:
         self.dropped += count
