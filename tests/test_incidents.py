@@ -248,7 +248,9 @@ def test_a_silent_source_does_not_keep_an_incident_open_once_the_others_recovere
     assert second.sources == ("pod-b",)
 
 
-def test_first_failing_step_update_is_recorded_when_dns_recovers_but_tcp_keeps_failing() -> None:
+def test_dns_recovering_while_tcp_keeps_failing_is_history_not_a_new_verdict() -> None:
+    """The incident keeps the verdict of the failure (DESIGN.md §1); its history records that
+    tcp_connect is what still fails while it recovers."""
     watch = Watch()
     both = {"dns_cluster": "servfail", "tcp_connect": "conn_timeout", "tls_handshake": "-"}
     tcp = {"tcp_connect": "conn_timeout", "tls_handshake": "-", "http_response": "-"}
@@ -258,9 +260,10 @@ def test_first_failing_step_update_is_recorded_when_dns_recovers_but_tcp_keeps_f
     events = watch.rounds(*[round_(i, codes=tcp) for i in range(4, 7)])
 
     moved = only(events, UPDATED)
-    assert moved.first_failing_step is Step.TCP_CONNECT
+    assert moved.first_failing_step is Step.DNS_CLUSTER
+    assert moved.suspect is Suspect.CLUSTER_DNS
     update = moved.history[-1]
-    assert update.note == "first failing step dns_cluster -> tcp_connect"
+    assert update.note == "recovering: first failing step dns_cluster -> tcp_connect"
     assert update.at == at(4)  # the first good dns round
     assert update.first_failing_step is Step.TCP_CONNECT
     assert update.states["pod-a"][Step.DNS_CLUSTER] is OK
@@ -339,3 +342,29 @@ def test_ids_are_unique_and_closed_incidents_are_kept_boundedly() -> None:
     ]
     assert book.get(ids[0]) is None  # forgotten: storage keeps them
     assert book.get(ids[3]) is not None
+
+
+def test_a_new_failure_after_part_of_an_incident_recovered_moves_the_verdict_again() -> None:
+    watch = Watch()
+    tcp = {"tcp_connect": "conn_timeout", "tls_handshake": "-", "http_response": "-"}
+    watch.rounds(*[dns_outage(i) for i in range(3)])
+    watch.rounds(round_(3), round_(4))  # dns recovers: the incident closes
+    events = watch.rounds(*[round_(i, codes=tcp) for i in range(5, 8)])
+    assert only(events, OPENED).first_failing_step is Step.TCP_CONNECT
+
+
+def test_one_source_recovering_before_the_other_does_not_rewrite_the_suspect() -> None:
+    """Pod and node fail; the pod recovers a round earlier. "Only the node fails" is how the
+    incident ends, not why it broke."""
+    watch = Watch()
+    watch.rounds(*[r for i in range(3) for r in (dns_outage(i, "pod-a"), dns_outage(i, "node-1"))])
+    [incident] = watch.book.open_incidents()
+    kept = incident.suspect
+    watch.rounds(round_(3, "pod-a"))  # a good round, not yet a recovery
+    watch.suspect = Suspect.SOURCE_LOCAL  # what the diagnosis says once only the node fails
+    events = watch.rounds(round_(4, "pod-a"), dns_outage(4.5, "node-1"))
+    updated = [e.incident for e in events]
+    assert updated and all(i.suspect is kept for i in updated)
+    closing = watch.rounds(round_(5, "node-1"), round_(6, "node-1"))
+    closed = only(closing, CLOSED)
+    assert closed.suspect is kept and closed.first_failing_step is Step.DNS_CLUSTER

@@ -145,6 +145,8 @@ class IncidentBook:
         self._open: dict[str, Incident] = {}  # target -> its open incident
         self._closed: OrderedDict[str, Incident] = OrderedDict()
         self._keep_closed = keep_closed
+        # Targets whose open incident has begun to recover: its verdict is kept (see `_update`).
+        self._recovering: set[str] = set()
 
     def open_incidents(self) -> tuple[Incident, ...]:
         return tuple(self._open.values())
@@ -178,6 +180,10 @@ class IncidentBook:
                 steps = memory.failing.get(change.source, {})
                 memory.failing[change.source] = dict.fromkeys(steps, change.started_at)
             recovered = memory.record(change)
+            if recovered:
+                self._recovering.add(change.target)
+            elif change.current is StepState.FAILING:
+                self._recovering.discard(change.target)  # a new failure: the verdict may move
             events.extend(self._settle(change, recovered, ctx))
             asked.add(change.target)
         for target in [t for t in self._open if t not in asked]:
@@ -202,7 +208,9 @@ class IncidentBook:
         for incident in incidents:
             if incident.is_open:
                 self._open[incident.target] = incident
-                self._memory.setdefault(incident.target, _Memory())
+                memory = self._memory.setdefault(incident.target, _Memory())
+                if _recovered_since(incident, memory):
+                    self._recovering.add(incident.target)
 
     def reconcile(
         self,
@@ -313,13 +321,21 @@ class IncidentBook:
         memory = self._memory[target]
         joining = [s for s in memory.reporting_failing() if s not in incident.sources]
         sources = incident.sources + tuple(joining)
-        first = memory.first_failing_step(sources) or incident.first_failing_step
+        last = incident.history[-1]
+        first = memory.first_failing_step(sources) or last.first_failing_step
         verdict = ctx.verdict_for(target, sources)
         started_at = min(
             [incident.started_at]
             + [when for s in joining for when in memory.failing.get(s, {}).values()]
         )
-        notes = _differences(incident, first, verdict.suspect, joining)
+        notes = _differences(last, first, verdict.suspect, joining)
+        # The verdict of the failure, not of its recovery: once part of it recovered, what is
+        # still failing (the trace that recovers last, the one source a round behind the
+        # others) says how it ends, not why it broke. The history records it; the incident
+        # keeps its verdict until a new failure arrives.
+        kept = target in self._recovering
+        if kept and notes:
+            notes = [f"recovering: {note}" for note in notes]
         was_silent = set(incident.history[-1].silent) - {retired}
         silent = tuple(s for s in sources if s in memory.silent)
         notes += [f"{s} silent" for s in silent if s not in was_silent]
@@ -334,15 +350,16 @@ class IncidentBook:
                 ),
             )
         updated = dataclasses.replace(
-            incident,
-            started_at=started_at,
-            sources=sources,
-            first_failing_step=first,
-            suspect=verdict.suspect,
-            evidence=verdict.evidence,
-            next_command=verdict.next_command,
-            history=history,
+            incident, started_at=started_at, sources=sources, history=history
         )
+        if not kept:
+            updated = dataclasses.replace(
+                updated,
+                first_failing_step=first,
+                suspect=verdict.suspect,
+                evidence=verdict.evidence,
+                next_command=verdict.next_command,
+            )
         if updated == incident:
             return []
         self._open[target] = updated
@@ -362,6 +379,7 @@ class IncidentBook:
         )
         closed = dataclasses.replace(incident, ended_at=at, history=(*incident.history, entry))
         del self._open[incident.target]
+        self._recovering.discard(incident.target)
         self._closed[closed.id] = closed
         while len(self._closed) > self._keep_closed:
             self._closed.popitem(last=False)
@@ -388,14 +406,25 @@ class _Context:
         return MappingProxyType({s: MappingProxyType(dict(states.get(s, {}))) for s in sources})
 
 
+def _recovered_since(incident: Incident, memory: _Memory) -> bool:
+    """Whether a step its history saw FAILING fails no more (its verdict is then kept)."""
+    return any(
+        state is StepState.FAILING and step not in memory.failing.get(source, {})
+        for update in incident.history
+        for source, steps in update.states.items()
+        for step, state in steps.items()
+    )
+
+
 def _differences(
-    incident: Incident, first: Step | None, suspect: Suspect, joining: Sequence[str]
+    last: IncidentUpdate, first: Step | None, suspect: Suspect, joining: Sequence[str]
 ) -> list[str]:
+    """What changed since the history's last line."""
     notes = []
-    if first != incident.first_failing_step:
-        notes.append(f"first failing step {incident.first_failing_step} -> {first}")
-    if suspect != incident.suspect:
-        notes.append(f"suspect {incident.suspect} -> {suspect}")
+    if first != last.first_failing_step:
+        notes.append(f"first failing step {last.first_failing_step} -> {first}")
+    if suspect != last.suspect:
+        notes.append(f"suspect {last.suspect} -> {suspect}")
     notes += [f"{s} failing too" for s in joining]
     return notes
 

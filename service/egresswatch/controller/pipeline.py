@@ -288,12 +288,12 @@ class Pipeline:
             return Verdict(Suspect.UNKNOWN, None, ("no failing round at hand",))
         this = self._observation(settings, failing[0])
         controls = [
-            self._observation(settings, result)
+            self._observation(settings, self._judged_round(source, name, result))
             for (source, name), result in self._latest.items()
             if source == this.source and _role(settings, name) is Role.CONTROL
         ]
         peers = [
-            self._observation(settings, result)
+            self._observation(settings, self._judged_round(source, name, result))
             for (source, name), result in self._latest.items()
             if name == target and source != this.source
         ]
@@ -303,6 +303,19 @@ class Pipeline:
             proxy=settings.proxy.url if settings.proxy else None,
         )
         return diagnose(this, controls=controls, peers=peers, context=context)
+
+    def _judged_round(self, source: str, target: str, latest: RoundResult) -> RoundResult:
+        """The round that stands for a pair as hysteresis judges it: while a step is FAILING,
+        its last failed round, even if a good one came since (a recovery not yet confirmed is
+        not a recovery: a source one round ahead of another must not look like "only the other
+        fails")."""
+        failing = any(
+            state is StepState.FAILING
+            for state in self.detector.states(target).get(source, {}).values()
+        )
+        if failing and latest.first_failing_step is None:
+            return self._last_failing.get((source, target), latest)
+        return latest
 
     def _observation(self, settings: Settings, result: RoundResult) -> Observation:
         target = settings.target(result.target)
