@@ -11,10 +11,10 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
-from egresswatch.agent.schedule import RoundJob
 from egresswatch.model import RoundResult, Status, Step
 from egresswatch.planning import plan_for
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
+from egresswatch.schedule import RoundJob
 from egresswatch.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -38,10 +38,10 @@ from egresswatch.agent.identity import (
 )
 from egresswatch.agent.plan import LocalSettings, PlanFollower
 from egresswatch.agent.runner import RoundRunner
-from egresswatch.agent.schedule import RoundScheduler
 from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
+from egresswatch.schedule import RoundScheduler
 from egresswatch.settings import Settings, parse_listen
 
 __all__ = [
