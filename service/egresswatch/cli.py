@@ -14,10 +14,10 @@ from pathlib import Path
 import prometheus_client
 
 from egresswatch import __version__
+from egresswatch.addresses import Nameserver
 from egresswatch.model import Endpoint
 from egresswatch.planning import plan_for
 from egresswatch.probes.checklist import TraceMode, run_checklist
-from egresswatch.probes.resolvconf import Nameserver
 from egresswatch.report import render_text, round_document
 from egresswatch.settings import (
     ConfigError,

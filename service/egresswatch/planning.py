@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from egresswatch.addresses import Nameserver, ProxyRoute
 from egresswatch.model import Endpoint
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode
-from egresswatch.probes.proxy import ProxyRoute, proxy_for
-from egresswatch.probes.resolvconf import Nameserver
+from egresswatch.probes.proxy import proxy_for
 from egresswatch.probes.tls import TlsOptions
 from egresswatch.settings import Settings, TargetSettings
 
