@@ -32,6 +32,7 @@ from egresswatch.controller.params import (
 )
 from egresswatch.controller.payloads import parse_batch, read_body
 from egresswatch.model import RoundResult, SourceKind
+from egresswatch.plan import plan_from_settings, public_proxy_url
 from egresswatch.report import round_document
 from egresswatch.settings import Settings
 from egresswatch.storage import BadCursor, History, Store
@@ -221,7 +222,8 @@ class _Api:
         source = q.text("source", required=True)
         q.done()
         assert source is not None
-        return _json(docs.plan_document(self.deps.settings(), source, self._now()))
+        plan = plan_from_settings(self.deps.settings(), source=source, now=self._now())
+        return _json(plan.model_dump(mode="json"))
 
     # -- acting -----------------------------------------------------------------------------
 
@@ -247,7 +249,7 @@ class _Api:
             result,
             target.endpoint,
             upstream=settings.dns.upstream,
-            proxy=docs.public_proxy_url(settings) if target.use_proxy else None,
+            proxy=public_proxy_url(settings) if target.use_proxy else None,
         )
         return _json(docs.json_safe(document))
 

@@ -45,7 +45,8 @@ class TraceMode(StrEnum):
 
 @dataclass(frozen=True)
 class ChecklistPlan:
-    """Everything one round needs, resolved from the config, so probes never see the config."""
+    """Everything one round needs: the plan and the agent's own half (agent/checklists.py),
+    resolved, so that probes never see the config or the plan."""
 
     target: str
     endpoint: Endpoint
