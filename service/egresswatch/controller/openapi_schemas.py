@@ -2,7 +2,7 @@
 payloads.py and diagnosis_view.py build exactly these.
 
 Vocabularies are generated from model.py's StrEnums; limits come from the modules that
-enforce them.
+enforce them; the plan's schemas are generated from its model (plan.py).
 """
 
 from __future__ import annotations
