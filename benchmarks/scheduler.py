@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from egresswatch.agent.schedule import RoundJob, RoundScheduler
+from egresswatch.schedule import RoundJob, RoundScheduler
 
 Timed = list[tuple[float, float]]  # (perf_counter when, value in seconds)
 SETTLE_S = 2.0  # what counts as "near" the start or the reload

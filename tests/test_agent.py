@@ -255,7 +255,8 @@ async def test_a_new_plan_is_followed(
     assert await controller.reload()
     await wait_for(lambda: agent.scheduler.job_keys() == {"node-a/one", "node-a/two"}, 5.0)
     assert agent.plan.current is not None
-    assert agent.plan.current.timing(agent.plan.current.targets[1]) == (2.0, 0.9, 0.4)
+    planned = agent.plan.current.targets[1]
+    assert (planned.interval_s, planned.timeout_s, planned.step_timeout_s) == (2.0, 0.9, 0.4)
 
 
 async def test_nothing_lost_nothing_twice_while_the_controller_comes_and_goes(

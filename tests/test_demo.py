@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
+from egresswatch.addresses import Nameserver
 from egresswatch.controller.incidents import (
     Incident,
     IncidentEvent,
@@ -44,7 +45,6 @@ from egresswatch.demo.scenario import (
 from egresswatch.demo.watch import Scoreboard, SeenKind, View, new_notes, observe
 from egresswatch.model import Reason, RoundResult, Status, Step, StepResult, Suspect
 from egresswatch.probes.dnsclient import ask_tcp, ask_udp, make_query
-from egresswatch.probes.resolvconf import Nameserver
 from egresswatch.settings import settings_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

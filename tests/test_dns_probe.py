@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.addresses import Nameserver
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.dns import dns_cluster, dns_upstream
-from egresswatch.probes.resolvconf import Nameserver, ResolvConf, load_resolv_conf
+from egresswatch.probes.resolvconf import ResolvConf, load_resolv_conf
 from tests.support import dnsserver
 from tests.support.dnsserver import TestDNSServer, closed_port
 

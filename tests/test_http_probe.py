@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.addresses import ProxyRoute
 from egresswatch.model import Endpoint, Reason, Scheme, Status, StatusRanges, Step, StepResult
 from egresswatch.probes.http import http_response
-from egresswatch.probes.proxy import ProxyRoute
 from egresswatch.probes.tls import TlsOptions
 from tests.support.https import (
     HOST,

@@ -8,9 +8,9 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
+from egresswatch.addresses import ProxyRoute
 from egresswatch.model import Endpoint, Reason
 from egresswatch.probes.proxy import (
-    ProxyRoute,
     TunnelAnswer,
     bypasses,
     open_tunnel,

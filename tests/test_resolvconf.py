@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.addresses import Nameserver
 from egresswatch.probes.resolvconf import (
-    Nameserver,
     ResolvConf,
     load_resolv_conf,
     parse_resolv_conf,

@@ -1,14 +1,11 @@
-"""The round runner's trace schedule after a failed trace, and the plan field it relies on."""
+"""The round runner's trace schedule after a failed trace (the plan's recover_after)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from egresswatch.agent.plan import LocalSettings, settings_from_plan
 from egresswatch.agent.runner import RoundRunner, _owed_after
-from egresswatch.model import Reason, RoundResult, SourceKind, Status, Step
+from egresswatch.model import Reason, RoundResult, Status, Step
 from egresswatch.settings import settings_from_dict
 from tests.support.tcpservers import TcpServer, accept_server
 
@@ -29,30 +26,6 @@ def test_traces_owed_after_a_failed_trace(
     owed: int | None, confirm: int, failed: bool, after: int
 ) -> None:
     assert _owed_after(owed, confirm, failed=failed) == after
-
-
-def plan_target(**extra: object) -> dict[str, object]:
-    return {
-        "name": "shop",
-        "url": "https://shop.example.test/",
-        "role": "endpoint",
-        "interval_s": 10.0,
-        "timeout_s": 5.0,
-        "step_timeout_s": 2.0,
-        "expect_status": "200-399",
-        "method": "GET",
-        "trace_every_s": 600.0,
-        "trace_max_hops": 30,
-        "trace_hop_timeout_s": 1.0,
-        **extra,
-    }
-
-
-@pytest.mark.parametrize(("extra", "wanted"), [({"recover_after": 5}, 5), ({}, 2)])
-def test_the_plan_carries_recover_after_to_the_agent(extra: dict[str, object], wanted: int) -> None:
-    local = LocalSettings(source="pod-a", source_kind=SourceKind.POD, resolv_conf=Path("/x"))
-    settings = settings_from_plan({"targets": [plan_target(**extra)]}, local)
-    assert settings.detection_for(settings.targets[0]).recover_after == wanted
 
 
 async def test_a_new_runner_traces_until_recover_after_traces_worked(

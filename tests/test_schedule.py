@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from egresswatch.agent.schedule import (
+from egresswatch.schedule import (
     TASK_PREFIX,
     RoundJob,
     RoundScheduler,
@@ -209,7 +209,7 @@ async def test_set_jobs_adds_replaces_and_removes(
 
     # Re-setting the same jobs changes nothing.
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="egresswatch.agent.schedule"):
+    with caplog.at_level(logging.INFO, logger="egresswatch.schedule"):
         scheduler.set_jobs(
             [job_a, RoundJob("pod/b", 0.2, 1.0, b_old), RoundJob("pod/gone", 0.2, 30, gone)]
         )

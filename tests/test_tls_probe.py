@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.addresses import ProxyRoute
 from egresswatch.model import Reason, Status, Step, StepResult
-from egresswatch.probes.proxy import ProxyRoute
 from egresswatch.probes.tls import TlsOptions, tls_handshake
 from tests.support.https import (
     CA_ORG,

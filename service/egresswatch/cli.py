@@ -14,10 +14,10 @@ from pathlib import Path
 import prometheus_client
 
 from egresswatch import __version__
+from egresswatch.addresses import Nameserver
+from egresswatch.agent.checklists import checklist_for
 from egresswatch.model import Endpoint
-from egresswatch.planning import plan_for
 from egresswatch.probes.checklist import TraceMode, run_checklist
-from egresswatch.probes.resolvconf import Nameserver
 from egresswatch.report import render_text, round_document
 from egresswatch.settings import (
     ConfigError,
@@ -360,7 +360,7 @@ def _check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, agent_token=False) if args.config else Settings()
     settings = _with_check_overrides(settings, args)
     target = settings.target(args.target) or _adhoc_target(settings, args.target)
-    plan = plan_for(settings, target, trace=TraceMode.ALWAYS)
+    plan = checklist_for(settings, target, trace=TraceMode.ALWAYS)
     result = asyncio.run(run_checklist(plan, source=settings.source.name))
     document = round_document(
         result,

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from egresswatch.addresses import Nameserver, ProxyRoute
 from egresswatch.model import Endpoint, Role, SourceKind, StatusRanges
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -85,9 +86,6 @@ ExpectStatus = Annotated[
 
 
 def _nameserver(value: str) -> str:
-    # Imported late: probes.resolvconf is a probe module, settings must stay importable alone.
-    from egresswatch.probes.resolvconf import Nameserver
-
     Nameserver.parse(value)
     return value
 
@@ -133,8 +131,6 @@ class ProxySettings(_Strict):
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        from egresswatch.probes.proxy import ProxyRoute
-
         ProxyRoute.parse(value)
         return value
 

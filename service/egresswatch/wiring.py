@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
 from egresswatch.agent.runner import RoundRunner
-from egresswatch.agent.schedule import RoundJob, RoundScheduler
 from egresswatch.controller.api import make_app
 from egresswatch.controller.incidents import IncidentEvent
 from egresswatch.controller.ingest import Ingest
@@ -33,6 +32,7 @@ from egresswatch.controller.pipeline import Pipeline
 from egresswatch.controller.routes import ApiDeps, add_api_routes
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult, SourceKind
+from egresswatch.schedule import RoundJob, RoundScheduler
 from egresswatch.settings import ConfigError, Settings, load_settings, parse_listen
 from egresswatch.storage import (
     History,

@@ -29,7 +29,7 @@ import pytest
 from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, A, DNSError, DNSLabel, DNSRecord
 from dnslib.server import DNSHandler, DNSLogger, DNSServer
 
-from egresswatch.probes.resolvconf import Nameserver
+from egresswatch.addresses import Nameserver
 
 _MAX_CHAIN = 8  # CNAME hops the server follows when building an answer
 _PORT_ATTEMPTS = 50  # bound on the search for a port free for both UDP and TCP

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.probes.proxy import ProxyRoute
+from egresswatch.addresses import ProxyRoute
 
 HOST = "127.0.0.1"
 BASIC_AUTH = ("watcher", "s3cret")

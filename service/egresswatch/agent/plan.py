@@ -1,13 +1,13 @@
-"""What an agent probes: the controller's plan (`GET /api/v1/plan?source=`) as a `Settings`.
+"""Following the controller's plan (`GET /api/v1/plan?source=`, egresswatch/plan.py).
 
 The controller decides the targets and how to probe them (interval, timeouts, expected status,
-method, pinned IPs, traceroute, the upstream resolver, the proxy's address). The agent decides
+method, pinned IPs, traceroute, the upstream resolver, the proxy's address). The agent keeps
 what only it can know or must keep: its identity, its resolv.conf, its CA bundle and its proxy
-credentials (`LocalSettings`); the controller never sends a secret.
+credentials (agent/checklists.py, LocalSettings); the controller never sends a secret.
 
 :class:`PlanFollower` fetches the plan until the controller answers (backoff, logged), then
-again every `refresh_s`, and hands each plan that differs from the last to `on_plan`. A plan
-that cannot be fetched or used is logged, and the last good one stays.
+again every `refresh_s`, and hands each plan that asks for other rounds than the last to
+`on_plan`. A plan that cannot be fetched or used is logged, and the last good one stays.
 """
 
 from __future__ import annotations
@@ -17,23 +17,15 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from egresswatch.model import SourceKind
-from egresswatch.settings import ConfigError, Settings, format_duration, settings_from_dict
+from egresswatch.plan import Plan
+from egresswatch.settings import field_path
 
-__all__ = [
-    "PLAN_PATH",
-    "LocalSettings",
-    "PlanError",
-    "PlanFollower",
-    "settings_from_plan",
-]
+__all__ = ["PLAN_PATH", "PlanError", "PlanFollower", "parse_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -46,149 +38,24 @@ class PlanError(ValueError):
     """A plan that cannot be fetched or used; the message says why."""
 
 
-@dataclass(frozen=True)
-class LocalSettings:
-    """What the agent sets for itself, never taken from the controller."""
-
-    source: str
-    source_kind: SourceKind
-    listen: str = "127.0.0.1:9109"
-    resolv_conf: Path = Path("/etc/resolv.conf")
-    ca_file: Path | None = None
-    proxy_username: str | None = None
-    # The name of the environment variable holding the proxy password (settings.ProxySettings).
-    proxy_password_env: str | None = None
-    max_concurrent_rounds: int = 64
-
-
-# The plan document (controller/documents.py, plan_document). Unknown fields are ignored, so
-# that a newer controller's additions do not stop an older agent.
-
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class _PlanTarget(_Lenient):
-    name: str
-    url: str | None = None
-    address: str | None = None
-    role: str
-    interval_s: float = Field(gt=0)
-    timeout_s: float = Field(gt=0)
-    step_timeout_s: float = Field(gt=0)
-    expect_status: str
-    method: str
-    trace_every_s: float = Field(gt=0)
-    trace_max_hops: int
-    trace_hop_timeout_s: float = Field(gt=0)
-    pinned_ips: list[str] = Field(default_factory=list)
-    use_proxy: bool = True
-    recover_after: int = Field(2, ge=1, le=100)  # absent from an older controller's plan
-
-
-class _PlanDns(_Lenient):
-    upstream: str | None = None
-
-
-class _PlanProxy(_Lenient):
-    url: str
-    no_proxy: list[str] = Field(default_factory=list)
-    authenticated: bool = False
-
-
-class _Plan(_Lenient):
-    targets: list[_PlanTarget]
-    dns: _PlanDns = Field(default_factory=_PlanDns)
-    proxy: _PlanProxy | None = None
-    proxy_from_environment: bool = True
-
-
-def settings_from_plan(document: Any, local: LocalSettings) -> Settings:
-    """The agent's `Settings` from a plan document and its own `local` settings.
-
-    The trace settings are global in the controller's config and repeated per target in the
-    plan: the first target's are taken. PlanError names the field when the plan is not usable.
-    """
+def parse_plan(document: Any) -> Plan:
+    """The plan in a decoded JSON document; PlanError names the fields when it is not usable."""
     try:
-        plan = _Plan.model_validate(document)
+        return Plan.model_validate(document)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}"
+            f"{field_path(e['loc']) or 'plan'}: {str(e['msg']).removeprefix('Value error, ')}"
             for e in exc.errors(include_url=False)[:10]
         )
         raise PlanError(f"the controller's plan is not usable: {problems}") from None
-    probes: dict[str, Any] = {}
-    if plan.targets:
-        first = plan.targets[0]
-        probes = {
-            "trace_every": format_duration(first.trace_every_s),
-            "trace_max_hops": first.trace_max_hops,
-            "trace_hop_timeout": format_duration(first.trace_hop_timeout_s),
-        }
-    if local.ca_file is not None:
-        probes["ca_file"] = str(local.ca_file)
-    data: dict[str, Any] = {
-        "source": {"name": local.source, "kind": local.source_kind.value},
-        "listen": local.listen,
-        "dns": {"resolv_conf": str(local.resolv_conf), "upstream": plan.dns.upstream},
-        "proxy": _proxy(plan.proxy, local),
-        "proxy_from_environment": plan.proxy_from_environment,
-        "probes": probes,
-        "max_concurrent_rounds": local.max_concurrent_rounds,
-        "targets": [_target(t) for t in plan.targets],
-    }
-    try:
-        return settings_from_dict(data, origin="plan")
-    except ConfigError as exc:
-        raise PlanError(
-            "the controller's plan is not usable: " + "; ".join(exc.problems[:10])
-        ) from None
-
-
-def _target(target: _PlanTarget) -> dict[str, Any]:
-    found: dict[str, Any] = {
-        "name": target.name,
-        "role": target.role,
-        "interval": format_duration(target.interval_s),
-        "timeout": format_duration(target.timeout_s),
-        "step_timeout": format_duration(target.step_timeout_s),
-        "expect_status": target.expect_status,
-        "method": target.method,
-        "pinned_ips": target.pinned_ips,
-        "use_proxy": target.use_proxy,
-        "detection": {"recover_after": target.recover_after},
-    }
-    if target.url is not None:
-        found["url"] = target.url
-    if target.address is not None:
-        found["address"] = target.address
-    return found
-
-
-def _proxy(proxy: _PlanProxy | None, local: LocalSettings) -> dict[str, Any] | None:
-    if proxy is None:
-        return None
-    if proxy.authenticated and local.proxy_username is None:
-        log.warning(
-            "the proxy wants credentials and this agent has none: set "
-            "EGRESSWATCH_PROXY_USERNAME and EGRESSWATCH_PROXY_PASSWORD",
-            extra={"proxy": proxy.url},
-        )
-    return {
-        "url": proxy.url,
-        "no_proxy": proxy.no_proxy,
-        "username": local.proxy_username,
-        "password_env": local.proxy_password_env,
-    }
 
 
 class PlanFollower:
     """Keeps the agent's plan current; see the module docstring.
 
-    `on_plan(settings)` is called on the loop for the first plan and for every plan that
-    differs from the one before; an exception from it is logged and the plan counts as
-    applied. `session` is the caller's and is not closed here. `ready` is set once a first
+    `on_plan(plan)` is called on the loop for the first plan and for every plan that asks
+    for other rounds than the one before; an exception from it is logged and the plan counts
+    as applied. `session` is the caller's and is not closed here. `ready` is set once a first
     plan was applied.
     """
 
@@ -196,17 +63,17 @@ class PlanFollower:
         self,
         controller: str,
         *,
-        local: LocalSettings,
+        source: str,
         session: aiohttp.ClientSession,
         token: Callable[[], str | None],
-        on_plan: Callable[[Settings], None],
+        on_plan: Callable[[Plan], None],
         refresh_s: float = 30.0,
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         request_timeout_s: float = 10.0,
     ) -> None:
         self._url = controller.rstrip("/") + PLAN_PATH
-        self._local = local
+        self._source = source
         self._session = session
         self._token = token
         self._on_plan = on_plan
@@ -214,7 +81,7 @@ class PlanFollower:
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._task: asyncio.Task[None] | None = None
-        self.current: Settings | None = None
+        self.current: Plan | None = None
         self.ready = asyncio.Event()
 
     def start(self) -> None:
@@ -229,7 +96,7 @@ class PlanFollower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def fetch(self) -> Settings:
+    async def fetch(self) -> Plan:
         """The controller's plan for this source now; PlanError says why not."""
         headers = {"Accept": "application/json"}
         token = self._token()
@@ -238,7 +105,7 @@ class PlanFollower:
         try:
             async with self._session.get(
                 self._url,
-                params={"source": self._local.source},
+                params={"source": self._source},
                 headers=headers,
                 timeout=self._timeout,
             ) as response:
@@ -253,7 +120,7 @@ class PlanFollower:
             document = json.loads(body)
         except ValueError:
             raise PlanError(f"GET {self._url} answered with something that is not JSON") from None
-        return settings_from_plan(document, self._local)
+        return parse_plan(document)
 
     async def _follow(self) -> None:
         """The first plan, retried until it comes, then a refresh every `refresh_s`."""
@@ -277,19 +144,19 @@ class PlanFollower:
             except PlanError as exc:
                 log.warning("plan not refreshed: the last one stays", extra={"problem": str(exc)})
 
-    def _apply(self, settings: Settings) -> None:
-        if settings == self.current:
+    def _apply(self, plan: Plan) -> None:
+        if plan.same_work(self.current):
             return
         first = self.current is None
-        self.current = settings
+        self.current = plan
         try:
-            self._on_plan(settings)
+            self._on_plan(plan)
         except Exception:  # a bug applying one plan must not stop the next ones
             log.exception("applying the plan failed")
         self.ready.set()
         log.info(
             "plan received" if first else "plan changed",
-            extra={"targets": [t.name for t in settings.targets]},
+            extra={"targets": [t.name for t in plan.targets]},
         )
 
 

@@ -1,4 +1,4 @@
-"""The agent's rounds: one job per configured target, each round handed to a sink.
+"""The agent's rounds: one job per target of the plan, each round handed to a sink.
 
 The agent never imports storage or the controller: where a round goes (the local writer in
 `egresswatch run`, the controller over HTTP in a cluster) is the sink's business.
@@ -11,10 +11,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 
-from egresswatch.agent.schedule import RoundJob
+from egresswatch.agent.checklists import LocalSettings, checklist_plan
 from egresswatch.model import RoundResult, Status, Step
-from egresswatch.planning import plan_for
+from egresswatch.plan import Plan, plan_from_settings
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
+from egresswatch.schedule import RoundJob
 from egresswatch.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,17 @@ class _Target:
 
 
 class RoundRunner:
-    """Turns the config into round jobs for one source, and runs them.
+    """Turns a plan into round jobs for one source, and runs them.
 
-    `update()` swaps in a new config (reload): rounds in flight finish with the plan they
-    started with, the next rounds use the new one, and a target's run callable stays the same
-    object across reloads so the scheduler keeps its phase.
+    `apply()` swaps in a new plan (from the controller, or a config reload): rounds in flight
+    finish with the checklist they started with, the next rounds use the new one, and a
+    target's run callable stays the same object across plans so the scheduler keeps its phase.
+    `settings`, when given, is applied at once (`update`).
     """
 
     def __init__(
         self,
-        settings: Settings,
+        settings: Settings | None = None,
         *,
         source: str,
         sink: Sink,
@@ -61,23 +63,31 @@ class RoundRunner:
         self._known_good: dict[str, str] = {}
         self._last_trace: dict[str, float] = {}
         self._traces_owed: dict[str, int] = {}  # target -> ok traces owed after a failed one
-        self.update(settings)
+        if settings is not None:
+            self.update(settings)
 
     @property
     def source(self) -> str:
         return self._source
 
     def update(self, settings: Settings) -> None:
+        """Apply a config file's targets: `egresswatch run`, where one file holds the plan and
+        the local half, and no plan travels."""
+        plan = plan_from_settings(settings, source=self._source)
+        self.apply(plan, LocalSettings.from_settings(settings))
+
+    def apply(self, plan: Plan, local: LocalSettings) -> None:
+        """Run `plan` from now on; see the class docstring. ValueError: a malformed proxy
+        variable in the environment (nothing changed then)."""
         targets: dict[str, _Target] = {}
-        for target in settings.targets:
-            interval, timeout, _ = settings.timing(target)
-            plan = plan_for(settings, target, environ=self._environ)
+        for target in plan.targets:
+            checklist = checklist_plan(plan, target, local, environ=self._environ)
             targets[target.name] = _Target(
-                plan=_with_budget(plan, timeout),
-                interval_s=interval,
-                timeout_s=timeout,
-                trace_every_s=settings.probes.trace_every,
-                traces_to_confirm=settings.detection_for(target).recover_after,
+                plan=_with_budget(checklist, target.timeout_s),
+                interval_s=target.interval_s,
+                timeout_s=target.timeout_s,
+                trace_every_s=target.trace_every_s,
+                traces_to_confirm=target.recover_after,
             )
         for gone in set(self._targets) - set(targets):
             self._runs.pop(gone, None)

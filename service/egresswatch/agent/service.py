@@ -28,6 +28,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
+from egresswatch.agent.checklists import LocalSettings
 from egresswatch.agent.health import AgentMetrics, health_app
 from egresswatch.agent.identity import (
     SourceIdentity,
@@ -36,13 +37,14 @@ from egresswatch.agent.identity import (
     check_controller_url,
     resolve_identity,
 )
-from egresswatch.agent.plan import LocalSettings, PlanFollower
+from egresswatch.agent.plan import PlanFollower
 from egresswatch.agent.runner import RoundRunner
-from egresswatch.agent.schedule import RoundScheduler
 from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
-from egresswatch.settings import Settings, parse_listen
+from egresswatch.plan import Plan
+from egresswatch.schedule import RoundScheduler
+from egresswatch.settings import parse_listen
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -153,7 +155,7 @@ class Agent:
         )
         self.plan = PlanFollower(
             options.controller,
-            local=self._local_settings(),
+            source=options.identity.name,
             session=self._session,
             token=self._token,
             on_plan=self._apply_plan,
@@ -226,32 +228,31 @@ class Agent:
     # -- wiring -----------------------------------------------------------------------------
 
     def _local_settings(self) -> LocalSettings:
+        """What this agent keeps for itself: flags, and proxy credentials from its environment."""
         options = self.options
         environ = os.environ if self._environ is None else self._environ
         return LocalSettings(
-            source=options.identity.name,
-            source_kind=options.identity.kind,
-            listen=options.listen,
             resolv_conf=options.resolv_conf,
             ca_file=options.ca_file,
             proxy_username=environ.get(ENV_PROXY_USERNAME) or None,
-            # settings.ProxySettings reads the password from the process environment by name.
-            proxy_password_env=ENV_PROXY_PASSWORD if ENV_PROXY_PASSWORD in os.environ else None,
-            max_concurrent_rounds=options.max_concurrent_rounds,
+            proxy_password=environ.get(ENV_PROXY_PASSWORD) or None,
         )
 
-    def _apply_plan(self, settings: Settings) -> None:
+    def _apply_plan(self, plan: Plan) -> None:
         """A new plan: the runner takes it in place, the scheduler gets the jobs (removed
         targets stop at once, unchanged ones keep their phase)."""
+        local = self._local_settings()
+        if plan.proxy is not None and plan.proxy.authenticated and local.proxy_username is None:
+            log.warning(
+                "the proxy wants credentials and this agent has none: set "
+                f"{ENV_PROXY_USERNAME} and {ENV_PROXY_PASSWORD}",
+                extra={"proxy": plan.proxy.url},
+            )
         if self.runner is None:
             self.runner = RoundRunner(
-                settings,
-                source=self.options.identity.name,
-                sink=self._on_round,
-                environ=self._environ,
+                source=self.options.identity.name, sink=self._on_round, environ=self._environ
             )
-        else:
-            self.runner.update(settings)
+        self.runner.apply(plan, local)
         self.scheduler.set_jobs(self.runner.jobs())
 
     def _on_round(self, result: RoundResult) -> None:

@@ -15,6 +15,7 @@ from egresswatch.controller import documents as docs
 from egresswatch.controller.diagnosis import Context, Observation, diagnose
 from egresswatch.controller.params import iso
 from egresswatch.model import Endpoint, Role, RoundResult, SourceKind
+from egresswatch.plan import public_proxy_url
 from egresswatch.settings import Settings
 from egresswatch.storage import History, Store, TargetRecord
 
@@ -87,7 +88,7 @@ async def diagnosis_document(
     context = Context(
         egress_devices=tuple(settings.egress_devices),
         upstream=settings.dns.upstream,
-        proxy=docs.public_proxy_url(settings) if info.use_proxy else None,
+        proxy=public_proxy_url(settings) if info.use_proxy else None,
     )
     peers = [_observation(r, info, kinds) for r in rounds] if info.endpoint is not None else []
     sources = []

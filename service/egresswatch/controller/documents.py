@@ -14,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import Enum
 from typing import Any
-from urllib.parse import urlsplit
 
 from egresswatch.controller.params import iso, iso_or_none
 from egresswatch.model import Change, Reason, RoundResult, Step, StepState, Verdict
 from egresswatch.report import step_document
-from egresswatch.settings import Settings, TargetSettings
+from egresswatch.settings import Settings
 from egresswatch.storage import IncidentRecord, StateRecord, Timeline, TimelinePoint
 
 Document = dict[str, Any]
@@ -320,72 +319,4 @@ def verdict_document(verdict: Verdict) -> Document:
         "evidence": list(verdict.evidence),
         "next_command": verdict.next_command,
         "facts": json_safe(verdict.facts),
-    }
-
-
-# -- the agent's plan ---------------------------------------------------------------------------
-
-
-def plan_target(settings: Settings, target: TargetSettings) -> Document:
-    """What an agent needs to probe one target: every default filled in, durations in seconds."""
-    interval, timeout, step_timeout = settings.timing(target)
-    probes = settings.probes
-    return {
-        "name": target.name,
-        "url": target.url,
-        "address": target.address,
-        "role": target.role.value,
-        "interval_s": interval,
-        "timeout_s": timeout,
-        "step_timeout_s": step_timeout,
-        "expect_status": str(target.expect_status or probes.expect_status),
-        "method": target.method or probes.method,
-        "trace_every_s": probes.trace_every,
-        "trace_max_hops": probes.trace_max_hops,
-        "trace_hop_timeout_s": probes.trace_hop_timeout,
-        "pinned_ips": [str(ip) for ip in target.pinned_ips],
-        "use_proxy": target.use_proxy,
-        # An agent traces every round after a failed trace until this many traces worked,
-        # so that path_trace can recover as the other steps do (agent/runner.py).
-        "recover_after": settings.detection_for(target).recover_after,
-    }
-
-
-def public_proxy_url(settings: Settings) -> str | None:
-    """The configured proxy's URL without its user and password, for plans and next commands."""
-    if settings.proxy is None:
-        return None
-    text = settings.proxy.url.strip()
-    parts = urlsplit(text if "://" in text else f"http://{text}")
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # settings validated it; never echo a malformed one
-        return None
-    return f"{parts.scheme.lower()}://{host}{port}"
-
-
-def plan_document(settings: Settings, source: str, now: datetime) -> Document:
-    """The whole plan. Never a secret: the proxy's URL loses its user and password, and only
-    says whether the proxy wants credentials (the agent holds its own)."""
-    proxy = settings.proxy
-    url = public_proxy_url(settings)
-    return {
-        "source": source,
-        "generated_at": iso(now),
-        "targets": [plan_target(settings, t) for t in settings.targets],
-        "dns": {"upstream": settings.dns.upstream},
-        "proxy": (
-            None
-            if proxy is None or url is None
-            else {
-                "url": url,
-                "no_proxy": list(proxy.no_proxy),
-                "authenticated": proxy.username is not None
-                or urlsplit(proxy.url if "://" in proxy.url else f"http://{proxy.url}").username
-                is not None,
-            }
-        ),
-        "proxy_from_environment": settings.proxy_from_environment,
     }

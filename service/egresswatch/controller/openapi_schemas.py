@@ -2,13 +2,17 @@
 payloads.py and diagnosis_view.py build exactly these.
 
 Vocabularies are generated from model.py's StrEnums; limits come from the modules that
-enforce them.
+enforce them; the plan's schemas are generated from its model (plan.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 from egresswatch.controller.params import NAME_MAX, NAME_PATTERN
 from egresswatch.controller.payloads import (
@@ -27,6 +31,7 @@ from egresswatch.model import (
     StepState,
     Suspect,
 )
+from egresswatch.plan import Plan
 from egresswatch.storage import Resolution
 
 Schema = dict[str, Any]
@@ -304,54 +309,43 @@ def _agents() -> dict[str, Schema]:
         },
         optional=("source_kind",),
     )
-    plan_target = obj(
-        {
-            "name": STRING,
-            "url": nullable(STRING),
-            "address": nullable(STRING),
-            "role": ref("Role"),
-            "interval_s": SECONDS,
-            "timeout_s": SECONDS,
-            "step_timeout_s": SECONDS,
-            "expect_status": {**STRING, "description": "e.g. 200-399 or 200,204"},
-            "method": {"type": "string", "enum": ["GET", "HEAD"]},
-            "trace_every_s": SECONDS,
-            "trace_max_hops": {"type": "integer", "minimum": 1},
-            "trace_hop_timeout_s": SECONDS,
-            "pinned_ips": array(STRING),
-            "use_proxy": BOOLEAN,
-            "recover_after": {
-                "type": "integer",
-                "minimum": 1,
-                "description": "good rounds that recover a step (traced every round until then)",
-            },
-        }
-    )
-    proxy = obj(
-        {
-            "url": {**STRING, "description": "without user or password"},
-            "no_proxy": array(STRING),
-            "authenticated": {**BOOLEAN, "description": "the agent brings its own credentials"},
-        }
-    )
     return {
         "IngestStep": ingest_step,
         "IngestRound": ingest_round,
         "IngestBatch": batch,
         "IngestResult": obj({"stored": COUNT, "duplicate": BOOLEAN}),
-        "PlanTarget": plan_target,
-        "PlanProxy": proxy,
-        "Plan": obj(
-            {
-                "source": STRING,
-                "generated_at": TIME,
-                "targets": array(ref("PlanTarget")),
-                "dns": obj({"upstream": nullable(STRING)}),
-                "proxy": nullable(ref("PlanProxy")),
-                "proxy_from_environment": BOOLEAN,
-            }
-        ),
+        # The plan's schemas are its model's (egresswatch/plan.py), so that they cannot drift.
+        **served_schemas(Plan, vocabularies=_vocabularies()),
     }
+
+
+def served_schemas(
+    model: type[BaseModel], *, vocabularies: Mapping[str, Schema]
+) -> dict[str, Schema]:
+    """`model` and the models it holds, as served (`model_dump(mode="json")`), by name.
+
+    A vocabulary it refers to is the one in `vocabularies` (checked to have the same values),
+    and pydantic's generated titles are left out: the names say it.
+    """
+    _, top = models_json_schema(
+        [(model, "serialization")], ref_template="#/components/schemas/{model}"
+    )
+    schemas: dict[str, Schema] = {}
+    for name, schema in top["$defs"].items():
+        if name in vocabularies:
+            if schema.get("enum") != vocabularies[name]["enum"]:
+                raise ValueError(f"{model.__name__} uses a {name} that is not the vocabulary's")
+            continue
+        schemas[name] = _untitled(schema)
+    return schemas
+
+
+def _untitled(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _untitled(v) for k, v in schema.items() if k != "title"}
+    if isinstance(schema, list):
+        return [_untitled(v) for v in schema]
+    return schema
 
 
 def _service() -> dict[str, Schema]:

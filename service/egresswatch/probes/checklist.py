@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from egresswatch.addresses import Nameserver, ProxyRoute
 from egresswatch.model import (
     Endpoint,
     Reason,
@@ -30,8 +31,7 @@ from egresswatch.model import (
 from egresswatch.probes.base import guarded, skipped
 from egresswatch.probes.dns import dns_cluster, dns_upstream
 from egresswatch.probes.http import http_response
-from egresswatch.probes.proxy import ProxyRoute
-from egresswatch.probes.resolvconf import Nameserver, load_resolv_conf
+from egresswatch.probes.resolvconf import load_resolv_conf
 from egresswatch.probes.tcp import tcp_connect
 from egresswatch.probes.tls import TlsOptions, tls_handshake
 from egresswatch.probes.traceroute import path_trace
@@ -45,7 +45,8 @@ class TraceMode(StrEnum):
 
 @dataclass(frozen=True)
 class ChecklistPlan:
-    """Everything one round needs, resolved from the config, so probes never see the config."""
+    """Everything one round needs: the plan and the agent's own half (agent/checklists.py),
+    resolved, so that probes never see the config or the plan."""
 
     target: str
     endpoint: Endpoint

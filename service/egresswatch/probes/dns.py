@@ -34,6 +34,7 @@ from typing import Any
 
 from dnslib import DNSRecord
 
+from egresswatch.addresses import Nameserver
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes import base
 from egresswatch.probes.dnsclient import (
@@ -44,7 +45,7 @@ from egresswatch.probes.dnsclient import (
     is_valid_name,
     make_query,
 )
-from egresswatch.probes.resolvconf import Nameserver, ResolvConf
+from egresswatch.probes.resolvconf import ResolvConf
 
 # Why a question got no settled answer, most telling first (see _most_telling).
 _PRECEDENCE: tuple[Reason, ...] = (

@@ -19,7 +19,7 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE, DNSLabel, DNSRecord
 
-from egresswatch.probes.resolvconf import Nameserver
+from egresswatch.addresses import Nameserver
 
 QTYPES: dict[str, int] = {"A": QTYPE.A, "AAAA": QTYPE.AAAA}
 _HEADER_LEN = 12

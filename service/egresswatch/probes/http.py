@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from egresswatch.addresses import ProxyRoute
 from egresswatch.model import Endpoint, Reason, Scheme, StatusRanges, Step, StepResult
 from egresswatch.probes.base import describe, fail, ms, ok, skipped
 from egresswatch.probes.proxy import (
     Head,
     HttpProtocolError,
-    ProxyRoute,
     proxy_refusal_reason,
     read_body_prefix,
     read_head,

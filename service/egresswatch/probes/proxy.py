@@ -8,78 +8,18 @@ HTTP head reader is shared for the same reason.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
 
+from egresswatch.addresses import ProxyRoute
 from egresswatch.model import Endpoint, Reason, Scheme
 
 HEAD_LIMIT = 64 * 1024  # status line + headers; more is not an HTTP answer we want to read
 BODY_PREFIX_LIMIT = 4096  # enough of an error page to recognise who wrote it
 BODY_READ_S = 1.0  # an error page that trickles in is read this long at most
 _MAX_HEADER_LINES = 200
-_CURL_DEFAULT_PROXY_PORT = 1080  # what curl assumes for `http://proxy` without a port
-
-
-@dataclass(frozen=True)
-class ProxyRoute:
-    """An HTTP proxy to reach an endpoint through; `origin` is `config` or `environment`."""
-
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    origin: str = "config"
-
-    @property
-    def address(self) -> str:
-        """`host:port`, IPv6 in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def __str__(self) -> str:
-        # Never the password: this text goes into evidence, logs and the API.
-        user = f"{self.username}@" if self.username else ""
-        return f"proxy {user}{self.address} ({self.origin})"
-
-    def authorization(self) -> str | None:
-        """The `Proxy-Authorization` value, or None without credentials."""
-        if self.username is None:
-            return None
-        pair = f"{self.username}:{self.password or ''}".encode()
-        return "Basic " + base64.b64encode(pair).decode("ascii")
-
-    @classmethod
-    def parse(cls, url: str, origin: str = "config") -> ProxyRoute:
-        """Parse `http://[user:pass@]host[:port]`; ValueError says what is wrong.
-
-        As curl does, a value without a scheme is taken as http:// and a missing port as 1080,
-        because that is how HTTP(S)_PROXY values are commonly written. TLS to the proxy
-        (`https://`) and SOCKS are not supported.
-        """
-        text = url.strip()
-        if "://" not in text:
-            text = "http://" + text
-        parts = urlsplit(text)
-        scheme = parts.scheme.lower()
-        if scheme == "https":
-            raise ValueError(f"{url!r}: https:// proxies (TLS to the proxy) are not supported")
-        if scheme != "http":
-            raise ValueError(f"{url!r}: unsupported proxy scheme {scheme!r}, use http://")
-        if not parts.hostname:
-            raise ValueError(f"{url!r}: no proxy host")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"{url!r}: a proxy URL is http://[user:pass@]host:port, no path")
-        try:
-            port = parts.port or _CURL_DEFAULT_PROXY_PORT
-        except ValueError:
-            raise ValueError(f"{url!r}: bad proxy port") from None
-        username = unquote(parts.username) if parts.username is not None else None
-        password = unquote(parts.password) if parts.password is not None else None
-        return cls(parts.hostname.lower(), port, username, password, origin)
 
 
 def proxy_for(

@@ -20,63 +20,15 @@ server on a loopback high port.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_PORT = 53
+from egresswatch.addresses import Nameserver
+
 MAX_NAMESERVERS = 3  # glibc MAXNS
 MAX_NDOTS = 15  # glibc RES_MAXNDOTS
 MAX_TIMEOUT_S = 30  # glibc RES_MAXRETRANS
 MAX_ATTEMPTS = 5  # glibc RES_MAXRETRY
-
-
-@dataclass(frozen=True)
-class Nameserver:
-    """A DNS server to ask: an IP address (never a host name) and a port."""
-
-    host: str
-    port: int = DEFAULT_PORT
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        if self.port == DEFAULT_PORT:
-            return self.host
-        return f"{host}:{self.port}"
-
-    @classmethod
-    def parse(cls, text: str) -> Nameserver:
-        """Parse `IP`, `IPv4:port`, `[IPv6]:port` or `IP#port`; ValueError says what is wrong."""
-        text = text.strip()
-        host, port_text = _split_port(text)
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            raise ValueError(
-                f"bad nameserver {text!r}: use an IP address, optionally with a port as "
-                "IP#port, IPv4:port or [IPv6]:port"
-            ) from None
-        if port_text is None:
-            return cls(str(address))
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"bad port {port_text!r} in nameserver {text!r}: must be 1-65535")
-        return cls(str(address), int(port_text))
-
-
-def _split_port(text: str) -> tuple[str, str | None]:
-    """Split a nameserver into address and port text (None when no port is given)."""
-    if "#" in text:
-        host, _, port = text.partition("#")
-        return host.removeprefix("[").removesuffix("]"), port
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad nameserver {text!r}: write IPv6 with a port as [addr]:port")
-        return host, (rest[1:] if rest else None)
-    if text.count(":") == 1:  # IPv4:port; a bare IPv6 address has at least two colons
-        host, _, port = text.partition(":")
-        return host, port
-    return text, None
 
 
 @dataclass(frozen=True)

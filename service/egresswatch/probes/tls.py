@@ -21,9 +21,10 @@ from typing import Any
 
 from cryptography import x509
 
+from egresswatch.addresses import ProxyRoute
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.base import describe, fail, ms, ok, reason_for_exception, skipped
-from egresswatch.probes.proxy import HttpProtocolError, ProxyRoute, TunnelAnswer, open_tunnel
+from egresswatch.probes.proxy import HttpProtocolError, TunnelAnswer, open_tunnel
 
 _CLOSE_GRACE_S = 0.5  # a peer that does not finish the TLS close in time is cut off
 _PHASE_NAMES = {

@@ -1,4 +1,7 @@
-"""Rounds on a timer. The only module that imports APScheduler (3.x, ``AsyncIOScheduler``).
+"""Jobs on a timer. The only module that imports APScheduler (3.x, ``AsyncIOScheduler``).
+
+Not the agent's alone: agents run their rounds on it, and the controller process its own
+jobs (retention, the controller tick), so it sits beside the layers that use it.
 
 Contract of :class:`RoundScheduler`:
 

@@ -1,0 +1,129 @@
+"""The plan: one model from the controller's config to the agent's checklists.
+
+What is checked: the JSON the controller serves parses back to the same plan; the agent
+refuses a plan it cannot use, naming the field; each target's fields reach the round's
+checklist; the local half (resolv.conf, CA, proxy credentials) never travels in the plan.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from egresswatch.addresses import Nameserver
+from egresswatch.agent.checklists import LocalSettings, checklist_for, checklist_plan
+from egresswatch.agent.plan import PlanError, parse_plan
+from egresswatch.model import StatusRanges
+from egresswatch.plan import Plan, plan_from_settings
+from egresswatch.probes.checklist import TraceMode
+from egresswatch.settings import Settings, settings_from_dict
+from tests.support.apiserver import PROXY_PASSWORD, PROXY_URL_PASSWORD, config
+
+NOW = datetime(2026, 11, 27, 7, 2, 11, tzinfo=UTC)
+
+
+def settings(**changes: Any) -> Settings:
+    data: dict[str, Any] = {
+        "dns": {"upstream": "127.0.0.1#5353", "resolv_conf": "/etc/resolv.test"},
+        "probes": {"interval": "10s", "timeout": "5s", "step_timeout": "2s"},
+        "detection": {"recover_after": 3},
+        "targets": [
+            {"name": "shop", "url": "https://shop.example.test/", "expect_status": "200,204"},
+            {
+                "name": "db",
+                "address": "db.example.test:5432",
+                "pinned_ips": ["203.0.113.5"],
+                "detection": {"recover_after": 5},
+            },
+        ],
+        **changes,
+    }
+    return settings_from_dict(data)
+
+
+def served(plan: Plan) -> Any:
+    """What the agent decodes: the controller's answer body (routes.py)."""
+    return json.loads(json.dumps(plan.model_dump(mode="json")))
+
+
+def test_the_served_plan_parses_back_to_the_same_plan() -> None:
+    plan = plan_from_settings(config(), source="pod-a", now=NOW)
+    assert parse_plan(served(plan)) == plan
+    assert served(plan)["generated_at"] == "2026-11-27T07:02:11Z"
+
+
+def test_defaults_are_filled_in_per_target() -> None:
+    shop, db = plan_from_settings(settings(), source="n", now=NOW).targets
+    assert (shop.interval_s, shop.timeout_s, shop.step_timeout_s) == (10.0, 5.0, 2.0)
+    assert str(shop.expect_status) == "200,204" and str(db.expect_status) == "200-399"
+    assert (shop.recover_after, db.recover_after) == (3, 5)
+    assert [str(ip) for ip in db.pinned_ips] == ["203.0.113.5"]
+
+
+def test_the_plan_holds_no_secret() -> None:
+    text = json.dumps(served(plan_from_settings(config(), source="pod-a", now=NOW)))
+    for secret in (PROXY_PASSWORD, PROXY_URL_PASSWORD, "squid"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda d: d["targets"][0].pop("recover_after"), "targets[0].recover_after"),
+        (lambda d: d["targets"][0].update(extra=1), "targets[0].extra"),
+        (lambda d: d["targets"][0].update(url="ftp://x/"), "targets[0].url"),
+        (lambda d: d["targets"][0].update(address="h:1"), "targets[0]"),
+        (lambda d: d["targets"][0].update(interval_s=0), "targets[0].interval_s"),
+        (lambda d: d["dns"].update(upstream="resolver.local"), "dns.upstream"),
+        (lambda d: d.update(proxy={"url": "http://u:p@proxy:3128"}), "proxy.url"),
+    ],
+)
+def test_an_unusable_plan_is_refused_naming_the_field(change: Any, named: str) -> None:
+    document = served(plan_from_settings(settings(), source="n", now=NOW))
+    change(document)
+    with pytest.raises(PlanError, match=f"not usable: {named}[:.]".replace("[0]", r"\[0\]")):
+        parse_plan(document)
+
+
+def test_a_new_date_alone_is_the_same_work() -> None:
+    first = plan_from_settings(settings(), source="n", now=NOW)
+    assert first.same_work(plan_from_settings(settings(), source="n"))
+    other = settings(proxy_from_environment=False)
+    assert not first.same_work(plan_from_settings(other, source="n"))
+    assert not first.same_work(None)
+
+
+def test_the_checklist_has_the_plan_and_the_local_half() -> None:
+    plan = parse_plan(served(plan_from_settings(config(), source="pod-a", now=NOW)))
+    local = LocalSettings(
+        resolv_conf=Path("/agent/resolv.conf"),
+        ca_file=Path("/agent/ca.pem"),
+        proxy_username="agent",
+        proxy_password="agent-secret",
+    )
+    api = next(t for t in plan.targets if t.name == "api")
+    checklist = checklist_plan(plan, api, local, trace=TraceMode.NEVER, environ={})
+    assert checklist.resolv_conf == Path("/agent/resolv.conf")
+    assert checklist.tls.ca_file == Path("/agent/ca.pem")
+    assert checklist.upstream == Nameserver("168.63.129.16")
+    assert checklist.expect == StatusRanges.parse("200-299")
+    assert checklist.pinned_ips == ("203.0.113.10",)
+    assert checklist.proxy is not None
+    assert (checklist.proxy.address, checklist.proxy.username) == ("proxy.internal:3128", "agent")
+    assert checklist.proxy.password == "agent-secret"
+    db = next(t for t in plan.targets if t.name == "db")
+    assert checklist_plan(plan, db, local, environ={}).proxy is None  # use_proxy: false
+
+
+def test_one_config_file_gives_both_halves() -> None:
+    """`egresswatch check` and `run`: the proxy's credentials come from the config file."""
+    the_config = config()
+    [api] = [t for t in the_config.targets if t.name == "api"]
+    checklist = checklist_for(the_config, api, environ={})
+    assert checklist.proxy is not None and checklist.proxy.username == "squid"
+    assert checklist.proxy.password == PROXY_PASSWORD  # password_env wins over the URL's
+    assert checklist.resolv_conf == the_config.dns.resolv_conf
