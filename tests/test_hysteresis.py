@@ -377,3 +377,28 @@ def test_the_detection_rules_import_no_io_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def latency_changes(levels_ms: Sequence[float], rounds_each: int, **fields: object) -> list[Change]:
+    """tcp_connect at each level in turn (every step takes the level), `rounds_each` rounds."""
+    detector = Detector(lambda _: policy(**fields))
+    series = [level for level in levels_ms for _ in range(rounds_each)]
+    rounds = [round_(i, ms=level) for i, level in enumerate(series)]
+    return [c for c in feed(detector, rounds) if c.step is Step.TCP_CONNECT]
+
+
+def test_a_sub_millisecond_rise_on_a_quiet_path_is_not_a_regression() -> None:
+    """1.2 ms -> 2.0 ms is a 1.7x shift that the change-point detector does find; it is below
+    `latency_min_change` (5 ms by default), so nothing degrades."""
+    assert latency_changes([1.2, 2.0], 40) == []
+    found = latency_changes([1.2, 2.0], 40, latency_min_change="0.1ms")
+    assert [c.current for c in found][:1] == [StepState.DEGRADED]  # the setting decides
+
+
+def test_a_degraded_step_still_reports_a_larger_regression() -> None:
+    found = latency_changes([10.0, 22.0, 300.0], 40)
+    assert [(c.previous, c.current) for c in found][:2] == [
+        (OK, StepState.DEGRADED),
+        (StepState.DEGRADED, StepState.DEGRADED),
+    ]
+    assert "latency rose again" in found[1].detail and "300.0 ms" in found[1].detail

@@ -190,6 +190,12 @@ class DetectionSettings(_Strict):
     stale_after: int = Field(
         3, ge=1, le=100, description="intervals without a round before a source is unknown"
     )
+    latency_min_change: Duration = Field(
+        "5ms",
+        validate_default=True,
+        description="the smallest latency rise that degrades a step, however large the ratio: "
+        "on a quiet path 1.2 ms -> 2 ms is the prober's host, not a regression",
+    )
 
     @field_validator("fail_window")
     @classmethod
@@ -204,6 +210,7 @@ class DetectionOverrides(_Strict):
     fail_window: tuple[int, int] | None = None
     recover_after: int | None = Field(None, ge=1, le=100)
     stale_after: int | None = Field(None, ge=1, le=100)
+    latency_min_change: Duration | None = None
 
 
 class RetentionSettings(_Strict):
@@ -347,7 +354,13 @@ class Settings(_Strict):
 
     def detection_for(self, target: TargetSettings) -> DetectionSettings:
         """The hysteresis for a target: its overrides on top of the global settings."""
-        chosen = {k: v for k, v in target.detection.model_dump().items() if v is not None}
+        overrides = target.detection
+        # Attributes, not model_dump(): that would give durations back as text.
+        chosen = {
+            name: getattr(overrides, name)
+            for name in type(overrides).model_fields
+            if getattr(overrides, name) is not None
+        }
         return self.detection.model_copy(update=chosen)
 
     def timing(self, target: TargetSettings) -> tuple[float, float, float]:

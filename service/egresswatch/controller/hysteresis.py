@@ -21,8 +21,10 @@ The rules, per step of a (source, target):
   baseline is not news. A step failing from its very first round counts towards FAILING as
   usual and flips UNKNOWN -> FAILING.
 - Latency: the durations of `ok` results (all probe steps but path_trace, whose duration is
-  hop timeouts, not latency) feed a `LatencyShiftDetector`. An upward shift turns OK into
-  DEGRADED (`started_at`: the round where the shift began). DEGRADED turns back into OK once
+  hop timeouts, not latency) feed a `LatencyShiftDetector`. An upward shift of at least
+  `latency_min_change` (absolute) turns OK into DEGRADED (`started_at`: the round where the
+  shift began); a further such rise while DEGRADED is a DEGRADED -> DEGRADED change, so a
+  real regression after a small one is still said. DEGRADED turns back into OK once
   the latency shifted down and its level is again less than `min_shift` above the level before
   the rise (`started_at`: where it came down), or, if it drifted back without a shift, less
   than half that. A shift down while OK is just a new normal.
@@ -423,6 +425,12 @@ class Detector:
         shift = step.latency.update(step_result.duration_s, at)
         if flipped is not None:
             return flipped
+        if (
+            shift is not None
+            and shift.direction is Direction.UP
+            and shift.after_s - shift.before_s < policy.latency_min_change
+        ):
+            shift = None  # too small to be anyone's regression, whatever the ratio
         return _latency(step, at, shift, step.latency, self._shift_params, change)
 
 
@@ -498,11 +506,14 @@ def _latency(
 ) -> Change | None:
     if shift is not None and shift.direction is Direction.UP:
         step.came_down = None
-        if step.state is not StepState.OK:
-            return None  # already DEGRADED: still is
+        level = f"{shift.before_s * 1000:.1f} ms -> {shift.after_s * 1000:.1f} ms"
+        if step.state is StepState.DEGRADED:
+            # Worse again: said, as a change that keeps the state (a step degraded by a small
+            # rise must still report the large one), measured against the same normal.
+            step.flip(StepState.DEGRADED, shift.started_at)
+            return change(StepState.DEGRADED, f"latency rose again: {level}", None)
         step.normal_s = shift.before_s
         previous = step.flip(StepState.DEGRADED, shift.started_at)
-        level = f"{shift.before_s * 1000:.1f} ms -> {shift.after_s * 1000:.1f} ms"
         return change(previous, f"latency {level} ({shift.ratio:.1f}x)", None)
     if step.state is not StepState.DEGRADED or step.normal_s is None:
         return None  # a shift down while OK is just a new normal
