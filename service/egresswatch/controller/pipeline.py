@@ -113,10 +113,12 @@ class Pipeline:
         targets = {t.name for t in settings.targets}
         saved = saved_states(await self._history.states(), targets)
         longest = max((settings.timing(t)[0] for t in settings.targets), default=60.0)
-        since = now - timedelta(seconds=max(3600.0, longest * RESTORE_ROUNDS))
+        windows = [settings.detection_for(t).fail_window for t in settings.targets]
+        per_pair = max([RESTORE_ROUNDS] + [w[1] for w in windows if w is not None])
+        since = now - timedelta(seconds=max(3600.0, longest * per_pair))
         rounds = [
             r
-            for r in await self._history.recent_rounds(per_pair=RESTORE_ROUNDS, since=since)
+            for r in await self._history.recent_rounds(per_pair=per_pair, since=since)
             if r.target in targets and r.started_at <= now
         ]
         incidents = [incident_from_record(r) for r in await self._open_incidents()]
