@@ -314,3 +314,18 @@ def test_route_on_the_source(tcp_lab: TcpLab, kind: str, reason: Reason) -> None
     result = tcp_lab.connect([SERVER])
     assert_lab_fails(result, reason, None)
     assert result["duration_s"] < 0.1
+
+
+@pytest.mark.root
+def test_an_address_family_this_source_cannot_use_fails_the_path_not_the_probe() -> None:
+    """A source with IPv6 off: connecting to an IPv6 address is refused by its own stack
+    ("Cannot assign requested address"). That is this source's path failing (net_unreachable),
+    not `error`, which would hide an outage. No packet leaves: the namespace has no link."""
+    netns.require_lab()
+    with Lab() as lab:
+        node = lab.node("v4only")
+        lab.sysctl(node, "net.ipv6.conf.all.disable_ipv6", "1")
+        kwargs = {"addresses": ["::1"], "port": PORT, "timeout_s": 1.0, "ip_source": "pinned"}
+        result = lab.call(node, "egresswatch.probes.tcp:tcp_connect", kwargs)
+    assert (result["status"], result["reason"]) == ("fail", "net_unreachable"), result["detail"]
+    assert "Cannot assign requested address" in result["detail"]

@@ -29,6 +29,11 @@ _ERRNO_REASONS: dict[int, Reason] = {
     errno.ETIMEDOUT: Reason.CONN_TIMEOUT,
     errno.ENETUNREACH: Reason.NET_UNREACHABLE,
     errno.ENETDOWN: Reason.NET_UNREACHABLE,
+    # This source's own stack cannot use the address: no address of that family to send from
+    # ("Cannot assign requested address"), or the family is off. The name resolves to
+    # addresses this source has no path to: a failure of its path, never our probe's fault.
+    errno.EADDRNOTAVAIL: Reason.NET_UNREACHABLE,
+    errno.EAFNOSUPPORT: Reason.NET_UNREACHABLE,
     errno.EHOSTUNREACH: Reason.HOST_UNREACHABLE,
     errno.EHOSTDOWN: Reason.HOST_UNREACHABLE,
     errno.EACCES: Reason.FIREWALL_DENIED,  # a local REJECT with icmp admin-prohibited
