@@ -37,6 +37,7 @@ __all__ = [
     "STEPS",
     "Aim",
     "StepDescription",
+    "checked",
     "describe",
     "evidence_from_json",
     "evidence_schemas",
@@ -175,8 +176,9 @@ _DESCRIPTIONS = (
 )
 
 
-def _checked(descriptions: tuple[StepDescription, ...]) -> Mapping[Step, StepDescription]:
-    """The descriptions by step, after checking they describe the model's checklist exactly."""
+def checked(descriptions: tuple[StepDescription, ...]) -> Mapping[Step, StepDescription]:
+    """The descriptions by step, after checking they describe the model's checklist exactly
+    (RuntimeError saying what is wrong otherwise). Runs at import, on `_DESCRIPTIONS`."""
     described = [d.step for d in descriptions]
     if described != list(Step):
         missing = ", ".join(s.value for s in Step if s not in described) or "none"
@@ -194,7 +196,7 @@ def _checked(descriptions: tuple[StepDescription, ...]) -> Mapping[Step, StepDes
     return {d.step: d for d in descriptions}
 
 
-STEPS: Mapping[Step, StepDescription] = _checked(_DESCRIPTIONS)
+STEPS: Mapping[Step, StepDescription] = checked(_DESCRIPTIONS)
 _NOT_RUN_KEYS = frozenset(f.name for f in dataclasses.fields(NotRun))
 
 
