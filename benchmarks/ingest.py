@@ -26,7 +26,17 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import URL, make_url
 
-from egresswatch.model import PROBE_STEPS, Reason, RoundResult, Status, StepResult
+from egresswatch.evidence import (
+    DnsEvidence,
+    Evidence,
+    HttpEvidence,
+    TcpAttempt,
+    TcpEvidence,
+    TlsEvidence,
+    TraceEvidence,
+    TraceHop,
+)
+from egresswatch.model import PROBE_STEPS, Reason, RoundResult, Status, Step, StepResult
 from egresswatch.storage import BatchedWriter, Store, make_engine, upgrade
 
 
@@ -36,6 +46,22 @@ class Result:
     rounds: int
     step_rows: int
     seconds: float
+
+
+def _evidence(step: Step, address: str, ms: float, failed: bool) -> Evidence:
+    """A few fields of each step's own evidence type, about the size agents send."""
+    match step:
+        case Step.DNS_CLUSTER | Step.DNS_UPSTREAM:
+            return DnsEvidence(resolver="10.0.0.10:53", addresses=(address,), name="x.test.")
+        case Step.TCP_CONNECT:
+            attempt = TcpAttempt(address, "conn_timeout" if failed else "ok", ms)
+            return TcpEvidence(None if failed else address, 443, "dns_cluster", (attempt,))
+        case Step.TLS_HANDSHAKE:
+            return TlsEvidence(address, 443, "x.test", version="TLSv1.3", tls_ms=ms)
+        case Step.HTTP_RESPONSE:
+            return HttpEvidence("https://x.test/", address, status=200, total_ms=ms)
+        case _:
+            return TraceEvidence(address, 443, (TraceHop(1, address, ms, None, True),), address)
 
 
 def step_variants(count: int) -> list[tuple[StepResult, ...]]:
@@ -52,7 +78,7 @@ def step_variants(count: int) -> list[tuple[StepResult, ...]]:
                     reason=Reason.CONN_TIMEOUT if failed else None,
                     duration_s=0.001 * (n + 1) + v * 1e-5,
                     detail=f"{step.value} answered from 10.0.{v % 256}.{n} in {n + 1}.{v % 10} ms",
-                    evidence={"address": f"10.0.{v % 256}.{n}", "attempt": v % 3, "ok": not failed},
+                    evidence=_evidence(step, f"10.0.{v % 256}.{n}", v % 3, failed),
                 )
             )
         variants.append(tuple(steps))

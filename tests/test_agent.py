@@ -34,6 +34,7 @@ from egresswatch.agent.service import (
 )
 from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.cli import main
+from egresswatch.evidence import DnsEvidence
 from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
 from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
@@ -389,8 +390,15 @@ def a_round(target: str, source: str, started_at: datetime) -> RoundResult:
         source=source,
         started_at=started_at,
         steps=(
-            StepResult(Step.DNS_CLUSTER, Status.OK, None, 0.001, "answered", {"ips": ["1.2.3.4"]}),
-            StepResult(Step.TCP_CONNECT, Status.OK, None, 0.002, "nul \0 in detail", {}),
+            StepResult(
+                Step.DNS_CLUSTER,
+                Status.OK,
+                None,
+                0.001,
+                "answered",
+                DnsEvidence(resolver="127.0.0.1", addresses=("1.2.3.4",)),
+            ),
+            StepResult(Step.TCP_CONNECT, Status.OK, None, 0.002, "nul \0 in detail"),
         ),
     )
 

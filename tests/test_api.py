@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from egresswatch.controller.params import iso
+from egresswatch.evidence import DnsEvidence, NotRun
 from egresswatch.model import PROBE_STEPS, Change, Endpoint, Step
 from egresswatch.report import round_document
 from tests.support.apiserver import (  # noqa: F401
@@ -723,6 +724,61 @@ async def test_ingest_validation_names_the_field(api_client: Client, api_world: 
     assert api_world.ingested == []
 
 
+# (step index in round_of's steps, evidence, the field named): evidence that is not its step's
+# type, checked field by field (steps 0-5 are dns_cluster ... path_trace).
+INVALID_EVIDENCE = [
+    (0, {"resolver": "10.0.0.10", "answers": ["1.2.3.4"]}, "evidence.answers"),
+    (0, {"tried": [{"name": "x.", "type": "A", "server": "s", "rcode": 0}]}, ".tried[0].rcode"),
+    (0, {"tried": [{"name": "x.", "type": "A", "server": "s"}]}, "evidence.tried[0].rcode"),
+    (2, {"port": "443"}, "rounds[0].steps[2].evidence.port"),
+    (2, {"port": True}, "rounds[0].steps[2].evidence.port"),
+    (2, {"attempts": [{"address": "1.2.3.4", "outcome": "ok", "ms": "1"}]}, ".attempts[0].ms"),
+    (2, {"attempts": {"address": "1.2.3.4"}}, "rounds[0].steps[2].evidence.attempts"),
+    (3, {"issuer": ["CN=x"]}, "rounds[0].steps[3].evidence.issuer"),
+    (4, {"status": 200.5}, "rounds[0].steps[4].evidence.status"),
+    (4, {"resolver": "10.0.0.10"}, "rounds[0].steps[4].evidence.resolver"),  # dns_cluster's
+    (5, {"hops": [{"ttl": 1, "addr": "10.0.0.1"}]}, "rounds[0].steps[5].evidence.hops[0].addr"),
+    (5, {"blocked_by": 7}, "rounds[0].steps[5].evidence.blocked_by"),
+    (1, ["not", "an", "object"], "rounds[0].steps[1].evidence"),
+]
+
+
+@sqlite_only
+async def test_ingest_refuses_evidence_that_is_not_its_steps_type(
+    api_client: Client, api_world: ApiWorld
+) -> None:
+    for index, evidence, name in INVALID_EVIDENCE:
+        body = batch_of(round_of())
+        body["rounds"][0]["steps"][index]["evidence"] = evidence
+        response = await api_client.post("/api/v1/results", json=body, headers=AUTH)
+        answer = await problem(response, 400)
+        [named] = [p["name"] for p in answer["invalid_params"]]
+        assert named.startswith(f"rounds[0].steps[{index}].") and named.endswith(name), named
+    assert api_world.ingested == []
+
+
+@sqlite_only
+async def test_ingest_takes_each_steps_own_evidence(
+    api_client: Client, api_world: ApiWorld
+) -> None:
+    """What probes write is taken as it is, and `{}` or what stopped a step (NotRun) too."""
+    body = batch_of(round_of(), batch_id="typed")
+    steps = body["rounds"][0]["steps"]
+    steps[0]["evidence"] = {"resolver": "10.0.0.10", "addresses": ["203.0.113.10"], "name": "x."}
+    steps[1]["evidence"] = {}
+    steps[3]["evidence"] = {"blocked_by": "tcp_connect"}
+    steps[4]["evidence"] = {"exception": "KeyError"}
+    response = await api_client.post("/api/v1/results", json=body, headers=AUTH)
+    assert response.status == 200, await response.text()
+    [(_, _, [stored])] = api_world.ingested
+    assert stored.steps[0].evidence == DnsEvidence(
+        resolver="10.0.0.10", addresses=("203.0.113.10",), name="x."
+    )
+    assert stored.steps[1].evidence == NotRun()
+    assert stored.steps[3].evidence == NotRun(blocked_by="tcp_connect")
+    assert stored.steps[4].evidence == NotRun(exception="KeyError")
+
+
 @sqlite_only
 async def test_ingest_refuses_a_step_twice(api_client: Client) -> None:
     body = batch_of(round_of())
@@ -761,7 +817,7 @@ async def test_ingest_refuses_bodies_that_are_not_a_batch(api_client: Client) ->
 @sqlite_only
 async def test_ingest_size_limit(api_client: Client, api_world: ApiWorld) -> None:
     big = batch_of(round_of())
-    big["rounds"][0]["steps"][0]["evidence"] = {"padding": "x" * (5 * 1024 * 1024)}
+    big["rounds"][0]["steps"][0]["evidence"] = {"candidates": ["x" * (5 * 1024 * 1024)]}
     response = await api_client.post("/api/v1/results", json=big, headers=AUTH)
     await problem(response, 413)
 
@@ -777,7 +833,7 @@ async def test_ingest_size_limit(api_client: Client, api_world: ApiWorld) -> Non
     assert api_world.ingested == []
     # Just under the limit is fine.
     fits = batch_of(round_of(), batch_id="fits")
-    fits["rounds"][0]["steps"][0]["evidence"] = {"padding": "x" * (4 * 1024 * 1024)}
+    fits["rounds"][0]["steps"][0]["evidence"] = {"candidates": ["x" * (4 * 1024 * 1024)]}
     response = await api_client.post("/api/v1/results", json=fits, headers=AUTH)
     assert response.status == 200, await response.text()
 

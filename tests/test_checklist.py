@@ -6,10 +6,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from egresswatch.evidence import HttpEvidence, TcpEvidence, TraceEvidence
 from egresswatch.model import Endpoint, Reason, Status, Step, StepResult
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.tls import TlsOptions
 from tests.support.dnsserver import TestDNSServer, dns_server
+from tests.support.evidence import typed
 from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_servers, pki
 from tests.support.tinyproxy import TinyProxy, tinyproxy
 
@@ -56,7 +58,7 @@ async def test_last_good_ip_carries_a_dns_outage(
     second = await run_checklist(the_plan, source="node-1", known_good=known)
     assert second.first_failing_step is Step.DNS_CLUSTER
     tcp = step(second.steps, Step.TCP_CONNECT)
-    assert tcp.status is Status.OK and tcp.evidence["ip_source"] == "last_good"
+    assert tcp.status is Status.OK and typed(tcp, TcpEvidence).ip_source == "last_good"
     assert step(second.steps, Step.HTTP_RESPONSE).status is Status.OK
     # Not due, but a step failed: the trace runs only in ON_FAILURE mode; NEVER keeps it off.
     assert step(second.steps, Step.PATH_TRACE).reason is Reason.NOT_DUE
@@ -80,7 +82,7 @@ async def test_trace_on_failure_only(
     )
     assert broken.first_failing_step is Step.HTTP_RESPONSE
     trace = step(broken.steps, Step.PATH_TRACE)
-    assert trace.status is Status.OK and trace.evidence["last_hop"] == HOST
+    assert trace.status is Status.OK and typed(trace, TraceEvidence).last_hop == HOST
 
 
 async def test_nothing_to_connect_to_is_skipped_not_failed(tmp_path: Path, pki: Pki) -> None:
@@ -121,8 +123,9 @@ async def test_through_a_proxy_tcp_goes_to_the_proxy(
     )
     assert result.first_failing_step is None, result
     tcp = step(result.steps, Step.TCP_CONNECT)
-    assert tcp.evidence["ip_source"] == "proxy" and tcp.evidence["port"] == proxy.port
-    assert step(result.steps, Step.HTTP_RESPONSE).evidence["via_proxy"]
+    assert typed(tcp, TcpEvidence).ip_source == "proxy"
+    assert typed(tcp, TcpEvidence).port == proxy.port
+    assert typed(step(result.steps, Step.HTTP_RESPONSE), HttpEvidence).via_proxy
 
 
 async def test_a_denying_proxy_fails_http_response_not_tls(

@@ -1,6 +1,6 @@
 """The diagnosis rules, table-driven: one case per rule and per precedence decision.
 
-Rounds are built by hand with the evidence keys the probes really write (probes/*.py), so a
+Rounds are built by hand with the evidence types the probes really write (evidence.py), so a
 case reads like the checklist a person would have filled in. docs/diagnosis.md is the table
 these cases check.
 """
@@ -17,6 +17,18 @@ from typing import Any
 import pytest
 
 from egresswatch.controller.diagnosis import Context, Observation, diagnose
+from egresswatch.evidence import (
+    DnsEvidence,
+    DnsTry,
+    Evidence,
+    HttpEvidence,
+    NotRun,
+    TcpAttempt,
+    TcpEvidence,
+    TlsEvidence,
+    TraceEvidence,
+    TraceHop,
+)
 from egresswatch.model import (
     PROBE_STEPS,
     Endpoint,
@@ -30,6 +42,7 @@ from egresswatch.model import (
     Suspect,
     Verdict,
 )
+from egresswatch.steps import stored_evidence
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HOST = "microsoft.com"
@@ -48,19 +61,19 @@ NSLOOKUP = f"nslookup {HOST}"
 NSLOOKUP_UPSTREAM = f"nslookup {HOST} {UPSTREAM}"
 
 
-# --- builders: one step at a time, with the probes' evidence keys ----------------------------
+# --- builders: one step at a time, with the probes' evidence types --------------------------
 
 
-def ok(step: Step, **evidence: Any) -> StepResult:
+def ok(step: Step, evidence: Evidence) -> StepResult:
     return StepResult(step, Status.OK, None, 0.01, "", evidence)
 
 
-def fail(step: Step, reason: Reason | None, **evidence: Any) -> StepResult:
-    return StepResult(step, Status.FAIL, reason, 0.01, "", evidence)
+def fail(step: Step, reason: Reason | None, evidence: Evidence | None = None) -> StepResult:
+    return StepResult(step, Status.FAIL, reason, 0.01, "", evidence or NotRun())
 
 
 def skipped(step: Step, reason: Reason) -> StepResult:
-    return StepResult(step, Status.SKIPPED, reason, 0.0, f"{step.value} skipped", {})
+    return StepResult(step, Status.SKIPPED, reason, 0.0, f"{step.value} skipped")
 
 
 _RCODES = {
@@ -74,15 +87,15 @@ _RCODES = {
 def dns(step: Step, reason: Reason | None = None) -> StepResult:
     """A DNS step as probes/dns.py reports it: ok with an address, or failing with `reason`."""
     server = CLUSTER_DNS if step is Step.DNS_CLUSTER else UPSTREAM
-    names = [f"{HOST}.default.svc.cluster.local.", f"{HOST}."]
+    names: tuple[str, ...] = (f"{HOST}.default.svc.cluster.local.", f"{HOST}.")
     if step is Step.DNS_UPSTREAM:
-        names = [f"{HOST}."]
+        names = (f"{HOST}.",)
     rcode = _RCODES.get(reason, "TIMEOUT") if reason else "NOERROR"
-    tried = [{"name": n, "type": "A", "server": server, "rcode": rcode, "ms": 1.0} for n in names]
-    evidence: dict[str, Any] = {"resolver": server, "candidates": names, "tried": tried}
+    tried = tuple(DnsTry(n, "A", server, rcode, 1.0) for n in names)
+    evidence = DnsEvidence(resolver=server, candidates=names, tried=tried)
     if reason is None:
-        return ok(step, **evidence, addresses=[IP], name=f"{HOST}.", cname=[])
-    return fail(step, reason, **evidence, addresses=[], name=None, cname=[])
+        return ok(step, replace(evidence, addresses=(IP,), name=f"{HOST}."))
+    return fail(step, reason, evidence)
 
 
 def tcp(
@@ -93,16 +106,12 @@ def tcp(
     port: int = 443,
     ip_source: str = "dns_cluster",
 ) -> StepResult:
-    attempt = {
-        "address": address,
-        "outcome": reason.value if reason else "ok",
-        "ms": 5000.0 if reason is Reason.CONN_TIMEOUT else 1.2,
-        "icmp_from": icmp_from,
-    }
-    evidence = {"port": port, "ip_source": ip_source, "attempts": [attempt], "untried": []}
+    ms = 5000.0 if reason is Reason.CONN_TIMEOUT else 1.2
+    attempt = TcpAttempt(address, reason.value if reason else "ok", ms, icmp_from)
+    evidence = TcpEvidence(None, port, ip_source, (attempt,))
     if reason is None:
-        return ok(Step.TCP_CONNECT, address=address, **evidence)
-    return fail(Step.TCP_CONNECT, reason, address=None, **evidence)
+        return ok(Step.TCP_CONNECT, replace(evidence, address=address))
+    return fail(Step.TCP_CONNECT, reason, evidence)
 
 
 def tls(
@@ -112,18 +121,17 @@ def tls(
     subject: str = f"CN={HOST}",
     verify_error: str | None = None,
 ) -> StepResult:
-    evidence = {
-        "address": IP,
-        "port": 443,
-        "server_name": HOST,
-        "via_proxy": None,
-        "issuer": issuer,
-        "subject": subject,
-        "verify_error": verify_error,
-    }
+    evidence = TlsEvidence(
+        address=IP,
+        port=443,
+        server_name=HOST,
+        issuer=issuer,
+        subject=subject,
+        verify_error=verify_error,
+    )
     if reason is None:
-        return ok(Step.TLS_HANDSHAKE, **evidence)
-    return fail(Step.TLS_HANDSHAKE, reason, **evidence)
+        return ok(Step.TLS_HANDSHAKE, evidence)
+    return fail(Step.TLS_HANDSHAKE, reason, evidence)
 
 
 def http(
@@ -134,34 +142,35 @@ def http(
     via_proxy: str | None = None,
     server: str | None = None,
 ) -> StepResult:
-    evidence = {
-        "url": ENDPOINT.url,
-        "address": None if via_proxy else IP,
-        "via_proxy": via_proxy,
-        "expected": "200-399",
-        "status": status,
-        "proxy_status": proxy_status,
-        "server": server,
-    }
+    evidence = HttpEvidence(
+        url=ENDPOINT.url,
+        address=None if via_proxy else IP,
+        via_proxy=via_proxy,
+        expected="200-399",
+        status=status,
+        proxy_status=proxy_status,
+        server=server,
+    )
     if reason is None:
-        return ok(Step.HTTP_RESPONSE, **evidence)
-    return fail(Step.HTTP_RESPONSE, reason, **evidence)
+        return ok(Step.HTTP_RESPONSE, evidence)
+    return fail(Step.HTTP_RESPONSE, reason, evidence)
 
 
 def trace(last_hop: str | None, *, reason: Reason | None = Reason.CONN_TIMEOUT) -> StepResult:
     """A path_trace through 10.224.0.1 and `last_hop`: stopping there, or (`reason` None)
     reaching the destination one hop later.
     """
-    hops = [{"ttl": 1, "address": "10.224.0.1", "icmp": "time_exceeded", "reached": False}]
+    hops = [TraceHop(1, "10.224.0.1", icmp="time_exceeded")]
     if last_hop is not None:
-        hops.append({"ttl": 2, "address": last_hop, "icmp": "time_exceeded", "reached": False})
+        hops.append(TraceHop(2, last_hop, icmp="time_exceeded"))
+    evidence = TraceEvidence(destination=IP, port=443)
     if reason is None:
-        hops.append({"ttl": len(hops) + 1, "address": IP, "icmp": None, "reached": True})
-        evidence = {"destination": IP, "port": 443, "hops": hops, "last_hop": IP}
-        return ok(Step.PATH_TRACE, **evidence, reached=True, stopped="reached")
-    hops.append({"ttl": len(hops) + 1, "address": None, "icmp": None, "reached": False})
-    evidence = {"destination": IP, "port": 443, "hops": hops, "last_hop": last_hop}
-    return fail(Step.PATH_TRACE, reason, **evidence, reached=False, stopped="silent")
+        hops.append(TraceHop(len(hops) + 1, IP, reached=True))
+        reached = replace(evidence, hops=tuple(hops), last_hop=IP, reached=True, stopped="reached")
+        return ok(Step.PATH_TRACE, reached)
+    hops.append(TraceHop(len(hops) + 1))
+    stopped = replace(evidence, hops=tuple(hops), last_hop=last_hop, stopped="silent")
+    return fail(Step.PATH_TRACE, reason, stopped)
 
 
 def healthy_steps() -> dict[Step, StepResult]:
@@ -761,7 +770,7 @@ def test_upstream_from_the_evidence_when_the_context_has_none() -> None:
     assert verdict.next_command == NSLOOKUP_UPSTREAM
 
 
-# --- never raises ----------------------------------------------------------------------------
+# --- never raises, whatever storage read ------------------------------------------------------
 
 _GARBAGE: list[dict[str, Any]] = [
     {},
@@ -779,12 +788,13 @@ _GARBAGE: list[dict[str, Any]] = [
 _STATUSES = list(Status)
 _REASONS = [None, *Reason]
 _KINDS = list(SourceKind)
-_REALISTIC = {step: dict(result.evidence) for step, result in healthy_steps().items()}
+_REALISTIC = {step: result.evidence.to_json() for step, result in healthy_steps().items()}
 
 
 def _random_step(rng: random.Random, step: Step) -> StepResult:
     garbage = rng.random() < 0.5
-    evidence = dict(rng.choice(_GARBAGE) if garbage else _REALISTIC[step])
+    # Garbage as a row from a stranger version could hold it, read as storage reads it.
+    evidence = stored_evidence(step, rng.choice(_GARBAGE) if garbage else _REALISTIC[step])
     status, reason = rng.choice(_STATUSES), rng.choice(_REASONS)
     return StepResult(step, status, reason, rng.random(), rng.choice(["", "detail"]), evidence)
 

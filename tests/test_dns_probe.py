@@ -6,7 +6,6 @@ is never asked, and no query leaves 127.0.0.0/8.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from egresswatch.addresses import Nameserver
+from egresswatch.evidence import DnsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.dns import dns_cluster, dns_upstream
 from egresswatch.probes.resolvconf import ResolvConf, load_resolv_conf
 from tests.support import dnsserver
 from tests.support.dnsserver import TestDNSServer, closed_port
+from tests.support.evidence import assert_round_trips, typed
 
 # Fixtures are imported explicitly (tests/conftest.py holds none for servers).
 dns_server = dnsserver.dns_server
@@ -42,14 +43,18 @@ def pod_resolv(*servers: TestDNSServer, ndots: int = 5, attempts: int = 2) -> Re
     )
 
 
+def dns_of(result: StepResult) -> DnsEvidence:
+    return typed(result, DnsEvidence)
+
+
 def tried(result: StepResult) -> list[tuple[str, str, str]]:
     """(name, type, rcode) of every try, in the order sent."""
-    return [(t["name"], t["type"], t["rcode"]) for t in result.evidence["tried"]]
+    return [(t.name, t.type, t.rcode) for t in dns_of(result).tried]
 
 
 def assert_fails(result: StepResult, step: Step, reason: Reason) -> None:
     assert (result.step, result.status, result.reason) == (step, Status.FAIL, reason), result.detail
-    json.dumps(dict(result.evidence))  # evidence stays JSON-able on every path
+    assert_round_trips(result)  # evidence stays JSON on every path, as ingest takes it
 
 
 # --- answers -------------------------------------------------------------------------------
@@ -61,28 +66,28 @@ async def test_a_and_aaaa_answer(dns_server: TestDNSServer) -> None:
 
     assert (result.step, result.status, result.reason) == (Step.DNS_CLUSTER, Status.OK, None)
     server = str(dns_server.nameserver)
-    assert result.evidence["addresses"] == ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
-    assert result.evidence["name"] == "web.example."
-    assert result.evidence["resolver"] == server
-    assert result.evidence["cname"] == []
+    assert list(dns_of(result).addresses) == ["192.0.2.1", "192.0.2.2", "2001:db8::1"]
+    assert dns_of(result).name == "web.example."
+    assert dns_of(result).resolver == server
+    assert list(dns_of(result).cname) == []
     assert sorted(tried(result)) == [
         ("web.example.", "A", "NOERROR"),
         ("web.example.", "AAAA", "NOERROR"),
     ]
-    first = result.evidence["tried"][0]
-    assert set(first) >= {"name", "type", "server", "rcode", "ms"}
-    assert first["server"] == server
+    first = dns_of(result).tried[0]
+    assert set(first.to_json()) >= {"name", "type", "server", "rcode", "ms"}
+    assert first.server == server
     assert result.detail.startswith(
         f"{server} answered web.example. A 192.0.2.1, 192.0.2.2 AAAA 2001:db8::1 ("
     )
-    json.dumps(dict(result.evidence))
+    assert_round_trips(result)
 
 
 async def test_aaaa_only_is_enough(dns_server: TestDNSServer) -> None:
     dns_server.answer("v6.example.", aaaa=["2001:db8::6"])
     result = await dns_cluster("v6.example.", pod_resolv(dns_server), timeout_s=BUDGET_S)
     assert result.status is Status.OK
-    assert result.evidence["addresses"] == ["2001:db8::6"]
+    assert list(dns_of(result).addresses) == ["2001:db8::6"]
 
 
 async def test_cname_chain_is_followed_and_recorded(dns_server: TestDNSServer) -> None:
@@ -92,8 +97,8 @@ async def test_cname_chain_is_followed_and_recorded(dns_server: TestDNSServer) -
     result = await dns_cluster("www.example.", pod_resolv(dns_server), timeout_s=BUDGET_S)
 
     assert result.status is Status.OK
-    assert result.evidence["cname"] == ["edge.cdn.example.", "web.example."]
-    assert result.evidence["addresses"] == ["192.0.2.7"]
+    assert list(dns_of(result).cname) == ["edge.cdn.example.", "web.example."]
+    assert list(dns_of(result).addresses) == ["192.0.2.7"]
     assert "CNAME edge.cdn.example. -> web.example. A 192.0.2.7" in result.detail
 
 
@@ -102,7 +107,7 @@ async def test_short_name_found_through_the_search_list(dns_server: TestDNSServe
     result = await dns_cluster("api", pod_resolv(dns_server), timeout_s=BUDGET_S)
 
     assert result.status is Status.OK
-    assert result.evidence["name"] == "api.svc.cluster.local."
+    assert dns_of(result).name == "api.svc.cluster.local."
     # The search stops at the first name with an address.
     assert dns_server.names_asked("A") == [
         "api.default.svc.cluster.local.",
@@ -115,9 +120,9 @@ async def test_truncated_udp_answer_is_asked_again_over_tcp(dns_server: TestDNSS
     result = await dns_cluster("big.example.", pod_resolv(dns_server), timeout_s=BUDGET_S)
 
     assert result.status is Status.OK
-    assert result.evidence["addresses"] == ["192.0.2.9"]
-    a_tries = [t for t in result.evidence["tried"] if t["type"] == "A"]
-    assert [(t["proto"], t.get("truncated", False)) for t in a_tries] == [
+    assert list(dns_of(result).addresses) == ["192.0.2.9"]
+    a_tries = [t for t in dns_of(result).tried if t.type == "A"]
+    assert [(t.proto, t.truncated) for t in a_tries] == [
         ("udp", True),
         ("tcp", False),
     ]
@@ -165,8 +170,8 @@ async def test_server_sees_the_res_search_order(
     assert_fails(result, Step.DNS_CLUSTER, Reason.NXDOMAIN)
     assert dns_server.names_asked("A") == expected
     assert dns_server.names_asked("AAAA") == expected
-    assert result.evidence["candidates"] == expected
-    assert [t["name"] for t in result.evidence["tried"] if t["type"] == "A"] == expected
+    assert list(dns_of(result).candidates) == expected
+    assert [t.name for t in dns_of(result).tried if t.type == "A"] == expected
 
 
 async def test_search_order_through_a_resolv_conf_file(
@@ -193,8 +198,8 @@ async def test_nxdomain_everywhere(dns_server: TestDNSServer) -> None:
     result = await dns_cluster("foo", pod_resolv(dns_server), timeout_s=BUDGET_S)
 
     assert_fails(result, Step.DNS_CLUSTER, Reason.NXDOMAIN)
-    assert result.evidence["addresses"] == []
-    assert result.evidence["name"] is None
+    assert list(dns_of(result).addresses) == []
+    assert dns_of(result).name is None
     assert result.detail.startswith(
         f"{dns_server.nameserver}: NXDOMAIN for foo.default.svc.cluster.local., "
         "foo.svc.cluster.local., foo.cluster.local., foo. (tried 4 names"
@@ -256,8 +261,8 @@ async def test_refused_by_the_first_server_asks_the_second(make_dns_server: Make
     result = await dns_cluster("web.example.", pod_resolv(refusing, good), timeout_s=BUDGET_S)
 
     assert result.status is Status.OK
-    assert result.evidence["resolver"] == str(refusing.nameserver)
-    assert [(t["server"], t["rcode"]) for t in result.evidence["tried"] if t["type"] == "A"] == [
+    assert dns_of(result).resolver == str(refusing.nameserver)
+    assert [(t.server, t.rcode) for t in dns_of(result).tried if t.type == "A"] == [
         (str(refusing.nameserver), "REFUSED"),
         (str(good.nameserver), "NOERROR"),
     ]
@@ -290,8 +295,8 @@ async def test_second_nameserver_is_used_when_the_first_is_silent(
     result = await dns_cluster("web.example.", pod_resolv(silent, good), timeout_s=BUDGET_S)
 
     assert result.status is Status.OK
-    assert result.evidence["resolver"] == str(silent.nameserver)
-    assert [(t["server"], t["rcode"]) for t in result.evidence["tried"] if t["type"] == "A"] == [
+    assert dns_of(result).resolver == str(silent.nameserver)
+    assert [(t.server, t.rcode) for t in dns_of(result).tried if t.type == "A"] == [
         (str(silent.nameserver), "TIMEOUT"),
         (str(good.nameserver), "NOERROR"),
     ]
@@ -303,7 +308,7 @@ async def test_stray_reply_with_another_id_is_ignored(dns_server: TestDNSServer)
     result = await dns_cluster("web.example.", pod_resolv(dns_server), timeout_s=BUDGET_S)
 
     assert_fails(result, Step.DNS_CLUSTER, Reason.DNS_TIMEOUT)
-    assert result.evidence["addresses"] == []
+    assert list(dns_of(result).addresses) == []
 
 
 async def test_malformed_reply_is_dns_error(dns_server: TestDNSServer) -> None:
@@ -354,8 +359,8 @@ async def test_upstream_asks_the_absolute_name_only(dns_server: TestDNSServer) -
     result = await dns_upstream("web.example", dns_server.nameserver, timeout_s=BUDGET_S)
 
     assert (result.step, result.status) == (Step.DNS_UPSTREAM, Status.OK)
-    assert result.evidence["addresses"] == ["192.0.2.1"]
-    assert result.evidence["resolver"] == str(dns_server.nameserver)
+    assert list(dns_of(result).addresses) == ["192.0.2.1"]
+    assert dns_of(result).resolver == str(dns_server.nameserver)
     assert dns_server.names_asked("A") == ["web.example."]
     assert dns_server.names_asked("AAAA") == ["web.example."]
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from egresswatch.addresses import ProxyRoute
+from egresswatch.evidence import HttpEvidence
 from egresswatch.model import Endpoint, Reason, Scheme, Status, StatusRanges, Step, StepResult
 from egresswatch.probes.http import http_response
 from egresswatch.probes.tls import TlsOptions
+from tests.support.evidence import written
 from tests.support.https import (
     HOST,
     NAME,
@@ -86,7 +88,7 @@ async def test_https_ok(pki: Pki, local_servers: LocalServers) -> None:
     server = await local_servers.https(Reply(200, [("Server", "test/1")]))
     result = await request(pki, named(server, path="/health?x=1"))
     assert (result.step, result.status, result.reason) == (Step.HTTP_RESPONSE, Status.OK, None)
-    ev = result.evidence
+    ev = written(result, HttpEvidence)
     assert set(ev) == EVIDENCE_KEYS
     assert (ev["status"], ev["expected"], ev["server"], ev["address"]) == (
         200,
@@ -111,8 +113,8 @@ async def test_http_ok_with_redirect_and_head(pki: Pki, local_servers: LocalServ
     server = await local_servers.http(Reply(301, [("Location", "https://endpoint.test/")]))
     result = await request(pki, named(server, Scheme.HTTP), method="HEAD")
     assert result.status is Status.OK
-    assert result.evidence["location"] == "https://endpoint.test/"
-    assert result.evidence["tls_ms"] is None
+    assert written(result, HttpEvidence)["location"] == "https://endpoint.test/"
+    assert written(result, HttpEvidence)["tls_ms"] is None
     assert server.requests[0].startswith(b"HEAD / HTTP/1.1\r\n")
 
 
@@ -120,7 +122,7 @@ async def test_unexpected_status(pki: Pki, local_servers: LocalServers) -> None:
     server = await local_servers.https(Reply(503))
     result = await request(pki, named(server))
     assert (result.status, result.reason) == (Status.FAIL, Reason.HTTP_STATUS)
-    assert result.evidence["status"] == 503
+    assert written(result, HttpEvidence)["status"] == 503
     assert result.detail.endswith(", expected 200-399")
 
 
@@ -129,7 +131,7 @@ async def test_expected_set_is_respected(pki: Pki, local_servers: LocalServers) 
     assert (await request(pki, named(server))).reason is Reason.HTTP_STATUS
     custom = StatusRanges.parse("200-299,404")
     result = await request(pki, named(server), expect=custom)
-    assert result.status is Status.OK and result.evidence["expected"] == "200-299,404"
+    assert result.status is Status.OK and written(result, HttpEvidence)["expected"] == "200-299,404"
 
 
 @pytest.mark.parametrize("scheme", [Scheme.HTTP, Scheme.HTTPS])
@@ -138,7 +140,7 @@ async def test_azure_firewall_470(pki: Pki, local_servers: LocalServers, scheme:
     server = await start(AZURE_DENY)
     result = await request(pki, named(server, scheme))
     assert (result.status, result.reason) == (Status.FAIL, Reason.FIREWALL_DENIED)
-    assert result.evidence["status"] == 470
+    assert written(result, HttpEvidence)["status"] == 470
     assert "answered 470" in result.detail
 
 
@@ -163,7 +165,7 @@ async def test_interim_answers_are_skipped(pki: Pki, local_servers: LocalServers
     early_hints = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
     server = await local_servers.raw(early_hints + Reply(204).encode())
     result = await request(pki, named(server, Scheme.HTTP))
-    assert result.status is Status.OK and result.evidence["status"] == 204
+    assert result.status is Status.OK and written(result, HttpEvidence)["status"] == 204
 
 
 async def test_not_http(pki: Pki, local_servers: LocalServers) -> None:
@@ -187,7 +189,7 @@ async def test_silent_server_times_out_within_budget(pki: Pki, local_servers: Lo
     assert time.monotonic() - started < 1.5
     assert (result.status, result.reason) == (Status.FAIL, Reason.TIMEOUT)
     assert result.detail.endswith("timed out during the HTTP exchange")
-    assert result.evidence["ttfb_ms"] >= 250
+    assert written(result, HttpEvidence)["ttfb_ms"] >= 250
 
 
 async def test_reset_after_client_hello(pki: Pki, local_servers: LocalServers) -> None:
@@ -228,7 +230,8 @@ async def test_connect_timeout(pki: Pki) -> None:
     with unanswered_port() as port:
         result = await request(pki, Endpoint(Scheme.HTTPS, NAME, port), timeout_s=0.3)
     assert (result.status, result.reason) == (Status.FAIL, Reason.CONN_TIMEOUT)
-    assert result.evidence["tls_ms"] is None and result.evidence["connect_ms"] >= 250
+    ev = written(result, HttpEvidence)
+    assert ev["tls_ms"] is None and ev["connect_ms"] >= 250
 
 
 async def test_skips(pki: Pki) -> None:
@@ -248,7 +251,7 @@ async def test_https_through_allowing_proxy(
     proxy = tinyproxy("allow", [server.port]).route(origin="environment")
     result = await request(pki, by_ip(server), address=None, proxy=proxy)
     assert result.status is Status.OK
-    ev = result.evidence
+    ev = written(result, HttpEvidence)
     assert ev["via_proxy"] == f"proxy {HOST}:{proxy.port} (environment)"
     assert (ev["status"], ev["proxy_status"], ev["address"]) == (200, 200, None)
     assert ev["proxy_connect_ms"] > 0 and ev["tls_ms"] > 0
@@ -260,7 +263,7 @@ async def test_http_through_allowing_proxy(
     server = await local_servers.http()
     proxy = tinyproxy("allow").route()
     result = await request(pki, by_ip(server, Scheme.HTTP), address=None, proxy=proxy)
-    assert result.status is Status.OK and result.evidence["proxy_connect_ms"] is None
+    assert result.status is Status.OK and written(result, HttpEvidence)["proxy_connect_ms"] is None
     assert server.requests[0].startswith(b"GET / HTTP/1.")  # tinyproxy relayed it
 
 
@@ -281,7 +284,8 @@ async def test_denying_proxy(
     proxy = tinyproxy("deny", [server.port]).route()
     result = await request(pki, by_ip(server, scheme), address=None, proxy=proxy)
     assert (result.status, result.reason) == (Status.FAIL, Reason.PROXY_DENIED)
-    assert result.evidence["status"] == 403 and result.evidence["server"].startswith("tinyproxy")
+    ev = written(result, HttpEvidence)
+    assert ev["status"] == 403 and ev["server"].startswith("tinyproxy")
     assert result.detail.startswith(f"{proxy} answered 403 Filtered")
     assert server.requests == []
 
@@ -310,7 +314,7 @@ async def test_proxy_cannot_reach_the_endpoint(
     endpoint = Endpoint(scheme, HOST, port)
     result = await request(pki, endpoint, address=None, proxy=proxy)
     assert (result.status, result.reason) == (Status.FAIL, Reason.PROXY_ERROR)
-    assert result.evidence["status"] == 500
+    assert written(result, HttpEvidence)["status"] == 500
 
 
 async def test_proxy_that_does_not_speak_http(pki: Pki, local_servers: LocalServers) -> None:

@@ -12,6 +12,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from egresswatch.evidence import (
+    DnsEvidence,
+    DnsTry,
+    TcpAttempt,
+    TcpEvidence,
+    TlsEvidence,
+    TraceEvidence,
+    TraceHop,
+)
 from egresswatch.model import (
     PROBE_STEPS,
     Reason,
@@ -58,7 +67,13 @@ RICH = RoundResult(
             None,
             0.0012,
             "10.0.0.10:53 answered shop.example.test. A 203.0.113.7",
-            {"server": "10.0.0.10:53", "answers": ["203.0.113.7"], "tried": [{"n": 1}]},
+            DnsEvidence(
+                resolver="10.0.0.10:53",
+                candidates=("shop.example.test.",),
+                tried=(DnsTry("shop.example.test.", "A", "10.0.0.10:53", "NOERROR", 1.2),),
+                addresses=("203.0.113.7",),
+                name="shop.example.test.",
+            ),
         ),
         StepResult(
             Step.DNS_UPSTREAM,
@@ -67,14 +82,26 @@ RICH = RoundResult(
             0.0,
             "no upstream resolver configured",
         ),
-        StepResult(Step.TCP_CONNECT, Status.OK, None, 0.004, "connected", {"ip": "203.0.113.7"}),
+        StepResult(
+            Step.TCP_CONNECT,
+            Status.OK,
+            None,
+            0.004,
+            "connected",
+            TcpEvidence("203.0.113.7", 8443, "dns_cluster", (TcpAttempt("203.0.113.7", "ok"),)),
+        ),
         StepResult(
             Step.TLS_HANDSHAKE,
             Status.FAIL,
             Reason.TLS_UNTRUSTED,
             0.031,
             "certificate verify failed: unable to get local issuer — «Corp Proxy CA»",
-            {"issuer": "O=Corp Proxy CA", "version": "TLSv1.3", "verified": False, "n": None},
+            TlsEvidence(
+                issuer="O=Corp Proxy CA — «intercepting»",
+                version="TLSv1.3",
+                verify_error="unable to get local issuer certificate",
+                days_left=-3,
+            ),
         ),
         StepResult(
             Step.HTTP_RESPONSE,
@@ -89,7 +116,12 @@ RICH = RoundResult(
             Reason.PROBE_ERROR,
             1.5,
             "probe broke",
-            {"hops": [{"ttl": 1, "addr": "10.224.0.1", "rtt_s": 0.0003}], "nested": {"a": 1.5}},
+            TraceEvidence(
+                destination="203.0.113.7",
+                hops=(TraceHop(1, "10.224.0.1", 0.3, "time_exceeded"), TraceHop(2)),
+                last_hop="10.224.0.1",
+                stopped="error",
+            ),
         ),
     ),
 )

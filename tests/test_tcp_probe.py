@@ -7,7 +7,6 @@ reason tcp_connect produces has a test here that fails when its classification b
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Iterator
@@ -16,10 +15,12 @@ from typing import Any
 
 import pytest
 
+from egresswatch.evidence import TcpEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.icmp import parse_extended_err
 from egresswatch.probes.tcp import MAX_ADDRESSES, tcp_connect
 from tests.support import netns, tcpservers
+from tests.support.evidence import assert_round_trips, typed
 from tests.support.netns import Lab, Node
 from tests.support.tcpservers import ClosedPort, MakeServer, TcpServer
 
@@ -36,11 +37,11 @@ def assert_fails(result: StepResult, reason: Reason) -> None:
     assert (result.step, result.status, result.reason) == (Step.TCP_CONNECT, Status.FAIL, reason), (
         result.detail
     )
-    json.dumps(dict(result.evidence))  # evidence stays JSON-able on every path
+    assert_round_trips(result)  # evidence stays JSON on every path, as ingest takes it
 
 
-def outcomes(evidence: dict[str, Any] | Any) -> list[tuple[str, str]]:
-    return [(a["address"], a["outcome"]) for a in evidence["attempts"]]
+def outcomes(result: StepResult) -> list[tuple[str, str]]:
+    return [(a.address, a.outcome) for a in typed(result, TcpEvidence).attempts]
 
 
 # --- loopback ------------------------------------------------------------------------------
@@ -52,20 +53,21 @@ async def test_connects_and_reports_evidence(accept_server: TcpServer) -> None:
     )
 
     assert (result.step, result.status, result.reason) == (Step.TCP_CONNECT, Status.OK, None)
-    assert result.evidence["address"] == "127.0.0.1"
-    assert result.evidence["port"] == accept_server.port
-    assert result.evidence["ip_source"] == "dns_cluster"
-    assert result.evidence["untried"] == []
-    [attempt] = result.evidence["attempts"]
-    assert attempt["address"] == "127.0.0.1"
-    assert attempt["outcome"] == "ok"
-    assert attempt["icmp_from"] is None
-    assert isinstance(attempt["ms"], float)
+    evidence = typed(result, TcpEvidence)
+    assert evidence.address == "127.0.0.1"
+    assert evidence.port == accept_server.port
+    assert evidence.ip_source == "dns_cluster"
+    assert evidence.untried == ()
+    [attempt] = evidence.attempts
+    assert attempt.address == "127.0.0.1"
+    assert attempt.outcome == "ok"
+    assert attempt.icmp_from is None
+    assert isinstance(attempt.ms, float)
     assert 0.0 < result.duration_s < 0.15  # the connect only, not the reset grace read
     assert result.detail.startswith(f"connected to 127.0.0.1:{accept_server.port} in ")
     assert result.detail.endswith(" ms (from dns_cluster)")
     assert accept_server.wait_accepted(1)
-    json.dumps(dict(result.evidence))
+    assert_round_trips(result)
 
 
 async def test_ipv6_loopback(make_tcp_server: MakeServer) -> None:
@@ -80,8 +82,8 @@ async def test_reset_right_after_accept(reset_server: TcpServer) -> None:
         ["127.0.0.1"], reset_server.port, timeout_s=BUDGET_S, ip_source="last_good"
     )
     assert_fails(result, Reason.CONN_RESET)
-    assert outcomes(result.evidence) == [("127.0.0.1", "conn_reset")]
-    assert result.evidence["address"] is None
+    assert outcomes(result) == [("127.0.0.1", "conn_reset")]
+    assert typed(result, TcpEvidence).address is None
     assert result.detail.startswith(f"127.0.0.1:{reset_server.port} conn_reset after ")
     assert reset_server.accepted == 1
 
@@ -91,8 +93,8 @@ async def test_refused(refused_port: ClosedPort) -> None:
         ["127.0.0.1"], refused_port.port, timeout_s=BUDGET_S, ip_source="pinned"
     )
     assert_fails(result, Reason.CONN_REFUSED)
-    assert outcomes(result.evidence) == [("127.0.0.1", "conn_refused")]
-    assert result.evidence["attempts"][0]["icmp_from"] is None  # a RST, not an ICMP
+    assert outcomes(result) == [("127.0.0.1", "conn_refused")]
+    assert typed(result, TcpEvidence).attempts[0].icmp_from is None  # a RST, not an ICMP
     assert result.detail.startswith(f"127.0.0.1:{refused_port.port} conn_refused after ")
     assert result.detail.endswith(" ms (from pinned)")
 
@@ -108,8 +110,8 @@ async def test_second_address_tried_when_the_first_refuses(make_tcp_server: Make
     finally:
         closed.close()
     assert result.status is Status.OK, result.detail
-    assert result.evidence["address"] == "127.0.0.2"
-    assert outcomes(result.evidence) == [("127.0.0.1", "conn_refused"), ("127.0.0.2", "ok")]
+    assert typed(result, TcpEvidence).address == "127.0.0.2"
+    assert outcomes(result) == [("127.0.0.1", "conn_refused"), ("127.0.0.2", "ok")]
     assert f"after 127.0.0.1:{server.port} conn_refused" in result.detail
 
 
@@ -124,21 +126,23 @@ async def test_at_most_four_addresses(refused_port: ClosedPort) -> None:
         for port in held:
             port.close()
     assert_fails(result, Reason.CONN_REFUSED)
-    assert [a for a, _ in outcomes(result.evidence)] == addresses[:MAX_ADDRESSES]
-    assert result.evidence["untried"] == addresses[MAX_ADDRESSES:]
+    assert [a for a, _ in outcomes(result)] == addresses[:MAX_ADDRESSES]
+    assert list(typed(result, TcpEvidence).untried) == addresses[MAX_ADDRESSES:]
     assert result.detail.endswith("(from dns_cluster); 2 more not tried")
 
 
 async def test_no_addresses_is_skipped() -> None:
     result = await tcp_connect([], 443, timeout_s=BUDGET_S, ip_source="dns_cluster")
     assert (result.status, result.reason) == (Status.SKIPPED, Reason.NO_ADDRESS)
-    assert result.evidence["attempts"] == []
+    assert typed(result, TcpEvidence).attempts == ()
+    assert_round_trips(result)
 
 
 async def test_not_an_ip_is_a_probe_error() -> None:
     result = await tcp_connect(["web.example"], 443, timeout_s=BUDGET_S, ip_source="pinned")
     assert (result.status, result.reason) == (Status.ERROR, Reason.PROBE_ERROR)
-    assert outcomes(result.evidence) == [("web.example", "probe_error")]
+    assert outcomes(result) == [("web.example", "probe_error")]
+    assert_round_trips(result)
 
 
 # --- the ICMP error queue, byte by byte ----------------------------------------------------

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from egresswatch.addresses import ProxyRoute
+from egresswatch.evidence import TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.tls import TlsOptions, tls_handshake
+from tests.support.evidence import written
 from tests.support.https import (
     CA_ORG,
     FOREIGN_ORG,
@@ -66,7 +68,7 @@ async def test_trusted(pki: Pki, local_servers: LocalServers) -> None:
     server = await local_servers.https()
     result = await handshake(pki, server.port)
     assert (result.step, result.status, result.reason) == (Step.TLS_HANDSHAKE, Status.OK, None)
-    ev = result.evidence
+    ev = written(result, TlsEvidence)
     assert set(ev) == EVIDENCE_KEYS
     assert ev["version"] in ("TLSv1.3", "TLSv1.2") and ev["cipher"]
     assert CA_ORG in ev["issuer"] and ev["subject"].startswith(f"CN={NAME},")
@@ -82,9 +84,12 @@ async def test_expired(pki: Pki, local_servers: LocalServers) -> None:
     server = await local_servers.https(cert="expired")
     result = await handshake(pki, server.port)
     assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_EXPIRED)
-    assert "expired" in result.evidence["verify_error"]
+    assert "expired" in written(result, TlsEvidence)["verify_error"]
     # Read again without verification: the evidence shows the certificate anyway.
-    assert result.evidence["days_left"] < 0 and CA_ORG in result.evidence["issuer"]
+    assert (
+        written(result, TlsEvidence)["days_left"] < 0
+        and CA_ORG in written(result, TlsEvidence)["issuer"]
+    )
     assert result.detail.startswith("certificate verify failed: certificate has expired")
     assert "expired 20" in result.detail
 
@@ -93,14 +98,14 @@ async def test_wrong_name(pki: Pki, local_servers: LocalServers) -> None:
     server = await local_servers.https(cert="wrong_name")
     result = await handshake(pki, server.port)
     assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_NAME_MISMATCH)
-    assert result.evidence["subject"].startswith("CN=other.test,")
+    assert written(result, TlsEvidence)["subject"].startswith("CN=other.test,")
 
 
 async def test_unknown_ca_shows_the_foreign_issuer(pki: Pki, local_servers: LocalServers) -> None:
     server = await local_servers.https(cert="foreign")
     result = await handshake(pki, server.port)
     assert (result.status, result.reason) == (Status.FAIL, Reason.TLS_UNTRUSTED)
-    assert FOREIGN_ORG in result.evidence["issuer"]
+    assert FOREIGN_ORG in written(result, TlsEvidence)["issuer"]
     assert FOREIGN_ORG in result.detail
 
 
@@ -116,7 +121,7 @@ async def test_verification_off_accepts_any(pki: Pki, local_servers: LocalServer
     server = await local_servers.https(cert="foreign")
     result = await handshake(pki, server.port, tls=TlsOptions(verify=False))
     assert result.status is Status.OK
-    assert FOREIGN_ORG in result.evidence["issuer"]
+    assert FOREIGN_ORG in written(result, TlsEvidence)["issuer"]
 
 
 async def test_reset_after_client_hello_is_a_firewall(
@@ -125,7 +130,7 @@ async def test_reset_after_client_hello_is_a_firewall(
     server = await local_servers.reset_after_hello()
     result = await handshake(pki, server.port)
     assert (result.status, result.reason) == (Status.FAIL, Reason.FIREWALL_DENIED)
-    assert "ClientHello" in result.detail and result.evidence["issuer"] is None
+    assert "ClientHello" in result.detail and written(result, TlsEvidence)["issuer"] is None
 
 
 async def test_close_after_client_hello(pki: Pki, local_servers: LocalServers) -> None:
@@ -155,7 +160,7 @@ async def test_tcp_failure_keeps_the_tcp_reason(pki: Pki) -> None:
     result = await handshake(pki, closed_port())
     assert (result.status, result.reason) == (Status.FAIL, Reason.CONN_REFUSED)
     assert result.detail.startswith("TCP connect failed:")
-    assert result.evidence["tls_ms"] is None
+    assert written(result, TlsEvidence)["tls_ms"] is None
 
 
 async def test_tcp_timeout_keeps_the_tcp_reason(pki: Pki) -> None:
@@ -175,10 +180,9 @@ async def test_through_allowing_proxy(
     proxy = tinyproxy("allow", [server.port]).route()
     result = await handshake(pki, server.port, proxy=proxy)
     assert result.status is Status.OK
-    assert result.evidence["via_proxy"] == str(proxy)
-    assert result.evidence["proxy_connect_ms"] > 0 and result.evidence["subject"].startswith(
-        f"CN={NAME},"
-    )
+    assert written(result, TlsEvidence)["via_proxy"] == str(proxy)
+    ev = written(result, TlsEvidence)
+    assert ev["proxy_connect_ms"] > 0 and ev["subject"].startswith(f"CN={NAME},")
 
 
 async def test_expired_through_proxy_still_shows_the_certificate(
@@ -187,7 +191,7 @@ async def test_expired_through_proxy_still_shows_the_certificate(
     server = await local_servers.https(cert="expired")
     proxy = tinyproxy("allow", [server.port]).route()
     result = await handshake(pki, server.port, proxy=proxy)
-    assert result.reason is Reason.TLS_EXPIRED and result.evidence["days_left"] < 0
+    assert result.reason is Reason.TLS_EXPIRED and written(result, TlsEvidence)["days_left"] < 0
 
 
 @pytest.mark.parametrize(
@@ -206,7 +210,7 @@ async def test_skipped_when_the_proxy_refuses(
     proxy = tinyproxy(mode, [server.port]).route(credentials=False)
     result = await handshake(pki, server.port, proxy=proxy)
     assert (result.status, result.reason) == (Status.SKIPPED, reason)
-    assert result.evidence["proxy_status"] == status
+    assert written(result, TlsEvidence)["proxy_status"] == status
     assert "http_response reports it" in result.detail
 
 
@@ -222,7 +226,7 @@ async def test_proxy_cannot_reach_the_endpoint(pki: Pki, tinyproxy: StartProxy) 
     port = closed_port()
     result = await handshake(pki, port, proxy=tinyproxy("allow", [port]).route())
     assert (result.status, result.reason) == (Status.SKIPPED, Reason.PROXY_ERROR)
-    assert result.evidence["proxy_status"] == 500
+    assert written(result, TlsEvidence)["proxy_status"] == 500
 
 
 async def test_missing_ca_file_is_a_probe_error(pki: Pki, tmp_path: Path) -> None:

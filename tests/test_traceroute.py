@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from egresswatch.evidence import TraceEvidence
 from egresswatch.model import Reason, Status, Step
 from egresswatch.probes.traceroute import path_trace
 from tests.support import netns, tcpservers
+from tests.support.evidence import assert_round_trips, typed
 from tests.support.netns import Lab, Node
 from tests.support.tcpservers import ClosedPort, TcpServer
 
@@ -36,19 +38,19 @@ async def test_loopback_is_one_hop(accept_server: TcpServer) -> None:
     result = await path_trace("127.0.0.1", accept_server.port, timeout_s=2.0)
 
     assert (result.step, result.status, result.reason) == (Step.PATH_TRACE, Status.OK, None)
-    evidence = result.evidence
-    assert [(h["ttl"], h["address"], h["icmp"], h["reached"]) for h in evidence["hops"]] == [
+    evidence = typed(result, TraceEvidence)
+    assert [(h.ttl, h.address, h.icmp, h.reached) for h in evidence.hops] == [
         (1, "127.0.0.1", None, True)
     ]
-    assert isinstance(evidence["hops"][0]["rtt_ms"], float)
-    assert (evidence["destination"], evidence["port"]) == ("127.0.0.1", accept_server.port)
-    assert (evidence["last_hop"], evidence["reached"], evidence["stopped"]) == (
+    assert isinstance(evidence.hops[0].rtt_ms, float)
+    assert (evidence.destination, evidence.port) == ("127.0.0.1", accept_server.port)
+    assert (evidence.last_hop, evidence.reached, evidence.stopped) == (
         "127.0.0.1",
         True,
         "reached",
     )
     assert result.detail.startswith("reached 127.0.0.1 in 1 hop (")
-    json.dumps(dict(evidence))
+    assert_round_trips(result)
 
 
 async def test_a_rst_is_the_destination_answering_over_ipv6() -> None:
@@ -58,13 +60,15 @@ async def test_a_rst_is_the_destination_answering_over_ipv6() -> None:
     finally:
         closed.close()
     assert result.status is Status.OK, result.detail
-    assert result.evidence["hops"][0]["address"] == "::1"
+    assert typed(result, TraceEvidence).hops[0].address == "::1"
+    assert_round_trips(result)
 
 
 async def test_not_an_ip_is_a_probe_error() -> None:
     result = await path_trace("web.example", 443, timeout_s=2.0)
     assert (result.status, result.reason) == (Status.ERROR, Reason.PROBE_ERROR)
-    assert result.evidence["hops"] == []
+    assert typed(result, TraceEvidence).hops == ()
+    assert_round_trips(result)
 
 
 # --- in a namespace lab ----------------------------------------------------------------------

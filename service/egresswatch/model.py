@@ -10,8 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+from egresswatch.evidence import Evidence, NotRun
 
 
 class Step(StrEnum):
@@ -201,8 +203,8 @@ def _check_host(host: str) -> str:
 class StepResult:
     """One step of one round: what happened, why, how long it took, and the evidence.
 
-    `detail` is the one-line evidence a person reads; `evidence` is the same as structured,
-    JSON-able data for the API and the controller.
+    `detail` is the one-line evidence a person reads; `evidence` is the same as a frozen type,
+    the step's own (steps.py says which) or `NotRun` when the step did not judge the target.
     """
 
     step: Step
@@ -210,11 +212,21 @@ class StepResult:
     reason: Reason | None = None
     duration_s: float = 0.0
     detail: str = ""
-    evidence: Mapping[str, Any] = field(default_factory=dict)
+    evidence: Evidence = field(default_factory=NotRun)
 
     @property
     def failed(self) -> bool:
         return self.status is Status.FAIL
+
+
+E = TypeVar("E", bound=Evidence)
+
+
+def evidence_of(result: StepResult | None, kind: type[E]) -> E | None:
+    """`result`'s evidence when it is a `kind`, else None (no result, or the step did not run)."""
+    if result is None or not isinstance(result.evidence, kind):
+        return None
+    return result.evidence
 
 
 @dataclass(frozen=True)

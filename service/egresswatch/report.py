@@ -1,17 +1,17 @@
 """A round as a person following the manual checklist reads it, as text or as JSON.
 
 Also the next manual command for a failing step: what an engineer types to see the failure
-with their own eyes (nslookup, nc, curl, traceroute), pure and reused by the diagnosis.
+with their own eyes (nslookup, nc, curl, traceroute; steps.py builds each), pure and reused by
+the diagnosis.
 """
 
 from __future__ import annotations
 
-import shlex
 from typing import Any
 
-from egresswatch.model import Endpoint, RoundResult, Scheme, Status, Step, StepResult
-
-_ORDER = {step: index for index, step in enumerate(Step, start=1)}
+from egresswatch.evidence import TcpEvidence
+from egresswatch.model import Endpoint, RoundResult, Status, Step, StepResult, evidence_of
+from egresswatch.steps import Aim, describe
 
 
 def next_command(
@@ -23,42 +23,18 @@ def next_command(
     port: int | None = None,
     proxy: str | None = None,
 ) -> str | None:
-    """The manual command that shows `step` failing for `endpoint`, or None when all is ok.
+    """The manual command that shows `step` failing for `endpoint` (steps.py builds it), or
+    None when all is ok or the step has no command of its own (a derived step).
 
     `address` and `port` are where the round connected to (or tried: the proxy, when one is
     used), `upstream` the resolver asked directly, `proxy` the proxy URL in use.
     """
-    host = endpoint.host
-    port = port or endpoint.port
-    ip = address or host
-    curl_proxy = f" --proxy {shlex.quote(proxy)}" if proxy else ""
-    match step:
-        case None:
-            return None
-        case Step.DNS_CLUSTER:
-            return f"nslookup {host}"
-        case Step.DNS_UPSTREAM:
-            return _nslookup(host, upstream)
-        case Step.TCP_CONNECT:
-            return f"nc -z -v -w 5 {ip} {port}"
-        case Step.TLS_HANDSHAKE | Step.HTTP_RESPONSE if endpoint.scheme is not Scheme.TCP:
-            return f"curl -Iv{curl_proxy} {shlex.quote(endpoint.url)}"
-        case _:
-            return f"traceroute -T -p {port} {ip}"
-
-
-def _nslookup(host: str, upstream: str | None) -> str:
-    """`nslookup host server`, with `-port=N` when the server is not on 53 (nslookup takes no
-    host:port)."""
-    if upstream is None:
-        return f"nslookup {host} UPSTREAM_DNS_IP"
-    server, port = upstream, "53"
-    if upstream.startswith("["):
-        server, _, rest = upstream[1:].partition("]")
-        port = rest.removeprefix(":") or "53"
-    elif upstream.count(":") == 1:
-        server, port = upstream.split(":")
-    return f"nslookup {host} {server}" if port == "53" else f"nslookup -port={port} {host} {server}"
+    if step is None:
+        return None
+    command = describe(step).command
+    if command is None:
+        return None
+    return command(endpoint, Aim(address=address, port=port, upstream=upstream, proxy=proxy))
 
 
 def round_document(
@@ -97,7 +73,7 @@ def step_document(step: StepResult) -> dict[str, Any]:
         "reason": step.reason.value if step.reason else None,
         "duration_ms": round(step.duration_s * 1000.0, 3),
         "detail": step.detail,
-        "evidence": dict(step.evidence),
+        "evidence": step.evidence.to_json(),
     }
 
 
@@ -107,7 +83,7 @@ def render_text(document: dict[str, Any]) -> str:
         f"checklist for {document['url']} from {document['source']} at {document['started_at']}"
     ]
     for step in document["steps"]:
-        number = _ORDER[Step(step["step"])]
+        number = describe(Step(step["step"])).number
         detail = step["detail"]
         if step["reason"] and step["status"] != Status.OK.value:
             detail = f"{step['reason']}: {detail}" if detail else step["reason"]
@@ -133,20 +109,10 @@ def _reason(result: RoundResult, step: Step | None) -> str | None:
 
 
 def _port(result: RoundResult) -> int | None:
-    tcp = result.step(Step.TCP_CONNECT)
-    port = tcp.evidence.get("port") if tcp is not None else None
-    return port if isinstance(port, int) else None
+    tcp = evidence_of(result.step(Step.TCP_CONNECT), TcpEvidence)
+    return tcp.port if tcp is not None else None
 
 
 def _address(result: RoundResult) -> str | None:
-    tcp = result.step(Step.TCP_CONNECT)
-    if tcp is None:
-        return None
-    address = tcp.evidence.get("address")
-    if isinstance(address, str):
-        return address
-    attempts = tcp.evidence.get("attempts")
-    if isinstance(attempts, list) and attempts and isinstance(attempts[0], dict):
-        first = attempts[0].get("address")
-        return first if isinstance(first, str) else None
-    return None
+    tcp = evidence_of(result.step(Step.TCP_CONNECT), TcpEvidence)
+    return tcp.aimed_at if tcp is not None else None

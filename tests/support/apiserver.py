@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from egresswatch.controller.api import make_app
 from egresswatch.controller.ingest import Ingest
 from egresswatch.controller.routes import ApiDeps, add_api_routes
+from egresswatch.evidence import TcpAttempt, TcpEvidence
 from egresswatch.model import (
     PROBE_STEPS,
     Change,
@@ -119,14 +120,14 @@ def make_round(
                     reason,
                     duration_s=5.0,
                     detail=f"{step.value} failed",
-                    evidence={
-                        "address": "203.0.113.10",
-                        "port": 443,
-                        "ip_source": "dns_cluster",
-                        "attempts": [
-                            {"address": "203.0.113.10", "outcome": reason or "?", "ms": 5000.0}
-                        ],
-                    },
+                    evidence=TcpEvidence(
+                        address="203.0.113.10",
+                        port=443,
+                        ip_source="dns_cluster",
+                        attempts=(
+                            TcpAttempt("203.0.113.10", reason.value if reason else "?", 5000.0),
+                        ),
+                    ),
                 )
             )
             broken = True

@@ -1,9 +1,10 @@
-"""What a round's steps say, for the diagnosis: evidence read defensively, and said in words.
+"""What a round's steps say, for the diagnosis: evidence read by attribute, and said in words.
 
-Step evidence arrives from agents through the API and the database, so nothing here trusts
-its shape: a missing key, a wrong type or a garbled address reads as "not known", never as an
-exception. Every sentence quotes the concrete facts (resolver and rcode, IP:port, ICMP sender,
-hop, status code, issuer) so a person can check them by hand.
+Step evidence is typed (evidence.py), checked at ingest and read leniently from storage, so
+its shape is known here; its values are still what an agent saw, so a garbled address or an
+empty list reads as "not known", never as an exception. Every sentence quotes the concrete
+facts (resolver and rcode, IP:port, ICMP sender, hop, status code, issuer) so a person can
+check them by hand.
 
 Pure: no I/O, no clock.
 """
@@ -15,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from egresswatch.model import Reason, Status, Step, StepResult, Suspect
+from egresswatch.evidence import DnsEvidence, HttpEvidence, TcpEvidence, TlsEvidence, TraceEvidence
+from egresswatch.model import Reason, Status, Step, StepResult, Suspect, evidence_of
+from egresswatch.steps import describe
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -95,41 +98,16 @@ class Finding:
 # --- reading evidence ------------------------------------------------------------------------
 
 
-def _evidence(result: StepResult | None) -> Mapping[str, Any]:
-    if result is None or not isinstance(result.evidence, Mapping):
-        return {}
-    return result.evidence
+def tcp_of(result: StepResult | None) -> TcpEvidence | None:
+    return evidence_of(result, TcpEvidence)
 
 
-def text(result: StepResult | None, key: str) -> str | None:
-    """A non-empty string under `key`, else None."""
-    value = _evidence(result).get(key)
-    return value if isinstance(value, str) and value else None
+def trace_of(result: StepResult | None) -> TraceEvidence | None:
+    return evidence_of(result, TraceEvidence)
 
 
-def integer(result: StepResult | None, key: str) -> int | None:
-    value = _evidence(result).get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def strings(result: StepResult | None, key: str) -> list[str]:
-    value = _evidence(result).get(key)
-    if not isinstance(value, list | tuple):
-        return []
-    return [item for item in value if isinstance(item, str) and item]
-
-
-def records(result: StepResult | None, key: str) -> list[Mapping[str, Any]]:
-    """The mappings in a list under `key` (tcp `attempts`, trace `hops`, dns `tried`)."""
-    value = _evidence(result).get(key)
-    if not isinstance(value, list | tuple):
-        return []
-    return [item for item in value if isinstance(item, Mapping)]
-
-
-def field_text(record: Mapping[str, Any], key: str) -> str | None:
-    value = record.get(key)
-    return value if isinstance(value, str) and value else None
+def tls_of(result: StepResult | None) -> TlsEvidence | None:
+    return evidence_of(result, TlsEvidence)
 
 
 def ran(result: StepResult | None) -> bool:
@@ -150,9 +128,9 @@ def reason_text(result: StepResult | None) -> str:
 # --- egress devices --------------------------------------------------------------------------
 
 
-def device_of(address: object, devices: Sequence[Network]) -> Network | None:
+def device_of(address: str | None, devices: Sequence[Network]) -> Network | None:
     """The configured egress device network that holds `address`, if any."""
-    if not isinstance(address, str) or not devices:
+    if not address or not devices:
         return None
     try:
         ip = ipaddress.ip_address(address.strip("[]"))
@@ -163,21 +141,22 @@ def device_of(address: object, devices: Sequence[Network]) -> Network | None:
 
 def icmp_senders(tcp: StepResult | None) -> list[str]:
     """Who sent the ICMP errors that ended tcp_connect's attempts, in attempt order."""
-    found = (field_text(a, "icmp_from") for a in records(tcp, "attempts"))
-    return list(dict.fromkeys(s for s in found if s))
+    found = tcp_of(tcp)
+    return found.icmp_senders if found is not None else []
 
 
 def trace_stop(trace: StepResult | None) -> str | None:
     """The last hop that answered a trace that did not reach the target, else None."""
-    if trace is None or not trace.failed:
+    found = trace_of(trace)
+    if trace is None or not trace.failed or found is None:
         return None
-    return text(trace, "last_hop")
+    return found.last_hop or None
 
 
 def trace_hops(trace: StepResult | None) -> list[str]:
     """The addresses of every hop of the trace that answered, in TTL order."""
-    found = (field_text(hop, "address") for hop in records(trace, "hops"))
-    return [address for address in found if address]
+    found = trace_of(trace)
+    return found.addresses if found is not None else []
 
 
 def device_note(address: str, devices: Sequence[Network]) -> str:
@@ -203,9 +182,7 @@ def listing(items: Sequence[str]) -> str:
     return f"{shown} and {rest} more" if rest > 0 else shown
 
 
-def _duration(value: object) -> str | None:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
+def _duration(value: float) -> str:
     if value >= 1000:
         return f"{value / 1000:.1f} s"
     return f"{value:.0f} ms" if value >= 10 else f"{value:.1f} ms"
@@ -222,16 +199,17 @@ _RCODES = {
 
 def dns_sentence(result: StepResult | None, label: str, host: str) -> str:
     """E.g. `cluster DNS 10.0.0.10 answered SERVFAIL for microsoft.com.`."""
-    resolver = text(result, "resolver")
+    dns = evidence_of(result, DnsEvidence)
+    resolver = dns.resolver if dns is not None else None
     who = f"{label} {resolver}" if resolver else label
     if result is None:
         return f"{label} was not asked"
     if result.status is Status.OK:
-        addresses = strings(result, "addresses")
+        addresses = [a for a in dns.addresses if a] if dns is not None else []
         return f"{who} answered {listing(addresses)}" if addresses else f"{who} answered"
     if result.status is not Status.FAIL:
         return f"{who} was not asked ({_why(result)})"
-    name = _dns_name(result, host)
+    name = _dns_name(dns, result.reason, host)
     match result.reason:
         case Reason.NXDOMAIN | Reason.SERVFAIL | Reason.REFUSED:
             return f"{who} answered {_RCODES[result.reason]} for {name}"
@@ -247,16 +225,14 @@ def dns_sentence(result: StepResult | None, label: str, host: str) -> str:
             return f"{who} could not be asked for {name} ({reason.value})"
 
 
-def _dns_name(result: StepResult, host: str) -> str:
+def _dns_name(dns: DnsEvidence | None, reason: Reason | None, host: str) -> str:
     """The name the failure is about: the absolute name when it was asked, else the last."""
     absolute = host if host.endswith(".") else f"{host}."
-    rcode = _RCODES.get(result.reason) if result.reason is not None else None
-    tried = [
-        name
-        for entry in records(result, "tried")
-        if (name := field_text(entry, "name")) and (rcode is None or entry.get("rcode") == rcode)
-    ]
-    names = tried or strings(result, "candidates")
+    if dns is None:
+        return absolute
+    rcode = _RCODES.get(reason) if reason is not None else None
+    tried = [t.name for t in dns.tried if t.name and (rcode is None or t.rcode == rcode)]
+    names = tried or [name for name in dns.candidates if name]
     if absolute in names or not names:
         return absolute
     return names[-1]
@@ -269,22 +245,20 @@ def _why(result: StepResult) -> str:
 
 def connect_sentence(tcp: StepResult, devices: Sequence[Network]) -> str:
     """E.g. `tcp_connect to 20.70.246.20:443 (from dns_cluster): conn_timeout after 5.0 s`."""
-    port = integer(tcp, "port")
-    origin = text(tcp, "ip_source")
+    evidence = tcp_of(tcp) or TcpEvidence()
+    port, origin = evidence.port, evidence.ip_source
     attempts = []
-    for attempt in records(tcp, "attempts")[:4]:
-        outcome = field_text(attempt, "outcome") or "?"
-        part = f"{hostport(field_text(attempt, 'address'), port)} {outcome}"
-        if (took := _duration(attempt.get("ms"))) is not None:
-            part += f" after {took}"
-        if (sender := field_text(attempt, "icmp_from")) is not None:
-            part += f" (ICMP from {device_note(sender, devices)})"
+    for attempt in evidence.attempts[:4]:
+        part = f"{hostport(attempt.address or None, port)} {attempt.outcome or '?'}"
+        part += f" after {_duration(attempt.ms)}"
+        if attempt.icmp_from:
+            part += f" (ICMP from {device_note(attempt.icmp_from, devices)})"
         attempts.append(part)
     where = "the proxy" if origin == "proxy" else f"from {origin}" if origin else None
     suffix = f" ({where})" if where else ""
     if attempts:
         return f"tcp_connect{suffix}: " + "; ".join(attempts)
-    address = text(tcp, "address")
+    address = evidence.address
     target = f" to {hostport(address, port)}" if address else ""
     return f"tcp_connect{target}{suffix}: {_why(tcp)}"
 
@@ -293,11 +267,10 @@ def trace_sentence(trace: StepResult | None, devices: Sequence[Network]) -> str 
     """E.g. `path_trace to 20.70.246.20:443 stopped at hop 4 (10.1.0.4): conn_timeout`."""
     if trace is None or not ran(trace):
         return None
-    where = hostport(text(trace, "destination"), integer(trace, "port"))
-    hops = records(trace, "hops")
-    last = text(trace, "last_hop")
-    found = next((h.get("ttl") for h in reversed(hops) if h.get("address") == last), None)
-    ttl = found if isinstance(found, int) and not isinstance(found, bool) else None
+    evidence = trace_of(trace) or TraceEvidence()
+    where = hostport(evidence.destination or None, evidence.port)
+    last = evidence.last_hop or None
+    ttl = next((h.ttl for h in reversed(evidence.hops) if h.address == last), None)
     if trace.status is Status.OK:
         return f"path_trace reached {where}" + (f" in {ttl} hops" if ttl is not None else "")
     if last is None:
@@ -309,24 +282,26 @@ def trace_sentence(trace: StepResult | None, devices: Sequence[Network]) -> str 
 
 def tls_sentence(tls: StepResult) -> str:
     """E.g. `tls_handshake with example.com at 20.1.2.3:443: tls_untrusted (...), issuer CN=X`."""
-    name = text(tls, "server_name")
-    where = hostport(text(tls, "address"), integer(tls, "port"))
+    evidence = tls_of(tls) or TlsEvidence()
+    name = evidence.server_name
+    where = hostport(evidence.address or None, evidence.port)
     head = f"tls_handshake with {name} at {where}" if name else f"tls_handshake at {where}"
     sentence = f"{head}: {reason_text(tls)}"
-    if (error := text(tls, "verify_error")) is not None:
-        sentence += f" ({error})"
-    if (issuer := text(tls, "issuer")) is not None:
-        sentence += f", certificate issued by {issuer}"
-    if (proxy := text(tls, "via_proxy")) is not None:
-        sentence += f", via {proxy}"
+    if evidence.verify_error:
+        sentence += f" ({evidence.verify_error})"
+    if evidence.issuer:
+        sentence += f", certificate issued by {evidence.issuer}"
+    if evidence.via_proxy:
+        sentence += f", via {evidence.via_proxy}"
     return sentence
 
 
 def http_sentence(http: StepResult) -> str:
     """E.g. `https://x/ answered 503 (expected 200-399), server nginx` or a proxy's refusal."""
-    url = text(http, "url") or "the endpoint"
-    proxy = text(http, "via_proxy")
-    status, proxy_status = integer(http, "status"), integer(http, "proxy_status")
+    evidence = evidence_of(http, HttpEvidence) or HttpEvidence()
+    url = evidence.url or "the endpoint"
+    proxy = evidence.via_proxy or None
+    status, proxy_status = evidence.status, evidence.proxy_status
     reason = reason_text(http)
     if proxy_status is not None and not 200 <= proxy_status < 300:
         who = proxy or "the proxy"
@@ -335,10 +310,10 @@ def http_sentence(http: StepResult) -> str:
         sentence = f"http_response for {url}: {reason}"
         return f"{sentence} via {proxy}" if proxy else sentence
     sentence = f"{url} answered {status}"
-    if (expected := text(http, "expected")) is not None:
-        sentence += f" (expected {expected})"
-    if (server := text(http, "server")) is not None:
-        sentence += f", server {server}"
+    if evidence.expected:
+        sentence += f" (expected {evidence.expected})"
+    if evidence.server:
+        sentence += f", server {evidence.server}"
     if proxy is not None:
         sentence += f", via {proxy}"
     if http.reason is not Reason.HTTP_STATUS:
@@ -366,29 +341,18 @@ def step_sentence(result: StepResult, host: str, devices: Sequence[Network]) -> 
 
 
 def failure_facts(result: StepResult | None) -> dict[str, Any]:
-    """The JSON-able gist of a step: status, reason, and the evidence keys rules look at."""
+    """The JSON-able gist of a step: status, reason, and the evidence fields its description
+    says the rules look at (steps.py)."""
     if result is None:
         return {"status": None, "reason": None}
     facts: dict[str, Any] = {
         "status": result.status.value,
         "reason": result.reason.value if result.reason is not None else None,
     }
-    for key in _FACT_KEYS.get(result.step, ()):
-        value = _evidence(result).get(key)
-        if isinstance(value, str | int | float | bool) or value is None:
-            facts[key] = value
-        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            facts[key] = list(value)
+    described = describe(result.step)
+    if isinstance(result.evidence, described.evidence or ()):
+        found = result.evidence.to_json()
+        facts.update((name, found[name]) for name in described.facts if name in found)
     if result.step is Step.TCP_CONNECT:
         facts["icmp_from"] = icmp_senders(result)
     return facts
-
-
-_FACT_KEYS: Mapping[Step, tuple[str, ...]] = {
-    Step.DNS_CLUSTER: ("resolver", "addresses"),
-    Step.DNS_UPSTREAM: ("resolver", "addresses"),
-    Step.TCP_CONNECT: ("address", "port", "ip_source"),
-    Step.TLS_HANDSHAKE: ("address", "server_name", "issuer", "subject", "verify_error"),
-    Step.HTTP_RESPONSE: ("url", "status", "proxy_status", "via_proxy", "server"),
-    Step.PATH_TRACE: ("destination", "port", "last_hop", "reached"),
-}

@@ -34,13 +34,12 @@ from egresswatch.controller.clues import (
     Finding,
     device_of,
     failure_facts,
-    integer,
     is_ok,
     listing,
     ran,
     reason_text,
-    records,
-    text,
+    tcp_of,
+    trace_of,
     trace_sentence,
     trace_stop,
 )
@@ -51,6 +50,7 @@ from egresswatch.controller.sources import (
     egress_path,
     every_control_fails,
 )
+from egresswatch.evidence import DnsEvidence
 from egresswatch.model import (
     Endpoint,
     Reason,
@@ -60,6 +60,7 @@ from egresswatch.model import (
     StepResult,
     Suspect,
     Verdict,
+    evidence_of,
 )
 from egresswatch.report import next_command
 
@@ -79,7 +80,7 @@ def diagnose(
     target is ignored among them, so a control can be diagnosed too); `peers` are the latest
     rounds of the same target from other sources in the same window (`this`'s source is
     ignored among them). A healthy round gets suspect `unknown` with no first failing step and
-    no next command. Never raises, whatever the rounds hold: evidence is read defensively.
+    no next command. Never raises, whatever the rounds' evidence says.
     """
     case = Case(
         this,
@@ -221,7 +222,8 @@ def _proxy(case: Case) -> Finding | None:
         return Finding(
             Suspect.PROXY, "proxy_refuses", (case.says(failing.step),), facts, None, told
         )
-    if failing.step is Step.TCP_CONNECT and text(failing, "ip_source") == "proxy":
+    tcp = tcp_of(failing) if failing.step is Step.TCP_CONNECT else None
+    if tcp is not None and tcp.ip_source == "proxy":
         return Finding(
             Suspect.PROXY, "proxy_unreachable", (case.says(failing.step),), facts, None, told
         )
@@ -263,11 +265,11 @@ def _device_answering(case: Case, failing: StepResult) -> tuple[str | None, Step
     An ICMP error sent by a device ends it, whatever it says. A trace that stops at a device
     ends it only for a silent or unreachable failure: a reset or a refusal came from further.
     """
-    if failing.step is Step.TCP_CONNECT:
-        for attempt in records(failing, "attempts"):
-            sender = attempt.get("icmp_from")
+    tcp = tcp_of(failing) if failing.step is Step.TCP_CONNECT else None
+    if tcp is not None:
+        for sender in tcp.icmp_senders:
             if device_of(sender, case.devices) is not None:
-                return str(sender), Step.TCP_CONNECT
+                return sender, Step.TCP_CONNECT
     stop = trace_stop(case.result(Step.PATH_TRACE))
     if failing.reason in SILENT_OR_UNREACHABLE and device_of(stop, case.devices) is not None:
         return stop, Step.PATH_TRACE
@@ -348,12 +350,11 @@ def _command(case: Case, step: Step | None) -> str | None:
     endpoint = case.this.endpoint
     proxy = case.context.proxy
     if step is Step.DNS_UPSTREAM:
-        upstream = case.context.upstream or text(case.result(step), "resolver")
+        asked = evidence_of(case.result(step), DnsEvidence)
+        upstream = case.context.upstream or (asked.resolver if asked is not None else None)
         return next_command(step, endpoint, upstream=upstream)
     if step in (Step.TCP_CONNECT, Step.PATH_TRACE):
-        result = case.result(step)
-        address = _address(result)
-        port = integer(result, "port")
+        address, port = _aim(case.result(step))
         if port is not None and port != endpoint.port and 0 < port < 65536:
             # through a proxy the round connected to the proxy's port, not the endpoint's
             endpoint = Endpoint(Scheme.TCP, endpoint.host, port)
@@ -361,11 +362,11 @@ def _command(case: Case, step: Step | None) -> str | None:
     return next_command(step, endpoint, upstream=case.context.upstream, proxy=proxy)
 
 
-def _address(result: StepResult | None) -> str | None:
-    """The IP tcp_connect reached or first tried, or the trace's destination."""
-    found = text(result, "address") or text(result, "destination")
-    if found is not None:
-        return found
-    attempts = records(result, "attempts")
-    first = attempts[0].get("address") if attempts else None
-    return first if isinstance(first, str) and first else None
+def _aim(result: StepResult | None) -> tuple[str | None, int | None]:
+    """The IP tcp_connect reached or first tried, or the trace's destination; and the port."""
+    tcp, trace = tcp_of(result), trace_of(result)
+    if tcp is not None:
+        return tcp.aimed_at or None, tcp.port
+    if trace is not None:
+        return trace.destination or None, trace.port
+    return None, None

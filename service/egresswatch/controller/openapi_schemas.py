@@ -32,6 +32,7 @@ from egresswatch.model import (
     Suspect,
 )
 from egresswatch.plan import Plan
+from egresswatch.steps import evidence_schemas
 from egresswatch.storage import Resolution
 
 Schema = dict[str, Any]
@@ -106,10 +107,11 @@ def _results() -> dict[str, Schema]:
             "reason": nullable(ref("Reason")),
             "duration_ms": {"type": "number", "minimum": 0},
             "detail": STRING,
-            "evidence": OBJECT,
+            "evidence": ref("Evidence"),
         }
     )
     return {
+        **evidence_schemas(),
         "StepResult": step_result,
         "Round": obj(
             {
@@ -277,7 +279,10 @@ def _agents() -> dict[str, Schema]:
             "reason": nullable(ref("Reason")),
             "duration_ms": {"type": "number", "minimum": 0, "maximum": DURATION_MS_MAX},
             "detail": {"type": "string", "maxLength": DETAIL_MAX, "pattern": TEXT_PATTERN},
-            "evidence": {**OBJECT, "description": "structured evidence; no NUL in any text"},
+            "evidence": {
+                **ref("Evidence"),
+                "description": "the step's own evidence type, or NotRun; no NUL in any text",
+            },
         },
         optional=("reason", "detail", "evidence"),
     )

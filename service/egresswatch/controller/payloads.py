@@ -5,7 +5,8 @@ A batch is {"source", "batch_id", "rounds": [...]}, each round the shape
 `report.round_document` produces (target, source, started_at, steps with step, status, reason,
 duration_ms, detail, evidence). The fields a round document derives (url, ok,
 first_failing_step, first_failing_reason, next_command) may be sent and are ignored: the
-controller derives them again. Anything else unknown is refused.
+controller derives them again. Anything else unknown is refused, in the evidence too: each
+step's evidence must be its step's type (steps.py, evidence.py), checked strictly here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from egresswatch.controller.params import (
     NAME_PATTERN,
@@ -23,6 +32,7 @@ from egresswatch.controller.params import (
     bad_request,
     parse_time,
 )
+from egresswatch.evidence import Evidence, EvidenceError, NotRun
 from egresswatch.model import (
     PROBE_STEPS,
     Reason,
@@ -32,6 +42,7 @@ from egresswatch.model import (
     Step,
     StepResult,
 )
+from egresswatch.steps import evidence_from_json
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 BATCH_ID_MAX = 128  # storage.tables.ingest_batches.batch_id
@@ -73,6 +84,23 @@ class StepIn(_Strict):
     duration_ms: float = Field(ge=0, le=DURATION_MS_MAX, allow_inf_nan=False)
     detail: str = Field("", max_length=DETAIL_MAX, pattern=TEXT_PATTERN)
     evidence: dict[str, Any] = Field(default_factory=dict)
+    _typed: Evidence = PrivateAttr(default_factory=NotRun)
+
+    def check_evidence(self) -> EvidenceError | None:
+        """Decode the evidence as its step's type, strictly; the error when it does not fit.
+
+        A separate pass (parse_batch), so the problem names the field inside the evidence.
+        """
+        try:
+            self._typed = evidence_from_json(self.step, self.evidence)
+        except EvidenceError as exc:
+            return exc
+        return None
+
+    @property
+    def typed_evidence(self) -> Evidence:
+        """The evidence as decoded by `check_evidence` (NotRun before)."""
+        return self._typed
 
     @field_validator("evidence")
     @classmethod
@@ -125,7 +153,7 @@ class RoundIn(_Strict):
                     reason=s.reason,
                     duration_s=s.duration_ms / 1000.0,
                     detail=s.detail,
-                    evidence=s.evidence,
+                    evidence=s.typed_evidence,
                 )
                 for s in self.steps
             ),
@@ -169,7 +197,23 @@ def parse_batch(body: bytes) -> BatchIn:
     ]
     if strangers:
         raise bad_request(strangers[:50])
+    misfits = [
+        InvalidParam(_evidence_path(i, j, error.field), error.problem)
+        for i, r in enumerate(batch.rounds)
+        for j, s in enumerate(r.steps)
+        if (error := s.check_evidence()) is not None
+    ]
+    if misfits:
+        raise bad_request(misfits[:50])
     return batch
+
+
+def _evidence_path(round_index: int, step_index: int, inside: str) -> str:
+    """`rounds[0].steps[2].evidence.attempts[0].ms`: where in the batch the evidence is wrong."""
+    path = f"rounds[{round_index}].steps[{step_index}].evidence"
+    if not inside:
+        return path
+    return f"{path}{inside}" if inside.startswith("[") else f"{path}.{inside}"
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:

@@ -23,7 +23,7 @@ from egresswatch.controller.clues import (
     http_sentence,
     icmp_senders,
     is_ok,
-    text,
+    tls_of,
     tls_sentence,
     trace_hops,
     trace_sentence,
@@ -147,7 +147,8 @@ def _certificate(failing: StepResult, peers: Sequence[RoundResult]) -> Finding:
         return Finding(
             Suspect.ENDPOINT_ERROR, "certificate_invalid", tuple(evidence), facts, None, told
         )
-    issuer = text(failing, "issuer")
+    shown = tls_of(failing)
+    issuer = shown.issuer if shown is not None else None
     trusted = _trusted_elsewhere(peers, issuer)
     if trusted:
         evidence.extend(trusted)
@@ -165,18 +166,21 @@ def _trusted_elsewhere(peers: Sequence[RoundResult], issuer: str | None) -> list
     found = []
     for peer in peers:
         tls = peer.step(Step.TLS_HANDSHAKE)
-        other = text(tls, "issuer")
-        if is_ok(tls) and other is not None and other != issuer:
+        shown = tls_of(tls)
+        other = shown.issuer if shown is not None else None
+        if is_ok(tls) and other and other != issuer:
             found.append(f"{peer.source} is shown a trusted certificate issued by {other}")
     return found
 
 
 def _self_signed(tls: StepResult) -> bool:
     """The leaf is its own issuer (OpenSSL: `self-signed certificate`, not `... in chain`)."""
-    issuer, subject = text(tls, "issuer"), text(tls, "subject")
-    if issuer is not None and issuer == subject:
+    shown = tls_of(tls)
+    if shown is None:
+        return False
+    if shown.issuer and shown.issuer == shown.subject:
         return True
-    error = (text(tls, "verify_error") or "").lower().replace("self signed", "self-signed")
+    error = (shown.verify_error or "").lower().replace("self signed", "self-signed")
     return error == "self-signed certificate"
 
 

@@ -24,7 +24,8 @@ from egresswatch.demo.scenario import (
     Timeline,
 )
 from egresswatch.demo.watch import FaultRecord, IncidentSeen, Scoreboard, Seen, SeenKind, View
-from egresswatch.model import Endpoint, RoundResult, Status, Step
+from egresswatch.evidence import TcpEvidence
+from egresswatch.model import Endpoint, RoundResult, Status, Step, evidence_of
 from egresswatch.report import render_text, round_document
 
 INDENT = " " * 10  # continuation lines start under the text, past the timestamp
@@ -235,10 +236,12 @@ def _checklist(result: RoundResult, endpoint: Endpoint) -> list[str]:
 def _notes(result: RoundResult) -> list[str]:
     """What a newcomer might miss in the checklist above."""
     tcp = result.step(Step.TCP_CONNECT)
+    connected = evidence_of(tcp, TcpEvidence)
     if (
         tcp is not None
         and tcp.status is Status.OK
-        and tcp.evidence.get("ip_source") in ("last_good", "pinned")
+        and connected is not None
+        and connected.ip_source in ("last_good", "pinned")
     ):
         return [
             "note: tcp_connect still reached the IP it knew: the network works, only the name "

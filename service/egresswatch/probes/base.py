@@ -12,8 +12,8 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+from egresswatch.evidence import Evidence, NotRun
 from egresswatch.model import Reason, Status, Step, StepResult
 
 log = logging.getLogger(__name__)
@@ -100,16 +100,22 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def ok(step: Step, duration_s: float, detail: str, **evidence: Any) -> StepResult:
+def ok(step: Step, duration_s: float, detail: str, evidence: Evidence) -> StepResult:
     return StepResult(step, Status.OK, None, duration_s, detail, evidence)
 
 
-def fail(step: Step, reason: Reason, duration_s: float, detail: str, **evidence: Any) -> StepResult:
+def fail(
+    step: Step, reason: Reason, duration_s: float, detail: str, evidence: Evidence
+) -> StepResult:
     return StepResult(step, Status.FAIL, reason, duration_s, detail, evidence)
 
 
-def skipped(step: Step, reason: Reason, detail: str, **evidence: Any) -> StepResult:
-    return StepResult(step, Status.SKIPPED, reason, 0.0, detail, evidence)
+def skipped(
+    step: Step, reason: Reason, detail: str, evidence: Evidence | None = None
+) -> StepResult:
+    """A step that did not run; `evidence` defaults to `NotRun()` (nothing to say)."""
+    found = evidence if evidence is not None else NotRun()
+    return StepResult(step, Status.SKIPPED, reason, 0.0, detail, found)
 
 
 async def guarded(
@@ -132,5 +138,5 @@ async def guarded(
             Reason.PROBE_ERROR,
             clock() - started,
             f"probe error: {type(exc).__name__}: {describe(exc)}",
-            {"exception": type(exc).__name__},
+            NotRun(exception=type(exc).__name__),
         )

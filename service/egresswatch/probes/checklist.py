@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from egresswatch.addresses import Nameserver, ProxyRoute
+from egresswatch.evidence import DnsEvidence, NotRun, TcpEvidence
 from egresswatch.model import (
     Endpoint,
     Reason,
@@ -27,6 +28,7 @@ from egresswatch.model import (
     StatusRanges,
     Step,
     StepResult,
+    evidence_of,
 )
 from egresswatch.probes.base import guarded, skipped
 from egresswatch.probes.dns import dns_cluster, dns_upstream
@@ -117,7 +119,7 @@ async def run_checklist(
     )
     addresses, ip_source = await _addresses(plan, cluster, upstream, known)
     tcp = await budget.run(Step.TCP_CONNECT, plan, lambda p: _tcp(p, addresses, ip_source))
-    reached = _evidence_str(tcp, "address")
+    reached = _reached(tcp)
     if reached and plan.proxy is None:
         known[plan.target] = reached
     tls = await budget.run(Step.TLS_HANDSHAKE, plan, lambda p: _tls(p, tcp, reached))
@@ -142,7 +144,7 @@ async def _dns_cluster(plan: ChecklistPlan) -> StepResult:
             Reason.PROBE_ERROR,
             0.0,
             f"cannot read {plan.resolv_conf}: {exc.strerror or exc}",
-            {"resolv_conf": str(plan.resolv_conf)},
+            NotRun(resolv_conf=str(plan.resolv_conf)),
         )
     return await dns_cluster(plan.endpoint.host, resolv, timeout_s=plan.step_timeout_s)
 
@@ -168,9 +170,9 @@ async def _addresses(
     if plan.endpoint.is_ip_literal:
         return [plan.endpoint.host], "literal"
     for result in (cluster, upstream):
-        found = _evidence_list(result, "addresses")
-        if result.status is Status.OK and found:
-            return found, result.step.value
+        dns = evidence_of(result, DnsEvidence)
+        if result.status is Status.OK and dns is not None and dns.addresses:
+            return list(dns.addresses), result.step.value
     if plan.target in known:
         return [known[plan.target]], "last_good"
     if plan.pinned_ips:
@@ -271,18 +273,14 @@ def _blocked_by(step: Step, earlier: StepResult) -> StepResult:
         step,
         Reason.DEPENDENCY_FAILED,
         f"{earlier.step.value} did not succeed ({why})",
-        blocked_by=earlier.step.value,
+        NotRun(blocked_by=earlier.step.value),
     )
 
 
-def _evidence_str(result: StepResult, key: str) -> str | None:
-    value = result.evidence.get(key)
-    return value if isinstance(value, str) and result.status is Status.OK else None
-
-
-def _evidence_list(result: StepResult, key: str) -> list[str]:
-    value = result.evidence.get(key)
-    return [str(v) for v in value] if isinstance(value, list) else []
+def _reached(tcp: StepResult) -> str | None:
+    """The address tcp_connect connected to, when it did."""
+    found = evidence_of(tcp, TcpEvidence)
+    return found.address if found is not None and tcp.status is Status.OK else None
 
 
 def _first(addresses: list[str]) -> str | None:

@@ -29,12 +29,12 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from dnslib import DNSRecord
 
 from egresswatch.addresses import Nameserver
+from egresswatch.evidence import DnsEvidence, DnsTry
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes import base
 from egresswatch.probes.dnsclient import (
@@ -115,20 +115,17 @@ class _Try:
     truncated: bool = False
     error: str = ""
 
-    def evidence(self) -> dict[str, Any]:
-        found: dict[str, Any] = {
-            "name": self.name,
-            "type": self.qtype,
-            "server": str(self.server),
-            "rcode": self.rcode,
-            "ms": self.ms,
-            "proto": self.proto,
-        }
-        if self.truncated:
-            found["truncated"] = True
-        if self.error:
-            found["error"] = self.error
-        return found
+    def evidence(self) -> DnsTry:
+        return DnsTry(
+            name=self.name,
+            type=self.qtype,
+            server=str(self.server),
+            rcode=self.rcode,
+            ms=self.ms,
+            proto=self.proto,
+            truncated=self.truncated,
+            error=self.error,
+        )
 
 
 @dataclass(frozen=True)
@@ -254,7 +251,7 @@ async def _resolve(
     names = [name for name in candidates if is_valid_name(name)]
     if not names:
         detail = f"not a valid DNS name: {', '.join(candidates)}"
-        return StepResult(step, Status.ERROR, Reason.PROBE_ERROR, 0.0, detail, {})
+        return StepResult(step, Status.ERROR, Reason.PROBE_ERROR, 0.0, detail)
     search = _Search(resolv, started + timeout_s)
     results: list[_NameResult] = []
     for name in names:
@@ -272,28 +269,26 @@ def _report(
     results: list[_NameResult],
     duration_s: float,
 ) -> StepResult:
-    evidence: dict[str, Any] = {
-        "resolver": str(search.resolv.nameservers[0]),
-        "candidates": names,
-        "tried": [t.evidence() for t in search.tries],
-        "addresses": [],
-        "name": None,
-        "cname": [],
-    }
+    evidence = DnsEvidence(
+        resolver=str(search.resolv.nameservers[0]),
+        candidates=tuple(names),
+        tried=tuple(t.evidence() for t in search.tries),
+    )
     last = results[-1]
     winner = last.winner
     if winner is not None and winner.answer is not None:
         addresses = [*_addresses(last.a), *_addresses(last.aaaa)]
-        evidence.update(
-            addresses=list(dict.fromkeys(addresses)),
+        evidence = replace(
+            evidence,
+            addresses=tuple(dict.fromkeys(addresses)),
             name=last.name,
-            cname=list(winner.answer.cnames),
+            cname=tuple(winner.answer.cnames),
         )
         detail = _ok_detail(winner, last, duration_s)
-        return base.ok(step, duration_s, detail, **evidence)
+        return base.ok(step, duration_s, detail, evidence)
     reason = _step_reason(search, results)
     detail = _fail_detail(reason, search, names, results, duration_s)
-    return base.fail(step, reason, duration_s, detail, **evidence)
+    return base.fail(step, reason, duration_s, detail, evidence)
 
 
 def _addresses(lookup: _Lookup) -> tuple[str, ...]:

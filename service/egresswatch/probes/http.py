@@ -12,9 +12,9 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass, replace
-from typing import Any
 
 from egresswatch.addresses import ProxyRoute
+from egresswatch.evidence import HttpEvidence
 from egresswatch.model import Endpoint, Reason, Scheme, StatusRanges, Step, StepResult
 from egresswatch.probes.base import describe, fail, ms, ok, skipped
 from egresswatch.probes.proxy import (
@@ -87,10 +87,8 @@ async def http_response(
     `http_status`; failures to connect, to handshake or to get an HTTP answer get the reason
     of the phase they happened in. duration_s is the whole exchange.
 
-    Evidence: url, address, via_proxy, expected, status (whoever answered last), proxy_status
-    (the answer to CONNECT), server, location, and in ms: connect_ms (TCP, to the proxy when
-    there is one), proxy_connect_ms (the CONNECT), tls_ms, ttfb_ms (request sent until the
-    answer's head is in), total_ms; a phase not reached is null.
+    Evidence: HttpEvidence; connect_ms is TCP to the proxy when there is one, ttfb_ms from
+    the request sent until the answer's head is in; a phase not reached is null.
     """
     if endpoint.scheme is Scheme.TCP:
         return skipped(Step.HTTP_RESPONSE, Reason.NOT_APPLICABLE, "not an HTTP target")
@@ -101,16 +99,12 @@ async def http_response(
     except (OSError, ssl.SSLError) as exc:
         return context_error(Step.HTTP_RESPONSE, tls, exc)
     request = _Request(endpoint, address, proxy, context, method.upper(), user_agent)
-    evidence: dict[str, Any] = {
-        "url": endpoint.url,
-        "address": None if proxy else address,
-        "via_proxy": str(proxy) if proxy else None,
-        "expected": str(expect),
-        "status": None,
-        "proxy_status": None,
-        "server": None,
-        "location": None,
-    }
+    evidence = HttpEvidence(
+        url=endpoint.url,
+        address=None if proxy else address,
+        via_proxy=str(proxy) if proxy else None,
+        expected=str(expect),
+    )
     phases = Phases()
     begun = time.perf_counter()
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -120,11 +114,11 @@ async def http_response(
     except Exception as exc:
         reason = phases.reason_for(exc)
         total = time.perf_counter() - begun
-        evidence.update(_timings(phases, total))
+        evidence = _timed(evidence, phases, total)
         detail = _failure_detail(request, exc, reason, phases)
-        return fail(Step.HTTP_RESPONSE, reason, total, detail, **evidence)
+        return fail(Step.HTTP_RESPONSE, reason, total, detail, evidence)
     total = answer.ended - begun
-    evidence.update(_timings(phases, total))
+    evidence = _timed(evidence, phases, total)
     if answer.head.status not in expect and _has_body(answer, request.method):
         # Only to recognise who wrote an unexpected answer; not part of the timings.
         remaining = deadline - asyncio.get_running_loop().time()
@@ -208,11 +202,12 @@ def _judge(
     answer: _Answer,
     expect: StatusRanges,
     total: float,
-    evidence: dict[str, Any],
+    evidence: HttpEvidence,
 ) -> StepResult:
     """The verdict on an answer: expected, a refusal by a proxy or firewall, or unexpected."""
     head = answer.head
-    evidence.update(
+    evidence = replace(
+        evidence,
         status=head.status,
         proxy_status=answer.tunnel_status,
         server=head.get("server"),
@@ -224,32 +219,33 @@ def _judge(
             head.status, head.headers, answer.body_prefix, via_proxy=True, connect=True
         )
         detail = f"{request.proxy} answered {head.status} {head.phrase} to CONNECT"
-        return fail(Step.HTTP_RESPONSE, reason or Reason.PROXY_ERROR, total, detail, **evidence)
+        return fail(Step.HTTP_RESPONSE, reason or Reason.PROXY_ERROR, total, detail, evidence)
     text = f"HTTP {head.status} from {request.endpoint.url} in {round(total * 1000)} ms"
     if request.proxy is not None:
         text += f" via {request.proxy}"
     if head.status in expect:
-        return ok(Step.HTTP_RESPONSE, total, f"{text} (expected {expect})", **evidence)
+        return ok(Step.HTTP_RESPONSE, total, f"{text} (expected {expect})", evidence)
     refusal = proxy_refusal_reason(
         head.status, head.headers, answer.body_prefix, via_proxy=request.relayed
     )
     if refusal is not None:
         who = str(request.proxy) if request.relayed else "a proxy or firewall in the path"
         detail = f"{who} answered {head.status} {head.phrase} ({refusal.value})"
-        return fail(Step.HTTP_RESPONSE, refusal, total, detail, **evidence)
+        return fail(Step.HTTP_RESPONSE, refusal, total, detail, evidence)
     return fail(
-        Step.HTTP_RESPONSE, Reason.HTTP_STATUS, total, f"{text}, expected {expect}", **evidence
+        Step.HTTP_RESPONSE, Reason.HTTP_STATUS, total, f"{text}, expected {expect}", evidence
     )
 
 
-def _timings(phases: Phases, total: float) -> dict[str, float | None]:
-    return {
-        "connect_ms": None if phases.tcp_s is None else ms(phases.tcp_s),
-        "proxy_connect_ms": None if phases.proxy_s is None else ms(phases.proxy_s),
-        "tls_ms": None if phases.tls_s is None else ms(phases.tls_s),
-        "ttfb_ms": None if phases.http_s is None else ms(phases.http_s),
-        "total_ms": ms(total),
-    }
+def _timed(evidence: HttpEvidence, phases: Phases, total: float) -> HttpEvidence:
+    return replace(
+        evidence,
+        connect_ms=None if phases.tcp_s is None else ms(phases.tcp_s),
+        proxy_connect_ms=None if phases.proxy_s is None else ms(phases.proxy_s),
+        tls_ms=None if phases.tls_s is None else ms(phases.tls_s),
+        ttfb_ms=None if phases.http_s is None else ms(phases.http_s),
+        total_ms=ms(total),
+    )
 
 
 def _failure_detail(request: _Request, exc: BaseException, reason: Reason, phases: Phases) -> str:

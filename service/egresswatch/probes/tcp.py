@@ -18,8 +18,8 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from egresswatch.evidence import TcpAttempt, TcpEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.base import ms, ok, reason_for_exception, skipped
 from egresswatch.probes.icmp import (
@@ -142,8 +142,7 @@ async def tcp_connect(
     within the grace is a success. `ip_source` says where the addresses came from
     (dns_cluster, dns_upstream, last_good, pinned) and is echoed in the evidence.
 
-    ok: evidence `address` (the one connected), `port`, `ip_source`, `attempts` (each
-    `address`, `outcome` "ok" or a reason, `ms`, `icmp_from`), `untried`.
+    Evidence: TcpEvidence (`address` the one connected, `attempts` each connect).
     fail: the first attempt's reason: conn_refused (RST), conn_reset, conn_timeout (silence),
     net_unreachable (ICMP, no route, a blackhole route), host_unreachable, firewall_denied
     (ICMP admin-prohibited or port-unreachable, or a prohibit route on this source);
@@ -157,15 +156,11 @@ async def tcp_connect(
             Step.TCP_CONNECT,
             Reason.NO_ADDRESS,
             "no address to connect to",
-            address=None,
-            port=port,
-            ip_source=ip_source,
-            attempts=[],
-            untried=[],
+            TcpEvidence(port=port, ip_source=ip_source),
         )
     started = time.perf_counter()
     deadline = started + timeout_s
-    attempts: list[dict[str, Any]] = []
+    attempts: list[TcpAttempt] = []
     failures: list[Outcome] = []
     for index, address in enumerate(chosen):
         remaining = deadline - time.perf_counter()
@@ -180,16 +175,8 @@ async def tcp_connect(
         if outcome.reason is None:
             detail = f"connected to {_hostport(address, port)} in {_human(outcome.elapsed_s)}"
             detail += f" (from {ip_source})" + _after(failures, port)
-            return ok(
-                Step.TCP_CONNECT,
-                outcome.elapsed_s,
-                detail,
-                address=address,
-                port=port,
-                ip_source=ip_source,
-                attempts=attempts,
-                untried=untried,
-            )
+            evidence = TcpEvidence(address, port, ip_source, tuple(attempts), tuple(untried))
+            return ok(Step.TCP_CONNECT, outcome.elapsed_s, detail, evidence)
         failures.append(outcome)
 
     elapsed = time.perf_counter() - started
@@ -205,13 +192,7 @@ async def tcp_connect(
         reason,
         elapsed,
         detail,
-        {
-            "address": None,
-            "port": port,
-            "ip_source": ip_source,
-            "attempts": attempts,
-            "untried": untried,
-        },
+        TcpEvidence(None, port, ip_source, tuple(attempts), tuple(untried)),
     )
 
 
@@ -234,13 +215,13 @@ async def _reset_within(outcome: Outcome, grace_s: float) -> Outcome:
     return outcome
 
 
-def _attempt_evidence(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "address": outcome.address,
-        "outcome": outcome.reason.value if outcome.reason else "ok",
-        "ms": ms(outcome.elapsed_s),
-        "icmp_from": outcome.icmp.offender if outcome.icmp else None,
-    }
+def _attempt_evidence(outcome: Outcome) -> TcpAttempt:
+    return TcpAttempt(
+        address=outcome.address,
+        outcome=outcome.reason.value if outcome.reason else "ok",
+        ms=ms(outcome.elapsed_s),
+        icmp_from=outcome.icmp.offender if outcome.icmp else None,
+    )
 
 
 def _failure_text(outcome: Outcome, port: int) -> str:

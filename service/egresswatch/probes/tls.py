@@ -14,7 +14,7 @@ import math
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 from cryptography import x509
 
 from egresswatch.addresses import ProxyRoute
+from egresswatch.evidence import NotRun, TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.base import describe, fail, ms, ok, reason_for_exception, skipped
 from egresswatch.probes.proxy import HttpProtocolError, TunnelAnswer, open_tunnel
@@ -62,7 +63,7 @@ def context_error(step: Step, options: TlsOptions, exc: Exception) -> StepResult
         Reason.PROBE_ERROR,
         0.0,
         f"cannot load the CA file {options.ca_file}: {describe(exc)}",
-        {"ca_file": str(options.ca_file)},
+        NotRun(ca_file=str(options.ca_file)),
     )
 
 
@@ -108,12 +109,14 @@ class Phases:
         """The phase in progress, in words for a `detail` line."""
         return _PHASE_NAMES.get(self.current, self.current)
 
-    def timings(self) -> dict[str, float | None]:
-        return {
-            "tcp_ms": _ms(self.tcp_s),
-            "proxy_connect_ms": _ms(self.proxy_s),
-            "tls_ms": _ms(self.tls_s),
-        }
+    def timed(self, evidence: TlsEvidence) -> TlsEvidence:
+        """`evidence` with this connection's phase timings, in ms."""
+        return replace(
+            evidence,
+            tcp_ms=_ms(self.tcp_s),
+            proxy_connect_ms=_ms(self.proxy_s),
+            tls_ms=_ms(self.tls_s),
+        )
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -182,7 +185,8 @@ async def close_quietly(writer: asyncio.StreamWriter) -> None:
 
 
 def certificate_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
-    """Issuer, subject, not_after (RFC 3339 UTC) and days_left of the presented leaf."""
+    """Issuer, subject, not_after (RFC 3339 UTC) and days_left of the presented leaf, as
+    TlsEvidence fields (empty without a certificate)."""
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return {}
@@ -217,23 +221,10 @@ async def tls_handshake(
     step `skipped` with the proxy's reason: `http_response` reports the refusal. Never raises.
     duration_s is the TLS handshake alone (until the failure, when it failed).
 
-    Evidence: address, port, server_name, via_proxy, version, cipher, issuer, subject,
-    not_after (RFC 3339 UTC), days_left, verify_error, and in ms tcp_ms (to the proxy when
-    there is one), proxy_connect_ms (the CONNECT) and tls_ms; proxy_status when refused.
+    Evidence: TlsEvidence; tcp_ms is to the proxy when there is one, proxy_status is set
+    when the proxy refused the CONNECT.
     """
-    evidence: dict[str, Any] = {
-        "address": address,
-        "port": port,
-        "server_name": server_name,
-        "via_proxy": str(proxy) if proxy else None,
-        "version": None,
-        "cipher": None,
-        "issuer": None,
-        "subject": None,
-        "not_after": None,
-        "days_left": None,
-        "verify_error": None,
-    }
+    evidence = TlsEvidence(address, port, server_name, str(proxy) if proxy else None)
     try:
         context = tls_context(tls)
     except (OSError, ssl.SSLError) as exc:
@@ -250,16 +241,18 @@ async def tls_handshake(
             ssl_object = await _start_tls(dialed, context, server_name, phases)
     except Exception as exc:
         reason = phases.reason_for(exc)
-        evidence.update(phases.timings())
+        evidence = phases.timed(evidence)
         if isinstance(exc, ssl.SSLCertVerificationError):
-            evidence["verify_error"] = exc.verify_message
-            await _presented_certificate(address, port, server_name, tls, proxy, deadline, evidence)
+            presented = await _presented_certificate(
+                address, port, server_name, tls, proxy, deadline
+            )
+            evidence = replace(evidence, verify_error=exc.verify_message, **presented)
         took = phases.tls_s if phases.tls_s is not None else time.perf_counter() - begun
         detail = _failure_detail(exc, reason, phases, evidence)
-        return fail(Step.TLS_HANDSHAKE, reason, took, detail, **evidence)
-    evidence.update(phases.timings(), **_session_evidence(ssl_object))
+        return fail(Step.TLS_HANDSHAKE, reason, took, detail, evidence)
+    evidence = replace(phases.timed(evidence), **_session_evidence(ssl_object))
     await close_quietly(dialed.writer)  # outside the budget: the handshake is done
-    return ok(Step.TLS_HANDSHAKE, phases.tls_s or 0.0, _ok_detail(evidence), **evidence)
+    return ok(Step.TLS_HANDSHAKE, phases.tls_s or 0.0, _ok_detail(evidence), evidence)
 
 
 async def _start_tls(
@@ -282,14 +275,14 @@ def _session_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
     }
 
 
-def _tunnel_refused(answer: TunnelAnswer, phases: Phases, evidence: dict[str, Any]) -> StepResult:
+def _tunnel_refused(answer: TunnelAnswer, phases: Phases, evidence: TlsEvidence) -> StepResult:
     assert answer.refusal is not None
-    evidence.update(phases.timings(), proxy_status=answer.status)
+    evidence = replace(phases.timed(evidence), proxy_status=answer.status)
     detail = (
-        f"{evidence['via_proxy']} refused CONNECT to {evidence['address']}:{evidence['port']} "
+        f"{evidence.via_proxy} refused CONNECT to {evidence.address}:{evidence.port} "
         f"with {answer.status} {answer.head.phrase}; http_response reports it"
     )
-    return skipped(Step.TLS_HANDSHAKE, answer.refusal, detail, **evidence)
+    return skipped(Step.TLS_HANDSHAKE, answer.refusal, detail, evidence)
 
 
 async def _presented_certificate(
@@ -299,40 +292,43 @@ async def _presented_certificate(
     tls: TlsOptions,
     proxy: ProxyRoute | None,
     deadline: float,
-    evidence: dict[str, Any],
-) -> None:
-    """Read the certificate that failed verification, within what is left of the budget."""
+) -> dict[str, Any]:
+    """The certificate that failed verification (TlsEvidence fields, `certificate_evidence`),
+    read again within what is left of the budget; empty when it cannot be read."""
     phases = Phases()
     try:
         async with asyncio.timeout_at(deadline):
             dialed = await dial(address, port, proxy, phases, None)
             if dialed.refusal is not None:
                 dialed.writer.transport.abort()
-                return
+                return {}
             context = tls_context(tls, verify=False)
             ssl_object = await _start_tls(dialed, context, server_name, phases)
             # Only the certificate: version and cipher stay those of the failed handshake.
-            evidence.update(certificate_evidence(ssl_object))
+            presented = certificate_evidence(ssl_object)
     except (OSError, TimeoutError, ssl.SSLError, HttpProtocolError, ValueError):
-        return  # the evidence stays without the certificate; the verdict is already made
+        return {}  # the evidence stays without the certificate; the verdict is already made
     dialed.writer.transport.abort()  # nothing more to say to a peer we did not verify
+    return presented
 
 
-def _expiry(evidence: dict[str, Any]) -> str:
-    date = str(evidence["not_after"])[:10]
-    days = evidence["days_left"]
+def _expiry(evidence: TlsEvidence) -> str:
+    date = str(evidence.not_after)[:10]
+    days = evidence.days_left
+    if days is None:
+        return f"expires {date}"
     return f"expired {date}" if days < 0 else f"expires {date} ({days} days)"
 
 
-def _ok_detail(evidence: dict[str, Any]) -> str:
-    text = f"{evidence['version']} with {evidence['server_name']}"
-    if evidence["issuer"] is not None:
-        text += f", issuer {evidence['issuer']}, {_expiry(evidence)}"
+def _ok_detail(evidence: TlsEvidence) -> str:
+    text = f"{evidence.version} with {evidence.server_name}"
+    if evidence.issuer is not None:
+        text += f", issuer {evidence.issuer}, {_expiry(evidence)}"
     return text
 
 
 def _failure_detail(
-    exc: BaseException, reason: Reason, phases: Phases, evidence: dict[str, Any]
+    exc: BaseException, reason: Reason, phases: Phases, evidence: TlsEvidence
 ) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         text = describe(exc)
@@ -344,6 +340,6 @@ def _failure_detail(
         text = f"timed out during the {phases.name()}"
     else:
         text = f"{phases.name()} failed: {describe(exc)}"
-    if evidence["issuer"] is not None:
-        text += f" (issuer {evidence['issuer']}, {_expiry(evidence)})"
+    if evidence.issuer is not None:
+        text += f" (issuer {evidence.issuer}, {_expiry(evidence)})"
     return text

@@ -16,8 +16,8 @@ import asyncio
 import ipaddress
 import time
 from dataclasses import dataclass
-from typing import Any
 
+from egresswatch.evidence import TraceEvidence, TraceHop
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.base import ms
 from egresswatch.probes.tcp import Outcome, connect_once
@@ -36,14 +36,9 @@ class Hop:
     icmp: str | None = None  # "time_exceeded", "unreachable", or None
     reached: bool = False
 
-    def evidence(self) -> dict[str, Any]:
-        return {
-            "ttl": self.ttl,
-            "address": self.address,
-            "rtt_ms": None if self.rtt_s is None else ms(self.rtt_s),
-            "icmp": self.icmp,
-            "reached": self.reached,
-        }
+    def evidence(self) -> TraceHop:
+        rtt_ms = None if self.rtt_s is None else ms(self.rtt_s)
+        return TraceHop(self.ttl, self.address, rtt_ms, self.icmp, self.reached)
 
 
 @dataclass
@@ -130,9 +125,8 @@ async def path_trace(
     reason (net_unreachable, host_unreachable, firewall_denied for admin-prohibited or a
     filter's port-unreachable), host_unreachable when `max_hops` ran out with routers still
     answering (a loop, or a longer path), or the reason of a connect that failed locally.
-    Evidence: `destination`, `port`, `hops` (each `ttl`, `address`, `rtt_ms`, `icmp`
-    "time_exceeded"/"unreachable"/null, `reached`), `last_hop` (the destination when
-    reached, null if nothing answered), `reached`, `stopped`. Never raises.
+    Evidence: TraceEvidence; `last_hop` is the destination when reached, null if nothing
+    answered. Never raises.
     """
     started = time.perf_counter()
     try:
@@ -221,12 +215,12 @@ def _result(trace: Trace, elapsed: float, reason: Reason | None, detail: str) ->
         reason,
         elapsed,
         detail,
-        {
-            "destination": trace.destination,
-            "port": trace.port,
-            "hops": [hop.evidence() for hop in trace.hops],
-            "last_hop": last.address if last else None,
-            "reached": reached,
-            "stopped": trace.stopped or "error",
-        },
+        TraceEvidence(
+            destination=trace.destination,
+            port=trace.port,
+            hops=tuple(hop.evidence() for hop in trace.hops),
+            last_hop=last.address if last else None,
+            reached=reached,
+            stopped=trace.stopped or "error",
+        ),
     )

@@ -14,9 +14,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from egresswatch.model import Reason, RoundResult, Status, Step, StepResult
+from egresswatch.steps import STEPS, stored_evidence
 from egresswatch.storage import tables as t
 
-STEP_ORDER = {step: i for i, step in enumerate(Step)}
+STEP_ORDER = {step: described.number for step, described in STEPS.items()}
 # Ids per `IN (...)`: well under SQLite's limit of bound parameters (32,766).
 ID_CHUNK = 5000
 # Stored codes to members by dict lookup: calling an enum costs more than the rest of a row.
@@ -115,7 +116,10 @@ async def read_rounds(conn: AsyncConnection, *where: sa.ColumnElement[bool]) -> 
 
 
 async def read_steps(conn: AsyncConnection, round_ids: list[int]) -> dict[int, list[StepResult]]:
-    """The step results of these rounds, by round id (primary key lookups, in chunks)."""
+    """The step results of these rounds, by round id (primary key lookups, in chunks).
+
+    Evidence is read leniently (steps.stored_evidence): a row from another version still reads.
+    """
     sr = t.step_results
     steps: dict[int, list[StepResult]] = {}
     for chunk in range(0, len(round_ids), ID_CHUNK):
@@ -129,14 +133,15 @@ async def read_steps(conn: AsyncConnection, round_ids: list[int]) -> dict[int, l
             sr.c.evidence,
         ).where(sr.c.round_id.in_(round_ids[chunk : chunk + ID_CHUNK]))
         for round_id, step, status, reason, duration, detail, evidence in await conn.execute(query):
+            kind = _STEPS[step]
             steps.setdefault(round_id, []).append(
                 StepResult(
-                    step=_STEPS[step],
+                    step=kind,
                     status=_STATUSES[status],
                     reason=_REASONS[reason],
                     duration_s=duration,
                     detail=detail,
-                    evidence=evidence,
+                    evidence=stored_evidence(kind, evidence),
                 )
             )
     return steps

@@ -118,7 +118,7 @@ class Store:
                     _code(s.reason),
                     s.duration_s,
                     s.detail,
-                    dict(s.evidence),
+                    s.evidence.to_json(),
                 )
                 for position, r in enumerate(rounds)
                 for s in r.steps

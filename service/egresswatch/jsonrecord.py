@@ -1,0 +1,223 @@
+"""Frozen dataclasses that are JSON objects: one key per field, decoded strictly or leniently.
+
+`Record.to_json` gives the object (tuples as arrays, nested records as objects);
+`Record.from_json` takes it back:
+
+- strict: an unknown key, a wrong type or a non-finite number raises `EvidenceError` naming the
+  field by its JSON path (`attempts[0].ms`);
+- lenient: unknown keys are ignored, a value of the wrong type takes the field's default and an
+  unreadable entry of a list is left out (a required field still raises).
+
+A missing key takes the field's default in both modes; a field without a default is required.
+Field types: str, int, float (an int is accepted), bool, `X | None` (null), `tuple[X, ...]`
+(an array) and nested records. `json_schema` gives the JSON Schema of the strict form.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self, TypeVar, Union, get_args, get_origin, get_type_hints
+
+__all__ = ["OMITTED_BY_DEFAULT", "EvidenceError", "Record", "json_schema"]
+
+# Field metadata: the key is left out of the JSON while the field holds its default (the
+# probes wrote such keys only when they had something to say; the stored shape keeps that).
+OMITTED_BY_DEFAULT = {"omit_default": True}
+
+
+class EvidenceError(ValueError):
+    """Evidence (a record) that does not fit its type. `field` is the JSON path inside the evidence
+    (empty for the evidence object itself), `problem` what is wrong with it."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Record:
+    """A frozen value that is a JSON object: one key per field, in field order."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object (lists for tuples, objects for nested records)."""
+        found: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.metadata.get("omit_default") and value == item.default:
+                continue
+            found[item.name] = _encode(value)
+        return found
+
+    @classmethod
+    def from_json(cls, data: object, *, strict: bool = True) -> Self:
+        """The record `data` holds; `EvidenceError` when it does not fit (see the module)."""
+        return _record(cls, data, strict, "")
+
+
+# --- the codec -------------------------------------------------------------------------------
+
+R = TypeVar("R", bound=Record)
+
+
+_HINTS: dict[type[Record], dict[str, Any]] = {}  # a memo: the classes never change
+
+
+def _hints(cls: type[Record]) -> dict[str, Any]:
+    """The fields' types, resolved once per class (annotations are strings here)."""
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = get_type_hints(cls)
+    return found
+
+
+def _encode(value: object) -> Any:
+    if isinstance(value, Record):
+        return value.to_json()
+    if isinstance(value, tuple):
+        return [_encode(item) for item in value]
+    return value
+
+
+def _required(item: dataclasses.Field[Any]) -> bool:
+    return item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def _record(cls: type[R], data: object, strict: bool, path: str) -> R:
+    if not isinstance(data, Mapping):
+        raise EvidenceError(path, f"expected an object, got {_kind(data)}")
+    hints = _hints(cls)
+    fields = dataclasses.fields(cls)
+    names = [item.name for item in fields]
+    unknown = [key for key in data if key not in hints]
+    if strict and unknown:
+        key = unknown[0]
+        where = _join(path, str(key))
+        raise EvidenceError(where, f"unknown key; {cls.__name__} has {', '.join(names)}")
+    values: dict[str, Any] = {}
+    for item in fields:
+        required = _required(item)
+        where = _join(path, item.name)
+        if item.name not in data:
+            if required:
+                raise EvidenceError(where, "missing")
+            continue
+        try:
+            values[item.name] = _value(hints[item.name], data[item.name], strict, where)
+        except EvidenceError:
+            if strict or required:
+                raise
+            # lenient: the default stands in for a value this version cannot read
+    return cls(**values)
+
+
+def _value(hint: Any, value: object, strict: bool, path: str) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in get_args(hint):
+            return None
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        return _value(inner, value, strict, path)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise EvidenceError(path, f"expected an array, got {_kind(value)}")
+        item_hint = get_args(hint)[0]
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_value(item_hint, item, strict, _join(path, index)))
+            except EvidenceError:
+                if strict:
+                    raise
+                # lenient: an unreadable entry is left out, the rest of the list stays
+        return tuple(items)
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return _record(hint, value, strict, path)
+    return _scalar(hint, value, path)
+
+
+def _scalar(hint: Any, value: object, path: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise EvidenceError(path, f"expected true or false, got {_kind(value)}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise EvidenceError(path, f"expected an integer, got {_kind(value)}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise EvidenceError(path, "expected a finite number")
+            return float(value)
+        raise EvidenceError(path, f"expected a number, got {_kind(value)}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise EvidenceError(path, f"expected a string, got {_kind(value)}")
+    raise TypeError(f"evidence field {path} has a type the codec does not know: {hint!r}")
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+# --- JSON Schema, for the OpenAPI document ---------------------------------------------------
+
+_SCALARS: Mapping[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def json_schema(cls: type[Record]) -> dict[str, Any]:
+    """The JSON Schema of the records `cls.from_json` takes strictly (the ingest contract)."""
+    hints = _hints(cls)
+    properties = {item.name: _schema(hints[item.name]) for item in dataclasses.fields(cls)}
+    required = [item.name for item in dataclasses.fields(cls) if _required(item)]
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    if cls.__doc__:
+        schema["description"] = " ".join(cls.__doc__.split())
+    return schema
+
+
+def _schema(hint: Any) -> dict[str, Any]:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        found = _schema(inner)
+        if "type" in found and isinstance(found["type"], str):
+            return {**found, "type": [found["type"], "null"]}
+        return {"oneOf": [found, {"type": "null"}]}
+    if origin is tuple:
+        return {"type": "array", "items": _schema(get_args(hint)[0])}
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return json_schema(hint)
+    return {"type": _SCALARS[hint]}
