@@ -14,7 +14,7 @@ Nothing is written to the database. Not a test.
 
 The data does not change while it runs, so after its first request /api/v1/status renders
 nothing again (History.states and the status document reuse what did not change, see
-controller/documents.py): its first request is the cost when every state has changed.
+controller/api/documents.py): its first request is the cost when every state has changed.
 
 The generated target names are URLs (`https://api-00.example.test/health`), which the config's
 name pattern refuses; the Settings is therefore built without validation (`model_construct`),
@@ -45,8 +45,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
-from egresswatch.controller.api import make_app
-from egresswatch.controller.routes import ApiDeps, add_api_routes
+from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.model import Role, RoundResult, SourceKind
 from egresswatch.settings import Settings, TargetSettings
 from egresswatch.storage import History, Store, make_engine, redact

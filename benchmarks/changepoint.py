@@ -21,7 +21,7 @@ import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
-from egresswatch.controller.changepoint import Direction, LatencyShiftDetector, ShiftParams
+from egresswatch.controller.detection.latency import Direction, LatencyShiftDetector, ShiftParams
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 BEFORE = 50  # samples at the old level: past the warm-up, the baseline settled

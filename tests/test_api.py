@@ -15,7 +15,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from egresswatch.controller.params import iso
+from egresswatch.controller.api.query import iso
 from egresswatch.evidence import DnsEvidence, NotRun
 from egresswatch.model import PROBE_STEPS, Change, Endpoint, Step
 from egresswatch.report import round_document

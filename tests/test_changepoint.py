@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from egresswatch.controller.changepoint import (
+from egresswatch.controller.detection.latency import (
     Direction,
     LatencyShiftDetector,
     Shift,

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from egresswatch.addresses import Nameserver
-from egresswatch.controller.incidents import (
+from egresswatch.controller.detection.incidents import (
     Incident,
     IncidentEvent,
     IncidentEventKind,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from egresswatch.controller.diagnosis import Context, Observation, diagnose
+from egresswatch.controller.diagnosis.rules import Context, Observation, diagnose
 from egresswatch.evidence import (
     DnsEvidence,
     DnsTry,

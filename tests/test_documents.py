@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from egresswatch.controller.documents import source_status_document
+from egresswatch.controller.api.documents import source_status_document
 from egresswatch.model import Reason, Step, StepState
 from egresswatch.storage import StateRecord
 

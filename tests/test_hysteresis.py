@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from egresswatch.controller.hysteresis import Detector
+from egresswatch.controller.detection.hysteresis import Detector
 from egresswatch.model import (
     Change,
     Reason,
@@ -371,7 +371,8 @@ def test_the_detection_rules_import_no_io_library() -> None:
     # rest of the test session imported does not count.
     code = (
         "import sys\n"
-        "import egresswatch.controller.hysteresis, egresswatch.controller.incidents\n"
+        "import egresswatch.controller.detection.hysteresis\n"
+        "import egresswatch.controller.detection.incidents\n"
         "io = {'asyncio', 'socket', 'sqlalchemy', 'aiohttp', 'prometheus_client', 'pydantic'}\n"
         "print(sorted(io & set(sys.modules)))\n"
     )

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from egresswatch.controller.hysteresis import Detector
-from egresswatch.controller.incidents import (
+from egresswatch.controller.detection.hysteresis import Detector
+from egresswatch.controller.detection.incidents import (
     Incident,
     IncidentBook,
     IncidentEvent,

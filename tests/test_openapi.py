@@ -17,7 +17,7 @@ import requests
 import schemathesis
 from openapi_spec_validator import validate
 
-from egresswatch.controller.openapi import openapi_document
+from egresswatch.controller.api.openapi import openapi_document
 from egresswatch.model import (
     PROBE_STEPS,
     Reason,

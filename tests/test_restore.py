@@ -16,9 +16,9 @@ from datetime import timedelta
 
 import pytest
 
-from egresswatch.controller.hysteresis import Detector, SavedState
-from egresswatch.controller.incidents import IncidentBook
-from egresswatch.controller.restart import RESTORE_ROUNDS, failing_steps
+from egresswatch.controller.detection.hysteresis import Detector, SavedState
+from egresswatch.controller.detection.incidents import IncidentBook
+from egresswatch.controller.detection.restart import RESTORE_ROUNDS, failing_steps
 from egresswatch.model import PROBE_STEPS, Change, RoundResult, Step, StepState, Suspect, Verdict
 from egresswatch.settings import DetectionSettings
 from tests.support.rounds import at, round_

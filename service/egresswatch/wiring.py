@@ -24,12 +24,12 @@ from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
 from egresswatch.agent.runner import RoundRunner
-from egresswatch.controller.api import make_app
-from egresswatch.controller.incidents import IncidentEvent
-from egresswatch.controller.ingest import Ingest
-from egresswatch.controller.params import ApiError
-from egresswatch.controller.pipeline import Pipeline
-from egresswatch.controller.routes import ApiDeps, add_api_routes
+from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.query import ApiError
+from egresswatch.controller.api.routes import ApiDeps, add_api_routes
+from egresswatch.controller.detection.incidents import IncidentEvent
+from egresswatch.controller.detection.pipeline import Pipeline
+from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.schedule import RoundJob, RoundScheduler

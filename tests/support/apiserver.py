@@ -31,9 +31,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from egresswatch.controller.api import make_app
-from egresswatch.controller.ingest import Ingest
-from egresswatch.controller.routes import ApiDeps, add_api_routes
+from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.routes import ApiDeps, add_api_routes
+from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.evidence import TcpAttempt, TcpEvidence
 from egresswatch.model import (
     PROBE_STEPS,

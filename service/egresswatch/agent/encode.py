@@ -1,7 +1,7 @@
 """What the agent sends: a round as the controller's ingest takes it, and batches of them.
 
 The controller refuses step details longer than DETAIL_MAX and NUL characters
-(controller.payloads): they are made to fit here rather than cost the whole round.
+(controller.ingest.batch_body): they are made to fit here rather than cost the whole round.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 from urllib.parse import quote
 
-from egresswatch.controller.incidents import Incident
+from egresswatch.controller.detection.incidents import Incident
 from egresswatch.demo.endpoints import status_text
 from egresswatch.demo.scenario import (
     BROKEN_STATUS,

@@ -37,8 +37,8 @@ from typing import TextIO
 
 import prometheus_client
 
-from egresswatch.controller.incidents import IncidentEvent, IncidentEventKind
-from egresswatch.controller.pipeline import Pipeline
+from egresswatch.controller.detection.incidents import IncidentEvent, IncidentEventKind
+from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.demo.dns import HOST
 from egresswatch.demo.endpoints import ZONE, DemoEndpoints
 from egresswatch.demo.files import CONTROL_TARGET, SHOP_TARGET, write_files

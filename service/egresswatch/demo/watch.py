@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from egresswatch.controller.incidents import Incident, IncidentEvent, IncidentEventKind
+from egresswatch.controller.detection.incidents import Incident, IncidentEvent, IncidentEventKind
 from egresswatch.demo.scenario import Fault
 from egresswatch.model import Reason, RoundResult, Step
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
-from egresswatch.controller.clues import Finding, Network, dns_sentence, step_sentence
+from egresswatch.controller.diagnosis.findings import Finding, Network, dns_sentence, step_sentence
 from egresswatch.model import Endpoint, Role, RoundResult, SourceKind, Step, StepResult
 
 

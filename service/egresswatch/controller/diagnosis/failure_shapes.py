@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from egresswatch.controller.clues import (
+from egresswatch.controller.diagnosis.findings import (
     Finding,
     Network,
     connect_sentence,

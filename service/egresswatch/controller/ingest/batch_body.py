@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
 )
 
-from egresswatch.controller.params import (
+from egresswatch.controller.api.query import (
     NAME_PATTERN,
     ApiError,
     InvalidParam,

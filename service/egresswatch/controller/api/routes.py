@@ -18,19 +18,19 @@ from typing import Any
 
 from aiohttp import web
 
-from egresswatch.controller import documents as docs
-from egresswatch.controller.api import problem
-from egresswatch.controller.diagnosis_view import TargetCatalog, diagnosis_document
-from egresswatch.controller.ingest import Refused
-from egresswatch.controller.openapi import openapi_document
-from egresswatch.controller.params import (
+from egresswatch.controller.api import documents as docs
+from egresswatch.controller.api.app import problem
+from egresswatch.controller.api.diagnosis_document import TargetCatalog, diagnosis_document
+from egresswatch.controller.api.openapi import openapi_document
+from egresswatch.controller.api.query import (
     ApiError,
     InvalidParam,
     Query,
     bad_request,
     not_found,
 )
-from egresswatch.controller.payloads import parse_batch, read_body
+from egresswatch.controller.ingest.batch_body import parse_batch, read_body
+from egresswatch.controller.ingest.intake import Refused
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.plan import Plan, plan_from_settings, public_proxy_url
 from egresswatch.report import round_document

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from egresswatch.controller.case import Case, Observation
-from egresswatch.controller.clues import (
+from egresswatch.controller.diagnosis.findings import (
     BLOCKED,
     DNS_STEPS,
     NETWORK_STEPS,
@@ -29,6 +28,7 @@ from egresswatch.controller.clues import (
     trace_sentence,
     trace_stop,
 )
+from egresswatch.controller.diagnosis.inputs import Case, Observation
 from egresswatch.model import RoundResult, SourceKind, Step, StepResult, Suspect
 
 

@@ -1,5 +1,5 @@
 """The JSON Schemas (2020-12, as OpenAPI 3.1 uses) of the API's documents: documents.py,
-payloads.py and diagnosis_view.py build exactly these.
+ingest/batch_body.py and diagnosis_document.py build exactly these.
 
 Vocabularies are generated from model.py's StrEnums; limits come from the modules that
 enforce them; the plan's schemas are generated from its model (plan.py).
@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from egresswatch.controller.params import NAME_MAX, NAME_PATTERN
-from egresswatch.controller.payloads import (
+from egresswatch.controller.api.query import NAME_MAX, NAME_PATTERN
+from egresswatch.controller.ingest.batch_body import (
     BATCH_ID_MAX,
     DETAIL_MAX,
     DURATION_MS_MAX,

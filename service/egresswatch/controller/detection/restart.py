@@ -13,8 +13,8 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
-from egresswatch.controller.hysteresis import SavedState
-from egresswatch.controller.incidents import Incident, IncidentUpdate
+from egresswatch.controller.detection.hysteresis import SavedState
+from egresswatch.controller.detection.incidents import Incident, IncidentUpdate
 from egresswatch.model import Step, StepState, Suspect
 from egresswatch.storage import IncidentRecord, StateRecord
 

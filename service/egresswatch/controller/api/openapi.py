@@ -11,9 +11,9 @@ import copy
 from typing import Any
 
 from egresswatch import __version__
-from egresswatch.controller import openapi_schemas as schemas
-from egresswatch.controller.params import LIMIT_DEFAULT, LIMIT_MAX, NAME_MAX, NAME_PATTERN
-from egresswatch.controller.payloads import MAX_BODY_BYTES
+from egresswatch.controller.api import openapi_schemas as schemas
+from egresswatch.controller.api.query import LIMIT_DEFAULT, LIMIT_MAX, NAME_MAX, NAME_PATTERN
+from egresswatch.controller.ingest.batch_body import MAX_BODY_BYTES
 
 Doc = dict[str, Any]
 

@@ -14,20 +14,20 @@ from dataclasses import fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from egresswatch.controller.diagnosis import Context, Observation, diagnose
-from egresswatch.controller.hysteresis import Detector
-from egresswatch.controller.incidents import (
+from egresswatch.controller.detection.hysteresis import Detector
+from egresswatch.controller.detection.incidents import (
     Incident,
     IncidentBook,
     IncidentEvent,
     IncidentEventKind,
 )
-from egresswatch.controller.restart import (
+from egresswatch.controller.detection.restart import (
     RESTORE_ROUNDS,
     failing_steps,
     incident_from_record,
     saved_states,
 )
+from egresswatch.controller.diagnosis.rules import Context, Observation, diagnose
 from egresswatch.metrics import Metrics
 from egresswatch.model import (
     Change,

@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from egresswatch.controller.params import iso, iso_or_none
+from egresswatch.controller.api.query import iso, iso_or_none
 from egresswatch.model import Change, Reason, RoundResult, Step, StepState, Verdict
 from egresswatch.report import step_document
 from egresswatch.settings import Settings

@@ -1,7 +1,7 @@
 """The controller's HTTP application: problem documents for every error, health and metrics.
 
 Errors are `application/problem+json` documents (RFC 9457) that name what was wrong; the v1
-API's routes are added by controller/routes.py.
+API's routes are added by controller/api/routes.py.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ that concludes wins (docs/diagnosis.md explains each and why the order is what i
 3. only path_trace failed: the target works, no suspect;
 4. signatures on the network steps: a proxy's refusal (`proxy`), an egress device's
    (`firewall`);
-5. source comparison (sources.py): a pod fails where a node gets through (`network_policy`),
+5. source comparison (comparisons.py): a pod fails where a node gets through (`network_policy`),
    or only this source fails (`source_local`);
-6. every control fails from this source too (`egress_path`, sources.py);
-7. the failure's shape (shapes.py);
+6. every control fails from this source too (`egress_path`, comparisons.py);
+7. the failure's shape (failure_shapes.py);
 8. anything else: `unknown`, with the evidence gathered.
 
 Pure: no I/O, no clock; the caller gathers the rounds.
@@ -23,8 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from egresswatch.controller.case import Case, Context, Observation, Rule
-from egresswatch.controller.clues import (
+from egresswatch.controller.diagnosis.comparisons import (
+    compare,
+    compare_sources,
+    egress_path,
+    every_control_fails,
+)
+from egresswatch.controller.diagnosis.failure_shapes import shape
+from egresswatch.controller.diagnosis.findings import (
     DNS_STEPS,
     DNS_UNANSWERED,
     NAME_ABSENT,
@@ -43,13 +49,7 @@ from egresswatch.controller.clues import (
     trace_sentence,
     trace_stop,
 )
-from egresswatch.controller.shapes import shape
-from egresswatch.controller.sources import (
-    compare,
-    compare_sources,
-    egress_path,
-    every_control_fails,
-)
+from egresswatch.controller.diagnosis.inputs import Case, Context, Observation, Rule
 from egresswatch.evidence import DnsEvidence
 from egresswatch.model import (
     Endpoint,
@@ -276,7 +276,7 @@ def _device_answering(case: Case, failing: StepResult) -> tuple[str | None, Step
     return None, None
 
 
-# --- 7. shapes, 8. unknown (5 and 6 are in sources.py) --------------------------------------------
+# --- 7. failure shapes, 8. unknown (5 and 6 are in comparisons.py) --------------------------------------------
 
 
 def _shape(case: Case) -> Finding | None:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from egresswatch.controller.changepoint import (
+from egresswatch.controller.detection.latency import (
     Direction,
     LatencyShiftDetector,
     Shift,

@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from egresswatch.controller import documents as docs
-from egresswatch.controller.diagnosis import Context, Observation, diagnose
-from egresswatch.controller.params import iso
+from egresswatch.controller.api import documents as docs
+from egresswatch.controller.api.query import iso
+from egresswatch.controller.diagnosis.rules import Context, Observation, diagnose
 from egresswatch.model import Endpoint, Role, RoundResult, SourceKind
 from egresswatch.plan import public_proxy_url
 from egresswatch.settings import Settings
