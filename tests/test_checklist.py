@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
-from egresswatch.evidence import HttpEvidence, TcpEvidence, TraceEvidence
+from egresswatch.evidence import DnsEvidence, HttpEvidence, TcpEvidence, TraceEvidence
 from egresswatch.model import Endpoint, Reason, Status, Step, StepResult
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.tls import TlsOptions
@@ -168,3 +169,92 @@ async def test_the_round_budget_bounds_every_step(
     assert http.status is Status.FAIL and http.reason is Reason.TIMEOUT
     trace = step(result.steps, Step.PATH_TRACE)
     assert trace.status is Status.SKIPPED and trace.reason is Reason.TIMEOUT
+
+
+async def test_through_a_proxy_by_ip_the_target_name_is_not_resolved_here(
+    tmp_path: Path,
+    dns_server: TestDNSServer,
+    local_servers: LocalServers,
+    pki: Pki,
+    tinyproxy: Callable[..., TinyProxy],
+) -> None:
+    """The proxy resolves the target's host; a proxy given by IP needs no name at all, so a
+    DNS fault on the target's name cannot fail a round that does not use that name."""
+    server = await local_servers.https(Reply(200))
+    proxy = tinyproxy("allow", [server.port])
+    dns_server.nxdomain(NAME)
+    url = f"https://{HOST}:{server.port}/"
+    the_plan = plan(
+        url,
+        resolv_for(tmp_path, dns_server),
+        pki,
+        proxy=proxy.route(),
+        upstream=dns_server.nameserver,
+        trace=TraceMode.NEVER,
+    )
+    result = await run_checklist(the_plan, source="n")
+    assert result.first_failing_step is None, result
+    for which in (Step.DNS_CLUSTER, Step.DNS_UPSTREAM):
+        dns = step(result.steps, which)
+        assert (dns.status, dns.reason) == (Status.SKIPPED, Reason.NOT_APPLICABLE)
+        assert "the proxy is an IP address" in dns.detail
+    assert dns_server.queries == []
+
+
+async def test_through_a_proxy_by_name_the_dns_steps_resolve_the_proxy(
+    tmp_path: Path,
+    dns_server: TestDNSServer,
+    local_servers: LocalServers,
+    pki: Pki,
+    tinyproxy: Callable[..., TinyProxy],
+) -> None:
+    server = await local_servers.https(Reply(200))
+    proxy = tinyproxy("allow", [server.port])
+    proxy_name = "proxy.corp.test"
+    dns_server.answer(proxy_name, a=[HOST])
+    route = replace(proxy.route(), host=proxy_name)
+    url = f"https://{HOST}:{server.port}/"
+    the_plan = plan(url, resolv_for(tmp_path, dns_server), pki, proxy=route, trace=TraceMode.NEVER)
+    result = await run_checklist(the_plan, source="n")
+    assert result.first_failing_step is None, result
+    cluster = typed(step(result.steps, Step.DNS_CLUSTER), DnsEvidence)
+    assert cluster.addresses == (HOST,) and proxy_name in (cluster.name or "")
+    tcp = typed(step(result.steps, Step.TCP_CONNECT), TcpEvidence)
+    assert (tcp.ip_source, tcp.address, tcp.port) == ("proxy", HOST, proxy.port)
+
+    dns_server.nxdomain(proxy_name)  # the proxy's name is on the path: its failure is ours
+    broken = await run_checklist(the_plan, source="n")
+    assert broken.first_failing_step is Step.DNS_CLUSTER
+    tcp_step = step(broken.steps, Step.TCP_CONNECT)
+    assert tcp_step.reason is Reason.NO_ADDRESS and "proxy's name" in tcp_step.detail
+
+
+async def test_when_the_clusters_answer_fails_the_upstreams_is_tried(
+    tmp_path: Path, dns_server: TestDNSServer, local_servers: LocalServers, pki: Pki
+) -> None:
+    """A stale or hijacked cluster record: tcp_connect says which answer it used (the
+    cluster's, which fails) and whether the upstream's different one works."""
+    server = await local_servers.https(Reply(200))
+    wrong = "127.0.0.2"  # nothing listens there: refused at once
+    dns_server.answer(NAME, a=[wrong])
+    upstream = TestDNSServer()
+    try:
+        upstream.answer(NAME, a=[HOST])
+        the_plan = plan(
+            f"https://{NAME}:{server.port}/",
+            resolv_for(tmp_path, dns_server),
+            pki,
+            upstream=upstream.nameserver,
+            trace=TraceMode.NEVER,
+        )
+        result = await run_checklist(the_plan, source="n")
+    finally:
+        upstream.stop()
+    assert result.first_failing_step is Step.TCP_CONNECT
+    tcp_step = step(result.steps, Step.TCP_CONNECT)
+    tcp = typed(tcp_step, TcpEvidence)
+    assert tcp.ip_source == "dns_cluster"
+    assert [a.address for a in tcp.attempts] == [wrong]
+    assert tcp.other_source == "dns_upstream"
+    assert [(a.address, a.outcome) for a in tcp.other_answers] == [(HOST, "ok")]
+    assert f"dns_upstream's answer {HOST} connects" in tcp_step.detail

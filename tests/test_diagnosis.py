@@ -47,6 +47,7 @@ from egresswatch.steps import stored_evidence
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 HOST = "microsoft.com"
 IP = "20.70.246.20"
+WRONG_IP = "20.70.246.99"  # what a stale or hijacked cluster record answers
 ENDPOINT = Endpoint.parse(f"https://{HOST}/")
 CLUSTER_DNS = "10.0.0.10"
 UPSTREAM = "168.63.129.16"
@@ -725,6 +726,155 @@ CASES = [
         "no_rule",
         f"nc -z -v -w 5 {HOST} 443",  # no address in the evidence: the host name
         ("tcp_connect: probe_error", "stopped at hop 2 (10.2.0.1)"),
+    ),
+    # Verdicts that hold (issue 11): the cluster's answer differs and only the upstream's works
+    Case(
+        "the cluster answers another address, only the upstream's connects",
+        obs(
+            rnd(
+                ok(
+                    Step.DNS_CLUSTER,
+                    DnsEvidence(resolver=CLUSTER_DNS, addresses=(WRONG_IP,), name=f"{HOST}."),
+                ),
+                fail(
+                    Step.TCP_CONNECT,
+                    Reason.CONN_TIMEOUT,
+                    TcpEvidence(
+                        None,
+                        443,
+                        "dns_cluster",
+                        (TcpAttempt(WRONG_IP, "conn_timeout", 400.0),),
+                        other_source="dns_upstream",
+                        other_answers=(TcpAttempt(IP, "ok", 1.1),),
+                    ),
+                ),
+                trace(FIREWALL),
+                blocked=True,
+            )
+        ),
+        Suspect.CLUSTER_DNS,
+        "cluster_answer_unreachable",
+        f"{NSLOOKUP}; {NSLOOKUP_UPSTREAM}",
+        (
+            f"the cluster resolver answers {HOST} with {WRONG_IP}, the upstream resolver "
+            f"{UPSTREAM} with {IP}",
+            f"tcp_connect to the upstream's answer {IP} works",
+        ),
+        peers=(obs(rnd(), source="node-1", kind=SourceKind.NODE),),
+    ),
+    Case(
+        "the answers differ and the upstream's fails too: not the cluster's answer",
+        obs(
+            rnd(
+                ok(
+                    Step.DNS_CLUSTER,
+                    DnsEvidence(resolver=CLUSTER_DNS, addresses=(WRONG_IP,), name=f"{HOST}."),
+                ),
+                fail(
+                    Step.TCP_CONNECT,
+                    Reason.CONN_TIMEOUT,
+                    TcpEvidence(
+                        None,
+                        443,
+                        "dns_cluster",
+                        (TcpAttempt(WRONG_IP, "conn_timeout", 400.0),),
+                        other_source="dns_upstream",
+                        other_answers=(TcpAttempt(IP, "conn_timeout", 400.0),),
+                    ),
+                ),
+                blocked=True,
+            )
+        ),
+        Suspect.NSG_OR_ROUTE,
+        "silent_drop",
+        f"nc -z -v -w 5 {WRONG_IP} 443",
+    ),
+    # ... egress blocked before DNS: the DNS failure is one face of it
+    Case(
+        "the egress device drops everything, the cluster's DNS queries too",
+        obs(
+            rnd(
+                dns(Step.DNS_CLUSTER, Reason.SERVFAIL),
+                dns(Step.DNS_UPSTREAM, Reason.DNS_TIMEOUT),
+                tcp(Reason.CONN_TIMEOUT, ip_source="last_good"),
+                trace(FIREWALL),
+                blocked=True,
+            )
+        ),
+        Suspect.EGRESS_PATH,
+        "egress_blocked_dns_too",
+        NC,
+        (
+            f"cluster DNS {CLUSTER_DNS} answered SERVFAIL",
+            "every control fails from pod-a too",
+            f"stopped at hop 2 ({FIREWALL}, in egress device 10.1.0.0/26)",
+        ),
+        controls=(K8S_DOWN, GOOGLE_DOWN),
+        peers=(
+            obs(rnd(tcp(Reason.CONN_TIMEOUT), blocked=True), source="node-1", kind=SourceKind.NODE),
+        ),
+    ),
+    Case(
+        "only the upstream resolver is down: the last good address still connects",
+        obs(
+            rnd(
+                dns(Step.DNS_CLUSTER, Reason.SERVFAIL),
+                dns(Step.DNS_UPSTREAM, Reason.DNS_TIMEOUT),
+                tcp(ip_source="last_good"),
+            )
+        ),
+        Suspect.UPSTREAM_DNS,
+        "upstream_fails",
+        NSLOOKUP_UPSTREAM,
+        controls=(control(rnd(dns(Step.DNS_UPSTREAM, Reason.DNS_TIMEOUT)), "kubernetes.io"),),
+    ),
+    Case(
+        "a pod blocked entirely, DNS too, where its node gets through: a policy",
+        obs(
+            rnd(
+                dns(Step.DNS_CLUSTER, Reason.DNS_TIMEOUT),
+                dns(Step.DNS_UPSTREAM, Reason.DNS_TIMEOUT),
+                tcp(Reason.CONN_TIMEOUT, ip_source="last_good"),
+                blocked=True,
+            )
+        ),
+        Suspect.NETWORK_POLICY,
+        "pod_fails_node_works",
+        NC,
+        ("tcp_connect works from node node-1",),
+        controls=(K8S_DOWN,),
+        peers=(obs(rnd(), source="node-1", kind=SourceKind.NODE),),
+    ),
+    # ... a proxy reporting the destination's failure points past the proxy
+    Case(
+        "the proxy reports it could not connect to the endpoint",
+        obs(
+            rnd(
+                tcp(ip_source="proxy", address="10.1.1.1", port=3128),
+                fail(
+                    Step.TLS_HANDSHAKE,
+                    Reason.DESTINATION_UNREACHABLE,
+                    TlsEvidence(
+                        server_name=HOST, via_proxy="proxy 10.1.1.1:3128 (config)", proxy_status=500
+                    ),
+                ),
+                skipped(Step.HTTP_RESPONSE, Reason.DEPENDENCY_FAILED),
+            )
+        ),
+        Suspect.ENDPOINT_DOWN,
+        "proxy_reports_destination_down",
+        f"curl -Iv --proxy {PROXY_URL} https://{HOST}/",
+        ("the fault lies past the proxy",),
+        context=replace(CONTEXT, proxy=PROXY_URL),
+    ),
+    # ... the next command follows the target's own path
+    Case(
+        "a direct target while a proxy is configured: no --proxy in the command",
+        obs(rnd(http(Reason.HTTP_STATUS, status=503))),
+        Suspect.ENDPOINT_ERROR,
+        "unexpected_status",
+        CURL,
+        context=replace(CONTEXT, proxy=PROXY_URL),
     ),
 ]
 

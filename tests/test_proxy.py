@@ -177,7 +177,20 @@ AZURE_BODY = b"Action: Deny. Reason: No rule matched. Proceeding with default ac
         # CDNs put Via on every answer too.
         (403, {"Via": "1.1 abc.cloudfront.net (CloudFront)"}, b"", False, False, None),
         (403, {"Server": "nginx"}, b"<h1>Forbidden</h1>", False, False, None),
-        (502, {}, b"", True, True, Reason.PROXY_ERROR),
+        # The proxy reports the destination's failure: that points past the proxy.
+        (502, {}, b"", True, True, Reason.DESTINATION_UNREACHABLE),
+        (504, {"Server": "squid"}, b"", True, True, Reason.DESTINATION_UNREACHABLE),
+        (500, {}, b"<h1>Unable to connect</h1>", True, True, Reason.DESTINATION_UNREACHABLE),
+        (
+            503,
+            {"X-Squid-Error": "ERR_CONNECT_FAIL 111"},
+            b"ERR_CONNECT_FAIL",
+            True,
+            True,
+            Reason.DESTINATION_UNREACHABLE,
+        ),
+        (502, {"Server": "tinyproxy/1.11.1"}, b"", True, False, Reason.DESTINATION_UNREACHABLE),
+        (503, {}, b"", True, True, Reason.PROXY_ERROR),  # the proxy's own trouble
         (400, {}, b"", True, True, Reason.PROXY_ERROR),  # any other CONNECT refusal
         (500, {"Server": "tinyproxy/1.11.1"}, b"", True, False, Reason.PROXY_ERROR),
         (503, {"Via": "1.1 proxy.corp"}, b"", False, False, None),

@@ -62,6 +62,8 @@ EXAMPLES: dict[type[Record], Record] = {
         "pinned",
         (TcpAttempt("203.0.113.7", "conn_timeout", 2500.0), TcpAttempt("203.0.113.8", "ok")),
         ("203.0.113.9",),
+        "dns_upstream",
+        (TcpAttempt("203.0.113.10", "ok", 1.5),),
     ),
     TlsEvidence: TlsEvidence(
         "203.0.113.7",

@@ -225,7 +225,7 @@ async def test_credentials_open_the_tunnel(
 async def test_proxy_cannot_reach_the_endpoint(pki: Pki, tinyproxy: StartProxy) -> None:
     port = closed_port()
     result = await handshake(pki, port, proxy=tinyproxy("allow", [port]).route())
-    assert (result.status, result.reason) == (Status.SKIPPED, Reason.PROXY_ERROR)
+    assert (result.status, result.reason) == (Status.SKIPPED, Reason.DESTINATION_UNREACHABLE)
     assert written(result, TlsEvidence)["proxy_status"] == 500
 
 

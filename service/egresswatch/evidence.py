@@ -110,13 +110,17 @@ class TcpAttempt(Record):
 class TcpEvidence(Evidence):
     """`address` is the one connected (None when none was), `port` the port connected to,
     `ip_source` where the addresses came from (dns_cluster, dns_upstream, last_good, pinned,
-    literal, proxy), `untried` the addresses left over."""
+    literal, proxy), `untried` the addresses left over. When the addresses the cluster resolver
+    gave all failed and the upstream resolver answered others, one of those is tried too:
+    `other_answers` (from `other_source`) says whether the other answer works."""
 
     address: str | None = None
     port: int | None = None
     ip_source: str | None = None
     attempts: tuple[TcpAttempt, ...] = ()
     untried: tuple[str, ...] = ()
+    other_source: str | None = field(default=None, metadata=OMITTED_BY_DEFAULT)
+    other_answers: tuple[TcpAttempt, ...] = field(default=(), metadata=OMITTED_BY_DEFAULT)
 
     @property
     def aimed_at(self) -> str | None:

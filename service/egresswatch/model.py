@@ -74,7 +74,10 @@ class Reason(StrEnum):
     HTTP_PROTOCOL = "http_protocol"  # not an HTTP answer, or the peer closed mid-answer
     PROXY_AUTH_REQUIRED = "proxy_auth_required"
     PROXY_DENIED = "proxy_denied"
-    PROXY_ERROR = "proxy_error"  # the proxy answered 5xx or could not reach the endpoint
+    PROXY_ERROR = "proxy_error"  # the proxy's own failure: it answered 5xx of its own
+    # The proxy works and reports that it could not reach the destination (refused, reset,
+    # timed out, bad gateway): the fault lies past the proxy, at the endpoint or beyond.
+    DESTINATION_UNREACHABLE = "destination_unreachable"
     FIREWALL_DENIED = "firewall_denied"
     TIMEOUT = "timeout"
     # Why a step was skipped

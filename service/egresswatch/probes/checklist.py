@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 from collections.abc import Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -34,7 +33,7 @@ from egresswatch.probes.base import guarded, skipped
 from egresswatch.probes.dns import dns_cluster, dns_upstream
 from egresswatch.probes.http import http_response
 from egresswatch.probes.resolvconf import load_resolv_conf
-from egresswatch.probes.tcp import tcp_connect
+from egresswatch.probes.tcp import tcp_connect, try_address
 from egresswatch.probes.tls import TlsOptions, tls_handshake
 from egresswatch.probes.traceroute import path_trace
 
@@ -119,6 +118,8 @@ async def run_checklist(
     )
     addresses, ip_source = await _addresses(plan, cluster, upstream, known)
     tcp = await budget.run(Step.TCP_CONNECT, plan, lambda p: _tcp(p, addresses, ip_source))
+    if tcp.status is Status.FAIL and ip_source == Step.DNS_CLUSTER.value:
+        tcp = await _other_answer(plan, tcp, upstream, budget.remaining())
     reached = _reached(tcp)
     if reached and plan.proxy is None:
         known[plan.target] = reached
@@ -132,9 +133,29 @@ async def run_checklist(
     return RoundResult(plan.target, source, started_at, (*earlier, trace))
 
 
-async def _dns_cluster(plan: ChecklistPlan) -> StepResult:
+def _resolved_name(plan: ChecklistPlan) -> str:
+    """The name this source must resolve: through a proxy, the proxy's (the proxy resolves the
+    target's host, so that name is not on this source's path), else the target's host."""
+    return plan.proxy.host if plan.proxy is not None else plan.endpoint.host
+
+
+def _literal(plan: ChecklistPlan, step: Step) -> StepResult | None:
+    """Skipped when the name to resolve is an IP address already."""
+    if plan.proxy is not None:
+        if _is_ip(plan.proxy.host):
+            proxy, host = plan.proxy.host, plan.endpoint.host
+            why = f"the proxy is an IP address ({proxy}); the proxy resolves {host}"
+            return skipped(step, Reason.NOT_APPLICABLE, why)
+        return None
     if plan.endpoint.is_ip_literal:
-        return skipped(Step.DNS_CLUSTER, Reason.NOT_APPLICABLE, "target is an IP address")
+        return skipped(step, Reason.NOT_APPLICABLE, "target is an IP address")
+    return None
+
+
+async def _dns_cluster(plan: ChecklistPlan) -> StepResult:
+    literal = _literal(plan, Step.DNS_CLUSTER)
+    if literal is not None:
+        return literal
     try:
         resolv = load_resolv_conf(plan.resolv_conf)
     except OSError as exc:
@@ -146,33 +167,37 @@ async def _dns_cluster(plan: ChecklistPlan) -> StepResult:
             f"cannot read {plan.resolv_conf}: {exc.strerror or exc}",
             NotRun(resolv_conf=str(plan.resolv_conf)),
         )
-    return await dns_cluster(plan.endpoint.host, resolv, timeout_s=plan.step_timeout_s)
+    return await dns_cluster(_resolved_name(plan), resolv, timeout_s=plan.step_timeout_s)
 
 
 async def _dns_upstream(plan: ChecklistPlan) -> StepResult:
-    if plan.endpoint.is_ip_literal:
-        return skipped(Step.DNS_UPSTREAM, Reason.NOT_APPLICABLE, "target is an IP address")
+    literal = _literal(plan, Step.DNS_UPSTREAM)
+    if literal is not None:
+        return literal
     if plan.upstream is None:
         return skipped(
             Step.DNS_UPSTREAM,
             Reason.NOT_CONFIGURED,
             "no upstream resolver configured (dns.upstream or --upstream)",
         )
-    return await dns_upstream(plan.endpoint.host, plan.upstream, timeout_s=plan.step_timeout_s)
+    return await dns_upstream(_resolved_name(plan), plan.upstream, timeout_s=plan.step_timeout_s)
 
 
 async def _addresses(
     plan: ChecklistPlan, cluster: StepResult, upstream: StepResult, known: KnownGood
 ) -> tuple[list[str], str]:
-    """The IPs tcp_connect tries, and where they came from (DESIGN.md §1, step 3)."""
-    if plan.proxy is not None:
-        return await _proxy_addresses(plan.proxy), "proxy"
-    if plan.endpoint.is_ip_literal:
+    """The IPs tcp_connect tries, and where they came from (DESIGN.md §1, step 3). Through a
+    proxy they are the proxy's, resolved by the DNS steps like any name on the path."""
+    if plan.proxy is not None and _is_ip(plan.proxy.host):
+        return [plan.proxy.host], "proxy"
+    if plan.proxy is None and plan.endpoint.is_ip_literal:
         return [plan.endpoint.host], "literal"
     for result in (cluster, upstream):
         dns = evidence_of(result, DnsEvidence)
         if result.status is Status.OK and dns is not None and dns.addresses:
-            return list(dns.addresses), result.step.value
+            return list(dns.addresses), "proxy" if plan.proxy else result.step.value
+    if plan.proxy is not None:
+        return [], "proxy"
     if plan.target in known:
         return [known[plan.target]], "last_good"
     if plan.pinned_ips:
@@ -180,18 +205,12 @@ async def _addresses(
     return [], "none"
 
 
-async def _proxy_addresses(proxy: ProxyRoute) -> list[str]:
+def _is_ip(host: str) -> bool:
     try:
-        return [str(ipaddress.ip_address(proxy.host))]
+        ipaddress.ip_address(host)
     except ValueError:
-        pass
-    # A proxy configured by name is resolved like any other client program resolves it.
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
-    except OSError:
-        return []
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+        return False
+    return True
 
 
 async def _tcp(plan: ChecklistPlan, addresses: list[str], ip_source: str) -> StepResult:
@@ -204,6 +223,29 @@ async def _tcp(plan: ChecklistPlan, addresses: list[str], ip_source: str) -> Ste
         )
     port = plan.proxy.port if plan.proxy else plan.endpoint.port
     return await tcp_connect(addresses, port, timeout_s=plan.step_timeout_s, ip_source=ip_source)
+
+
+async def _other_answer(
+    plan: ChecklistPlan, tcp: StepResult, upstream: StepResult, left_s: float | None
+) -> StepResult:
+    """The cluster resolver's addresses all failed: does the upstream's different answer work?
+
+    A stale record, a wrong stub domain or a hijacked name shows exactly so: the cluster's
+    answer is unreachable while the real one works. One connect, within the step's limit.
+    """
+    used, other = evidence_of(tcp, TcpEvidence), evidence_of(upstream, DnsEvidence)
+    if used is None or other is None or upstream.status is not Status.OK:
+        return tcp
+    tried = {a.address for a in used.attempts} | set(used.untried)
+    candidates = [a for a in other.addresses if a not in tried]
+    timeout_s = plan.step_timeout_s if left_s is None else min(plan.step_timeout_s, left_s)
+    if not candidates or timeout_s < MIN_STEP_S or used.port is None:
+        return tcp
+    attempt = await try_address(candidates[0], used.port, timeout_s)
+    works = "connects" if attempt.outcome == "ok" else f"fails too ({attempt.outcome})"
+    evidence = replace(used, other_source=upstream.step.value, other_answers=(attempt,))
+    detail = f"{tcp.detail}; {upstream.step.value}'s answer {attempt.address} {works}"
+    return replace(tcp, detail=detail, evidence=evidence)
 
 
 async def _tls(plan: ChecklistPlan, tcp: StepResult, reached: str | None) -> StepResult:
@@ -219,7 +261,7 @@ async def _tls(plan: ChecklistPlan, tcp: StepResult, reached: str | None) -> Ste
         plan.endpoint.host,
         tls=plan.tls,
         timeout_s=plan.step_timeout_s,
-        proxy=plan.proxy,
+        proxy=_at(plan.proxy, reached),
     )
 
 
@@ -235,7 +277,7 @@ async def _http(
     return await http_response(
         plan.endpoint,
         None if plan.proxy else reached,
-        proxy=plan.proxy,
+        proxy=_at(plan.proxy, reached),
         tls=plan.tls,
         expect=plan.expect,
         method=plan.method,
@@ -265,6 +307,12 @@ async def _trace(
         max_hops=plan.trace_max_hops,
         hop_timeout_s=plan.trace_hop_timeout_s,
     )
+
+
+def _at(proxy: ProxyRoute | None, reached: str) -> ProxyRoute | None:
+    """The proxy at the address tcp_connect reached: its name was resolved by the DNS steps,
+    and nothing after them asks another resolver (the machine's own, say) again."""
+    return replace(proxy, host=reached) if proxy is not None else None
 
 
 def _blocked_by(step: Step, earlier: StepResult) -> StepResult:

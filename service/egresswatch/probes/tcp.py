@@ -196,6 +196,14 @@ async def tcp_connect(
     )
 
 
+async def try_address(address: str, port: int, timeout_s: float) -> TcpAttempt:
+    """One connect, closed at once: the evidence of whether `address` is reachable."""
+    outcome = await connect_once(address, port, timeout_s)
+    if outcome.sock is not None:
+        outcome.sock.close()
+    return _attempt_evidence(outcome)
+
+
 async def _reset_within(outcome: Outcome, grace_s: float) -> Outcome:
     """Read for `grace_s` on a fresh connection; close it. A reset turns it into a failure."""
     sock = outcome.sock

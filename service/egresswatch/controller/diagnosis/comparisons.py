@@ -93,6 +93,13 @@ def egress_path(case: Case) -> Finding | None:
     failing = case.failing
     if failing is None or failing.step not in NETWORK_STEPS or failing.reason not in BLOCKED:
         return None
+    return egress_path_at(case, failing)
+
+
+def egress_path_at(case: Case, failing: StepResult, *before: str) -> Finding | None:
+    """`egress_path` for the blocked network step `failing` (which need not be the round's
+    first failure: a DNS failure before it may be the same blockage); `before` are sentences
+    that come first in the evidence."""
     failures: list[tuple[Observation, StepResult]] = []
     for control in case.controls:
         failed = not_reached(control.round)
@@ -103,6 +110,7 @@ def egress_path(case: Case) -> Finding | None:
         return None
     listed = [f"{c.target} ({f.step.value} {reason_text(f)})" for c, f in failures]
     evidence = [
+        *before,
         case.says(failing.step),
         f"every control fails from {case.this.source} too: {listing(listed)}",
     ]

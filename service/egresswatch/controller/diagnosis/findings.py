@@ -63,6 +63,7 @@ NOT_REACHED = (
         Reason.TIMEOUT,
         Reason.TLS_HANDSHAKE_FAILED,
         Reason.HTTP_PROTOCOL,
+        Reason.DESTINATION_UNREACHABLE,
     }
 )
 # Where a trace stopping at an egress device means the device is the one not passing packets.
@@ -93,6 +94,7 @@ class Finding:
     facts: Mapping[str, Any] = field(default_factory=dict)
     command_step: Step | None = None
     steps_told: frozenset[Step] = frozenset()
+    command: str | None = None  # a whole command line, when no one step's command shows it
 
 
 # --- reading evidence ------------------------------------------------------------------------

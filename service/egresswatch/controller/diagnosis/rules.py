@@ -20,13 +20,16 @@ Pure: no I/O, no clock; the caller gathers the rounds.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from egresswatch.controller.diagnosis.comparisons import (
     compare,
     compare_sources,
     egress_path,
+    egress_path_at,
     every_control_fails,
 )
 from egresswatch.controller.diagnosis.failure_shapes import shape
@@ -50,7 +53,7 @@ from egresswatch.controller.diagnosis.findings import (
     trace_stop,
 )
 from egresswatch.controller.diagnosis.inputs import Case, Context, Observation, Rule
-from egresswatch.evidence import DnsEvidence
+from egresswatch.evidence import DnsEvidence, HttpEvidence, TlsEvidence
 from egresswatch.model import (
     Endpoint,
     Reason,
@@ -136,6 +139,9 @@ def _dns(case: Case) -> Finding | None:
     if cluster_failed and _reason_in(cluster, NAME_ABSENT) and not ran(upstream):
         why = "no upstream answer to compare with: configure dns.upstream to tell them apart"
         return found(Suspect.NAME_NOT_FOUND, "name_absent_only_resolver", Step.DNS_CLUSTER, why)
+    blocked = _blocked_beyond_dns(case)
+    if blocked is not None:
+        return blocked
     compared = _compare_dns(case, cluster, upstream)
     if compared is not None:
         return compared
@@ -154,6 +160,83 @@ def _dns(case: Case) -> Finding | None:
         rule = "upstream_name_absent" if _reason_in(upstream, NAME_ABSENT) else "upstream_fails"
         return found(Suspect.UPSTREAM_DNS, rule, Step.DNS_UPSTREAM)
     return None
+
+
+def _blocked_beyond_dns(case: Case) -> Finding | None:
+    """The DNS failure is one face of a wider blockage: the connect to a known address went
+    silent too, and so did every control from this source.
+
+    When the egress device drops everything, the cluster resolver's own queries to the
+    upstream die with the rest, so DNS fails first; but the same round's connect to the last
+    good (or pinned) address and the controls say the path out is gone, not a resolver. Where
+    only the upstream resolver is down, that connect works, and the DNS rules below speak.
+    A pod blocked where a node gets through is a network policy (a default deny, DNS too).
+    """
+    tcp = case.result(Step.TCP_CONNECT)
+    if tcp is None or not tcp.failed or tcp.reason not in SILENT_OR_UNREACHABLE:
+        return None
+    if not every_control_fails(case):
+        return None
+    dns = tuple(case.says(step) for step in DNS_STEPS if ran(case.result(step)))
+    compared = compare(case, Step.TCP_CONNECT, case.peers)
+    if compared is not None:
+        steps = compared.steps_told | set(DNS_STEPS)
+        return dataclasses.replace(
+            compared, evidence=(*dns, *compared.evidence), steps_told=frozenset(steps)
+        )
+    found = egress_path_at(case, tcp, *dns)
+    if found is None:
+        return None
+    return dataclasses.replace(
+        found,
+        rule="egress_blocked_dns_too",
+        steps_told=found.steps_told | set(DNS_STEPS),
+        command_step=Step.TCP_CONNECT,  # nc to the known address shows the path, not nslookup
+    )
+
+
+def _cluster_answer_unreachable(case: Case) -> Finding | None:
+    """The cluster resolver answers other addresses than the upstream, and only the upstream's
+    work: a stale record, a wrong stub domain or split-horizon entry, a hijacked name.
+
+    No DNS step failed, so this cannot wait for one: the disagreeing answers are the evidence,
+    with tcp_connect's word on both (checklist.py tries the other answer when the cluster's
+    all fail). Different answers alone are normal (CDNs answer by resolver); only the cluster's
+    being unreachable while the upstream's connects makes them the cause.
+    """
+    tcp = tcp_of(case.result(Step.TCP_CONNECT))
+    if case.first is not Step.TCP_CONNECT or tcp is None or tcp.ip_source != "dns_cluster":
+        return None
+    working = [a for a in tcp.other_answers if a.outcome == "ok"]
+    cluster = evidence_of(case.result(Step.DNS_CLUSTER), DnsEvidence)
+    upstream = evidence_of(case.result(Step.DNS_UPSTREAM), DnsEvidence)
+    if not working or cluster is None or upstream is None:
+        return None
+    if set(cluster.addresses) & set(upstream.addresses):
+        return None
+    failed = ", ".join(f"{a.address} ({a.outcome})" for a in tcp.attempts)
+    resolver = f"the upstream resolver {upstream.resolver}" if upstream.resolver else "upstream"
+    evidence = (
+        f"the cluster resolver answers {case.host} with {listing(list(cluster.addresses))}, "
+        f"{resolver} with {listing(list(upstream.addresses))}",
+        f"tcp_connect to the cluster's answer fails: {failed}",
+        f"tcp_connect to the upstream's answer {working[0].address} works",
+    )
+    facts = {
+        "cluster_addresses": list(cluster.addresses),
+        "upstream_addresses": list(upstream.addresses),
+        "connect_used": tcp.ip_source,
+        "other_answer_works": working[0].address,
+        Step.TCP_CONNECT.value: failure_facts(case.result(Step.TCP_CONNECT)),
+    }
+    show = [next_command(Step.DNS_CLUSTER, case.this.endpoint)]
+    asked = case.context.upstream or upstream.resolver
+    show.append(next_command(Step.DNS_UPSTREAM, case.this.endpoint, upstream=asked))
+    command = "; ".join(c for c in show if c)
+    told = frozenset({Step.TCP_CONNECT, *DNS_STEPS})
+    return Finding(
+        Suspect.CLUSTER_DNS, "cluster_answer_unreachable", evidence, facts, None, told, command
+    )
 
 
 def _upstream_answers_elsewhere(case: Case, upstream: StepResult | None) -> list[str]:
@@ -230,6 +313,31 @@ def _proxy(case: Case) -> Finding | None:
     return None
 
 
+def _past_the_proxy(case: Case) -> Finding | None:
+    """The proxy answered, and reports that it could not reach the destination: the fault is
+    past the proxy (the endpoint, or the proxy's own way out when every control fails the same
+    way), not the proxy's refusal."""
+    failing = case.failing
+    if failing is None or failing.reason is not Reason.DESTINATION_UNREACHABLE:
+        return None
+    endpoint = case.this.endpoint
+    evidence = [
+        case.says(failing.step),
+        f"the proxy answered, and reports that it could not reach {endpoint.host}:"
+        f"{endpoint.port}: the fault lies past the proxy",
+    ]
+    facts = {failing.step.value: failure_facts(failing)}
+    told = frozenset({failing.step})
+    if every_control_fails(case):
+        evidence.append(f"every control fails from {case.this.source} too")
+        return Finding(
+            Suspect.EGRESS_PATH, "proxy_reports_everything_down", tuple(evidence), facts, None, told
+        )
+    return Finding(
+        Suspect.ENDPOINT_DOWN, "proxy_reports_destination_down", tuple(evidence), facts, None, told
+    )
+
+
 def _egress_device(case: Case) -> Finding | None:
     """A firewall said no: an HTTP 470 or a reset after ClientHello, or a device answered."""
     failing = case.failing
@@ -276,7 +384,7 @@ def _device_answering(case: Case, failing: StepResult) -> tuple[str | None, Step
     return None, None
 
 
-# --- 7. failure shapes, 8. unknown (5 and 6 are in comparisons.py) --------------------------------------------
+# --- 7. failure shapes, 8. unknown (5 and 6 are in comparisons.py) -----------------------
 
 
 def _shape(case: Case) -> Finding | None:
@@ -303,8 +411,10 @@ def _unknown(case: Case) -> Finding:
 _RULES: tuple[Rule, ...] = (
     _healthy,
     _dns,
+    _cluster_answer_unreachable,
     _trace_only,
     _proxy,
+    _past_the_proxy,
     _egress_device,
     compare_sources,
     egress_path,
@@ -338,7 +448,7 @@ def _verdict(case: Case, finding: Finding) -> Verdict:
         suspect=finding.suspect,
         first_failing_step=case.first,
         evidence=tuple(evidence),
-        next_command=_command(case, finding.command_step or case.first),
+        next_command=finding.command or _command(case, finding.command_step or case.first),
         facts=facts,
     )
 
@@ -348,7 +458,14 @@ def _command(case: Case, step: Step | None) -> str | None:
     if step is None:
         return None
     endpoint = case.this.endpoint
-    proxy = case.context.proxy
+    # The command follows the round's own path: through the proxy only if the round went
+    # through it (a target with use_proxy: false does not), and then the name it resolves is
+    # the proxy's.
+    proxy = case.context.proxy if _via_proxy(case) else None
+    if proxy is not None and step in DNS_STEPS:
+        parsed = urlsplit(proxy)
+        if parsed.hostname:
+            endpoint = Endpoint(Scheme.TCP, parsed.hostname, parsed.port or 3128)
     if step is Step.DNS_UPSTREAM:
         asked = evidence_of(case.result(step), DnsEvidence)
         upstream = case.context.upstream or (asked.resolver if asked is not None else None)
@@ -360,6 +477,19 @@ def _command(case: Case, step: Step | None) -> str | None:
             endpoint = Endpoint(Scheme.TCP, endpoint.host, port)
         return next_command(step, endpoint, address=address, proxy=proxy)
     return next_command(step, endpoint, upstream=case.context.upstream, proxy=proxy)
+
+
+def _via_proxy(case: Case) -> bool:
+    """Whether the round went through a proxy: its connect aimed at the proxy, or its TLS or
+    HTTP step says which proxy carried it."""
+    tcp = tcp_of(case.result(Step.TCP_CONNECT))
+    tls = evidence_of(case.result(Step.TLS_HANDSHAKE), TlsEvidence)
+    http = evidence_of(case.result(Step.HTTP_RESPONSE), HttpEvidence)
+    return (
+        (tcp is not None and tcp.ip_source == "proxy")
+        or (tls is not None and tls.via_proxy is not None)
+        or (http is not None and http.via_proxy is not None)
+    )
 
 
 def _aim(result: StepResult | None) -> tuple[str | None, int | None]:
