@@ -48,6 +48,7 @@ SLOW = "203.0.113.30"  # the slow path: a delaying relay (port 443) to its origi
 UPSTREAM_DNS = "203.0.113.53"
 BROKEN_DNS = "203.0.113.54"  # answers SERVFAIL to everything: a broken stub domain's server
 SITES = {"shop": SHOP, "api": API, "control": CONTROL}
+NOWHERE = "203.0.113.99"  # on the internet's link, assigned to nobody: a wrong DNS answer
 
 PROXY_PORT = 3128
 INTERCEPT_PORT = 8443
@@ -202,9 +203,18 @@ class EgressLab:
         if process is not None:
             self.lab.stop(process)
 
-    def cluster_dns(self, *, servfail: str | None = None) -> None:
+    def cluster_dns(
+        self,
+        *,
+        servfail: str | None = None,
+        answer: tuple[str, str] | None = None,
+        cache: bool = True,
+    ) -> None:
         """(Re)start the cluster DNS; with `servfail`, that name's queries go to a server that
-        answers SERVFAIL (a broken stub domain), so the cluster DNS answers SERVFAIL for it."""
+        answers SERVFAIL (a broken stub domain), so the cluster DNS answers SERVFAIL for it;
+        with `answer` (name, address) it answers that address for that name itself (a stale
+        record, a wrong split-horizon entry, a hijacked name); `cache=False` makes it a
+        resolver without a cache, which fails as soon as the upstream does."""
         argv = [
             "dnsmasq",
             "--keep-in-foreground",
@@ -217,12 +227,13 @@ class EgressLab:
             f"--listen-address={CLUSTER_DNS}",
             f"--server={UPSTREAM_DNS}",
             "--local=/cluster.local/",
-            "--cache-size=1000",
-            "--use-stale-cache",
+            *(["--cache-size=1000", "--use-stale-cache"] if cache else ["--cache-size=0"]),
             "--log-facility=-",
         ]
         if servfail is not None:
             argv.append(f"--server=/{servfail}/{BROKEN_DNS}")
+        if answer is not None:
+            argv.append(f"--address=/{answer[0]}/{answer[1]}")
         self._spawn("cluster-dns", self.node, argv)
         self._until(
             lambda: self.lab.call(
