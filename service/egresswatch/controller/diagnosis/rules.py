@@ -276,7 +276,7 @@ def _device_answering(case: Case, failing: StepResult) -> tuple[str | None, Step
     return None, None
 
 
-# --- 7. failure shapes, 8. unknown (5 and 6 are in comparisons.py) --------------------------------------------
+# --- 7. failure shapes, 8. unknown (5 and 6 are in comparisons.py) ---------------------------
 
 
 def _shape(case: Case) -> Finding | None:
