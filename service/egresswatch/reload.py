@@ -90,7 +90,7 @@ class ConfigReloader:
         self._watcher = asyncio.create_task(self._watch(self._path), name="egresswatch-config")
 
     async def close(self) -> None:
-        """Stop watching the file (a reload in progress is cancelled with the watcher)."""
+        """Stop watching the file (a reload the watcher started is cancelled with it)."""
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
