@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -30,7 +31,9 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from egresswatch.model import RoundResult, Status, Step, Suspect
 
-__all__ = ["DURATION_BUCKETS", "LATENESS_BUCKETS", "NO_REASON", "Metrics"]
+__all__ = ["DURATION_BUCKETS", "LATENESS_BUCKETS", "NO_REASON", "Metrics", "WriterMetrics"]
+
+log = logging.getLogger(__name__)
 
 NO_REASON = "none"
 # Steps take from about a millisecond (DNS from the node cache) to a 30 s timeout.
@@ -264,3 +267,26 @@ class Metrics:
 
     def count_config_reload(self, outcome: Literal["ok", "rejected"]) -> None:
         self.config_reloads.labels(outcome).inc()
+
+
+class WriterMetrics:
+    """The batched writer's hooks (storage's WriterHooks), wired to the service's health
+    metrics: buffer depth, ingest batches and database errors. Dropped rounds are logged."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def buffer_depth(self, depth: int) -> None:
+        self._metrics.set_buffer_depth(depth)
+
+    def batch_written(self, ok: bool, rounds: int) -> None:
+        self._metrics.count_ingest_batch("ok" if ok else "error", rounds if ok else 0)
+
+    def rows_written(self, rounds: int, step_results: int) -> None:
+        pass  # counted by batch_written
+
+    def database_error(self, error: BaseException) -> None:
+        self._metrics.count_database_error()
+
+    def rounds_dropped(self, rounds: int, why: str) -> None:
+        log.error("rounds dropped", extra={"rounds": rounds, "why": why})

@@ -4,7 +4,10 @@ With `local_agent=False` (`egresswatch controller`) it is the controller alone: 
 its own and no local source; results arrive from agents through `POST /api/v1/results`.
 
 Every long-lived part is made here and injected: the engine, the store, the writer, the
-metrics registry, the scheduler, the round runner, the HTTP server. Nothing is global.
+metrics registry, the scheduler, the round runner, the HTTP server. Nothing is global. What the
+parts do lives in modules named for it: the schema check (storage/schema.py), ingest
+(controller/ingest/intake.py), detection (controller/detection/pipeline.py), retention
+(storage/retention.py), the config reload (reload.py), the HTTP server (http_server.py).
 """
 
 from __future__ import annotations
@@ -30,21 +33,21 @@ from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.controller.ingest.intake import Ingest
-from egresswatch.metrics import Metrics
+from egresswatch.http_server import ListenError, serve
+from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
+from egresswatch.reload import ConfigReloader
 from egresswatch.schedule import RoundJob, RoundScheduler
-from egresswatch.settings import ConfigError, Settings, load_settings, parse_listen
+from egresswatch.settings import Settings
 from egresswatch.storage import (
+    DatabaseNotReady,
     History,
     RetentionWindows,
-    SchemaStatus,
     Store,
+    ensure_schema,
     make_engine,
-    prune,
     redact,
-    rollup,
-    schema_state,
-    upgrade,
+    run_retention,
 )
 
 log = logging.getLogger(__name__)
@@ -53,34 +56,10 @@ RETENTION_JOB = "retention"
 CONTROLLER_JOB = "controller"
 CONTROLLER_TICK_S = 0.25  # how often detection's results are written (nothing pending: no work)
 STALENESS_EVERY_TICKS = 20  # silent sources are looked for every 20 ticks (5 s)
-CONFIG_POLL_S = 1.0  # how often the config file is looked at for changes
-RESTART_ONLY = ("listen", "database", "source")  # fields a reload cannot change in place
 
 
 class StartupError(Exception):
     """The service cannot start; the message says why and what to run."""
-
-
-class WriterMetrics:
-    """The writer's hooks, wired to the service's own health metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def buffer_depth(self, depth: int) -> None:
-        self._metrics.set_buffer_depth(depth)
-
-    def batch_written(self, ok: bool, rounds: int) -> None:
-        self._metrics.count_ingest_batch("ok" if ok else "error", rounds if ok else 0)
-
-    def rows_written(self, rounds: int, step_results: int) -> None:
-        pass  # counted by batch_written
-
-    def database_error(self, error: BaseException) -> None:
-        self._metrics.count_database_error()
-
-    def rounds_dropped(self, rounds: int, why: str) -> None:
-        log.error("rounds dropped", extra={"rounds": rounds, "why": why})
 
 
 class Service:
@@ -110,18 +89,22 @@ class Service:
         self._on_incident = on_incident
         self._ticks = 0
         self._watch = watch_config
-        self._config_path = config_path
-        self._overrides = dict(overrides or {})
         self._migrate = migrate
         self._environ = environ
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, version=__version__)
+        self._reloader = ConfigReloader(
+            config_path,
+            overrides or {},
+            current=lambda: self.settings,
+            apply=self._apply_settings,
+            metrics=self.metrics,
+        )
         self._schema_checked = False
         self._stopping = asyncio.Event()
-        self._watcher: asyncio.Task[None] | None = None
-        self._config_stamp: tuple[int, int] | None = None
-        self._reload_lock = asyncio.Lock()
         self.store: Store
+        self.history: History
+        self.pipeline: Pipeline
         self.ingest: Ingest
         self.runner: RoundRunner
         self.scheduler: RoundScheduler
@@ -132,74 +115,23 @@ class Service:
 
     async def start(self) -> None:
         """Check the database, then start the writer, the rounds and the HTTP server."""
-        settings = self.settings
-        engine = make_engine(settings.database)
-        await self._check_schema(engine, settings.database)
-        retention = settings.retention
-        self.store = Store(
-            engine,
-            windows=RetentionWindows(
-                raw_s=retention.raw,
-                minute_rollups_s=retention.minute_rollups,
-                rollups_s=retention.rollups,
-            ),
-        )
-        if self.local_agent:
-            await self.store.register_source(settings.source.name, settings.source.kind)
-        await self._sync_targets(settings)
-        self.history = History(engine)
-        self.pipeline = Pipeline(
-            settings=lambda: self.settings,
-            history=self.history,
-            metrics=self.metrics,
-            clock=_utc_now,
-            on_incident=self._on_incident,
-        )
-        for source in await self.store.sources():
-            if source.kind:
-                self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
-        if self.local_agent:
-            self.pipeline.set_source_kind(settings.source.name, settings.source.kind)
-        await self.pipeline.restore()  # the open incidents stay the same incidents
-        await self.pipeline.flush()
-        self.ingest = Ingest(
-            self.store,
-            settings=lambda: self.settings,
-            judge=self._judge,
-            clock=_utc_now,
-            hooks=WriterMetrics(self.metrics),
-        )
-        self.ingest.start()
-        if self.local_agent:
-            self.runner = RoundRunner(
-                settings,
-                source=settings.source.name,
-                sink=self.ingest.submit,
-                environ=self._environ,
-            )
-        self.scheduler = RoundScheduler(
-            max_concurrent=settings.max_concurrent_rounds,
-            on_lateness=self.metrics.observe_lateness,
-            on_timeout=lambda key: self._count(key, self.metrics.count_round_timeout),
-            on_skipped=lambda key: self._count(key, self.metrics.count_round_skipped),
-            on_error=lambda key: log.error("round raised", extra={"job": key}),
-        )
-        self.scheduler.set_jobs(self._jobs(settings))
-        self.scheduler.start()
-        await self._serve(settings.listen)
+        await self._open_storage()
+        await self._start_detection()
+        self._start_ingest()
+        self._start_rounds()
+        await self._serve()
         # What exists now lives as long as the process: moving it out of the collector's
         # generations removes the 50-90 ms full collections measured with 5,000 targets.
         gc.freeze()
-        if self._config_path is not None and self._watch:
-            self._config_stamp = _stamp(self._config_path)
-            self._watcher = asyncio.create_task(self._watch_config(), name="egresswatch-config")
+        if self._watch:
+            self._reloader.watch()
         log.info(
             "egresswatch running",
             extra={
                 "listen": f"{self.listening[0]}:{self.listening[1]}" if self.listening else None,
-                "database": redact(settings.database),
-                "targets": [t.name for t in settings.targets],
-                "source": settings.source.name if self.local_agent else None,
+                "database": redact(self.settings.database),
+                "targets": [t.name for t in self.settings.targets],
+                "source": self.settings.source.name if self.local_agent else None,
                 "mode": "run" if self.local_agent else "controller",
             },
         )
@@ -212,7 +144,7 @@ class Service:
             for sig, action in (
                 (signal.SIGINT, self.request_stop),
                 (signal.SIGTERM, self.request_stop),
-                (signal.SIGHUP, self._reload_soon),
+                (signal.SIGHUP, self._reloader.reload_soon),
             ):
                 loop.add_signal_handler(sig, action)
                 handlers.callback(loop.remove_signal_handler, sig)
@@ -226,10 +158,7 @@ class Service:
 
     async def stop(self) -> None:
         """Stop taking rounds, let the writer flush what it holds, close everything."""
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        await self._reloader.close()
         if self._http is not None:
             await self._http.cleanup()
             self._http = None
@@ -249,7 +178,99 @@ class Service:
             "scheduler": hasattr(self, "scheduler") and self.scheduler.running,
         }
 
-    # -- rounds -----------------------------------------------------------------------------
+    async def reload(self) -> bool:
+        """Re-read the config file. A valid one replaces the targets in place; an invalid one
+        is refused, logged with its field paths, and the running config stays (reload.py)."""
+        return await self._reloader.reload()
+
+    # -- the parts, in the order start() makes them -------------------------------------------
+
+    async def _open_storage(self) -> None:
+        """The engine (on a database whose schema is current) and the store, with the targets
+        and, when rounds run here, this source recorded."""
+        settings = self.settings
+        engine = make_engine(settings.database)
+        try:
+            await ensure_schema(engine, settings.database, migrate=self._migrate)
+        except DatabaseNotReady as exc:
+            raise StartupError(str(exc)) from None
+        self._schema_checked = True
+        self.store = Store(engine, windows=_windows(settings))
+        if self.local_agent:
+            await self.store.register_source(settings.source.name, settings.source.kind)
+        await self._sync_targets(settings)
+        self.history = History(engine)
+
+    async def _start_detection(self) -> None:
+        """The pipeline, knowing every source's kind, with the open incidents restored."""
+        self.pipeline = Pipeline(
+            settings=lambda: self.settings,
+            history=self.history,
+            metrics=self.metrics,
+            clock=_utc_now,
+            on_incident=self._on_incident,
+        )
+        for source in await self.store.sources():
+            if source.kind:
+                self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
+        if self.local_agent:
+            self.pipeline.set_source_kind(self.settings.source.name, self.settings.source.kind)
+        await self.pipeline.restore()  # the open incidents stay the same incidents
+        await self.pipeline.flush()
+
+    def _start_ingest(self) -> None:
+        """The writer every round goes through, local or an agent's, before it is judged."""
+        self.ingest = Ingest(
+            self.store,
+            settings=lambda: self.settings,
+            judge=self._judge,
+            clock=_utc_now,
+            hooks=WriterMetrics(self.metrics),
+        )
+        self.ingest.start()
+
+    def _start_rounds(self) -> None:
+        """The local rounds (when this process is also an agent), retention and the controller
+        tick, on the scheduler's timers."""
+        settings = self.settings
+        if self.local_agent:
+            self.runner = RoundRunner(
+                settings,
+                source=settings.source.name,
+                sink=self.ingest.submit,
+                environ=self._environ,
+            )
+        self.scheduler = RoundScheduler(
+            max_concurrent=settings.max_concurrent_rounds,
+            on_lateness=self.metrics.observe_lateness,
+            on_timeout=lambda key: self._count(key, self.metrics.count_round_timeout),
+            on_skipped=lambda key: self._count(key, self.metrics.count_round_skipped),
+            on_error=lambda key: log.error("round raised", extra={"job": key}),
+        )
+        self.scheduler.set_jobs(self._jobs(settings))
+        self.scheduler.start()
+
+    async def _serve(self) -> None:
+        """The API, /healthz, /readyz and /metrics on the listen address."""
+        app = make_app(registry=self.registry, readiness=self.readiness)
+        add_api_routes(
+            app,
+            ApiDeps(
+                store=self.store,
+                history=self.history,
+                settings=lambda: self.settings,
+                ingest=self.ingest.accept,
+                run_now=self._run_now,
+                token=self.settings.agent_token(),
+                clock=_utc_now,
+            ),
+        )
+        try:
+            self._http, self.listening = await serve(app, self.settings.listen)
+        except ListenError as exc:
+            raise StartupError(str(exc)) from None
+
+    # -- what the parts call back -------------------------------------------------------------
 
     def _judge(self, rounds: Sequence[RoundResult]) -> None:
         """Stored rounds, local or an agent's: exported, judged, shown to the observer."""
@@ -287,6 +308,15 @@ class Service:
                 log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
 
+    async def _retention(self) -> None:
+        # The windows are read at each run: a reload changes them without a restart.
+        await run_retention(
+            self.store,
+            _utc_now(),
+            _windows(self.settings),
+            on_error=self.metrics.count_database_error,
+        )
+
     async def _run_now(self, target: str) -> RoundResult:
         if not self.local_agent:
             # The route answered 404 already for a target that is not configured; this one
@@ -302,138 +332,39 @@ class Service:
             raise ApiError(404, "Not Found", f"target {target!r} is not configured")
         return result
 
-    async def _retention(self) -> None:
-        """Roll up complete buckets, then prune what is past its window. Never raises."""
-        now = datetime.now(UTC)
-        windows = self.settings.retention
+    async def _apply_settings(self, new: Settings) -> None:
+        """A reloaded config, in place: the runner's targets, the jobs (unchanged ones keep
+        their phase), the series and detection state of removed targets, the stored list."""
+        old_targets = {t.name for t in self.settings.targets}
+        self.settings = new
+        if self.local_agent:
+            self.runner.update(new)
+        self.scheduler.set_jobs(self._jobs(new))
+        for gone in old_targets - {t.name for t in new.targets}:
+            self.metrics.forget_target(gone)
+            self.pipeline.forget_target(gone)
         try:
-            for resolution in ("minute", "hour"):
-                await rollup(self.store, now, resolution, raw_keep_s=windows.raw)
-            report = await prune(
-                self.store,
-                now,
-                windows.raw,
-                windows.rollups,
-                minute_keep_s=windows.minute_rollups,
-            )
-            log.debug("retention done", extra={"report": str(report)})
+            await self._sync_targets(new)
         except Exception:
             self.metrics.count_database_error()
-            log.exception("retention failed; it runs again on its next period")
-
-    def _count(self, key: str, count: Any) -> None:
-        count()
-        log.warning("round cut or skipped", extra={"job": key})
-
-    # -- database and HTTP ------------------------------------------------------------------
-
-    async def _check_schema(self, engine: Any, url: str) -> None:
-        try:
-            state = await schema_state(engine)
-        except Exception as exc:
-            await engine.dispose()
-            raise StartupError(f"cannot reach the database {redact(url)}: {exc}") from None
-        if not state.ok:
-            migratable = state.status in (SchemaStatus.MISSING, SchemaStatus.BEHIND)
-            if not (self._migrate and migratable):
-                await engine.dispose()
-                raise StartupError(
-                    state.message(url) + (" (or start with --migrate)" if migratable else "")
-                )
-            log.info("migrating the database", extra={"from": state.current, "to": state.head})
-            await asyncio.to_thread(upgrade, url)
-        self._schema_checked = True
-
-    async def _serve(self, listen: str) -> None:
-        host, port = parse_listen(listen)
-        app = make_app(registry=self.registry, readiness=self.readiness)
-        add_api_routes(
-            app,
-            ApiDeps(
-                store=self.store,
-                history=self.history,
-                settings=lambda: self.settings,
-                ingest=self.ingest.accept,
-                run_now=self._run_now,
-                token=self.settings.agent_token(),
-                clock=_utc_now,
-            ),
-        )
-        self._http = web.AppRunner(app, access_log=None)
-        await self._http.setup()
-        site = web.TCPSite(self._http, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname() if sockets else (host, port)
-        self.listening = (str(bound[0]), int(bound[1]))
+            log.exception("could not record the new targets; rounds go on")
 
     async def _sync_targets(self, settings: Settings) -> None:
         await self.store.sync_targets([(t.name, t.endpoint.url, t.role) for t in settings.targets])
 
-    # -- reload -----------------------------------------------------------------------------
+    def _count(self, key: str, count: Callable[[], None]) -> None:
+        count()
+        log.warning("round cut or skipped", extra={"job": key})
 
-    def _reload_soon(self) -> None:
-        asyncio.get_running_loop().create_task(self.reload(), name="egresswatch-reload")
 
-    async def reload(self) -> bool:
-        """Re-read the config file. A valid one replaces the targets in place; an invalid one
-        is refused, logged with its field paths, and the running config stays."""
-        if self._config_path is None:
-            return False
-        async with self._reload_lock:
-            try:
-                new = load_settings(self._config_path, self._overrides)
-            except ConfigError as exc:
-                self.metrics.count_config_reload("rejected")
-                for line in exc.problems:
-                    log.error("config reload refused", extra={"problem": line})
-                return False
-            new = self._keep_restart_only(new)
-            old_targets = {t.name for t in self.settings.targets}
-            self.settings = new
-            if self.local_agent:
-                self.runner.update(new)
-            self.scheduler.set_jobs(self._jobs(new))
-            for gone in old_targets - {t.name for t in new.targets}:
-                self.metrics.forget_target(gone)
-                self.pipeline.forget_target(gone)
-            try:
-                await self._sync_targets(new)
-            except Exception:
-                self.metrics.count_database_error()
-                log.exception("could not record the new targets; rounds go on")
-            self.metrics.count_config_reload("ok")
-            log.info("config reloaded", extra={"targets": [t.name for t in new.targets]})
-            return True
-
-    def _keep_restart_only(self, new: Settings) -> Settings:
-        changed = [f for f in RESTART_ONLY if getattr(new, f) != getattr(self.settings, f)]
-        if not changed:
-            return new
-        log.warning("config fields need a restart to change", extra={"fields": changed})
-        return new.model_copy(update={f: getattr(self.settings, f) for f in changed})
-
-    async def _watch_config(self) -> None:
-        assert self._config_path is not None
-        while True:
-            await asyncio.sleep(CONFIG_POLL_S)
-            stamp = _stamp(self._config_path)
-            if stamp is not None and stamp != self._config_stamp:
-                self._config_stamp = stamp
-                await self.reload()
+def _windows(settings: Settings) -> RetentionWindows:
+    retention = settings.retention
+    return RetentionWindows(
+        raw_s=retention.raw,
+        minute_rollups_s=retention.minute_rollups,
+        rollups_s=retention.rollups,
+    )
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        info = path.stat()
-    except OSError:
-        return None
-    return info.st_mtime_ns, info.st_size

@@ -40,11 +40,11 @@ from egresswatch.agent.identity import (
 from egresswatch.agent.plan import PlanFollower
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.sink import HttpSink, SinkTuning
+from egresswatch.http_server import ListenError, serve
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
 from egresswatch.plan import Plan
 from egresswatch.schedule import RoundScheduler
-from egresswatch.settings import parse_listen
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -268,17 +268,8 @@ class Agent:
         log.warning("round cut or skipped", extra={"job": key})
 
     async def _serve(self, listen: str) -> None:
-        host, port = parse_listen(listen)
-        self._http = web.AppRunner(health_app(self.registry, self.readiness), access_log=None)
-        await self._http.setup()
-        site = web.TCPSite(self._http, host, port)
+        app = health_app(self.registry, self.readiness)
         try:
-            await site.start()
-        except OSError as exc:
-            await self._http.cleanup()
-            self._http = None
-            raise AgentStartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname() if sockets else (host, port)
-        self.listening = (str(bound[0]), int(bound[1]))
+            self._http, self.listening = await serve(app, listen)
+        except ListenError as exc:
+            raise AgentStartupError(str(exc)) from None

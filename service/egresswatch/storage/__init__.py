@@ -13,12 +13,20 @@ from egresswatch.storage.records import (
     StateRecord,
     TargetRecord,
 )
-from egresswatch.storage.retention import PruneReport, RollupReport, prune, rollup
+from egresswatch.storage.retention import (
+    PruneReport,
+    RollupReport,
+    prune,
+    rollup,
+    run_retention,
+)
 from egresswatch.storage.schema import (
+    DatabaseNotReady,
     SchemaState,
     SchemaStatus,
     alembic_config,
     downgrade,
+    ensure_schema,
     make_engine,
     normalize_url,
     redact,
@@ -32,6 +40,7 @@ from egresswatch.storage.writer import BatchedWriter, NoHooks, RoundSink, Writer
 __all__ = [
     "BadCursor",
     "BatchedWriter",
+    "DatabaseNotReady",
     "History",
     "IncidentRecord",
     "NoHooks",
@@ -53,11 +62,13 @@ __all__ = [
     "alembic_config",
     "choose_resolution",
     "downgrade",
+    "ensure_schema",
     "make_engine",
     "normalize_url",
     "prune",
     "redact",
     "rollup",
+    "run_retention",
     "schema_state",
     "upgrade",
 ]

@@ -10,11 +10,14 @@ a time, streaming rows ordered by key, so memory holds one key's durations plus 
 `prune` deletes raw rounds older than the raw window, but never a round whose bucket is still
 waiting for its rollup, then rollups older than theirs, in chunks of bounded size, each chunk
 its own short transaction.
+
+`run_retention` is the scheduled job: both, in that order, and it never raises.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,8 +30,10 @@ from egresswatch.storage import tables as t
 from egresswatch.storage.policy import (
     MINUTE_ROLLUPS_KEEP_S,
     RAW_KEEP_S,
+    ROLLUP_RESOLUTIONS,
     ROLLUPS_KEEP_S,
     Resolution,
+    RetentionWindows,
     bucket_start,
 )
 from egresswatch.storage.store import Store
@@ -297,3 +302,29 @@ async def _delete_chunked(engine: AsyncEngine, table: sa.Table, condition: Any) 
         deleted += result.rowcount
         if result.rowcount < PRUNE_CHUNK:
             return deleted
+
+
+async def run_retention(
+    store_or_engine: Store | AsyncEngine,
+    now: datetime,
+    windows: RetentionWindows,
+    *,
+    on_error: Callable[[], None],
+) -> None:
+    """The retention job: roll up the complete minute buckets, then the hour buckets, then prune
+    what is past its window. Never raises (a scheduled job must not): a failure is logged,
+    `on_error` is called (to count it), and the job's next period tries again."""
+    try:
+        for resolution in ROLLUP_RESOLUTIONS:
+            await rollup(store_or_engine, now, resolution, raw_keep_s=windows.raw_s)
+        report = await prune(
+            store_or_engine,
+            now,
+            windows.raw_s,
+            windows.rollups_s,
+            minute_keep_s=windows.minute_rollups_s,
+        )
+        log.debug("retention done", extra={"report": str(report)})
+    except Exception:
+        on_error()
+        log.exception("retention failed; it runs again on its next period")

@@ -7,6 +7,9 @@ alembic.ini: `alembic_config(url)` builds the configuration in code.
 `upgrade` and `downgrade` are synchronous (Alembic is) and run their own event loop for the
 async drivers: call them from a thread (`await asyncio.to_thread(upgrade, url)`), not from a
 running event loop.
+
+`ensure_schema` is the check a service makes before it uses a database: refuse one that is
+unreachable, not migrated, or newer than this code, with what to run (or migrate it).
 """
 
 from __future__ import annotations
@@ -202,3 +205,32 @@ async def schema_state(engine: AsyncEngine, config: Config | None = None) -> Sch
     if all(rev in known for rev in current_heads):
         return SchemaState(SchemaStatus.BEHIND, current, head)
     return SchemaState(SchemaStatus.AHEAD, current, head)
+
+
+class DatabaseNotReady(Exception):
+    """The database cannot be used as it is; the message says why and what to run."""
+
+
+async def ensure_schema(engine: AsyncEngine, url: str | URL, *, migrate: bool = False) -> None:
+    """Return once the database at `url` (reached through `engine`) has the current schema.
+
+    Unreachable, missing, behind or ahead: the engine is disposed and DatabaseNotReady says what
+    is wrong and the command that fixes it. With `migrate`, a missing or older schema is migrated
+    to the newest revision instead (in a thread: Alembic runs its own event loop); a newer one
+    never is, since this code cannot know what it holds.
+    """
+    try:
+        state = await schema_state(engine)
+    except Exception as exc:
+        await engine.dispose()
+        raise DatabaseNotReady(f"cannot reach the database {redact(url)}: {exc}") from None
+    if state.ok:
+        return
+    migratable = state.status in (SchemaStatus.MISSING, SchemaStatus.BEHIND)
+    if not (migrate and migratable):
+        await engine.dispose()
+        raise DatabaseNotReady(
+            state.message(url) + (" (or start with --migrate)" if migratable else "")
+        )
+    log.info("migrating the database", extra={"from": state.current, "to": state.head})
+    await asyncio.to_thread(upgrade, url)
