@@ -36,9 +36,7 @@ The rules, per step of a (source, target):
 
 from __future__ import annotations
 
-import math
 import statistics
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -47,8 +45,14 @@ from typing import TYPE_CHECKING
 from egresswatch.controller.detection.latency import (
     Direction,
     LatencyShiftDetector,
-    Shift,
     ShiftParams,
+)
+from egresswatch.controller.detection.step_rules import (
+    StepTrack,
+    fit_window,
+    on_failed,
+    on_good,
+    on_latency,
 )
 from egresswatch.model import (
     PROBE_STEPS,
@@ -85,35 +89,9 @@ _DETAIL_MAX = 200
 
 
 @dataclass
-class _StepTrack:
-    state: StepState = StepState.UNKNOWN
-    since: datetime | None = None  # started_at of the run that set `state`
-    reason: Reason | None = None  # of the latest failed result
-    fails: int = 0  # failed rounds in a row
-    fail_start: datetime | None = None
-    goods: int = 0  # good rounds in a row
-    good_start: datetime | None = None
-    window: deque[tuple[bool, datetime]] = field(default_factory=lambda: deque(maxlen=0))
-    latency: LatencyShiftDetector | None = None
-    normal_s: float | None = None  # the level a DEGRADED step is measured against
-    judged_until: datetime | None = None  # restored: rounds before this are in `state` already
-    came_down: datetime | None = None  # a DEGRADED step's latency shifted down from here...
-    settling: int = 0  # ...and the detector is still learning the level it came down to
-
-    def break_runs(self) -> None:
-        self.fails = self.goods = 0
-        self.fail_start = self.good_start = None
-        self.window.clear()
-
-    def flip(self, state: StepState, since: datetime) -> StepState:
-        previous, self.state, self.since = self.state, state, since
-        return previous
-
-
-@dataclass
 class _SourceTrack:
     last_round_at: datetime
-    steps: dict[Step, _StepTrack] = field(default_factory=dict)
+    steps: dict[Step, StepTrack] = field(default_factory=dict)
     stale: bool = False
     lost: StepState | None = None  # the state announced as lost when it went stale
 
@@ -160,7 +138,7 @@ class Detector:
         for step_result in result.steps:
             if step_result.step not in PROBE_STEPS:
                 continue
-            step = track.steps.setdefault(step_result.step, _StepTrack())
+            step = track.steps.setdefault(step_result.step, StepTrack())
             if step.judged_until is not None and result.started_at < step.judged_until:
                 continue  # a replayed round that the restored state already counts
             change = self._judge(result, step_result, step, policy, now)
@@ -194,7 +172,7 @@ class Detector:
                 continue
             if state.state is StepState.UNKNOWN or state.step not in PROBE_STEPS:
                 continue
-            track.steps[state.step] = _StepTrack(
+            track.steps[state.step] = StepTrack(
                 state=state.state,
                 since=state.since,
                 reason=state.reason,
@@ -390,7 +368,7 @@ class Detector:
         self,
         result: RoundResult,
         step_result: StepResult,
-        step: _StepTrack,
+        step: StepTrack,
         policy: DetectionSettings,
         now: datetime,
     ) -> Change | None:
@@ -409,13 +387,13 @@ class Detector:
                 detail=detail[:_DETAIL_MAX],
             )
 
-        _fit_window(step, policy.fail_window)
+        fit_window(step, policy.fail_window)
         if step_result.status is Status.FAIL:
-            return _failed(step, step_result, at, policy, change)
+            return on_failed(step, step_result, at, policy, change)
         if step_result.status is not Status.OK:
             return None  # skipped or error: neither failed nor good (module docstring)
         was_unknown = step.state is StepState.UNKNOWN
-        flipped = _good(step, at, policy, change)
+        flipped = on_good(step, at, policy, change)
         if was_unknown and step.state is StepState.OK:
             self._baselines.append(change(StepState.UNKNOWN, "first good round", None))
         if step.state is StepState.FAILING or step_result.step not in LATENCY_STEPS:
@@ -431,110 +409,4 @@ class Detector:
             and shift.after_s - shift.before_s < policy.latency_min_change
         ):
             shift = None  # too small to be anyone's regression, whatever the ratio
-        return _latency(step, at, shift, step.latency, self._shift_params, change)
-
-
-_ChangeOf = Callable[[StepState, str, "Reason | None"], Change]
-
-
-def _fit_window(step: _StepTrack, fail_window: tuple[int, int] | None) -> None:
-    size = fail_window[1] if fail_window else 0
-    if step.window.maxlen != size:  # first use, or the config changed
-        step.window = deque(step.window, maxlen=size)
-
-
-def _failed(
-    step: _StepTrack,
-    result: StepResult,
-    at: datetime,
-    policy: DetectionSettings,
-    change: _ChangeOf,
-) -> Change | None:
-    step.goods, step.good_start = 0, None
-    step.fails += 1
-    if step.fails == 1:
-        step.fail_start = at
-    step.reason = result.reason
-    step.window.append((True, at))
-    if step.state is StepState.FAILING:
-        return None
-    starts: list[datetime] = []
-    why = ""
-    if step.fails >= policy.fail_after and step.fail_start is not None:
-        starts.append(step.fail_start)
-        why = f"{step.fails} failed rounds in a row"
-    if policy.fail_window is not None:
-        failed_at = [when for failed, when in step.window if failed]
-        if len(failed_at) >= policy.fail_window[0]:
-            starts.append(failed_at[0])
-            why = f"{len(failed_at)} of the last {len(step.window)} rounds failed"
-    if not starts:
-        return None
-    previous = step.flip(StepState.FAILING, min(starts))
-    step.window.clear()
-    # The latency seen before a failure says nothing about the path after it.
-    step.latency, step.normal_s, step.came_down = None, None, None
-    detail = f"{why}: {result.detail}" if result.detail else why
-    return change(previous, detail, step.reason)
-
-
-def _good(
-    step: _StepTrack, at: datetime, policy: DetectionSettings, change: _ChangeOf
-) -> Change | None:
-    step.fails, step.fail_start = 0, None
-    step.goods += 1
-    if step.goods == 1:
-        step.good_start = at
-    step.window.append((False, at))
-    if step.state is StepState.UNKNOWN:
-        step.flip(StepState.OK, at)  # the first good round sets a baseline: no change
-        return None
-    if step.state is not StepState.FAILING or step.goods < policy.recover_after:
-        return None
-    previous = step.flip(StepState.OK, step.good_start or at)
-    step.window.clear()  # or the failures before would fail it again at once
-    return change(previous, f"{step.goods} good rounds in a row", None)
-
-
-def _latency(
-    step: _StepTrack,
-    at: datetime,
-    shift: Shift | None,
-    detector: LatencyShiftDetector,
-    params: ShiftParams,
-    change: _ChangeOf,
-) -> Change | None:
-    if shift is not None and shift.direction is Direction.UP:
-        step.came_down = None
-        level = f"{shift.before_s * 1000:.1f} ms -> {shift.after_s * 1000:.1f} ms"
-        if step.state is StepState.DEGRADED:
-            # Worse again: said, as a change that keeps the state (a step degraded by a small
-            # rise must still report the large one), measured against the same normal.
-            step.flip(StepState.DEGRADED, shift.started_at)
-            return change(StepState.DEGRADED, f"latency rose again: {level}", None)
-        step.normal_s = shift.before_s
-        previous = step.flip(StepState.DEGRADED, shift.started_at)
-        return change(previous, f"latency {level} ({shift.ratio:.1f}x)", None)
-    if step.state is not StepState.DEGRADED or step.normal_s is None:
-        return None  # a shift down while OK is just a new normal
-    if shift is not None:
-        step.came_down, step.settling = shift.started_at, params.warmup
-    elif step.settling > 0:
-        step.settling -= 1
-    if step.settling == 0:
-        step.came_down = None  # what it came down to was not the old level
-    # Back to OK once the level is again less than `min_shift` above the level before the
-    # rise. Judged on the detector's level while it settles after a shift down, not on the
-    # shift's first estimate (a median of a few samples, which could leave the step DEGRADED
-    # for good); `started_at` is then where it came down. Otherwise (the level drifted back)
-    # the bar is half as far, so a level hovering at the edge cannot flap, and it starts now.
-    level_s = detector.baseline_s
-    margin = params.min_shift if step.came_down is not None else params.min_shift / 2
-    if level_s is None or level_s >= step.normal_s * math.exp(margin):
-        return None
-    normal = f"{step.normal_s * 1000:.1f} ms"
-    step.normal_s = None
-    previous = step.flip(StepState.OK, step.came_down or at)
-    step.came_down = None
-    detail = f"latency back to {level_s * 1000:.1f} ms ({normal} before it rose)"
-    return change(previous, detail, None)
+        return on_latency(step, at, shift, step.latency, self._shift_params, change)
