@@ -281,7 +281,8 @@ def test_scenario(scenario: Scenario, egress_lab: EgressLab) -> None:
     assert datetime.fromisoformat(closed["ended_at"]) >= repaired - ROUND
     # What the incident keeps is the verdict of the failure, not of its recovery.
     kept = (closed["first_failing_step"], closed["suspect"], closed["next_command"])
-    assert kept == (scenario.step, scenario.suspect, incident["next_command"]), closed["history"]
+    lines = [(h["at"], h["first_failing_step"], h["suspect"], h["note"]) for h in closed["history"]]
+    assert kept == (scenario.step, scenario.suspect, incident["next_command"]), lines
     # Everything recovers, not only this incident: every step of every target from both
     # sources, path_trace included (it is traced again until it works: agent/runner.py).
     lab.wait_healthy(RECOVERY_WINDOW_S)

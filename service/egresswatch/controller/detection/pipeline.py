@@ -71,6 +71,9 @@ class Pipeline:
         # The last round that failed, per (source, target): while an incident recovers under
         # hysteresis the latest round is already good, yet the verdict is about the failure.
         self._last_failing: dict[tuple[str, str], RoundResult] = {}
+        # The last round that failed first at each step, per (source, target): what stands for
+        # a FAILING step in the diagnosis (`_judged_round`).
+        self._failed_at: dict[tuple[str, str, Step], RoundResult] = {}
         self._kinds: dict[str, SourceKind] = {}
         self._pending_changes: list[Change] = []
         self._pending_states: list[Change] = []  # first judgements: states, not changes
@@ -92,6 +95,7 @@ class Pipeline:
             self._latest[(result.source, result.target)] = result
             if result.first_failing_step is not None:
                 self._last_failing[(result.source, result.target)] = result
+                self._failed_at[(result.source, result.target, result.first_failing_step)] = result
             changes += self.detector.observe(result, now=now)
         # the oldest first judgements dropped stay "unknown" in the status until a change
         _queue(self._pending_states, self.detector.take_baselines(), "first judgements")
@@ -127,6 +131,7 @@ class Pipeline:
             self._latest[(result.source, result.target)] = result
             if result.first_failing_step is not None:
                 self._last_failing[(result.source, result.target)] = result
+                self._failed_at[(result.source, result.target, result.first_failing_step)] = result
         changes = self.detector.restore(saved, rounds, now=now)
         silent: dict[str, set[str]] = {}
         for state in saved:
@@ -197,6 +202,8 @@ class Pipeline:
             del self._latest[key]
         for key in [k for k in self._last_failing if k[1] == target]:
             del self._last_failing[key]
+        for step_key in [k for k in self._failed_at if k[1] == target]:
+            del self._failed_at[step_key]
 
     def _after(self, changes: list[Change], now: datetime) -> list[IncidentEvent]:
         events = self.book.apply(
@@ -281,8 +288,9 @@ class Pipeline:
         """The verdict for a target failing from `sources`: diagnose the first of them that
         has a failing round, against its control targets and the target's other sources."""
         settings = self._settings()
-        rounds = [self._latest.get((s, target)) for s in sources]
-        failing = [r for r in rounds if r is not None and r.first_failing_step is not None]
+        latest = [(s, self._latest.get((s, target))) for s in sources]
+        rounds = [self._judged_round(s, target, r) for s, r in latest if r is not None]
+        failing = [r for r in rounds if r.first_failing_step is not None]
         if not failing:  # recovering: judge the failure it recovers from, not the good round
             found = (self._last_failing.get((s, target)) for s in sources)
             failing = [r for r in found if r is not None]
@@ -308,16 +316,16 @@ class Pipeline:
 
     def _judged_round(self, source: str, target: str, latest: RoundResult) -> RoundResult:
         """The round that stands for a pair as hysteresis judges it: while a step is FAILING,
-        its last failed round, even if a good one came since (a recovery not yet confirmed is
-        not a recovery: a source one round ahead of another must not look like "only the other
-        fails")."""
-        failing = any(
-            state is StepState.FAILING
-            for state in self.detector.states(target).get(source, {}).values()
-        )
-        if failing and latest.first_failing_step is None:
-            return self._last_failing.get((source, target), latest)
-        return latest
+        the last round that failed first at that step (the first FAILING one in checklist
+        order). Neither a good round (a recovery not yet confirmed: a source one round ahead
+        of another must not look like "only the other fails") nor a round that failed some
+        other way once (a proxy's restart resetting one connection) speaks for the failure
+        until hysteresis confirms it."""
+        states = self.detector.states(target).get(source, {})
+        first = next((step for step in Step if states.get(step) is StepState.FAILING), None)
+        if first is None or latest.first_failing_step is first:
+            return latest
+        return self._failed_at.get((source, target, first), latest)
 
     def _observation(self, settings: Settings, result: RoundResult) -> Observation:
         target = settings.target(result.target)
