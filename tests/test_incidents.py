@@ -368,3 +368,27 @@ def test_one_source_recovering_before_the_other_does_not_rewrite_the_suspect() -
     closing = watch.rounds(round_(5, "node-1"), round_(6, "node-1"))
     closed = only(closing, CLOSED)
     assert closed.suspect is kept and closed.first_failing_step is Step.DNS_CLUSTER
+
+
+def test_a_new_suspect_must_hold_before_the_incident_takes_it() -> None:
+    """The evidence of a round or two (most often the repair under way) does not rewrite why
+    it broke: without a new failure, a different suspect must hold as long as hysteresis takes
+    to confirm a failure."""
+    watch = Watch()
+    watch.book = IncidentBook(verdict_hold=lambda _: timedelta(seconds=3 * INTERVAL_S))
+    watch.rounds(*[dns_outage(i) for i in range(3)])
+    watch.suspect = Suspect.UPSTREAM_DNS
+    assert watch.apply([], at(5)) == []  # seen once: held back
+    assert watch.apply([], at(6)) == []
+    (event,) = watch.apply([], at(8))  # held for 3 intervals: taken
+    assert event.incident.suspect is Suspect.UPSTREAM_DNS
+    assert event.incident.history[-1].note == "suspect cluster_dns -> upstream_dns"
+    # Back and forth never holds long enough.
+    watch.suspect = Suspect.CLUSTER_DNS
+    assert watch.apply([], at(9)) == []
+    watch.suspect = Suspect.UPSTREAM_DNS
+    assert watch.apply([], at(10)) == []
+    watch.suspect = Suspect.CLUSTER_DNS
+    assert watch.apply([], at(11)) == []
+    [held] = watch.book.open_incidents()
+    assert held.suspect is Suspect.UPSTREAM_DNS

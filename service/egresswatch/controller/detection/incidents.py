@@ -44,7 +44,7 @@ import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -140,13 +140,22 @@ class _Memory:
 class IncidentBook:
     """Open incidents per target and the recently closed ones (at most `keep_closed`)."""
 
-    def __init__(self, *, keep_closed: int = 1000) -> None:
+    def __init__(
+        self,
+        *,
+        keep_closed: int = 1000,
+        verdict_hold: Callable[[str], timedelta] | None = None,
+    ) -> None:
         self._memory: dict[str, _Memory] = {}
         self._open: dict[str, Incident] = {}  # target -> its open incident
         self._closed: OrderedDict[str, Incident] = OrderedDict()
         self._keep_closed = keep_closed
         # Targets whose open incident has begun to recover: its verdict is kept (see `_update`).
         self._recovering: set[str] = set()
+        # How long a new suspect must hold before an incident takes it (see `_steady`), and
+        # the one each target's incident is waiting on, since when.
+        self._verdict_hold = verdict_hold or (lambda _: timedelta(0))
+        self._candidates: dict[str, tuple[Suspect, datetime]] = {}
 
     def open_incidents(self) -> tuple[Incident, ...]:
         return tuple(self._open.values())
@@ -184,10 +193,10 @@ class IncidentBook:
                 self._recovering.add(change.target)
             elif change.current is StepState.FAILING:
                 self._recovering.discard(change.target)  # a new failure: the verdict may move
-            events.extend(self._settle(change, recovered, ctx))
+            events.extend(self._settle(change, recovered, ctx, now))
             asked.add(change.target)
         for target in [t for t in self._open if t not in asked]:
-            events.extend(self._update(target, now, ctx))
+            events.extend(self._update(target, now, ctx, now=now))
         return events
 
     def restore(
@@ -268,7 +277,7 @@ class IncidentBook:
             if incident is None or not was_failing:
                 continue
             if memory.reporting_failing():
-                events.extend(self._update(target, at, ctx, retired=source))
+                events.extend(self._update(target, at, ctx, now=at, retired=source))
             else:
                 note = f"closed: {source} retired while failing; recovery not observed"
                 events.append(self._close(incident, at, note, ctx))
@@ -276,7 +285,9 @@ class IncidentBook:
 
     # -- the rules ------------------------------------------------------------------------
 
-    def _settle(self, change: Change, recovered: bool, ctx: _Context) -> list[IncidentEvent]:
+    def _settle(
+        self, change: Change, recovered: bool, ctx: _Context, now: datetime
+    ) -> list[IncidentEvent]:
         target = change.target
         memory = self._memory[target]
         incident = self._open.get(target)
@@ -286,7 +297,8 @@ class IncidentBook:
             return [self._opened(target, change, ctx)]
         if recovered and not memory.reporting_failing():
             return [self._close(incident, change.started_at, "closed: all sources recovered", ctx)]
-        return self._update(target, change.started_at, ctx)
+        fresh = change.current is StepState.FAILING
+        return self._update(target, change.started_at, ctx, now=now, fresh=fresh)
 
     def _opened(self, target: str, change: Change, ctx: _Context) -> IncidentEvent:
         memory = self._memory[target]
@@ -315,7 +327,14 @@ class IncidentBook:
         return IncidentEvent(IncidentEventKind.OPENED, incident)
 
     def _update(
-        self, target: str, at: datetime, ctx: _Context, *, retired: str | None = None
+        self,
+        target: str,
+        at: datetime,
+        ctx: _Context,
+        *,
+        now: datetime,
+        fresh: bool = False,
+        retired: str | None = None,
     ) -> list[IncidentEvent]:
         incident = self._open[target]
         memory = self._memory[target]
@@ -323,7 +342,9 @@ class IncidentBook:
         sources = incident.sources + tuple(joining)
         last = incident.history[-1]
         first = memory.first_failing_step(sources) or last.first_failing_step
-        verdict = ctx.verdict_for(target, sources)
+        verdict = self._steady(
+            incident, ctx.verdict_for(target, sources), now, fresh or bool(joining)
+        )
         started_at = min(
             [incident.started_at]
             + [when for s in joining for when in memory.failing.get(s, {}).values()]
@@ -365,6 +386,29 @@ class IncidentBook:
         self._open[target] = updated
         return [IncidentEvent(IncidentEventKind.UPDATED, updated)]
 
+    def _steady(self, incident: Incident, verdict: Verdict, now: datetime, fresh: bool) -> Verdict:
+        """The verdict an update may take. A new failure (`fresh`: a step or a source turning
+        FAILING, hysteresis-confirmed) moves it at once. Otherwise a different suspect must
+        hold for `verdict_hold(target)` (the time hysteresis takes to confirm a failure) before
+        the incident takes it: the evidence of a few rounds, most often the repair itself
+        under way (the path back while DNS still fails, say), does not rewrite why it broke."""
+        target = incident.target
+        if fresh or verdict.suspect is incident.suspect:
+            self._candidates.pop(target, None)
+            return verdict
+        seen = self._candidates.get(target)
+        if seen is None or seen[0] is not verdict.suspect:
+            seen = self._candidates[target] = (verdict.suspect, now)
+        if now - seen[1] >= self._verdict_hold(target):
+            del self._candidates[target]
+            return verdict
+        return Verdict(
+            suspect=incident.suspect,
+            first_failing_step=incident.first_failing_step,
+            evidence=incident.evidence,
+            next_command=incident.next_command,
+        )
+
     def _close(self, incident: Incident, at: datetime, note: str, ctx: _Context) -> IncidentEvent:
         memory = self._memory[incident.target]
         states = ctx.snapshot(incident.target, incident.sources)
@@ -380,6 +424,7 @@ class IncidentBook:
         closed = dataclasses.replace(incident, ended_at=at, history=(*incident.history, entry))
         del self._open[incident.target]
         self._recovering.discard(incident.target)
+        self._candidates.pop(incident.target, None)
         self._closed[closed.id] = closed
         while len(self._closed) > self._keep_closed:
             self._closed.popitem(last=False)

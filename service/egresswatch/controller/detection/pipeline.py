@@ -66,7 +66,7 @@ class Pipeline:
         self._metrics = metrics
         self._clock = clock
         self.detector = Detector(self._policy)
-        self.book = IncidentBook()
+        self.book = IncidentBook(verdict_hold=self._verdict_hold)
         self._latest: dict[tuple[str, str], RoundResult] = {}
         # The last round that failed, per (source, target): while an incident recovers under
         # hysteresis the latest round is already good, yet the verdict is about the failure.
@@ -343,6 +343,10 @@ class Pipeline:
         settings = self._settings()
         found = settings.target(target)
         return settings.detection_for(found) if found is not None else settings.detection
+
+    def _verdict_hold(self, target: str) -> timedelta:
+        """A new suspect holds as long as a failure takes to be confirmed: fail_after rounds."""
+        return timedelta(seconds=self._policy(target).fail_after * self._interval_of(target))
 
     def _interval_of(self, target: str) -> float:
         settings = self._settings()
