@@ -4,6 +4,7 @@ injected clock and an injected verdict (the diagnosis is tested on its own)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from egresswatch.controller.detection.incidents import (
 )
 from egresswatch.model import Change, RoundResult, Step, StepState, Suspect, Verdict
 from egresswatch.settings import DetectionSettings
-from tests.support.rounds import INTERVAL_S, at, dns_outage, round_
+from tests.support.rounds import INTERVAL_S, at, dns_outage, round_, step_result
 
 OPENED, UPDATED, CLOSED = (
     IncidentEventKind.OPENED,
@@ -392,3 +393,21 @@ def test_a_new_suspect_must_hold_before_the_incident_takes_it() -> None:
     assert watch.apply([], at(11)) == []
     [held] = watch.book.open_incidents()
     assert held.suspect is Suspect.UPSTREAM_DNS
+
+
+def test_a_trace_failing_alone_is_no_incident_and_does_not_keep_one_open() -> None:
+    watch = Watch()
+
+    def traced(i: int, **codes: str) -> RoundResult:
+        plain = round_(i, codes=codes)
+        stop = step_result(Step.PATH_TRACE, "conn_timeout")
+        return replace(plain, steps=(*plain.steps, stop))
+
+    assert watch.rounds(*[traced(i) for i in range(4)]) == []
+    assert watch.detector.state("pod-a", "shop", Step.PATH_TRACE) is FAILING
+    tcp = {"tcp_connect": "conn_timeout", "tls_handshake": "-", "http_response": "-"}
+    opened = only(watch.rounds(*[traced(i, **tcp) for i in range(4, 7)]), OPENED)
+    assert opened.first_failing_step is Step.TCP_CONNECT  # never the trace
+    # The target works again; the trace still stops short: the incident closes all the same.
+    closed = only(watch.rounds(*[traced(i) for i in range(7, 9)]), CLOSED)
+    assert closed.first_failing_step is Step.TCP_CONNECT

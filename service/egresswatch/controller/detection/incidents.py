@@ -8,7 +8,8 @@ history) and `verdict_for(target, sources)` (the diagnosis: suspect, evidence, n
 
 The rules, per target:
 
-- It opens when a reporting source has a step FAILING; never because of UNKNOWN or DEGRADED.
+- It opens when a reporting source has a step FAILING; never because of UNKNOWN or DEGRADED,
+  nor because of path_trace alone (a trace that stops short is evidence, not a failure).
   `started_at` is the earliest `started_at` of the failing changes (the first failed round, not
   the moment of detection) and moves earlier if a source joins whose failure began earlier;
   `detected_at` is when the first of them was detected. The id (a storage primary key) is
@@ -118,6 +119,12 @@ class _Memory:
                     self.failing.pop(source, None)
             return False
         self.silent.discard(source)  # it reported a round
+        if change.step is Step.PATH_TRACE:
+            # A trace that stops short while every other step works is no fault by itself
+            # (routers and filters often do not answer traced probes: docs/diagnosis.md,
+            # `trace_only`): it neither opens an incident, nor keeps one open, nor is one's
+            # first failing step. Where the trace stops is evidence for the diagnosis.
+            return False
         if change.current is StepState.FAILING:
             # The earliest start wins: a detector restarted mid-failure reports it again later.
             self.failing.setdefault(source, {}).setdefault(change.step, change.started_at)
