@@ -19,7 +19,7 @@ import yaml
 
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Reply, local_servers, pki
-from tests.support.service import free_port
+from tests.support.service import free_port, poll
 from tests.test_agent import TOKEN, TOKEN_ENV, World, finish, get_json, spawn, world
 
 __all__ = ["dns_server", "local_servers", "pki", "world"]  # fixtures, imported explicitly
@@ -42,7 +42,7 @@ class Processes:
         self.controller = await spawn(
             ["controller", "--config", str(self.world.config), "--migrate"], self.environ
         )
-        await until(self._ready, timeout_s=20)
+        await poll(self._ready, 20)
 
     async def _ready(self) -> bool:
         try:
@@ -99,15 +99,6 @@ def configure(world: World, port: int, *, recover_after: int) -> None:
     world.config.write_text(yaml.safe_dump(config))
 
 
-async def until(check: Callable[[], Awaitable[Any]], *, timeout_s: float) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            found = await check()
-            if found:
-                return found
-            await asyncio.sleep(0.2)
-
-
 async def api(world: World, path: str) -> Any:
     status, document = await get_json(f"{world.url}{path}")
     assert status == 200, document
@@ -131,10 +122,10 @@ async def test_an_incident_survives_sigkill_while_open_and_while_recovering(
     configure(world, endpoint.port, recover_after=4)
     await processes.start_controller()
     await processes.start_agent()
-    await until(lambda: healthy(world), timeout_s=20)
+    await poll(lambda: healthy(world), 20)
 
     dns_server.nxdomain(NAME)
-    [opened] = await until(lambda: incidents(world), timeout_s=15)
+    [opened] = await poll(lambda: incidents(world), 15)
     assert opened["open"] is True and opened["first_failing_step"] == "dns_cluster"
 
     await processes.kill_controller()
@@ -157,17 +148,17 @@ async def test_an_incident_survives_sigkill_while_open_and_while_recovering(
         points = timeline["points"]
         return bool(points) and points[-1]["status"] == "ok"
 
-    await until(recovering, timeout_s=10)  # a good round stored; 4 are needed to recover
+    await poll(recovering, 10)  # a good round stored; 4 are needed to recover
     [still] = await incidents(world)
     assert still["open"] is True
     await processes.kill_controller()
     await processes.start_controller()
 
-    async def closed() -> dict[str, Any] | None:
+    async def closed() -> dict[str, Any]:
         found = await incidents(world)
-        return found[0] if len(found) == 1 and not found[0]["open"] else None
+        return found[0] if len(found) == 1 and not found[0]["open"] else {}
 
-    ended = await until(closed, timeout_s=20)
+    ended = await poll(closed, 20)
     assert (ended["id"], ended["started_at"]) == (opened["id"], opened["started_at"])
     notes = [entry["note"] for entry in ended["history"]]
     assert sum(note.startswith("closed") for note in notes) == 1, notes
@@ -188,7 +179,7 @@ async def test_rounds_buffered_by_the_agent_while_the_controller_is_down_are_jud
     configure(world, endpoint.port, recover_after=2)
     await processes.start_controller()
     await processes.start_agent()
-    await until(lambda: healthy(world), timeout_s=20)
+    await poll(lambda: healthy(world), 20)
 
     await processes.kill_controller()
     broken_at = datetime.now(UTC)
@@ -197,7 +188,7 @@ async def test_rounds_buffered_by_the_agent_while_the_controller_is_down_are_jud
     restarted_at = datetime.now(UTC)
     await processes.start_controller()
 
-    [incident] = await until(lambda: incidents(world), timeout_s=15)
+    [incident] = await poll(lambda: incidents(world), 15)
     started = datetime.fromisoformat(incident["started_at"])
     # The failure began while the controller was away: its start is the first failed round
     # the agent buffered, not the restart, nor the first round after it.

@@ -13,6 +13,7 @@ import aiohttp
 from egresswatch.wiring import Service
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_servers, pki
+from tests.support.service import poll
 from tests.test_service import Lab, lab, running, samples, series
 
 __all__ = ["dns_server", "lab", "local_servers", "pki", "running"]  # fixtures
@@ -24,15 +25,6 @@ async def get(service: Service, path: str) -> Any:
     async with aiohttp.ClientSession() as session, session.get(f"http://{host}:{port}{path}") as r:
         assert r.status == 200, await r.text()
         return await r.json(content_type=None)
-
-
-async def poll(check: Callable[[], Any], timeout_s: float) -> Any:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            found = await check()
-            if found:
-                return found
-            await asyncio.sleep(0.25)
 
 
 async def test_a_dns_outage_opens_and_closes_one_incident(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HOST = "127.0.0.1"
 
@@ -22,3 +25,14 @@ async def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> No
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.05)
+
+
+async def poll(check: Callable[[], Awaitable[T]], timeout_s: float, every_s: float = 0.2) -> T:
+    """`await check()` until it gives something truthy, and return that; TimeoutError after
+    `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            found = await check()
+            if found:
+                return found
+            await asyncio.sleep(every_s)
