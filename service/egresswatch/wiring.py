@@ -280,6 +280,7 @@ class Service:
             if self.settings.target(result.target) is not None:
                 self.metrics.observe_round(result)
         self.pipeline.observe(rounds)
+        self.pipeline.flush_soon()
         if self._observer is not None:
             for result in rounds:
                 try:

@@ -7,6 +7,7 @@ pending here and is written later (buffering, not loss).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -79,6 +80,8 @@ class Pipeline:
         self._pending_states: list[Change] = []  # first judgements: states, not changes
         self._pending_incidents: dict[str, IncidentRecord] = {}
         self._suspects_seen: set[tuple[str, Suspect]] = set()
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- in ----------------------------------------------------------------------------------
 
@@ -243,8 +246,21 @@ class Pipeline:
 
     # -- out ---------------------------------------------------------------------------------
 
+    def flush_soon(self) -> None:
+        """Write what is pending now, not at the next tick: a change detected reaches the API
+        and the incident log within the write's own time. One flush at a time (`flush` holds
+        a lock); one waiting is enough, as it writes all that is pending when it runs."""
+        if self.pending and (self._flusher is None or self._flusher.done()):
+            self._flusher = asyncio.get_running_loop().create_task(
+                self.flush(), name="egresswatch-detection-flush"
+            )
+
     async def flush(self) -> None:
         """Write pending changes and incidents; on failure keep them for the next flush."""
+        async with self._flush_lock:  # two flushes at once would write the same batch twice
+            await self._flush()
+
+    async def _flush(self) -> None:
         for pending, save, what in (
             (self._pending_changes, self._history.save_changes, "changes"),
             (self._pending_states, self._history.save_states, "step states"),

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 FUTURE_SKEW = timedelta(hours=1)  # a round may start this far ahead of our clock
 MAX_PROBLEMS = 50  # named in one refusal
-LOCAL_WRITE_DELAY_S = 0.25  # local rounds wait at most this long for their batch (then judged)
+LOCAL_WRITE_DELAY_S = 0.05  # local rounds wait at most this long for their batch (then judged)
 
 
 class Refused(Exception):
