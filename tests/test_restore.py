@@ -123,11 +123,11 @@ def test_a_silent_pair_stays_silent_and_comes_back_with_a_change() -> None:
 
 def test_no_source_goes_silent_in_the_first_window_after_a_restore() -> None:
     settings = policy(stale_after=3)
-    detector = Detector(lambda _: settings)
+    detector = Detector(lambda _: settings)  # agents retry within 30 s: one interval here
     rounds = [round_(i) for i in range(3)]
     detector.restore([], rounds, now=at(20))  # down for 17 intervals
-    assert detector.stale(at(21), lambda _: 30.0) == []  # agents deliver what they buffered
-    assert [c.current for c in detector.stale(at(24), lambda _: 30.0)] == [StepState.UNKNOWN]
+    assert detector.stale(at(24), lambda _: 30.0) == []  # agents deliver what they buffered
+    assert [c.current for c in detector.stale(at(25), lambda _: 30.0)] == [StepState.UNKNOWN]
 
 
 def test_a_degraded_step_is_measured_against_its_latency_before_it_degraded() -> None:

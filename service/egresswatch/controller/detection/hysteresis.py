@@ -65,6 +65,9 @@ from egresswatch.model import (
     StepState,
 )
 
+# An agent retries a failed upload after at most this long (agent/sink_types.py,
+# SinkTuning.backoff_max_s): after a restart its buffered rounds may take that long to come.
+AGENT_RETRY_MAX = timedelta(seconds=30)
 _TICK = timedelta(microseconds=1)  # "just before": a replayed round is newer than its track
 
 
@@ -113,8 +116,15 @@ class Detector:
     the last one seen (a replayed batch) is ignored.
     """
 
-    def __init__(self, policy: Policy, *, shift_params: ShiftParams | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        shift_params: ShiftParams | None = None,
+        restart_grace: timedelta = AGENT_RETRY_MAX,
+    ) -> None:
         self._policy = policy
+        self._restart_grace = restart_grace
         self._shift_params = shift_params or ShiftParams()
         self._tracks: dict[str, dict[str, _SourceTrack]] = {}  # target -> source -> track
         self._baselines: list[Change] = []  # first judgements, not changes: take_baselines()
@@ -252,7 +262,8 @@ class Detector:
         A (source, target) with no round for more than `stale_after` x `interval_of(target)`
         seconds becomes unknown; the change says what it was (its worst step state) and starts
         one interval after its last round (the first round that did not come). After a
-        `restore`, a full `stale_after` window from the restart passes first. Time alone never
+        `restore`, a full `stale_after` window plus `restart_grace` (the agents' longest retry
+        wait) passes first. Time alone never
         changes a step's state: the states are kept, shown as UNKNOWN while it is silent, and
         given back by the change of its next round. A source never judged emits nothing.
         """
@@ -260,10 +271,10 @@ class Detector:
         for target, sources in self._tracks.items():
             policy = self._policy(target)
             interval = timedelta(seconds=interval_of(target))
-            if self._restored_at is not None and now - self._restored_at <= interval * (
-                policy.stale_after
-            ):
-                # Just restarted: agents deliver what they buffered meanwhile; nobody went
+            grace = interval * policy.stale_after + self._restart_grace
+            if self._restored_at is not None and now - self._restored_at <= grace:
+                # Just restarted: agents deliver what they buffered meanwhile (at their next
+                # retry, up to AGENT_RETRY_MAX after the controller is back); nobody went
                 # silent because this controller was away.
                 continue
             for source, track in sources.items():
