@@ -655,6 +655,19 @@ async def test_ingest_stores_once_per_batch(api_client: Client, api_world: ApiWo
 
 
 @sqlite_only
+async def test_another_sources_batch_with_the_same_id_is_stored(api_client: Client) -> None:
+    """Batch ids are per source: one agent cannot make another's results vanish as
+    "duplicates" by reusing its ids."""
+    mine = batch_of(round_of("api", POD), source=POD, batch_id="000001")
+    theirs = batch_of(round_of("api"), batch_id="000001")
+    for body in (theirs, mine):
+        response = await api_client.post("/api/v1/results", json=body, headers=AUTH)
+        assert await response.json() == {"stored": 1, "duplicate": False}
+    again = await api_client.post("/api/v1/results", json=mine, headers=AUTH)
+    assert await again.json() == {"stored": 0, "duplicate": True}
+
+
+@sqlite_only
 async def test_ingest_takes_a_whole_round_document(api_client: Client) -> None:
     """What `egresswatch check --json` prints is a valid round: derived fields are ignored."""
     at = NOW - timedelta(seconds=5)

@@ -181,6 +181,17 @@ async def test_a_batch_id_is_stored_once(store: Store) -> None:
     assert len(await store.rounds_between(batch[0].target, T0, T0 + timedelta(hours=1))) == 4
 
 
+async def test_batch_ids_are_per_source(store: Store) -> None:
+    """Another source's batch that reuses an id is its own, not a retry of the first."""
+    one = [make_round(i, source="pod/a") for i in range(2)]
+    other = [make_round(i, source="pod/b") for i in range(3)]
+    assert await store.save_rounds(one, batch_id="000001", source="pod/a") == 2
+    assert await store.save_rounds(other, batch_id="000001", source="pod/b") == 3
+    assert await store.save_rounds(other, batch_id="000001", source="pod/b") == 0  # a retry
+    assert await store.save_rounds(one, batch_id="000001") == 0  # source from its rounds
+    assert len(await store.rounds_between(one[0].target, T0, T0 + timedelta(hours=1))) == 5
+
+
 async def test_concurrent_uploads_of_one_batch_store_it_once(store: Store) -> None:
     batch = [make_round(i) for i in range(20)]
     stored = await asyncio.gather(*(store.save_rounds(batch, batch_id="b") for _ in range(4)))

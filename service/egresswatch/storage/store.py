@@ -64,11 +64,18 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def save_rounds(self, rounds: Sequence[RoundResult], batch_id: str | None = None) -> int:
+    async def save_rounds(
+        self,
+        rounds: Sequence[RoundResult],
+        batch_id: str | None = None,
+        source: str | None = None,
+    ) -> int:
         """Store `rounds` in one transaction and return how many were stored.
 
-        With a `batch_id` (an agent's ingest batch) the batch is recorded too; when that id was
-        ingested before, nothing is stored and 0 is returned, so a retried upload is harmless.
+        With a `batch_id` (an agent's ingest batch, from `source`: by default its first round's)
+        the batch is recorded too; when that source sent that id before, nothing is stored and
+        0 is returned, so a retried upload is harmless. Ids are per source: another source's
+        batch with the same id is stored.
         Sources and targets are created by name on first sight (targets active, url = name,
         role endpoint, until `sync_targets` says otherwise). Every minute and hour bucket the
         rounds fall in is marked for `retention.rollup`, in the same transaction.
@@ -83,7 +90,8 @@ class Store:
         async with self.engine.begin() as conn:
             batch_pk: int | None = None
             if batch_id is not None:
-                batch_pk = await self._claim_batch(conn, batch_id, rounds)
+                sender = source if source is not None else (rounds[0].source if rounds else "")
+                batch_pk = await self._claim_batch(conn, batch_id, sender, len(rounds))
                 if batch_pk is None:
                     log.info("ingest batch %s was stored before: ignoring it", batch_id)
                     return 0
@@ -133,21 +141,21 @@ class Store:
         return len(rounds)
 
     async def _claim_batch(
-        self, conn: AsyncConnection, batch_id: str, rounds: Sequence[RoundResult]
+        self, conn: AsyncConnection, batch_id: str, source: str, rounds: int
     ) -> int | None:
-        """Record the batch; its primary key, or None when the batch id is already stored."""
+        """Record the batch; its primary key, or None when the source's batch id is stored."""
         row = {
             "batch_id": batch_id,
-            "source": rounds[0].source if rounds else "",
+            "source": source,
             "received_at": self._clock(),
-            "rounds": len(rounds),
+            "rounds": rounds,
         }
         # ON CONFLICT DO NOTHING, not a SELECT first: two concurrent uploads of one batch
         # cannot both pass (the second waits on the unique index, then finds the conflict).
         statement = (
             upsert(conn, t.ingest_batches)
             .values(row)
-            .on_conflict_do_nothing(index_elements=["batch_id"])
+            .on_conflict_do_nothing(index_elements=["source", "batch_id"])
             .returning(t.ingest_batches.c.id)
         )
         pk = (await conn.execute(statement)).scalar_one_or_none()

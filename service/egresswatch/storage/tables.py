@@ -95,12 +95,14 @@ ingest_batches = sa.Table(
     "ingest_batches",
     metadata,
     sa.Column("id", BigId, primary_key=True),
-    # Chosen by the agent; unique so a retried POST stores nothing twice.
-    sa.Column("batch_id", sa.String(128), nullable=False, unique=True),
+    # Chosen by the agent; unique per source so a retried POST stores nothing twice, while
+    # another source's batch that happens to reuse the id is its own (migration 0003).
+    sa.Column("batch_id", sa.String(128), nullable=False),
     sa.Column("source", Name, nullable=False),
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("rounds", sa.Integer, nullable=False),
     sa.Index("ix_ingest_batches_received_at", "received_at"),  # pruning
+    sa.UniqueConstraint("source", "batch_id"),
 )
 
 rounds = sa.Table(

@@ -96,7 +96,7 @@ class Ingest:
         if source_kind is not None and self._kinds.get(source) != source_kind:
             await self._store.register_source(source, source_kind)
             self._kinds[source] = source_kind
-        stored = await self._store.save_rounds(rounds, batch_id)
+        stored = await self._store.save_rounds(rounds, batch_id, source)
         if stored:
             self._judge(rounds)
         return stored
