@@ -7,6 +7,7 @@ computed here from the same seed, with the same predicates the API documents.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -319,6 +320,13 @@ async def test_a_cursor_belongs_to_its_list_and_filters(shared_client: Client) -
     await problem(await shared_client.get(f"/api/v1/incidents?cursor={cursor}"), 400, "cursor")
     for garbage in ("not-a-cursor", "eyJ4IjoxfQ", "!!!"):
         await problem(await shared_client.get(f"/api/v1/changes?cursor={garbage}"), 400, "cursor")
+    # A tampered cursor whose id is outside 64 bits: a 400 naming it, never a 500.
+    data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    for key in (2**70, -(2**64)):
+        tampered = base64.urlsafe_b64encode(json.dumps({**data, "i": key}).encode()).decode()
+        await problem(
+            await shared_client.get(f"/api/v1/changes?target=api&cursor={tampered}"), 400, "cursor"
+        )
 
 
 # -- bad parameters ---------------------------------------------------------------------------
@@ -652,6 +660,17 @@ async def test_ingest_stores_once_per_batch(api_client: Client, api_world: ApiWo
     start = NOW - timedelta(seconds=45)  # after the seeded rounds
     stored = await api_world.store.rounds_between("db", start, NOW, NODE)
     assert len(stored) == 1  # stored once
+
+
+@sqlite_only
+async def test_ingest_refuses_rounds_from_a_broken_clock(
+    api_client: Client, api_world: ApiWorld
+) -> None:
+    for started_at in ("0001-01-01T00:00:00Z", "2030-01-01T00:00:00Z"):
+        body = batch_of({**round_of("api"), "started_at": started_at})
+        response = await api_client.post("/api/v1/results", json=body, headers=AUTH)
+        await problem(response, 400, "rounds[0].started_at")
+    assert api_world.ingested == []
 
 
 @sqlite_only

@@ -88,6 +88,9 @@ def decode_cursor(cursor: str, query: str, key_type: type[int] | type[str]) -> t
         raise BadCursor("the cursor belongs to another query: repeat the filters it was made with")
     if type(key) is not key_type or at.utcoffset() is None:
         raise BadCursor(f"not a cursor of this list: {cursor!r}")
+    if isinstance(key, int) and not -(2**63) <= key < 2**63:
+        # A tampered cursor: no id is outside 64 bits, and the database would refuse to bind it.
+        raise BadCursor(f"not a cursor of this list: {cursor!r}")
     return at, key
 
 

@@ -102,12 +102,19 @@ class Ingest:
         return stored
 
     def _time_problems(self, rounds: Sequence[RoundResult]) -> list[tuple[str, str]]:
-        latest = self._clock() + FUTURE_SKEW
-        return [
-            (f"rounds[{i}].started_at", f"after {_iso(latest - FUTURE_SKEW)}: check the clock")
-            for i, r in enumerate(rounds)
-            if r.started_at > latest
-        ]
+        now = self._clock()
+        latest = now + FUTURE_SKEW
+        # Older than the raw window, a round would be pruned at once (and year 1 is a broken
+        # clock, not a result): refused, by name, rather than stored to vanish.
+        earliest = now - timedelta(seconds=self._settings().retention.raw)
+        problems = []
+        for i, r in enumerate(rounds):
+            if r.started_at > latest:
+                problems.append((f"rounds[{i}].started_at", f"after {_iso(now)}: check the clock"))
+            elif r.started_at < earliest:
+                why = f"before {_iso(earliest)}, older than retention.raw: check the clock"
+                problems.append((f"rounds[{i}].started_at", why))
+        return problems
 
     def _unconfigured(self, rounds: Sequence[RoundResult]) -> list[int]:
         """The positions of the rounds whose target is not configured now."""
