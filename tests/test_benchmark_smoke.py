@@ -10,27 +10,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_tls_rounds_benchmark_runs() -> None:
+def bench(name: str, *args: str) -> list[str]:
+    """Run benchmarks/NAME.py with `args`; its output lines (it must exit 0)."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "tls_rounds.py"), "--rounds", "3"],
+        [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    return done.stdout.splitlines()
+
+
+def test_tls_rounds_benchmark_runs() -> None:
+    lines = bench("tls_rounds", "--rounds", "3")
     assert lines[0].startswith("3 HTTPS rounds each way")
     assert any(line.startswith("cached contexts") and "CPU-ms/round" in line for line in lines)
 
 
 def test_staleness_benchmark_runs() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "staleness.py"), "--targets", "10", "20"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == ["10", "20"]
+    lines = bench("staleness", "--targets", "10", "20")
+    assert [line.split()[0] for line in lines[1:]] == ["10", "20"]
+
+
+def test_scrape_benchmark_runs() -> None:
+    lines = bench("scrape", "--sources", "4", "--targets", "3")
+    assert [line.split()[0] for line in lines[2:]] == ["source", "source_kind"]

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -215,6 +215,19 @@ class DetectionOverrides(_Strict):
     latency_min_change: Duration | None = None
 
 
+class MetricsSettings(_Strict):
+    """How much /metrics says (DESIGN.md §4 names the families)."""
+
+    detail: Literal["source", "source_kind"] = Field(
+        "source",
+        description="labels of egresswatch_step_duration_seconds and "
+        "egresswatch_step_results_total: `source` (one series per source, target and step) or "
+        "`source_kind` (per pod/node kind instead of per source: a scrape stays small in a "
+        "large cluster; step_up, first_failing_step and last_change stay per source). "
+        "Needs a restart to change",
+    )
+
+
 class RetentionSettings(_Strict):
     raw: Duration = Field("14d", validate_default=True, description="keep raw results this long")
     minute_rollups: Duration = Field(
@@ -316,6 +329,7 @@ class Settings(_Strict):
     probes: ProbeSettings = Field(default_factory=ProbeSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     max_concurrent_rounds: int = Field(
         64, ge=1, le=10000, description="rounds in flight at once in this process"
     )

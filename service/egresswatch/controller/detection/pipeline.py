@@ -88,6 +88,9 @@ class Pipeline:
     def set_source_kind(self, source: str, kind: SourceKind) -> None:
         self._kinds[source] = kind
 
+    def source_kind(self, source: str) -> SourceKind | None:
+        return self._kinds.get(source)
+
     def observe(self, rounds: Iterable[RoundResult]) -> list[Change]:
         """Judge rounds (of any sources), oldest first; returns the changes they caused."""
         now = self._clock()
