@@ -23,7 +23,7 @@ from egresswatch.storage import (
     schema_state,
     upgrade,
 )
-from egresswatch.storage.schema import MIGRATIONS_DIR, head_revision
+from egresswatch.storage.schema import head_revision, migrations_dir
 from egresswatch.storage.tables import metadata
 from tests.support.databases import db_url_fixture  # noqa: F401
 
@@ -79,7 +79,7 @@ async def test_migrations_match_the_tables_module(db_url: URL) -> None:
 def _migrations_with_a_newer_revision(directory: Path) -> Path:
     """A copy of the packaged migrations plus a revision 9999 on top (a "newer egresswatch")."""
     scripts = directory / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
     (scripts / "versions" / "9999_newer.py").write_text(
         f'''"""A revision from the future."""
 
