@@ -140,6 +140,14 @@ async def test_schema_state_missing_behind_current_ahead(db_url: URL, tmp_path: 
         await engine.dispose()
 
 
+def test_the_scripts_are_the_top_level_migrations_folder() -> None:
+    """In a checkout (an editable install) the package reads the source folder itself; an
+    installed wheel's copy is tests/test_wheel.py's."""
+    top_level = Path(__file__).resolve().parent.parent / "migrations"
+    assert migrations_dir().resolve() == top_level
+    assert any((top_level / "versions").glob(f"{head_revision()}_*.py"))
+
+
 def test_message_hides_the_password() -> None:
     state = SchemaState(SchemaStatus.MISSING, None, "0001")
     message = state.message("postgresql+asyncpg://ew:s3cret@db.example:5432/ew")
