@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import subprocess
-import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +26,7 @@ from egresswatch.kube.netpol import (
     snapshot_from_api,
 )
 from tests.support.kube_fixtures import objects, pod, snapshot
+from tests.support.purity import io_imported
 
 CLUSTER = snapshot()
 AGENT = pod(CLUSTER, "egresswatch-agent")
@@ -706,16 +705,7 @@ def test_once_isolated_adding_a_policy_never_takes_an_allowance_away() -> None:
 
 
 def test_the_evaluator_imports_no_io_library() -> None:
-    # DESIGN.md §5: pure rules import no I/O libraries. A fresh interpreter, so that what the
-    # rest of the test session imported does not count.
-    code = (
-        "import sys\n"
-        "import egresswatch.kube.netpol\n"
-        "io = {'asyncio', 'socket', 'sqlalchemy', 'aiohttp', 'kubernetes', 'yaml', 'pydantic'}\n"
-        "print(sorted(io & set(sys.modules)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert io_imported("egresswatch.kube.netpol", "egresswatch.controller.diagnosis.policies") == []
 
 
 def test_fixture_objects_are_what_the_files_hold() -> None:

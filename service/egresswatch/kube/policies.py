@@ -19,7 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from egresswatch.kube.selectors import LabelSelector, SpecError, field_of, list_of, mapping_of
+from egresswatch.kube.selectors import (
+    LabelSelector,
+    SpecError,
+    each_of,
+    field_of,
+    list_of,
+    mapping_of,
+)
 
 __all__ = ["EgressRule", "IpBlock", "NetworkPolicy", "Peer", "PolicyPort"]
 
@@ -151,11 +158,9 @@ class EgressRule:
     @classmethod
     def from_api(cls, obj: object, path: str) -> EgressRule:
         found = mapping_of(obj, path)
-        to = list_of(found.get("to"), f"{path}.to")
-        ports = list_of(found.get("ports"), f"{path}.ports")
         return cls(
-            tuple(Peer.from_api(p, f"{path}.to[{i}]") for i, p in enumerate(to)),
-            tuple(PolicyPort.from_api(p, f"{path}.ports[{i}]") for i, p in enumerate(ports)),
+            each_of(found.get("to"), f"{path}.to", Peer.from_api),
+            each_of(found.get("ports"), f"{path}.ports", PolicyPort.from_api),
         )
 
 
@@ -204,8 +209,7 @@ class NetworkPolicy:
             # the API requires it: `podSelector: {}` selects every pod, absent is a typo
             raise SpecError("spec.podSelector", "required (use {} to select every pod)")
         selector = LabelSelector.from_api(spec["podSelector"], "spec.podSelector")
-        egress = list_of(spec.get("egress"), "spec.egress")
-        rules = tuple(EgressRule.from_api(r, f"spec.egress[{i}]") for i, r in enumerate(egress))
+        rules = each_of(spec.get("egress"), "spec.egress", EgressRule.from_api)
         types = spec.get("policyTypes")
         if types is None:
             # the API server's defaulting: Ingress always, Egress when there are egress rules

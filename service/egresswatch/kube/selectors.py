@@ -10,11 +10,21 @@ Pure: standard library only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["LabelSelector", "Requirement", "SpecError", "field_of", "list_of", "mapping_of"]
+T = TypeVar("T")
+
+__all__ = [
+    "LabelSelector",
+    "Requirement",
+    "SpecError",
+    "each_of",
+    "field_of",
+    "list_of",
+    "mapping_of",
+]
 
 _OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
@@ -45,6 +55,11 @@ def list_of(value: object, path: str) -> list[Any]:
     if not isinstance(value, list):
         raise SpecError(path, f"expected an array, got {type(value).__name__}")
     return value
+
+
+def each_of(value: object, path: str, parse: Callable[[object, str], T]) -> tuple[T, ...]:
+    """`parse(item, "path[i]")` for every item of the JSON array `value` (None: none)."""
+    return tuple(parse(item, f"{path}[{i}]") for i, item in enumerate(list_of(value, path)))
 
 
 def field_of(obj: Mapping[str, Any], key: str, path: str, kind: type) -> Any:
@@ -125,14 +140,9 @@ class LabelSelector:
     def from_api(cls, obj: object, path: str) -> LabelSelector:
         found = mapping_of(obj, path)
         labels = labels_of(found.get("matchLabels"), f"{path}.matchLabels")
-        expressions = list_of(found.get("matchExpressions"), f"{path}.matchExpressions")
-        return cls(
-            tuple(sorted(labels.items())),
-            tuple(
-                Requirement.from_api(e, f"{path}.matchExpressions[{i}]")
-                for i, e in enumerate(expressions)
-            ),
-        )
+        where = f"{path}.matchExpressions"
+        expressions = each_of(found.get("matchExpressions"), where, Requirement.from_api)
+        return cls(tuple(sorted(labels.items())), expressions)
 
     def __str__(self) -> str:
         """`app=web, tier notin (db)`: as kubectl writes a selector."""
