@@ -31,7 +31,6 @@ from tests.test_diagnosis import (
     FIREWALL,
     IP,
     NC,
-    NSLOOKUP_UPSTREAM,
     PROXY_URL,
     T0,
     UPSTREAM,
@@ -263,8 +262,33 @@ def test_the_facts_name_the_policies_the_destination_and_the_verdict() -> None:
         "(pod kube-system/coredns-789789675-2xk9p)",
         "not_evaluated": [],
     }
-    assert verdict.suspect is Suspect.UPSTREAM_DNS  # the DNS rules decide, as before
-    assert verdict.next_command == NSLOOKUP_UPSTREAM
+    assert verdict.facts["network_policy_dns_upstream"]["allowed"] is False
+
+
+@pytest.mark.parametrize(
+    ("cluster", "suspect", "rule"),
+    [
+        (Reason.DNS_TIMEOUT, Suspect.CLUSTER_DNS, "cluster_fails_no_upstream"),
+        (Reason.NXDOMAIN, Suspect.NAME_NOT_FOUND, "name_absent_only_resolver"),
+    ],
+    ids=["cluster silent: cluster DNS", "cluster NXDOMAIN: the only answer"],
+)
+def test_dns_to_kube_dns_only_the_upstreams_silence_says_nothing(
+    cluster: Reason, suspect: Suspect, rule: str
+) -> None:
+    """The common "DNS to kube-dns only" policy: the pod may not ask the upstream directly, so
+    dns_upstream's silence is the policy's, not the upstream's (without the view: upstream_dns)."""
+    steps = (dns(Step.DNS_CLUSTER, cluster), dns(Step.DNS_UPSTREAM, Reason.DNS_TIMEOUT))
+    this = obs(rnd(*steps, blocked=True), source=SOURCE)
+    verdict = diagnose(this, controls=(), peers=(), context=DENY_BUT_DNS)
+    assert (verdict.suspect, verdict.facts["rule"]) == (suspect, rule), verdict.evidence
+    assert (
+        "dns_upstream says nothing of the upstream here: network_policy: "
+        "shop/default-deny-egress, shop/allow-dns select shop/egresswatch-agent-6c9f7d8b5d-x2lkq "
+        f"and no egress rule allows {UPSTREAM}:53/UDP"
+    ) in verdict.evidence
+    without = diagnose(this, controls=(), peers=(), context=CONTEXT)
+    assert without.suspect is Suspect.UPSTREAM_DNS
 
 
 def test_dns_over_tcp_judged_when_the_probe_asked_over_tcp() -> None:
