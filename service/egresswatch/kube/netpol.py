@@ -35,6 +35,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from egresswatch.kube.policies import EgressRule, NetworkPolicy, Peer, PolicyPort
@@ -144,7 +145,27 @@ class PolicySnapshot:
 
     def pod_at(self, ip: str) -> PodRef | None:
         """The known pod with this IP, if any."""
-        return next((pod for pod in self.pods if pod.ip == ip), None)
+        return self._pods_by_ip.get(ip)
+
+    def policies_in(self, namespace: str) -> tuple[NetworkPolicy, ...]:
+        """The NetworkPolicies of `namespace`, in snapshot order."""
+        return self._policies_by_namespace.get(namespace, ())
+
+    # indexes, built on first use: the snapshot is frozen, so they cannot go stale
+    @cached_property
+    def _pods_by_ip(self) -> Mapping[str, PodRef]:
+        found: dict[str, PodRef] = {}
+        for pod in self.pods:
+            if pod.ip:
+                found.setdefault(pod.ip, pod)
+        return found
+
+    @cached_property
+    def _policies_by_namespace(self) -> Mapping[str, tuple[NetworkPolicy, ...]]:
+        found: dict[str, list[NetworkPolicy]] = {}
+        for policy in self.policies:
+            found.setdefault(policy.namespace, []).append(policy)
+        return {namespace: tuple(policies) for namespace, policies in found.items()}
 
 
 @dataclass(frozen=True)
@@ -181,7 +202,7 @@ def evaluate_egress(
     snapshot: PolicySnapshot, source: PodRef, destination: Destination
 ) -> EgressDecision:
     """What the NetworkPolicies in `snapshot` say of `source` sending to `destination`."""
-    selecting = [p for p in snapshot.policies if _isolates(p, source)]
+    selecting = [p for p in snapshot.policies_in(source.namespace) if _isolates(p, source)]
     names = tuple(p.key for p in selecting)
     if not selecting:
         why = f"no NetworkPolicy selects {source.key} for egress: its egress is not restricted"
