@@ -249,11 +249,11 @@ def _run(args: argparse.Namespace) -> int:
     from egresswatch.logs import setup_logging
     from egresswatch.wiring import Service, StartupError
 
+    overrides = _overrides(args)
+    settings = load_settings(args.config, overrides, use=Use.SERVICE)  # before any set-up
     setup_logging(args.log_level or "info", json_lines=True)
     # The *_created series double what a scrape carries and say nothing an alert uses.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    overrides = _overrides(args)
-    settings = load_settings(args.config, overrides, use=Use.SERVICE)
     service = Service(settings, config_path=args.config, overrides=overrides, migrate=args.migrate)
     try:
         asyncio.run(service.run())
@@ -311,10 +311,10 @@ def _controller(args: argparse.Namespace) -> int:
     from egresswatch.logs import setup_logging
     from egresswatch.wiring import Service, StartupError
 
+    overrides = _overrides(args)
+    settings = load_settings(args.config, overrides, use=Use.SERVICE)  # before any set-up
     setup_logging(args.log_level or "info", json_lines=True)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    overrides = _overrides(args)
-    settings = load_settings(args.config, overrides, use=Use.SERVICE)
     if settings.agent_token() is None:
         logging.getLogger(__name__).error(
             "ingest is closed: set agent_token_env in the config, or every agent's batch is "
