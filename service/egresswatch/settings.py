@@ -113,6 +113,18 @@ ExpectStatus = Annotated[
 ]
 
 
+def _addresses_as_text(value: object) -> object:
+    """Refuse numbers and booleans where addresses are listed: ipaddress takes `true` (YAML's
+    `yes`) for 0.0.0.1 and 5 for 0.0.0.5, which nobody writes on purpose."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(
+                    f"[{index}]: an address is text like 10.42.1.4 or 10.0.0.0/8, not {item!r}"
+                )
+    return value
+
+
 def _nameserver(value: str) -> str:
     Nameserver.parse(value)
     return value
@@ -300,6 +312,8 @@ class TargetSettings(_Strict):
             Endpoint.parse(value)
         return value
 
+    _pinned_ips_as_text = field_validator("pinned_ips", mode="before")(_addresses_as_text)
+
     @model_validator(mode="after")
     def _one_location(self) -> Self:
         if (self.url is None) == (self.address is None):
@@ -350,6 +364,8 @@ class Settings(_Strict):
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    _egress_devices_as_text = field_validator("egress_devices", mode="before")(_addresses_as_text)
 
     @field_validator("database")
     @classmethod
@@ -495,9 +511,14 @@ def field_path(loc: tuple[int | str, ...]) -> str:
             path += f"[{part}]"
         elif part.startswith("function-") or part in {"str", "int", "list[int]"}:
             continue  # union/validator branches pydantic puts in the location
+        elif not _PLAIN_KEY.fullmatch(part):
+            path += f"[{part!r}]"  # a key nobody meant (a newline, a space): shown as written
         else:
             path += f".{part}" if path else part
     return path
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Use(enum.Enum):
@@ -561,7 +582,7 @@ def _validate(
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False):
-            message = str(error["msg"]).removeprefix("Value error, ")
+            message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
             where = field_path(error["loc"])
             if where.split(".")[0].split("[")[0] in from_flags:
                 where += " (from the command line)"

@@ -24,6 +24,7 @@ This module imports nothing from egresswatch: settings.py stands on it.
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -221,7 +222,7 @@ def _check_keys(loader: _BoundedLoader, node: Node, path: str, seen: set[int]) -
             _check_keys(loader, value_node, path, seen)
             continue
         key = loader.construct_object(key_node, deep=True)
-        where = f"{path}.{key}" if path else str(key)
+        where = _key_path(path, key)
         if _hashable(key):
             if key in first:
                 line = first[key].start_mark.line + 1
@@ -231,6 +232,13 @@ def _check_keys(loader: _BoundedLoader, node: Node, path: str, seen: set[int]) -
                 )
             first[key] = key_node
         _check_keys(loader, value_node, where, seen)
+
+
+def _key_path(path: str, key: object) -> str:
+    """`path.key`, or `path['odd key']` for a key that is not a plain word (as settings.py)."""
+    if isinstance(key, str) and re.fullmatch(r"[A-Za-z0-9_-]+", key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
 
 
 def _hashable(key: object) -> bool:
