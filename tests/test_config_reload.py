@@ -7,10 +7,7 @@ process whose rounds reach a real HTTP server on loopback.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -31,6 +28,7 @@ from egresswatch.wiring import Service
 from tests.support.dnsserver import dns_server
 from tests.support.https import HOST, NAME, LocalServers, Reply, local_servers, pki
 from tests.support.service import free_port, poll, wait_for
+from tests.test_agent import finish, spawn
 from tests.test_service import Lab, lab, running
 
 __all__ = ["dns_server", "lab", "local_servers", "pki", "running"]  # fixtures
@@ -136,30 +134,6 @@ class CountingEndpoint:
             await self._runner.cleanup()
 
 
-def _config(tmp_path: Path, port: int, listen: int, fail_after: int) -> str:
-    resolv = tmp_path / "resolv.conf"  # nothing is resolved (an IP URL); never the host's
-    resolv.write_text(f"nameserver {HOST}#{free_port()}\noptions timeout:1 attempts:1\n")
-    return yaml.safe_dump(
-        {
-            "source": {"name": "node-1", "kind": "node"},
-            "listen": f"{HOST}:{listen}",
-            "database": f"sqlite+aiosqlite:///{tmp_path / 'egresswatch.db'}",
-            "dns": {"resolv_conf": str(resolv)},
-            "proxy_from_environment": False,
-            "probes": {
-                "interval": "1s",
-                "timeout": "900ms",
-                "step_timeout": "400ms",
-                "trace_every": "1h",
-                "trace_max_hops": 2,
-                "trace_hop_timeout": "100ms",
-            },
-            "detection": {"fail_after": fail_after},
-            "targets": [{"name": "web", "url": f"http://{HOST}:{port}/"}],
-        }
-    )
-
-
 async def _reloads(session: aiohttp.ClientSession, listen: int, outcome: str) -> float:
     async with session.get(f"http://{HOST}:{listen}/metrics") as response:
         text = await response.text()
@@ -178,18 +152,21 @@ async def endpoint() -> AsyncIterator[CountingEndpoint]:
 
 
 async def test_sigterm_after_failed_reloads_still_flushes_every_round(
-    tmp_path: Path, endpoint: CountingEndpoint
+    lab: Lab, endpoint: CountingEndpoint
 ) -> None:
     listen = free_port()
-    path = tmp_path / "egresswatch.yaml"
-    path.write_text(_config(tmp_path, endpoint.port, listen, fail_after=3))
+
+    def configure(fail_after: int) -> None:
+        lab.write(
+            [{"name": "web", "url": f"http://{HOST}:{endpoint.port}/"}],
+            listen=f"{HOST}:{listen}",
+            detection={"fail_after": fail_after},
+        )
+
+    configure(fail_after=3)
     started = datetime.now(UTC)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "egresswatch.cli", "run", "--config", str(path), "--migrate"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    process = await spawn(
+        ["run", "--config", str(lab.path), "--migrate"], {**os.environ, "PYTHONUNBUFFERED": "1"}
     )
     try:
         async with aiohttp.ClientSession() as session:
@@ -201,29 +178,23 @@ async def test_sigterm_after_failed_reloads_still_flushes_every_round(
                     return False
 
             await poll(lambda: reloads("ok", 0), 30)  # serving
-            path.write_bytes(b"source: {name: caf\xe9}\n")  # not UTF-8: killed the watcher
+            lab.path.write_bytes(b"source: {name: caf\xe9}\n")  # not UTF-8: killed the watcher
             await poll(lambda: reloads("rejected", 1), 10)
-            path.write_bytes(b"")  # a save caught half-way
+            lab.path.write_bytes(b"")  # a save caught half-way
             await poll(lambda: reloads("rejected", 2), 10)
-            path.write_text(_config(tmp_path, endpoint.port, listen, fail_after=4))
+            configure(fail_after=4)
             await poll(lambda: reloads("ok", 1), 10)
         await wait_for(lambda: len(endpoint.requests) >= 3, timeout_s=10)
         # Between two rounds (1 s apart, each a few ms): none is in flight at the signal, and
         # the writer still holds the last ones (it writes at most every second).
         await wait_for(lambda: time.monotonic() - endpoint.requests[-1] > 0.2, timeout_s=5)
         served = len(endpoint.requests)
-        process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            _, err = await process.communicate()
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    said = err.decode()
-    assert process.returncode == 0, said
+        code, said = await finish(process)  # SIGTERM
+    assert code == 0, said
     assert "Traceback" not in said
     assert '"event": "egresswatch stopped"' in said
-    store = Store(make_engine(f"sqlite+aiosqlite:///{tmp_path / 'egresswatch.db'}"))
+    store = Store(make_engine(lab.db))
     try:
         stored = await store.rounds_between(
             "web", started - timedelta(seconds=1), datetime.now(UTC) + timedelta(seconds=1)
