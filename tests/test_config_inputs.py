@@ -67,6 +67,11 @@ BAD_FOR_EVERY_COMMAND = [
         ),
         f"more than {MAX_NODES} values once aliases are expanded",
     ),
+    (
+        "alias-depth",
+        b"a: &a " + b"[" * 20 + b"]" * 20 + b"\nb: " + b"[" * 20 + b"*a" + b"]" * 20 + b"\n",
+        f"line 2, column 11: nested deeper than {MAX_DEPTH} levels once aliases are expanded",
+    ),
     ("alias-cycle", b"a: &a [1, *a]\n" + GOOD.encode(), "an alias refers to the anchor"),
     ("too-large", b"# " + b"x" * MAX_BYTES + b"\n" + GOOD.encode(), "larger than 1024 KiB"),
     (

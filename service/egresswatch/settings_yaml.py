@@ -171,12 +171,13 @@ class _BoundedLoader(Composer, _Events, SafeConstructor, Resolver):  # type: ign
 
 
 def _check_size(root: Node) -> None:
-    """Refuse more than MAX_NODES values with aliases expanded, or an alias in its own anchor.
+    """Refuse, with aliases expanded, more than MAX_NODES values or nesting deeper than
+    MAX_DEPTH (an alias at depth 30 of an anchor 30 deep), or an alias in its own anchor.
 
-    Each node is counted once (a memo by identity), so the cost is the parsed size, not the
+    Each node is measured once (a memo by identity), so the cost is the parsed size, not the
     expanded one; an explicit stack, so a long chain of aliases cannot recurse deeply.
     """
-    sizes: dict[int, int] = {}
+    measured: dict[int, tuple[int, int]] = {}  # id -> (values, depth) below and with it
     open_nodes: set[int] = set()
     stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
@@ -184,19 +185,26 @@ def _check_size(root: Node) -> None:
         key = id(node)
         if children_done:
             open_nodes.discard(key)
-            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
-            if sizes[key] > MAX_NODES:
+            below = [measured[id(child)] for child in _children(node)]
+            size = 1 + sum(values for values, _ in below)
+            depth = 1 + max((deepest for _, deepest in below), default=0)
+            if size > MAX_NODES:
                 raise ConfigFileError(
                     f"{_at(node)}more than {MAX_NODES} values once aliases are expanded"
                 )
+            if depth > MAX_DEPTH:
+                raise ConfigFileError(
+                    f"{_at(node)}nested deeper than {MAX_DEPTH} levels once aliases are expanded"
+                )
+            measured[key] = (size, depth)
             continue
-        if key in sizes:
+        if key in measured:
             continue
         if key in open_nodes:
             raise ConfigFileError(f"{_at(node)}an alias refers to the anchor it is inside of")
         open_nodes.add(key)
         stack.append((node, True))
-        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+        stack.extend((child, False) for child in _children(node) if id(child) not in measured)
 
 
 def _children(node: Node) -> list[Node]:
