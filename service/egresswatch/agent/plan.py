@@ -7,7 +7,9 @@ credentials (agent/checklists.py, LocalSettings); the controller never sends a s
 
 :class:`PlanFollower` fetches the plan until the controller answers (backoff, logged), then
 again every `refresh_s`, and hands each plan that asks for other rounds than the last to
-`on_plan`. A plan that cannot be fetched or used is logged, and the last good one stays.
+`on_plan`. The retries wait as egresswatch/backoff.py says: jittered, so that a thousand agents
+do not return to a restarted controller in lockstep. A plan that cannot be fetched or used
+is logged, and the last good one stays.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from egresswatch.backoff import Backoff
 from egresswatch.plan import Plan
 from egresswatch.settings import field_path
 
@@ -68,8 +71,7 @@ class PlanFollower:
         token: Callable[[], str | None],
         on_plan: Callable[[Plan], None],
         refresh_s: float = 30.0,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff: Backoff | None = None,
         request_timeout_s: float = 10.0,
     ) -> None:
         self._url = controller.rstrip("/") + PLAN_PATH
@@ -78,7 +80,7 @@ class PlanFollower:
         self._token = token
         self._on_plan = on_plan
         self._refresh_s = refresh_s
-        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._backoff = backoff or Backoff()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._task: asyncio.Task[None] | None = None
         self.current: Plan | None = None
@@ -125,12 +127,11 @@ class PlanFollower:
     async def _follow(self) -> None:
         """The first plan, retried until it comes, then a refresh every `refresh_s`."""
         attempt = 0
-        initial, cap = self._backoff
         while self.current is None:
             try:
                 self._apply(await self.fetch())
             except PlanError as exc:
-                delay = min(cap, initial * 2.0**attempt)
+                delay = self._backoff.delay_s(attempt)
                 attempt += 1
                 log.warning(
                     "no plan yet: retrying",
