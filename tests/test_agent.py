@@ -25,6 +25,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from egresswatch.agent.buffer import Round, round_cost
 from egresswatch.agent.service import (
     Agent,
     AgentOptions,
@@ -32,7 +33,6 @@ from egresswatch.agent.service import (
     UsageError,
     resolve_identity,
 )
-from egresswatch.agent.buffer import Round, round_cost
 from egresswatch.agent.sink import HttpSink, SinkTuning, encode_round
 from egresswatch.agent.sink_types import MIN_BUFFER_BYTES
 from egresswatch.backoff import Backoff

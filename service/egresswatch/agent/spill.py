@@ -166,6 +166,8 @@ class SpillFile:
         head = json.dumps({"id": batch_id, "targets": [t for t, _ in rounds]}).encode()
         payload = b"\n".join((_BATCH + head, *(document for _, document in rounds)))
         frame = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+        if self._header_size + len(frame) > self.max_bytes:  # could never fit: it goes alone
+            return len(rounds)
         dropped = self._make_room(len(frame), keep_first)
         if self._size + len(frame) > self.max_bytes:
             return dropped + len(rounds)
