@@ -93,6 +93,22 @@ class World:
         self.config.write_text(yaml.safe_dump(config))
         return self.config
 
+    def agent_args(self, listen: str) -> list[str]:
+        """`egresswatch agent` with this world's controller, token and local files."""
+        return [
+            "agent",
+            "--controller",
+            self.url,
+            "--token-file",
+            str(self.token_file),
+            "--listen",
+            listen,
+            "--resolv-conf",
+            str(self.resolv),
+            "--ca-file",
+            str(self.pki.ca_file),
+        ]
+
     def options(self, identity: SourceIdentity, **changes: Any) -> AgentOptions:
         fields: dict[str, Any] = {
             "controller": self.url,
@@ -633,19 +649,7 @@ async def test_agent_and_controller_commands_work_together_and_stop_cleanly(
     )
     agent_port = free_port()
     agent = await spawn(
-        [
-            "agent",
-            "--controller",
-            world.url,
-            "--token-file",
-            str(world.token_file),
-            "--listen",
-            f"{HOST}:{agent_port}",
-            "--resolv-conf",
-            str(world.resolv),
-            "--ca-file",
-            str(world.pki.ca_file),
-        ],
+        world.agent_args(f"{HOST}:{agent_port}"),
         {**environ, "NODE_NAME": "aks-node-7", "EGRESSWATCH_SOURCE_KIND": "node"},
     )
     try:

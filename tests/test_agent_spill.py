@@ -28,6 +28,7 @@ import pytest
 
 from egresswatch.agent.sink_types import MIB
 from egresswatch.agent.spill import SpillFile
+from egresswatch.cli import main
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Reply, local_servers, pki
 from tests.support.service import free_port, poll
@@ -80,22 +81,7 @@ class Processes:
     async def agent(self, *flags: str) -> Running:
         port = free_port()
         running = await self.spawn(
-            [
-                "agent",
-                "--controller",
-                self.world.url,
-                "--token-file",
-                str(self.world.token_file),
-                "--listen",
-                f"{HOST}:{port}",
-                "--resolv-conf",
-                str(self.world.resolv),
-                "--ca-file",
-                str(self.world.pki.ca_file),
-                "--log-level",
-                "debug",
-                *flags,
-            ],
+            [*self.world.agent_args(f"{HOST}:{port}"), "--log-level", "debug", *flags],
             "agent",
             {**self.environ, "NODE_NAME": SOURCE, "EGRESSWATCH_SOURCE_KIND": "node"},
         )
@@ -214,6 +200,7 @@ async def test_a_sigkilled_agent_delivers_its_spilled_rounds_once_and_in_order_a
     copy = world.dir / "copy.spill"
     copy.write_bytes(spill_file.read_bytes())
     in_file = spilled(copy)
+    print(f"\nspill file: {copy.stat().st_size} B for {len(in_file)} rounds")
     assert len(in_file) >= reported["egresswatch_agent_spill_rounds"]
 
     second = await processes.agent("--spill-file", str(spill_file))
@@ -301,3 +288,41 @@ async def test_the_memory_bound_holds_and_a_full_spill_file_drops_the_oldest_cou
 async def _delivered(agent: Running) -> bool:
     metrics = await agent_metrics(agent)
     return metrics.get('egresswatch_ingest_batches_total{outcome="ok"}', 0) > 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--buffer-mib", "0.01"], "--buffer-mib: 0.01 is too small"),
+        (["--spill-mib", "0"], "--spill-mib: 0.0 is too small"),
+        (["--spill-dir", "/nonexistent-dir"], "--spill-dir: /nonexistent-dir is not a directory"),
+        (["--spill-file", "{other}"], "belongs to another source"),
+        (["--spill-file", "{notes}"], "is not an egresswatch spill file"),
+    ],
+)
+def test_bad_buffer_flags_and_another_sources_spill_file_exit_2_naming_the_flag(
+    flags: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.spill"
+    SpillFile(other, source="node-b", source_kind="node", max_bytes=MIB).open()
+    notes = tmp_path / "notes"
+    notes.write_text("not a spill file")
+    token = tmp_path / "token"
+    token.write_text("t")
+    flags = [f.format(other=other, notes=notes) for f in flags]
+    identity = ["--source", SOURCE, "--source-kind", "node"]
+    code = main(
+        [
+            "agent",
+            "--controller",
+            "http://127.0.0.1:9",
+            "--token-file",
+            str(token),
+            *identity,
+            *flags,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert named in err
+    assert flags[0] in err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 __all__ = [
     "DEFAULT_BUFFER_MIB",
@@ -30,15 +30,7 @@ DropReason = Literal[
     "shutdown",
     "unencodable",
 ]
-DROP_REASONS: tuple[DropReason, ...] = (
-    "buffer_full",
-    "spill_full",
-    "spill_failed",
-    "unknown_target",
-    "refused",
-    "shutdown",
-    "unencodable",
-)
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 
 @dataclass(frozen=True)
