@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from egresswatch.agent.buffer import Round, RoundBuffer, round_cost
+from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.agent.sink_types import DropReason
 from egresswatch.agent.spill import COMPACT_MIN_BYTES, MAGIC, SpillError, SpillFile
+from egresswatch.model import SourceKind
+from tests.support.rounds import round_
+from tests.support.service import free_port, wait_for
 
 SOURCE = "node-a"
 
@@ -263,3 +269,36 @@ def test_spill_all_keeps_the_batch_in_flight_first(tmp_path: Path) -> None:
     found = drain(again)
     assert found[0] == (taken.batch_id, [0, 1, 2, 3])
     assert [n for _, batch in found for n in batch] == list(range(10))
+
+
+# -- the sink ----------------------------------------------------------------------------------
+
+
+async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.spill"
+    spill = spill_at(path)
+    async with aiohttp.ClientSession() as session:
+        sink = HttpSink(
+            f"http://127.0.0.1:{free_port()}",  # nothing listens there
+            source=SOURCE,
+            source_kind=SourceKind.NODE,
+            token=lambda: None,
+            session=session,
+            tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=0.05),
+            spill=spill,
+        )
+        sink.start()
+        for i in range(10):
+            sink.submit(round_(i, source=SOURCE))
+        await wait_for(lambda: sink.stats.failed_attempts > 0 and spill.pending_rounds == 10)
+        await sink.close(0.2)
+    spill.close()
+    assert sink.stats.dropped == {} and sink.stats.spilled >= 10
+    again = spill_at(path)
+    kept = []
+    while (batch := again.first()) is not None:
+        kept += [json.loads(document)["started_at"] for _, document in batch.rounds]
+        again.ack(batch.batch_id)
+    assert [datetime.fromisoformat(t) for t in kept] == [round_(i).started_at for i in range(10)]

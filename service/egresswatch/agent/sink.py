@@ -194,8 +194,8 @@ class HttpSink:
                     "submitted": self._stats.submitted,
                 },
             )
-        if self._buffer.add(Round(result.target, document)):
-            self._spilled()
+        if spilled := self._buffer.add(Round(result.target, document)):
+            self._spilled(spilled)
         if self._away and self._buffer.memory_rounds >= self._tuning.batch_max_rounds:
             self._spill_all()
         self._idle.clear()
@@ -344,11 +344,12 @@ class HttpSink:
 
     def _spill_all(self) -> None:
         submitted = self._stats.submitted
-        if self._buffer.spill_all():
+        if spilled := self._buffer.spill_all():
             self._written_through = submitted
-            self._spilled()
+            self._spilled(spilled)
 
-    def _spilled(self) -> None:
+    def _spilled(self, rounds: int) -> None:
+        self._stats.spilled += rounds
         self._unsynced = True
         self._flush.set()
 
