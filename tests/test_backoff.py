@@ -8,6 +8,7 @@ import random
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from egresswatch.agent.plan import PlanFollower
 from egresswatch.backoff import Backoff
@@ -97,3 +98,38 @@ async def test_two_plan_followers_retry_a_missing_controller_at_different_moment
             assert {r.getMessage() for r in caplog.records} == {"no plan yet: retrying"}
             waits.append([r.__dict__["in_s"] for r in caplog.records][:3])
     assert waits[0] != waits[1], waits
+
+
+async def test_the_plan_follower_honours_retry_after(caplog: pytest.LogCaptureFixture) -> None:
+    """A controller whose database is away answers 503 with Retry-After: the plan fetcher
+    waits at least that long (within its cap), not its own shorter wait."""
+
+    async def busy(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"detail": "database away"}, status=503, headers={"Retry-After": "0.3"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/v1/plan", busy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    caplog.set_level(logging.WARNING, logger="egresswatch.agent.plan")
+    try:
+        async with aiohttp.ClientSession() as session:
+            follower = PlanFollower(
+                f"http://127.0.0.1:{port}",
+                source="node-a",
+                session=session,
+                token=lambda: None,
+                on_plan=lambda plan: None,
+                backoff=Backoff(0.01, 1.0),
+            )
+            follower.start()
+            await wait_for(lambda: len(caplog.records) >= 1, 10)
+            await follower.stop()
+    finally:
+        await runner.cleanup()
+    assert caplog.records[0].__dict__["in_s"] == 0.3
+    assert "answered 503: database away" in caplog.records[0].__dict__["problem"]

@@ -17,11 +17,12 @@ The random source is injected (tests pass a fixed one); by default each Backoff 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "parse_retry_after"]
 
 
 def _own_random() -> Callable[[], float]:
@@ -51,3 +52,13 @@ class Backoff:
         if retry_after_s is not None and retry_after_s > 0:
             wait = max(wait, min(retry_after_s, self.max_s))
         return min(wait, self.max_s)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A `Retry-After` header's seconds; None for nothing, an HTTP date or a bad number (our
+    own backoff decides then)."""
+    try:
+        seconds = float(value or "")
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
-from egresswatch.backoff import Backoff
+from egresswatch.backoff import Backoff, parse_retry_after
 from egresswatch.plan import Plan
 from egresswatch.settings import field_path
 
@@ -38,7 +38,12 @@ _PLAN_MAX = 16 * 1024 * 1024  # bytes; 10,000 targets are about 5 MB
 
 
 class PlanError(ValueError):
-    """A plan that cannot be fetched or used; the message says why."""
+    """A plan that cannot be fetched or used; the message says why. `retry_after_s`: what
+    the controller's Retry-After asked for, if it did."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def parse_plan(document: Any) -> Plan:
@@ -113,7 +118,10 @@ class PlanFollower:
             ) as response:
                 body = await response.content.read(_PLAN_MAX)
                 if response.status != 200:
-                    raise PlanError(f"GET {self._url} answered {response.status}: {_detail(body)}")
+                    raise PlanError(
+                        f"GET {self._url} answered {response.status}: {_detail(body)}",
+                        parse_retry_after(response.headers.get("Retry-After")),
+                    )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PlanError(
                 f"cannot reach the controller at {self._url}: {_describe(exc)}"
@@ -131,7 +139,7 @@ class PlanFollower:
             try:
                 self._apply(await self.fetch())
             except PlanError as exc:
-                delay = self._backoff.delay_s(attempt)
+                delay = self._backoff.delay_s(attempt, exc.retry_after_s)
                 attempt += 1
                 log.warning(
                     "no plan yet: retrying",
