@@ -284,7 +284,8 @@ class SpillFile:
             self._pending_bytes -= entry.size
             self._pending_rounds -= entry.rounds
             dropped += entry.rounds
-        self._compact()
+        if dropped:
+            self._compact()
         return dropped
 
     def _compact(self) -> None:
