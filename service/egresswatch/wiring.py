@@ -92,7 +92,11 @@ class Service:
         self._migrate = migrate
         self._environ = environ
         self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry, version=__version__)
+        self.metrics = Metrics(
+            self.registry,
+            version=__version__,
+            per_source_kind=settings.metrics.detail == "source_kind",
+        )
         self._reloader = ConfigReloader(
             config_path,
             overrides or {},
@@ -278,7 +282,7 @@ class Service:
             # A round of a target that a reload removed is still stored (nothing is lost), but
             # its series stay gone from /metrics.
             if self.settings.target(result.target) is not None:
-                self.metrics.observe_round(result)
+                self.metrics.observe_round(result, self.pipeline.source_kind(result.source))
         self.pipeline.observe(rounds)
         self.pipeline.flush_soon()
         if self._observer is not None:
