@@ -199,8 +199,9 @@ async def test_a_sigkilled_agent_delivers_its_spilled_rounds_once_and_in_order_a
     # A copy read now: opening the file below cuts a torn tail, as the agent would.
     copy = world.dir / "copy.spill"
     copy.write_bytes(spill_file.read_bytes())
+    size = copy.stat().st_size
     in_file = spilled(copy)
-    print(f"\nspill file: {copy.stat().st_size} B for {len(in_file)} rounds")
+    print(f"\nspill file: {size} B for {len(in_file)} rounds ({size / len(in_file):.0f} B each)")
     assert len(in_file) >= reported["egresswatch_agent_spill_rounds"]
 
     second = await processes.agent("--spill-file", str(spill_file))
@@ -304,7 +305,9 @@ def test_bad_buffer_flags_and_another_sources_spill_file_exit_2_naming_the_flag(
     flags: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = tmp_path / "other.spill"
-    SpillFile(other, source="node-b", source_kind="node", max_bytes=MIB).open()
+    written = SpillFile(other, source="node-b", source_kind="node", max_bytes=MIB)
+    written.open()
+    written.close()
     notes = tmp_path / "notes"
     notes.write_text("not a spill file")
     token = tmp_path / "token"

@@ -302,3 +302,12 @@ async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_th
         kept += [json.loads(document)["started_at"] for _, document in batch.rounds]
         again.ack(batch.batch_id)
     assert [datetime.fromisoformat(t) for t in kept] == [round_(i).started_at for i in range(10)]
+
+
+def test_a_file_another_agent_holds_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agent.spill"
+    holder = spill_at(path)
+    with pytest.raises(SpillError, match=r"--spill-file: .* is in use by another process"):
+        spill_at(path)
+    holder.close()
+    spill_at(path).close()  # free again once the holder let go

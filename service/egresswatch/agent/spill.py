@@ -4,8 +4,9 @@ A FIFO of batches in one append-only file (`--spill-file`; an emptyDir in a clus
 outlives a container restart). Contract of :class:`SpillFile`:
 
 - The file starts with MAGIC and a header frame naming the source (name and kind) that wrote
-  it. Opening a file written by another source raises :class:`SpillError` naming the flag:
-  its rounds are not ours to send.
+  it. Opening a file written by another source, or one another process holds open (an
+  exclusive flock), raises :class:`SpillError` naming the flag: its rounds are not ours to
+  send.
 - Then frames: ``<length u32 LE><crc32 u32 LE><payload>``. A payload is a batch
   (``B`` + a JSON line ``{"id", "targets"}`` + one round document per line; round documents
   are JSON, so they hold no raw newline) or an acknowledgement (``A`` + a batch id).
@@ -33,6 +34,7 @@ is one write() of at most a batch (about 0.5 MB) into the page cache.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -127,6 +129,14 @@ class SpillFile:
             self._size = os.fstat(self._fd).st_size
         except OSError as exc:
             raise SpillError(f"{self._flag}: cannot open {self.path}: {exc.strerror}") from None
+        try:  # two agents appending to one file would interleave their frames
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.close()
+            raise SpillError(
+                f"{self._flag}: {self.path} is in use by another process: give each agent "
+                "its own file"
+            ) from None
         if not self._size:
             self._write_header()
             return
@@ -222,6 +232,7 @@ class SpillFile:
         self._write(header)
         self._header_size = len(header)
         os.fsync(self._fd)
+        _sync_dir(self.path.parent)  # the new file's name survives a crash too
 
     def _replay(self, offset: int) -> None:
         """Index the frames from `offset` on, one at a time (the file may be far bigger than
@@ -306,6 +317,7 @@ class SpillFile:
             os.close(fd)
             raise
         _sync_dir(self.path.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the new file is ours alone as well
         os.close(self._fd)
         self._fd, self._size, self._pending = fd, offset, kept
 
