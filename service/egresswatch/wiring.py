@@ -33,6 +33,7 @@ from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.controller.ingest.intake import Ingest
+from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
@@ -270,7 +271,9 @@ class Service:
             ),
         )
         try:
-            self._http, self.listening = await serve(app, self.settings.listen)
+            self._http, self.listening = await serve(
+                app, self.settings.listen, limits=CONTROLLER_LIMITS, registry=self.registry
+            )
         except ListenError as exc:
             raise StartupError(str(exc)) from None
 
