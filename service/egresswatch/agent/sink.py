@@ -33,7 +33,9 @@ Contract of :class:`HttpSink`:
   undelivered then go to the spill file for the next start, or without one are counted as
   dropped (``shutdown``) and logged.
 
-See also agent/encode.py (bodies), agent/answers.py, agent/sink_types.py (tuning, hooks).
+See also agent/encode.py (bodies), agent/answers.py, agent/sink_types.py (tuning, hooks),
+agent/buffer.py (memory and the spill file, in order), agent/spill.py (the file),
+agent/spiller.py (when rounds are written and synced), agent/drops.py (counting, logging).
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -52,9 +52,11 @@ import aiohttp
 
 from egresswatch.agent.answers import ANSWER_MAX, Kind, Outcome, classify
 from egresswatch.agent.buffer import Batch, Round, RoundBuffer
+from egresswatch.agent.drops import Drops
 from egresswatch.agent.encode import batch_body, batch_head, encode_round
 from egresswatch.agent.sink_types import DropReason, NoHooks, SinkHooks, SinkStats, SinkTuning
 from egresswatch.agent.spill import SpillFile
+from egresswatch.agent.spiller import Spiller
 from egresswatch.backoff import Backoff
 from egresswatch.model import RoundResult, SourceKind
 
@@ -71,8 +73,6 @@ log = logging.getLogger(__name__)
 
 RESULTS_PATH = "/api/v1/results"
 TASK_NAME = "egresswatch-sink"
-SPILL_TASK_NAME = "egresswatch-spill"
-_DROP_LOG_EVERY_S = 10.0  # buffer overflow is logged at most this often
 
 
 def _new_id() -> str:
@@ -113,6 +113,13 @@ class HttpSink:
         self._backoff = backoff or Backoff(
             self._tuning.backoff_initial_s, self._tuning.backoff_max_s
         )
+        self._stats = SinkStats()
+        self._drop = Drops(
+            self._stats,
+            self._hooks,
+            buffer_max_bytes=self._tuning.buffer_max_bytes,
+            spill_max_bytes=spill.max_bytes if spill is not None else None,
+        )
         self._buffer = RoundBuffer(
             max_bytes=self._tuning.buffer_max_bytes,
             batch_max_rounds=self._tuning.batch_max_rounds,
@@ -120,15 +127,17 @@ class HttpSink:
             new_id=new_id,
             drop=self._drop,
         )
+        self._spiller = Spiller(
+            self._buffer,
+            self._stats,
+            interval_s=self._tuning.batch_interval_s,
+            batch_max_rounds=self._tuning.batch_max_rounds,
+            report=self._report,
+        )
         # Taken from the buffer and not yet settled: the batch being sent, and the halves of a
         # split batch still to send.
         self._current: Batch | None = None
         self._work: list[Batch] = []
-        # The controller failed the last attempt: everything goes to the spill file.
-        self._away = False
-        self._unsynced = False  # spill writes not yet made durable
-        self._written_through = 0  # every round submitted up to this count is in the file
-        self._flush = asyncio.Event()  # the spill file wants writing or syncing
         self._wake = asyncio.Event()  # a round came in, or closing
         self._full = asyncio.Event()  # a whole batch is waiting, or closing
         self._idle = asyncio.Event()
@@ -136,11 +145,6 @@ class HttpSink:
         self._closing = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
-        self._spill_task: asyncio.Task[None] | None = None
-        self._stats = SinkStats()
-        self._overflow_since_log = 0
-        self._overflow_logged_at = -math.inf
-        self._spill_dropped = 0  # in this episode of a full spill file
         # The batch prefix never changes, so it is encoded once.
         self._head = batch_head(source, source_kind)
 
@@ -161,15 +165,14 @@ class HttpSink:
             raise RuntimeError("the sink was already started")
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._run(), name=TASK_NAME)
-        if self._buffer.spill is not None:
-            self._spill_task = loop.create_task(self._keep_spilling(), name=SPILL_TASK_NAME)
-            if self._buffer.spilled_rounds:
-                log.info(
-                    "rounds from the spill file are sent first",
-                    extra={"rounds": self._buffer.spilled_rounds},
-                )
-                self._wake.set()
-                self._full.set()
+        self._spiller.start()
+        if self._buffer.spilled_rounds:
+            log.info(
+                "rounds from the spill file are sent first",
+                extra={"rounds": self._buffer.spilled_rounds},
+            )
+            self._wake.set()
+            self._full.set()
         self._report()
 
     def submit(self, result: RoundResult) -> None:
@@ -194,10 +197,7 @@ class HttpSink:
                     "submitted": self._stats.submitted,
                 },
             )
-        if spilled := self._buffer.add(Round(result.target, document)):
-            self._spilled(spilled)
-        if self._away and self._buffer.memory_rounds >= self._tuning.batch_max_rounds:
-            self._spill_all()
+        self._spiller.submitted(self._buffer.add(Round(result.target, document)))
         self._idle.clear()
         self._wake.set()
         if self._buffer.waiting >= self._tuning.batch_max_rounds:
@@ -233,10 +233,13 @@ class HttpSink:
                     await task
             elif not task.cancelled() and task.exception() is not None:
                 log.error("the sink's task failed", exc_info=task.exception())
-        await self._stop_spilling()
+        await self._spiller.stop()
         self._closed = True
         if self._buffer.spill is not None:
-            await self._keep_for_next_start()
+            # What is in the file is not lost; what could not be written was counted as
+            # dropped, but for the batch in flight, kept in memory when the file refused it.
+            self._drop(await self._spiller.keep_for_next_start(), "shutdown")
+            self._current, self._work = None, []
         elif left := self.depth:
             log.error(
                 "rounds not delivered at shutdown: the controller did not take them in time",
@@ -247,23 +250,6 @@ class HttpSink:
             self._drop(left, "shutdown")
         self._idle.set()
         self._report()
-
-    async def _keep_for_next_start(self) -> None:
-        """Everything undelivered goes to the spill file, durably; the batch in flight keeps
-        its id (the controller may have stored it already)."""
-        self._spill_all()
-        if self._unsynced:
-            await self._sync()
-        kept = self._buffer.spilled_rounds
-        if self._buffer.spill is not None and kept:
-            log.warning(
-                "rounds not delivered at shutdown are kept in the spill file for the next start",
-                extra={"rounds": kept, "path": str(self._buffer.spill.path)},
-            )
-        # What is in the file is not lost; what could not be written was counted as dropped,
-        # but for the batch in flight, kept in memory when the file refused it.
-        self._drop(self._buffer.clear_memory(), "shutdown")
-        self._current, self._work = None, []
 
     # -- the tasks --------------------------------------------------------------------------
 
@@ -304,63 +290,6 @@ class HttpSink:
             async with asyncio.timeout(self._tuning.batch_interval_s):
                 await self._full.wait()
 
-    async def _keep_spilling(self) -> None:
-        """While the controller is away, write what came to the spill file every
-        batch_interval_s; make every write durable before the next."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._tuning.batch_interval_s):
-                    await self._flush.wait()
-            self._flush.clear()
-            if self._away and self._buffer.memory_rounds:
-                self._spill_all()
-            if self._unsynced:
-                await self._sync()
-
-    async def _stop_spilling(self) -> None:
-        task = self._spill_task
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _sync(self) -> None:
-        """fsync the spill file; what was written before is then durable."""
-        spill = self._buffer.spill
-        if spill is None:
-            return
-        self._unsynced = False
-        through = self._written_through
-        try:
-            await spill.sync()
-        except OSError as exc:
-            log.error("cannot sync the spill file", extra={"problem": str(exc)})
-            return
-        log.debug(
-            "spill file synced",
-            extra={"through": through, "rounds": spill.pending_rounds, "bytes": spill.size_bytes},
-        )
-        self._report()
-
-    def _spill_all(self) -> None:
-        submitted = self._stats.submitted
-        if spilled := self._buffer.spill_all():
-            self._written_through = submitted
-            self._spilled(spilled)
-
-    def _spilled(self, rounds: int) -> None:
-        self._stats.spilled += rounds
-        self._unsynced = True
-        self._flush.set()
-
-    def _controller_away(self) -> None:
-        """An attempt failed: from now until a batch is delivered, everything is spilled."""
-        if self._away or self._buffer.spill is None:
-            return
-        self._away = True
-        self._spill_all()
-        self._report()
-
     async def _settle(self, batch: Batch) -> None:
         """Deliver `batch`, splitting it when refused; returns when every round of it is
         stored or dropped."""
@@ -378,14 +307,14 @@ class HttpSink:
             outcome = await self._post(batch)
             if outcome.kind is Kind.OK:
                 self._current = None
-                self._away = False
+                self._spiller.controller_back()
                 self._delivered(batch, outcome)
                 return []
             self._stats.failed_attempts += 1
             self._hooks.batch_sent(False, 0)
             match outcome.kind:
                 case Kind.RETRY:
-                    self._controller_away()
+                    self._spiller.controller_away()
                     delay = self._backoff.delay_s(attempt, outcome.retry_after_s)
                     attempt += 1
                     log.warning(
@@ -394,7 +323,7 @@ class HttpSink:
                     )
                     await asyncio.sleep(delay)
                 case Kind.WAIT:
-                    self._controller_away()
+                    self._spiller.controller_away()
                     log.error(
                         "controller refuses this agent: check --controller and --token-file; "
                         "the batch is kept and retried",
@@ -483,40 +412,6 @@ class HttpSink:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _drop(self, rounds: int, why: DropReason) -> None:
-        if rounds <= 0:
-            return
-        self._stats.dropped[why] = self._stats.dropped.get(why, 0) + rounds
-        self._hooks.rounds_dropped(rounds, why)
-        if why == "buffer_full":
-            self._overflowed(rounds)
-        elif why == "spill_full":
-            if not self._spill_dropped:  # one line per episode: until the file is empty again
-                log.error(
-                    "spill file full: the oldest rounds in it are dropped while the controller "
-                    "is away",
-                    extra={"dropped": rounds, "spill_max_bytes": self._spill_max_bytes()},
-                )
-            self._spill_dropped += rounds
-
-    def _overflowed(self, rounds: int) -> None:
-        self._overflow_since_log += rounds
-        now = time.monotonic()
-        if now - self._overflow_logged_at >= _DROP_LOG_EVERY_S:
-            log.error(
-                "buffer full: the oldest rounds are dropped while the controller is away "
-                "(no spill file: see --spill-file)",
-                extra={
-                    "dropped": self._overflow_since_log,
-                    "buffer_max_bytes": self._tuning.buffer_max_bytes,
-                },
-            )
-            self._overflow_since_log = 0
-            self._overflow_logged_at = now
-
-    def _spill_max_bytes(self) -> int | None:
-        return self._buffer.spill.max_bytes if self._buffer.spill is not None else None
-
     def _report(self) -> None:
         """Tell the hooks how full the buffer is; end an episode of a full spill file."""
         buffer, spill = self._buffer, self._buffer.spill
@@ -524,12 +419,8 @@ class HttpSink:
         self._hooks.buffer_state(
             buffer.memory_bytes, buffer.spilled_rounds, spill.size_bytes if spill else 0
         )
-        if self._spill_dropped and not buffer.spilled_rounds:
-            log.warning(
-                "spill file emptied: rounds had been dropped from it while it was full",
-                extra={"dropped": self._spill_dropped},
-            )
-            self._spill_dropped = 0
+        if not buffer.spilled_rounds:
+            self._drop.spill_emptied()
 
     def _about(self, batch: Batch, outcome: Outcome | None = None) -> dict[str, Any]:
         about: dict[str, Any] = {
