@@ -84,17 +84,7 @@ async def test_two_plan_followers_retry_a_missing_controller_at_different_moment
     async with aiohttp.ClientSession() as session:
         for name in ("node-a", "node-b"):
             caplog.clear()
-            follower = PlanFollower(
-                url,
-                source=name,
-                session=session,
-                token=lambda: None,
-                on_plan=lambda plan: None,
-                backoff=Backoff(0.02, 0.08),
-            )
-            follower.start()
-            await wait_for(lambda: len(caplog.records) >= 3, 10)
-            await follower.stop()
+            await retries(url, name, session, Backoff(0.02, 0.08), caplog, 3)
             assert {r.getMessage() for r in caplog.records} == {"no plan yet: retrying"}
             waits.append([r.__dict__["in_s"] for r in caplog.records][:3])
     assert waits[0] != waits[1], waits
@@ -118,18 +108,33 @@ async def test_the_plan_follower_honours_retry_after(caplog: pytest.LogCaptureFi
     caplog.set_level(logging.WARNING, logger="egresswatch.agent.plan")
     try:
         async with aiohttp.ClientSession() as session:
-            follower = PlanFollower(
-                f"http://127.0.0.1:{port}",
-                source="node-a",
-                session=session,
-                token=lambda: None,
-                on_plan=lambda plan: None,
-                backoff=Backoff(0.01, 1.0),
-            )
-            follower.start()
-            await wait_for(lambda: len(caplog.records) >= 1, 10)
-            await follower.stop()
+            url = f"http://127.0.0.1:{port}"
+            await retries(url, "node-a", session, Backoff(0.01, 1.0), caplog, 1)
     finally:
         await runner.cleanup()
     assert caplog.records[0].__dict__["in_s"] == 0.3
     assert "answered 503: database away" in caplog.records[0].__dict__["problem"]
+
+
+async def retries(
+    url: str,
+    source: str,
+    session: aiohttp.ClientSession,
+    backoff: Backoff,
+    caplog: pytest.LogCaptureFixture,
+    count: int,
+) -> None:
+    """Follow the plan at `url` until `count` retries were logged, then stop."""
+    follower = PlanFollower(
+        url,
+        source=source,
+        session=session,
+        token=lambda: None,
+        on_plan=lambda plan: None,
+        backoff=backoff,
+    )
+    follower.start()
+    try:
+        await wait_for(lambda: len(caplog.records) >= count, 10)
+    finally:
+        await follower.stop()
