@@ -25,6 +25,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from egresswatch.agent.buffer import Round, round_cost
 from egresswatch.agent.service import (
     Agent,
     AgentOptions,
@@ -32,7 +33,9 @@ from egresswatch.agent.service import (
     UsageError,
     resolve_identity,
 )
-from egresswatch.agent.sink import HttpSink, SinkTuning
+from egresswatch.agent.sink import HttpSink, SinkTuning, encode_round
+from egresswatch.agent.sink_types import MIN_BUFFER_BYTES
+from egresswatch.backoff import Backoff
 from egresswatch.cli import main
 from egresswatch.evidence import DnsEvidence
 from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
@@ -90,6 +93,22 @@ class World:
         self.config.write_text(yaml.safe_dump(config))
         return self.config
 
+    def agent_args(self, listen: str) -> list[str]:
+        """`egresswatch agent` with this world's controller, token and local files."""
+        return [
+            "agent",
+            "--controller",
+            self.url,
+            "--token-file",
+            str(self.token_file),
+            "--listen",
+            listen,
+            "--resolv-conf",
+            str(self.resolv),
+            "--ca-file",
+            str(self.pki.ca_file),
+        ]
+
     def options(self, identity: SourceIdentity, **changes: Any) -> AgentOptions:
         fields: dict[str, Any] = {
             "controller": self.url,
@@ -100,8 +119,7 @@ class World:
             "ca_file": self.pki.ca_file,
             "sink": FAST_SINK,
             "plan_refresh_s": 1.0,
-            "plan_backoff_initial_s": 0.1,
-            "plan_backoff_max_s": 0.3,
+            "plan_backoff": Backoff(0.1, 0.3),
             "flush_timeout_s": 5.0,
             **changes,
         }
@@ -454,6 +472,7 @@ async def test_refused_rounds_are_dropped_alone_and_a_bad_token_loses_nothing(
 
 async def test_the_buffer_is_bounded_and_close_gives_up_in_time(world: World) -> None:
     now = datetime.now(UTC)
+    cost = round_cost(Round("shop", encode_round(a_round("shop", "node-e", now))))
     async with aiohttp.ClientSession() as session:
         sink = HttpSink(
             world.url,  # nothing listens there
@@ -462,23 +481,27 @@ async def test_the_buffer_is_bounded_and_close_gives_up_in_time(world: World) ->
             token=lambda: TOKEN,
             session=session,
             tuning=SinkTuning(
-                batch_max_rounds=2, buffer_max_rounds=5, backoff_initial_s=0.1, backoff_max_s=0.2
+                batch_max_rounds=2,
+                buffer_max_bytes=MIN_BUFFER_BYTES,
+                backoff_initial_s=0.1,
+                backoff_max_s=0.2,
             ),
         )
         sink.start()
-        for i in range(9):
+        fit = MIN_BUFFER_BYTES // cost
+        for i in range(fit + 9):
             sink.submit(a_round("shop", "node-e", now + timedelta(seconds=i)))
         await asyncio.sleep(0.2)
-        # In flight (a batch of 2, taken before the rest arrived) plus at most 5 buffered.
-        assert sink.depth <= 7
+        # In flight (a batch of 2, taken before the rest arrived) plus what fits in the bound.
+        assert sink.depth <= fit + 2
         before = sink.stats.dropped.get("buffer_full", 0)
-        assert before >= 2
+        assert before >= 7
         loop = asyncio.get_running_loop()
         started = loop.time()
         await sink.close(0.5)
         assert loop.time() - started < 2.0
     stats = sink.stats
-    assert stats.dropped["shutdown"] + before == 9
+    assert stats.dropped["shutdown"] + before == fit + 9
     assert sink.depth == 0
 
 
@@ -626,19 +649,7 @@ async def test_agent_and_controller_commands_work_together_and_stop_cleanly(
     )
     agent_port = free_port()
     agent = await spawn(
-        [
-            "agent",
-            "--controller",
-            world.url,
-            "--token-file",
-            str(world.token_file),
-            "--listen",
-            f"{HOST}:{agent_port}",
-            "--resolv-conf",
-            str(world.resolv),
-            "--ca-file",
-            str(world.pki.ca_file),
-        ],
+        world.agent_args(f"{HOST}:{agent_port}"),
         {**environ, "NODE_NAME": "aks-node-7", "EGRESSWATCH_SOURCE_KIND": "node"},
     )
     try:

@@ -60,19 +60,7 @@ class Processes:
 
     async def start_agent(self) -> None:
         self.agent = await spawn(
-            [
-                "agent",
-                "--controller",
-                self.world.url,
-                "--token-file",
-                str(self.world.token_file),
-                "--listen",
-                f"{HOST}:{free_port()}",
-                "--resolv-conf",
-                str(self.world.resolv),
-                "--ca-file",
-                str(self.world.pki.ca_file),
-            ],
+            self.world.agent_args(f"{HOST}:{free_port()}"),
             {**self.environ, "NODE_NAME": SOURCE, "EGRESSWATCH_SOURCE_KIND": "node"},
         )
 

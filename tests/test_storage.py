@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from egresswatch.backoff import Backoff
 from egresswatch.evidence import (
     DnsEvidence,
     DnsTry,
@@ -337,8 +338,7 @@ async def test_writer_buffers_while_the_database_is_down(store: Store, tmp_path:
         store,
         max_batch=50,
         max_delay_s=0.02,
-        backoff_initial_s=0.02,
-        backoff_max_s=0.1,
+        backoff=Backoff(0.02, 0.1),
         hooks=hooks,
     )
     database = store.engine
@@ -367,7 +367,7 @@ async def test_writer_buffers_while_the_database_is_down(store: Store, tmp_path:
 async def test_writer_drops_the_oldest_beyond_its_cap(store: Store, tmp_path: Path) -> None:
     hooks = RecordingHooks()
     writer = BatchedWriter(
-        store, max_batch=10, max_buffer=100, max_delay_s=0, backoff_initial_s=0.01, hooks=hooks
+        store, max_batch=10, max_buffer=100, max_delay_s=0, backoff=Backoff(0.01, 30.0), hooks=hooks
     )
     database = store.engine
     down = unreachable(store, tmp_path)
@@ -415,7 +415,7 @@ async def test_writer_isolates_a_round_the_database_rejects(store: Store) -> Non
 async def test_writer_close_gives_up_after_its_timeout(store: Store, tmp_path: Path) -> None:
     hooks = RecordingHooks()
     writer = BatchedWriter(
-        store, max_delay_s=0, backoff_initial_s=0.01, close_timeout_s=0.2, hooks=hooks
+        store, max_delay_s=0, backoff=Backoff(0.01, 30.0), close_timeout_s=0.2, hooks=hooks
     )
     down = unreachable(store, tmp_path)
     store.engine = down

@@ -16,6 +16,7 @@ import prometheus_client
 from egresswatch import __version__
 from egresswatch.addresses import Nameserver
 from egresswatch.agent.checklists import checklist_for
+from egresswatch.agent.flags import add_buffer_flags
 from egresswatch.model import Endpoint
 from egresswatch.probes.checklist import TraceMode, run_checklist
 from egresswatch.report import render_text, round_document
@@ -196,6 +197,7 @@ def _agent_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     agent.add_argument(
         "--ca-file", type=Path, metavar="PATH", help="CA bundle for TLS verification"
     )
+    add_buffer_flags(agent)
     _log_level_flag(agent)
     agent.set_defaults(handler=_agent)
 
@@ -264,6 +266,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _agent(args: argparse.Namespace) -> int:
+    from egresswatch.agent.flags import buffer_options
     from egresswatch.agent.service import (
         Agent,
         AgentOptions,
@@ -287,6 +290,7 @@ def _agent(args: argparse.Namespace) -> int:
             parse_listen(args.listen)
         except ValueError as exc:
             raise UsageError(f"--listen: {exc}") from None
+        buffer = buffer_options(args, identity)
     except UsageError as exc:
         raise ConfigError([str(exc)]) from None
     setup_logging(args.log_level or "info", json_lines=True)
@@ -298,6 +302,7 @@ def _agent(args: argparse.Namespace) -> int:
         listen=args.listen,
         resolv_conf=args.resolv_conf,
         ca_file=args.ca_file,
+        **buffer,
     )
     try:
         asyncio.run(Agent(options).run())

@@ -8,11 +8,12 @@ URL): wait and retry slowly.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+
+from egresswatch.backoff import parse_retry_after
 
 __all__ = ["ANSWER_MAX", "Kind", "Outcome", "classify"]
 
@@ -46,7 +47,9 @@ def classify(status: int, answer: bytes, headers: Mapping[str, str]) -> Outcome:
         return Outcome(Kind.OK, what, stored=stored, duplicate=duplicate)
     detail = _detail(answer)
     if status in (408, 429) or status >= 500:
-        return Outcome(Kind.RETRY, what, detail, retry_after_s=_retry_after(headers))
+        return Outcome(
+            Kind.RETRY, what, detail, retry_after_s=parse_retry_after(headers.get("Retry-After"))
+        )
     if status == 422:
         return Outcome(Kind.UNKNOWN_TARGETS, what, detail, rounds=_named_rounds(answer))
     if status in (400, 413):
@@ -83,12 +86,3 @@ def _named_rounds(answer: bytes) -> frozenset[int]:
         return frozenset()
     found = (_ROUND_INDEX.match(n) for n in names if isinstance(n, str))
     return frozenset(int(m.group(1)) for m in found if m)
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None  # an HTTP date, or nothing: our own backoff decides
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None

@@ -7,7 +7,9 @@ credentials (agent/checklists.py, LocalSettings); the controller never sends a s
 
 :class:`PlanFollower` fetches the plan until the controller answers (backoff, logged), then
 again every `refresh_s`, and hands each plan that asks for other rounds than the last to
-`on_plan`. A plan that cannot be fetched or used is logged, and the last good one stays.
+`on_plan`. The retries wait as egresswatch/backoff.py says: jittered, so that a thousand agents
+do not return to a restarted controller in lockstep. A plan that cannot be fetched or used
+is logged, and the last good one stays.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from egresswatch.backoff import Backoff, parse_retry_after
 from egresswatch.plan import Plan
 from egresswatch.settings import field_path
 
@@ -35,7 +38,12 @@ _PLAN_MAX = 16 * 1024 * 1024  # bytes; 10,000 targets are about 5 MB
 
 
 class PlanError(ValueError):
-    """A plan that cannot be fetched or used; the message says why."""
+    """A plan that cannot be fetched or used; the message says why. `retry_after_s`: what
+    the controller's Retry-After asked for, if it did."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 def parse_plan(document: Any) -> Plan:
@@ -68,8 +76,7 @@ class PlanFollower:
         token: Callable[[], str | None],
         on_plan: Callable[[Plan], None],
         refresh_s: float = 30.0,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff: Backoff | None = None,
         request_timeout_s: float = 10.0,
     ) -> None:
         self._url = controller.rstrip("/") + PLAN_PATH
@@ -78,7 +85,7 @@ class PlanFollower:
         self._token = token
         self._on_plan = on_plan
         self._refresh_s = refresh_s
-        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._backoff = backoff or Backoff()
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._task: asyncio.Task[None] | None = None
         self.current: Plan | None = None
@@ -111,7 +118,10 @@ class PlanFollower:
             ) as response:
                 body = await response.content.read(_PLAN_MAX)
                 if response.status != 200:
-                    raise PlanError(f"GET {self._url} answered {response.status}: {_detail(body)}")
+                    raise PlanError(
+                        f"GET {self._url} answered {response.status}: {_detail(body)}",
+                        parse_retry_after(response.headers.get("Retry-After")),
+                    )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PlanError(
                 f"cannot reach the controller at {self._url}: {_describe(exc)}"
@@ -125,12 +135,11 @@ class PlanFollower:
     async def _follow(self) -> None:
         """The first plan, retried until it comes, then a refresh every `refresh_s`."""
         attempt = 0
-        initial, cap = self._backoff
         while self.current is None:
             try:
                 self._apply(await self.fetch())
             except PlanError as exc:
-                delay = min(cap, initial * 2.0**attempt)
+                delay = self._backoff.delay_s(attempt, exc.retry_after_s)
                 attempt += 1
                 log.warning(
                     "no plan yet: retrying",

@@ -40,6 +40,9 @@ from egresswatch.agent.identity import (
 from egresswatch.agent.plan import PlanFollower
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.sink import HttpSink, SinkTuning
+from egresswatch.agent.sink_types import MIB
+from egresswatch.agent.spill import DEFAULT_SPILL_MIB, SpillError, SpillFile
+from egresswatch.backoff import Backoff
 from egresswatch.http_limits import AGENT_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.metrics import Metrics
@@ -83,9 +86,10 @@ class AgentOptions:
     ca_file: Path | None = None
     max_concurrent_rounds: int = 64
     sink: SinkTuning = field(default_factory=SinkTuning)
+    spill_file: Path | None = None  # None: rounds past the memory bound are dropped
+    spill_max_bytes: int = DEFAULT_SPILL_MIB * MIB
     plan_refresh_s: float = 30.0
-    plan_backoff_initial_s: float = 0.5
-    plan_backoff_max_s: float = 30.0
+    plan_backoff: Backoff = field(default_factory=Backoff)
     flush_timeout_s: float = 10.0
 
 
@@ -116,6 +120,7 @@ class Agent:
         self._stopping = asyncio.Event()
         self._stopped = False
         self._session: aiohttp.ClientSession | None = None
+        self._spill: SpillFile | None = None
         self._http: web.AppRunner | None = None
         self.listening: tuple[str, int] | None = None
         self.runner: RoundRunner | None = None
@@ -135,6 +140,18 @@ class Agent:
         """
         options = self.options
         self._token.load()
+        if options.spill_file is not None:
+            spill = SpillFile(
+                options.spill_file,
+                source=options.identity.name,
+                source_kind=options.identity.kind.value,
+                max_bytes=options.spill_max_bytes,
+            )
+            try:
+                spill.open()
+            except SpillError as exc:
+                raise AgentStartupError(str(exc)) from None
+            self._spill = spill
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"egresswatch-agent/{__version__}"}
         )
@@ -146,6 +163,7 @@ class Agent:
             session=self._session,
             tuning=options.sink,
             hooks=self._hooks,
+            spill=self._spill,
         )
         self.scheduler = RoundScheduler(
             max_concurrent=options.max_concurrent_rounds,
@@ -161,14 +179,15 @@ class Agent:
             token=self._token,
             on_plan=self._apply_plan,
             refresh_s=options.plan_refresh_s,
-            backoff_initial_s=options.plan_backoff_initial_s,
-            backoff_max_s=options.plan_backoff_max_s,
+            backoff=options.plan_backoff,
             request_timeout_s=options.sink.request_timeout_s,
         )
         try:
             await self._serve(options.listen)
         except BaseException:
             await self._session.close()
+            if self._spill is not None:
+                self._spill.close()
             raise
         self.sink.start()
         self.scheduler.start()
@@ -211,6 +230,9 @@ class Agent:
             await self.scheduler.shutdown()
         if hasattr(self, "sink"):
             await self.sink.close(self.options.flush_timeout_s)
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
         if self._http is not None:
             await self._http.cleanup()
             self._http = None

@@ -10,7 +10,8 @@ Contract of :class:`HttpSink`:
 - A batch keeps its ``batch_id`` across retries: the controller stores a batch id once, so a
   retry after a lost answer stores nothing twice.
 - Connection errors, timeouts, 408, 429 and 5xx: the same batch is retried with capped
-  exponential backoff (``Retry-After`` honoured, within the cap). Rounds buffer meanwhile.
+  exponential backoff with jitter (egresswatch/backoff.py; ``Retry-After`` honoured, within
+  the cap). Rounds buffer meanwhile.
 - 422 (targets the controller does not know): the rounds it names are dropped, counted and
   logged; the batch's other rounds go again under a new id (nothing of a refused batch was
   stored). A 422 that names no round drops the whole batch.
@@ -19,12 +20,22 @@ Contract of :class:`HttpSink`:
 - 401, 403 and any other answer (a wrong token, a wrong URL): the rounds are kept and the batch
   is retried every ``auth_retry_s``, logging an error each time. The token is asked for again
   on every attempt, so a rotated token file is picked up.
-- The buffer holds at most ``buffer_max_rounds`` rounds; past that the oldest are dropped and
-  counted.
+- The buffer (agent/buffer.py) holds at most ``buffer_max_bytes`` in memory; past that the
+  oldest rounds go to the spill file (agent/spill.py), or without one are dropped and counted.
+- With a spill file: from the first failed attempt until a batch is delivered again (the
+  controller is away), everything undelivered is written to the spill file, the batch in
+  flight first under its id, then every ``batch_interval_s`` (or each time a whole batch is
+  waiting), each write made durable (fsync) before the next. A SIGKILL then loses only the
+  rounds that came since the last write: at most one batch interval's. Spilled batches are
+  sent first, in order, under the id they were written with, and acknowledged in the file
+  only once the controller answered.
 - :meth:`HttpSink.close` sends what is buffered, waiting at most its timeout; rounds still
-  undelivered then are counted as dropped (``shutdown``) and logged.
+  undelivered then go to the spill file for the next start, or without one are counted as
+  dropped (``shutdown``) and logged.
 
-See also agent/encode.py (bodies), agent/answers.py, agent/sink_types.py (tuning, hooks).
+See also agent/encode.py (bodies), agent/answers.py, agent/sink_types.py (tuning, hooks),
+agent/buffer.py (memory and the spill file, in order), agent/spill.py (the file),
+agent/spiller.py (when rounds are written and synced), agent/drops.py (counting, logging).
 """
 
 from __future__ import annotations
@@ -33,20 +44,20 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import math
-import random
-import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from egresswatch.agent.answers import ANSWER_MAX, Kind, Outcome, classify
+from egresswatch.agent.buffer import Batch, Round, RoundBuffer
+from egresswatch.agent.drops import Drops
 from egresswatch.agent.encode import batch_body, batch_head, encode_round
 from egresswatch.agent.sink_types import DropReason, NoHooks, SinkHooks, SinkStats, SinkTuning
+from egresswatch.agent.spill import SpillFile
+from egresswatch.agent.spiller import Spiller
+from egresswatch.backoff import Backoff
 from egresswatch.model import RoundResult, SourceKind
 
 __all__ = [
@@ -62,19 +73,6 @@ log = logging.getLogger(__name__)
 
 RESULTS_PATH = "/api/v1/results"
 TASK_NAME = "egresswatch-sink"
-_DROP_LOG_EVERY_S = 10.0  # buffer overflow is logged at most this often
-
-
-@dataclass(frozen=True)
-class _Round:
-    target: str
-    document: bytes  # the round document as JSON
-
-
-@dataclass(frozen=True)
-class _Batch:
-    batch_id: str
-    rounds: tuple[_Round, ...]
 
 
 def _new_id() -> str:
@@ -85,7 +83,9 @@ class HttpSink:
     """Rounds to the controller over HTTP; see the module docstring for the contract.
 
     `token()` gives the bearer token for each attempt (None: send none). `session` is the
-    caller's and is not closed here. Call :meth:`start` inside the running loop, once.
+    caller's and is not closed here. `spill` is an opened spill file of this source, or None
+    (then rounds past the memory bound are dropped); the sink does not close it. Call
+    :meth:`start` inside the running loop, once.
     """
 
     def __init__(
@@ -99,7 +99,8 @@ class HttpSink:
         tuning: SinkTuning | None = None,
         hooks: SinkHooks | None = None,
         new_id: Callable[[], str] = _new_id,
-        jitter: Callable[[], float] = random.random,
+        backoff: Backoff | None = None,
+        spill: SpillFile | None = None,
     ) -> None:
         self._url = controller.rstrip("/") + RESULTS_PATH
         self._source = source
@@ -109,12 +110,34 @@ class HttpSink:
         self._tuning = tuning or SinkTuning()
         self._hooks: SinkHooks = hooks or NoHooks()
         self._new_id = new_id
-        self._jitter = jitter
-        self._buffer: deque[_Round] = deque()
+        self._backoff = backoff or Backoff(
+            self._tuning.backoff_initial_s, self._tuning.backoff_max_s
+        )
+        self._stats = SinkStats()
+        self._drop = Drops(
+            self._stats,
+            self._hooks,
+            buffer_max_bytes=self._tuning.buffer_max_bytes,
+            spill_max_bytes=spill.max_bytes if spill is not None else None,
+        )
+        self._buffer = RoundBuffer(
+            max_bytes=self._tuning.buffer_max_bytes,
+            batch_max_rounds=self._tuning.batch_max_rounds,
+            spill=spill,
+            new_id=new_id,
+            drop=self._drop,
+        )
+        self._spiller = Spiller(
+            self._buffer,
+            self._stats,
+            interval_s=self._tuning.batch_interval_s,
+            batch_max_rounds=self._tuning.batch_max_rounds,
+            report=self._report,
+        )
         # Taken from the buffer and not yet settled: the batch being sent, and the halves of a
         # split batch still to send.
-        self._current: _Batch | None = None
-        self._work: list[_Batch] = []
+        self._current: Batch | None = None
+        self._work: list[Batch] = []
         self._wake = asyncio.Event()  # a round came in, or closing
         self._full = asyncio.Event()  # a whole batch is waiting, or closing
         self._idle = asyncio.Event()
@@ -122,9 +145,6 @@ class HttpSink:
         self._closing = False
         self._closed = False
         self._task: asyncio.Task[None] | None = None
-        self._stats = SinkStats()
-        self._overflow_since_log = 0
-        self._overflow_logged_at = -math.inf
         # The batch prefix never changes, so it is encoded once.
         self._head = batch_head(source, source_kind)
 
@@ -134,7 +154,7 @@ class HttpSink:
     def depth(self) -> int:
         """Rounds not yet delivered: buffered plus in flight."""
         current = len(self._current.rounds) if self._current is not None else 0
-        return len(self._buffer) + current + sum(len(b.rounds) for b in self._work)
+        return self._buffer.waiting + current + sum(len(b.rounds) for b in self._work)
 
     @property
     def stats(self) -> SinkStats:
@@ -143,7 +163,17 @@ class HttpSink:
     def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("the sink was already started")
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=TASK_NAME)
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name=TASK_NAME)
+        self._spiller.start()
+        if self._buffer.spilled_rounds:
+            log.info(
+                "rounds from the spill file are sent first",
+                extra={"rounds": self._buffer.spilled_rounds},
+            )
+            self._wake.set()
+            self._full.set()
+        self._report()
 
     def submit(self, result: RoundResult) -> None:
         """Queue a round for the controller. Never blocks, never raises."""
@@ -158,15 +188,21 @@ class HttpSink:
             log.exception("round could not be encoded", extra={"target": result.target})
             self._drop(1, "unencodable")
             return
-        self._buffer.append(_Round(result.target, document))
-        if len(self._buffer) > self._tuning.buffer_max_rounds:
-            self._buffer.popleft()
-            self._overflowed()
+        if log.isEnabledFor(logging.DEBUG):  # the order of rounds, for tests and post-mortems
+            log.debug(
+                "round buffered",
+                extra={
+                    "target": result.target,
+                    "started_at": result.started_at.isoformat(),
+                    "submitted": self._stats.submitted,
+                },
+            )
+        self._spiller.submitted(self._buffer.add(Round(result.target, document)))
         self._idle.clear()
         self._wake.set()
-        if len(self._buffer) >= self._tuning.batch_max_rounds:
+        if self._buffer.waiting >= self._tuning.batch_max_rounds:
             self._full.set()
-        self._hooks.buffer_depth(self.depth)
+        self._report()
 
     async def drained(self, timeout_s: float) -> bool:
         """Wait until nothing is buffered or in flight; False when `timeout_s` passed first."""
@@ -180,7 +216,8 @@ class HttpSink:
     async def close(self, timeout_s: float = 10.0) -> None:
         """Send what is buffered (at most `timeout_s`), then stop. Idempotent.
 
-        Rounds still undelivered when the time is up are counted as dropped and logged.
+        Rounds still undelivered when the time is up go to the spill file (durably) for the
+        next start; without one they are counted as dropped and logged.
         """
         if self._closed:
             return
@@ -196,46 +233,56 @@ class HttpSink:
                     await task
             elif not task.cancelled() and task.exception() is not None:
                 log.error("the sink's task failed", exc_info=task.exception())
+        await self._spiller.stop()
         self._closed = True
-        left = self.depth
-        if left:
+        if self._buffer.spill is not None:
+            # What is in the file is not lost; what could not be written was counted as
+            # dropped, but for the batch in flight, kept in memory when the file refused it.
+            self._drop(await self._spiller.keep_for_next_start(), "shutdown")
+            self._current, self._work = None, []
+        elif left := self.depth:
             log.error(
                 "rounds not delivered at shutdown: the controller did not take them in time",
                 extra={"rounds": left, "timeout_s": timeout_s},
             )
-            self._buffer.clear()
+            self._buffer.clear_memory()
             self._current, self._work = None, []
             self._drop(left, "shutdown")
         self._idle.set()
-        self._hooks.buffer_depth(0)
+        self._report()
 
-    # -- the task ---------------------------------------------------------------------------
+    # -- the tasks --------------------------------------------------------------------------
 
     async def _run(self) -> None:
         """Take batches off the buffer and settle each before the next; ends when closing
         and empty. A bug in one batch's handling is logged and costs only that batch."""
         while True:
             await self._wait_for_batch()
-            if not self._buffer:
+            batch = self._buffer.take() if self._buffer.waiting else None
+            if batch is None:
                 if self._closing:
                     return
                 continue
-            batch = self._take()
             try:
                 await self._settle(batch)
             except Exception:
                 log.exception("batch handling failed: its rounds are dropped")
-                self._drop(self.depth - len(self._buffer), "refused")
+                self._drop(self.depth - self._buffer.waiting, "refused")
                 self._current, self._work = None, []
-            if not self._buffer:
+            self._buffer.settled()
+            if not self._buffer.waiting:
                 self._idle.set()
-            self._hooks.buffer_depth(self.depth)
+            self._report()
 
     async def _wait_for_batch(self) -> None:
-        while not self._buffer and not self._closing:
+        while not self._buffer.waiting and not self._closing:
             self._wake.clear()
             await self._wake.wait()
-        if self._closing or len(self._buffer) >= self._tuning.batch_max_rounds:
+        if (
+            self._closing
+            or self._buffer.waiting >= self._tuning.batch_max_rounds
+            or self._buffer.waiting > self._buffer.memory_rounds  # a spilled batch: send it
+        ):
             return
         # The first round of a batch is in: give others up to batch_interval_s to join it.
         self._full.clear()
@@ -243,11 +290,7 @@ class HttpSink:
             async with asyncio.timeout(self._tuning.batch_interval_s):
                 await self._full.wait()
 
-    def _take(self) -> _Batch:
-        count = min(len(self._buffer), self._tuning.batch_max_rounds)
-        return _Batch(self._new_id(), tuple(self._buffer.popleft() for _ in range(count)))
-
-    async def _settle(self, batch: _Batch) -> None:
+    async def _settle(self, batch: Batch) -> None:
         """Deliver `batch`, splitting it when refused; returns when every round of it is
         stored or dropped."""
         self._work = [batch]
@@ -256,7 +299,7 @@ class HttpSink:
             # Halves go on the stack second half first, so the rounds keep their order.
             self._work.extend(reversed(halves))
 
-    async def _deliver(self, batch: _Batch) -> list[_Batch]:
+    async def _deliver(self, batch: Batch) -> list[Batch]:
         """Send one batch until it is settled; returns the halves to send instead, if split."""
         attempt = 0
         self._current = batch
@@ -264,13 +307,15 @@ class HttpSink:
             outcome = await self._post(batch)
             if outcome.kind is Kind.OK:
                 self._current = None
+                self._spiller.controller_back()
                 self._delivered(batch, outcome)
                 return []
             self._stats.failed_attempts += 1
             self._hooks.batch_sent(False, 0)
             match outcome.kind:
                 case Kind.RETRY:
-                    delay = self._tuning.backoff_s(attempt, outcome.retry_after_s, self._jitter())
+                    self._spiller.controller_away()
+                    delay = self._backoff.delay_s(attempt, outcome.retry_after_s)
                     attempt += 1
                     log.warning(
                         "controller unavailable: the batch is kept and retried",
@@ -278,6 +323,7 @@ class HttpSink:
                     )
                     await asyncio.sleep(delay)
                 case Kind.WAIT:
+                    self._spiller.controller_away()
                     log.error(
                         "controller refuses this agent: check --controller and --token-file; "
                         "the batch is kept and retried",
@@ -295,7 +341,7 @@ class HttpSink:
                     self._current = None
                     return self._split(batch, outcome)
 
-    def _delivered(self, batch: _Batch, outcome: Outcome) -> None:
+    def _delivered(self, batch: Batch, outcome: Outcome) -> None:
         self._stats.batches_ok += 1
         self._stats.stored += outcome.stored
         self._hooks.batch_sent(True, outcome.stored)
@@ -308,7 +354,7 @@ class HttpSink:
         else:
             log.debug("batch delivered", extra=self._about(batch, outcome))
 
-    def _drop_unknown(self, batch: _Batch, outcome: Outcome) -> _Batch | None:
+    def _drop_unknown(self, batch: Batch, outcome: Outcome) -> Batch | None:
         """Drop the rounds a 422 names; the rest, under a new id, or None when none is left."""
         named = {i for i in outcome.rounds if i < len(batch.rounds)}
         if not named:  # nothing to tell the good rounds from the others by
@@ -325,9 +371,9 @@ class HttpSink:
             },
         )
         # Nothing of a refused batch was stored, so the rest may go under any new id.
-        return _Batch(self._new_id(), kept) if kept else None
+        return Batch(self._new_id(), kept) if kept else None
 
-    def _split(self, batch: _Batch, outcome: Outcome) -> list[_Batch]:
+    def _split(self, batch: Batch, outcome: Outcome) -> list[Batch]:
         if len(batch.rounds) == 1:
             self._drop(1, "refused")
             log.error(
@@ -342,13 +388,13 @@ class HttpSink:
             extra=self._about(batch, outcome),
         )
         return [
-            _Batch(self._new_id(), batch.rounds[:middle]),
-            _Batch(self._new_id(), batch.rounds[middle:]),
+            Batch(self._new_id(), batch.rounds[:middle]),
+            Batch(self._new_id(), batch.rounds[middle:]),
         ]
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    async def _post(self, batch: _Batch) -> Outcome:
+    async def _post(self, batch: Batch) -> Outcome:
         body = batch_body(self._head, batch.batch_id, [r.document for r in batch.rounds])
         headers = {"Content-Type": "application/json"}
         token = self._token()
@@ -366,32 +412,21 @@ class HttpSink:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _drop(self, rounds: int, why: DropReason) -> None:
-        if rounds <= 0:
-            return
-        self._stats.dropped[why] = self._stats.dropped.get(why, 0) + rounds
-        self._hooks.rounds_dropped(rounds, why)
+    def _report(self) -> None:
+        """Tell the hooks how full the buffer is; end an episode of a full spill file."""
+        buffer, spill = self._buffer, self._buffer.spill
+        self._hooks.buffer_depth(self.depth)
+        self._hooks.buffer_state(
+            buffer.memory_bytes, buffer.spilled_rounds, spill.size_bytes if spill else 0
+        )
+        if not buffer.spilled_rounds:
+            self._drop.spill_emptied()
 
-    def _overflowed(self) -> None:
-        self._drop(1, "buffer_full")
-        self._overflow_since_log += 1
-        now = time.monotonic()
-        if now - self._overflow_logged_at >= _DROP_LOG_EVERY_S:
-            log.error(
-                "buffer full: the oldest rounds are dropped while the controller is away",
-                extra={
-                    "dropped": self._overflow_since_log,
-                    "buffer_max_rounds": self._tuning.buffer_max_rounds,
-                },
-            )
-            self._overflow_since_log = 0
-            self._overflow_logged_at = now
-
-    def _about(self, batch: _Batch, outcome: Outcome | None = None) -> dict[str, Any]:
+    def _about(self, batch: Batch, outcome: Outcome | None = None) -> dict[str, Any]:
         about: dict[str, Any] = {
             "batch_id": batch.batch_id,
             "rounds": len(batch.rounds),
-            "buffered": len(self._buffer),
+            "buffered": self._buffer.waiting,
         }
         if outcome is not None:
             about["answer"] = outcome.what

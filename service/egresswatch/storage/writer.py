@@ -3,9 +3,9 @@
 `submit` never blocks and never touches the database. `on_written` is told each batch once
 it is stored (the controller judges rounds only then). One named background task writes up to
 `max_batch` rounds at a time, as soon as that many are waiting or when the oldest has waited
-`max_delay_s`. While the database is down it keeps the batch and retries with capped exponential
-backoff: rounds are buffered, not lost. Only beyond `max_buffer` rounds does it drop, the oldest
-first, counting and logging every drop.
+`max_delay_s`. While the database is down it keeps the batch and retries with capped, jittered
+exponential backoff (egresswatch/backoff.py): rounds are buffered, not lost. Only beyond
+`max_buffer` rounds does it drop, the oldest first, counting and logging every drop.
 
 A batch the database rejects for its content (an integrity or data error: retrying cannot help)
 is written again round by round, so one bad round costs only itself; those rounds are dropped
@@ -23,6 +23,7 @@ from typing import Protocol
 
 from sqlalchemy import exc
 
+from egresswatch.backoff import Backoff
 from egresswatch.model import RoundResult
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,7 @@ class BatchedWriter:
         max_batch: int = 500,
         max_delay_s: float = 1.0,
         max_buffer: int = 1_000_000,
-        backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff: Backoff | None = None,
         close_timeout_s: float = 10.0,
         hooks: WriterHooks | None = None,
         name: str = "egresswatch-storage-writer",
@@ -117,8 +117,7 @@ class BatchedWriter:
         self._max_batch = max_batch
         self._max_delay_s = max_delay_s
         self._max_buffer = max_buffer
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._backoff = backoff or Backoff()
         self._close_timeout_s = close_timeout_s
         self._hooks: WriterHooks = hooks or NoHooks()
         self._on_written = on_written
@@ -222,7 +221,6 @@ class BatchedWriter:
 
     async def _write(self, batch: list[RoundResult]) -> None:
         """Write `batch`, retrying transient failures until it is written (or cancelled)."""
-        backoff = self._backoff_initial_s
         failures = 0
         while True:
             try:
@@ -238,6 +236,7 @@ class BatchedWriter:
                     )
                     await self._write_one_by_one(batch)
                     return
+                delay = self._backoff.delay_s(failures)
                 failures += 1
                 log.log(
                     logging.ERROR if failures == 1 else logging.WARNING,
@@ -247,10 +246,9 @@ class BatchedWriter:
                     _first_line(error),
                     self.depth,
                     failures,
-                    backoff,
+                    delay,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._backoff_max_s)
+                await asyncio.sleep(delay)
                 continue
             if failures:
                 log.warning(
