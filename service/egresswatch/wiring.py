@@ -28,7 +28,9 @@ from prometheus_client import CollectorRegistry
 from egresswatch import __version__
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.query import ApiError
+from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
@@ -41,7 +43,9 @@ from egresswatch.schedule import RoundJob, RoundScheduler
 from egresswatch.settings import Settings
 from egresswatch.storage import (
     DatabaseNotReady,
+    DatabaseProbe,
     History,
+    Outage,
     RetentionWindows,
     Store,
     ensure_schema,
@@ -101,6 +105,9 @@ class Service:
             metrics=self.metrics,
         )
         self._schema_checked = False
+        # One outage record for everything here that talks to the database: the API, the
+        # writer, detection's writes and /readyz's probe log one outage once.
+        self.outage = Outage()
         self._stopping = asyncio.Event()
         self.store: Store
         self.history: History
@@ -209,6 +216,7 @@ class Service:
             metrics=self.metrics,
             clock=_utc_now,
             on_incident=self._on_incident,
+            outage=self.outage,
         )
         for source in await self.store.sources():
             if source.kind:
@@ -226,6 +234,7 @@ class Service:
             judge=self._judge,
             clock=_utc_now,
             hooks=WriterMetrics(self.metrics),
+            outage=self.outage,
         )
         self.ingest.start()
 
@@ -251,8 +260,18 @@ class Service:
         self.scheduler.start()
 
     async def _serve(self) -> None:
-        """The API, /healthz, /readyz and /metrics on the listen address."""
-        app = make_app(registry=self.registry, readiness=self.readiness)
+        """The API, /healthz, /readyz (with a database probe) and /metrics (behind the read
+        token) on the listen address."""
+        settings = self.settings
+        tokens = Tokens(
+            agent=settings.agent_token(), read=settings.read_token(), run=settings.run_token()
+        )
+        app = make_app(
+            registry=self.registry,
+            readiness=self.readiness,
+            probes={"database": DatabaseProbe(lambda: self.store.engine, outage=self.outage)},
+            metrics_guard=lambda request: authorize(request, Right.READ, tokens),
+        )
         add_api_routes(
             app,
             ApiDeps(
@@ -261,8 +280,12 @@ class Service:
                 settings=lambda: self.settings,
                 ingest=self.ingest.accept,
                 run_now=self._run_now,
-                token=self.settings.agent_token(),
+                tokens=tokens,
+                run_limit=RateLimiter(
+                    burst=settings.run_limit.burst, every_s=settings.run_limit.every
+                ),
                 clock=_utc_now,
+                outage=self.outage,
             ),
         )
         try:
@@ -328,9 +351,18 @@ class Service:
                 f"{target!r} is configured, but this controller runs no rounds itself: "
                 "its agents run them on their timers",
             )
-        result = await self.runner.run_round(target)
-        if result is None:  # a reload removed it while the request was on its way
+        # Through the scheduler: the round takes a slot of max_concurrent_rounds like any, and
+        # joins this target's round in flight (scheduled or on demand) instead of a second one.
+        task = self.scheduler.run_now(f"{self.runner.source}/{target}")
+        if task is None:  # a reload removed it while the request was on its way
             raise ApiError(404, "Not Found", f"target {target!r} is not configured")
+        result = await asyncio.shield(task)
+        if not isinstance(result, RoundResult):  # cut at its timeout, or the probe broke
+            raise ApiError(
+                504,
+                "Gateway Timeout",
+                f"the round of {target!r} did not finish within its timeout: see the log",
+            )
         return result
 
     async def _apply_settings(self, new: Settings) -> None:

@@ -24,6 +24,7 @@ from typing import Protocol
 from sqlalchemy import exc
 
 from egresswatch.model import RoundResult
+from egresswatch.storage.outage import Outage, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class BatchedWriter:
         hooks: WriterHooks | None = None,
         name: str = "egresswatch-storage-writer",
         on_written: Callable[[Sequence[RoundResult]], None] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         if max_batch < 1 or max_buffer < max_batch:
             raise ValueError("need 1 <= max_batch <= max_buffer")
@@ -122,6 +124,7 @@ class BatchedWriter:
         self._close_timeout_s = close_timeout_s
         self._hooks: WriterHooks = hooks or NoHooks()
         self._on_written = on_written
+        self._outage = outage or Outage()
         self._name = name
         self._buffer: deque[RoundResult] = deque()
         self._in_flight: list[RoundResult] = []
@@ -239,25 +242,33 @@ class BatchedWriter:
                     await self._write_one_by_one(batch)
                     return
                 failures += 1
-                log.log(
-                    logging.ERROR if failures == 1 else logging.WARNING,
-                    "cannot write %d rounds (%s: %s); %d rounds buffered, retry %d in %.1fs",
-                    len(batch),
-                    type(error).__name__,
-                    _first_line(error),
-                    self.depth,
-                    failures,
-                    backoff,
-                )
+                self._transient(error, failures, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._backoff_max_s)
                 continue
             if failures:
-                log.warning(
-                    "database is back: wrote %d rounds after %d failures", len(batch), failures
-                )
+                log.info("wrote %d rounds after %d failed tries", len(batch), failures)
+            self._outage.recovered()
             self._written(batch)
             return
+
+    def _transient(self, error: Exception, failures: int, backoff: float) -> None:
+        """A failed write that a retry may fix. An outage is the Outage's to log (once, then a
+        count); anything else is logged at its first failure, with the error's first line."""
+        if is_unavailable(error):
+            self._outage.failed(error, "writer")
+            level = logging.DEBUG
+        else:
+            level = logging.ERROR if failures == 1 else logging.WARNING
+        log.log(
+            level,
+            "cannot write rounds (%s: %s); %d rounds buffered, retry %d in %.1fs",
+            type(error).__name__,
+            _first_line(error),
+            self.depth,
+            failures,
+            backoff,
+        )
 
     async def _write_one_by_one(self, batch: list[RoundResult]) -> None:
         for position, round_result in enumerate(batch):

@@ -41,7 +41,7 @@ from egresswatch.model import (
     Verdict,
 )
 from egresswatch.settings import DetectionSettings, Settings
-from egresswatch.storage import History, IncidentRecord
+from egresswatch.storage import History, IncidentRecord, Outage, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,10 @@ class Pipeline:
         metrics: Metrics,
         clock: Callable[[], datetime],
         on_incident: Callable[[IncidentEvent], None] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self._settings = settings
+        self._outage = outage or Outage()
         self._on_incident = on_incident
         self._history = history
         self._metrics = metrics
@@ -270,20 +272,29 @@ class Pipeline:
             batch = pending[:FLUSH_BATCH]
             try:
                 await save(batch)
-            except Exception:
-                self._metrics.count_database_error()
-                log.exception(f"could not store {what}; kept for the next try")
+            except Exception as error:
+                self._write_failed(error, what)
                 return
+            self._outage.recovered()
             del pending[: len(batch)]
         for incident_id, record in list(self._pending_incidents.items()):
             try:
                 await self._history.save_incident(record)
-            except Exception:
-                self._metrics.count_database_error()
-                log.exception("could not store an incident; kept for the next try")
+            except Exception as error:
+                self._write_failed(error, "an incident")
                 return
+            self._outage.recovered()
             if self._pending_incidents.get(incident_id) is record:
                 del self._pending_incidents[incident_id]
+
+    def _write_failed(self, error: Exception, what: str) -> None:
+        """Counted; an outage is logged once by the Outage, anything else with its traceback.
+        What was not written stays pending for the next flush."""
+        self._metrics.count_database_error()
+        if is_unavailable(error):
+            self._outage.failed(error, "detection")
+        else:
+            log.exception(f"could not store {what}; kept for the next try")
 
     @property
     def pending(self) -> int:
