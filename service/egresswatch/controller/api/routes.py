@@ -95,9 +95,7 @@ def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
     get("/openapi.json", openapi)
 
 
-def _answering(
-    handler: Handler, *, right: Right, deps: ApiDeps, database: bool = True
-) -> Handler:
+def _answering(handler: Handler, *, right: Right, deps: ApiDeps, database: bool = True) -> Handler:
     """The handler behind the check of `right`, with ApiError as its problem document, a
     database outage as a 503 one (logged once per outage) and any other failure as a 500 one
     (logged with its traceback; the answer says nothing of the exception). `database`: the
