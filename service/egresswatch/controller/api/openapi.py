@@ -64,7 +64,7 @@ BAD_PARAMETER = _problem("a parameter is invalid, unknown or repeated: `invalid_
 NO_TOKEN = _problem("no bearer token (`WWW-Authenticate` says the scheme)")
 UNAVAILABLE = _problem("the database is unreachable: retry after `Retry-After` seconds")
 # Reading needs a token only when the controller has a read token (`{}`: none needed then).
-READ_SECURITY = [{}, {"readToken": []}, {"runToken": []}]
+READ_SECURITY: list[Doc] = [{}, {"readToken": []}, {"runToken": []}]
 NO_TARGET = _problem("the target is not configured and has no history")
 
 
