@@ -31,8 +31,9 @@ BAD = ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"]
 TOO_BIG = ["9223372036854775808", "-9223372036854775809", "123456789012345678901234567890"]
 
 
-def body_with(where: str) -> str:
-    """A valid batch (a failed tcp_connect with evidence) with MARK in place of one number."""
+def body_with(where: str) -> tuple[str, str]:
+    """A valid batch (a failed tcp_connect with evidence) with MARK in place of one number, and
+    the path of that number."""
     at = NOW - timedelta(seconds=30)
     document = round_document(
         make_round("api", NODE, at, failing=Step.TCP_CONNECT, reason=Reason.CONN_TIMEOUT),
