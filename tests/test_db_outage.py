@@ -10,13 +10,15 @@ its pooled connections closed (a volume that went away).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.engine import URL
@@ -25,10 +27,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from egresswatch.model import Endpoint, RoundResult
 from egresswatch.report import round_document
 from egresswatch.storage import BatchedWriter, Outage, Store, make_engine, upgrade
+from egresswatch.wiring import Service
 from tests.support.apiserver import NODE, NOW, TOKEN, build_world, make_round
 from tests.support.databases import KINDS, create_pg_database, drop_pg_database, pg_server_url
+from tests.support.dnsserver import dns_server
+from tests.support.https import NAME, LocalServers, Reply, local_servers, pki
 from tests.support.relay import TcpRelay
-from tests.support.service import poll
+from tests.support.service import poll, wait_for
+from tests.test_service import Lab, lab, running
+
+__all__ = ["dns_server", "lab", "local_servers", "pki", "running"]  # fixtures
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 READS = [
@@ -87,19 +95,12 @@ async def _sqlite(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 async def _postgresql() -> AsyncIterator[Database]:
-    server = pg_server_url()
-    url: URL = await create_pg_database(server)
-    await asyncio.to_thread(upgrade, url)
-    relay = TcpRelay(url.host or "127.0.0.1", url.port or 5432)
-    await relay.start()
-    engine = make_engine(url.set(host="127.0.0.1", port=relay.port))
-    try:
-        yield Database(engine, relay.cut, relay.restore)
-    finally:
-        await engine.dispose()
-        await relay.close()
-        assert url.database is not None
-        await drop_pg_database(server, url.database)
+    async with relayed_postgresql() as (url, relay):
+        engine = make_engine(url)
+        try:
+            yield Database(engine, relay.cut, relay.restore)
+        finally:
+            await engine.dispose()
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -251,3 +252,67 @@ def test_a_long_outage_is_counted_not_repeated(caplog: pytest.LogCaptureFixture)
     assert messages[1].startswith("database still unreachable after 60s: 4")
     assert messages[2].startswith("database is back after 60.0s: 476 operations failed")
     assert outage.outages == 1 and not outage.down
+
+
+async def test_egresswatch_run_through_a_postgresql_outage(
+    lab: Lab,
+    running: Callable[..., Any],
+    local_servers: LocalServers,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The whole service: the API, /readyz, the writer and detection share one outage, said
+    once; the rounds run meanwhile are stored after it."""
+    caplog.set_level(logging.DEBUG)
+    async with relayed_postgresql() as (database_url, relay):
+        good = await local_servers.https(Reply(200))
+        path = lab.write(
+            [{"name": "good", "url": f"https://{NAME}:{good.port}/"}], database=database_url
+        )
+        service: Service = await running(path)
+        writer = service.ingest.writer
+        await wait_for(lambda: writer.written >= 2, timeout_s=15)
+        assert service.listening is not None
+        base = "http://{}:{}".format(*service.listening)
+        async with aiohttp.ClientSession() as session:
+            await relay.cut()
+            await wait_for(lambda: writer.depth >= 2, timeout_s=15)  # rounds wait in memory
+            async with session.get(f"{base}/api/v1/status") as response:
+                await assert_unavailable(response)
+            async with session.get(f"{base}/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["reasons"]["database"].startswith(
+                    "database unreachable"
+                )
+            await asyncio.sleep(2.0)  # a few more rounds, flushes and controller ticks
+            buffered = writer.depth
+            await relay.restore()
+            await wait_for(lambda: writer.depth == 0, timeout_s=30)
+
+            async def ready() -> bool:
+                async with session.get(f"{base}/readyz") as response:
+                    return response.status == 200
+
+            await poll(ready, timeout_s=15)
+        assert writer.dropped == 0
+        lines = outage_lines(caplog)
+        print(f"\n{buffered} rounds buffered during the outage, all stored after it")
+        assert [r.levelname for r in lines] == ["WARNING", "INFO"], [r.getMessage() for r in lines]
+        noisy = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+        assert not noisy, [r.getMessage() for r in noisy]
+
+
+@contextlib.asynccontextmanager
+async def relayed_postgresql() -> AsyncIterator[tuple[str, TcpRelay]]:
+    """A migrated PostgreSQL database behind a relay: its URL through the relay, the relay."""
+    server = pg_server_url()
+    url: URL = await create_pg_database(server)
+    await asyncio.to_thread(upgrade, url)
+    relay = TcpRelay(url.host or "127.0.0.1", url.port or 5432)
+    await relay.start()
+    try:
+        relayed = url.set(host="127.0.0.1", port=relay.port)
+        yield relayed.render_as_string(hide_password=False), relay
+    finally:
+        await relay.close()
+        assert url.database is not None
+        await drop_pg_database(server, url.database)

@@ -49,6 +49,7 @@ from egresswatch.storage import (
     RetentionWindows,
     Store,
     ensure_schema,
+    is_unavailable,
     make_engine,
     redact,
     run_retention,
@@ -140,6 +141,7 @@ class Service:
                 "targets": [t.name for t in self.settings.targets],
                 "source": self.settings.source.name if self.local_agent else None,
                 "mode": "run" if self.local_agent else "controller",
+                "access": _access(self.settings),
             },
         )
 
@@ -327,9 +329,12 @@ class Service:
                 for source in await self.store.sources():
                     if source.kind:
                         self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
-            except Exception:
+            except Exception as error:
                 self.metrics.count_database_error()
-                log.exception("could not read the sources' kinds")
+                if is_unavailable(error):  # said once per outage, not every 5 s
+                    self.outage.failed(error, "detection")
+                else:
+                    log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
 
     async def _retention(self) -> None:
@@ -388,6 +393,15 @@ class Service:
     def _count(self, key: str, count: Callable[[], None]) -> None:
         count()
         log.warning("round cut or skipped", extra={"job": key})
+
+
+def _access(settings: Settings) -> dict[str, str]:
+    """What the API lets whom do, for the start-up line (never the tokens themselves)."""
+    return {
+        "read": "read or run token" if settings.read_token() else "open",
+        "run": "run token" if settings.run_token() else "closed",
+        "ingest_and_plan": "agents' token" if settings.agent_token() else "closed",
+    }
 
 
 def _windows(settings: Settings) -> RetentionWindows:
