@@ -12,6 +12,7 @@ import collections
 import json
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -241,5 +242,38 @@ async def test_two_thousand_run_calls_start_one_round_at_a_time(
         assert 1 <= len(busy) <= statuses[200]
         assert endpoint.most_open == 1  # never two rounds of the target at once
         assert lateness_p99(service) <= 2.5  # the issue measured 2.5-5 s before
+    finally:
+        await endpoint.close()
+
+
+async def test_a_run_joins_the_scheduled_round_in_flight(
+    lab: Lab,
+    running: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(RUN_TOKEN_ENV, RUN_TOKEN)
+    endpoint = SlowEndpoint(delay_s=1.0)
+    port = await endpoint.start()
+    target = {"name": "busy", "url": f"http://{HOST}:{port}/", "interval": "3s"}
+    target |= {"timeout": "2500ms", "step_timeout": "2s"}
+    path = lab.write([target], run_token_env=RUN_TOKEN_ENV)
+    busy: list[RoundResult] = []
+    service: Service = await running(path, migrate=True, on_round=busy.append)
+    try:
+        assert service.listening is not None
+        url = "http://{}:{}/api/v1/targets/busy/run".format(*service.listening)
+        await wait_for(lambda: endpoint.open == 1, timeout_s=10)  # a scheduled round waits
+        rounds_before = len(busy)
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {RUN_TOKEN}"}
+            async with session.post(url, headers=headers) as response:
+                assert response.status == 200, await response.text()
+                document = await response.json()
+        assert endpoint.most_open == 1  # no second round of the target
+        # The scheduled round, answered to the caller (judged once stored, a moment later).
+        await wait_for(lambda: len(busy) > rounds_before, timeout_s=5)
+        assert len(busy) == rounds_before + 1
+        started = datetime.fromisoformat(document["started_at"].replace("Z", "+00:00"))
+        assert started == busy[-1].started_at
     finally:
         await endpoint.close()
