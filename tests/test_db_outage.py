@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from egresswatch.model import Endpoint, RoundResult
 from egresswatch.report import round_document
-from egresswatch.storage import BatchedWriter, Outage, Store, make_engine, upgrade
+from egresswatch.storage import BatchedWriter, NoHooks, Outage, Store, make_engine, upgrade
 from egresswatch.wiring import Service
 from tests.support.apiserver import NODE, NOW, TOKEN, build_world, make_round
 from tests.support.databases import KINDS, create_pg_database, drop_pg_database, pg_server_url
@@ -165,18 +165,9 @@ async def test_while_the_database_is_away_the_api_answers_503_and_readyz_says_wh
     assert "operations failed meanwhile" in lines[1].getMessage()
 
 
-class CountingHooks:
+class CountingHooks(NoHooks):
     def __init__(self) -> None:
         self.errors = 0
-
-    def buffer_depth(self, depth: int) -> None:
-        pass
-
-    def batch_written(self, ok: bool, rounds: int) -> None:
-        pass
-
-    def rows_written(self, rounds: int, step_results: int) -> None:
-        pass
 
     def database_error(self, error: BaseException) -> None:
         self.errors += 1
