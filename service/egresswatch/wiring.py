@@ -344,6 +344,7 @@ class Service:
             _utc_now(),
             _windows(self.settings),
             on_error=self.metrics.count_database_error,
+            outage=self.outage,
         )
 
     async def _run_now(self, target: str) -> RoundResult:
