@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,8 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from egresswatch.controller.api.auth import Tokens
 from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.settings import ConfigError, settings_from_dict
+from egresswatch.wiring import Service
 from tests.support.apiserver import READ_TOKEN, RUN_TOKEN, TOKEN, build_world, sqlite_only
 from tests.support.databases import migrated_engine_fixture  # noqa: F401
+from tests.support.dnsserver import dns_server
+from tests.support.https import pki
+from tests.support.service import free_port
+from tests.test_service import Lab, lab, running
+
+__all__ = ["dns_server", "lab", "pki", "running"]  # fixtures, imported explicitly
 
 AGENT = {"Authorization": f"Bearer {TOKEN}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -150,3 +159,29 @@ def test_each_token_variable_must_be_set(monkeypatch: pytest.MonkeyPatch) -> Non
         monkeypatch.setenv(variable, "s3cret")
         settings = settings_from_dict({field: variable})
         assert getattr(settings, field.removesuffix("_env"))() == "s3cret"
+
+
+async def test_egresswatch_run_guards_reading_and_metrics_with_its_read_token(
+    lab: Lab, running: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wiring: the tokens come from the variables the config names."""
+    monkeypatch.setenv("EGRESSWATCH_TEST_READ_TOKEN", READ_TOKEN)
+    path = lab.write(
+        [{"name": "closed", "address": f"127.0.0.1:{free_port()}"}],
+        read_token_env="EGRESSWATCH_TEST_READ_TOKEN",
+    )
+    service: Service = await running(path, migrate=True)
+    assert service.listening is not None
+    base = "http://{}:{}".format(*service.listening)
+    async with aiohttp.ClientSession() as session:
+        for path_ in ("/metrics", "/api/v1/status"):
+            async with session.get(base + path_) as response:
+                await refused(response, 401)
+            async with session.get(base + path_, headers=READ) as response:
+                assert response.status == 200
+        for path_ in OPEN:
+            async with session.get(base + path_) as response:
+                assert response.status == 200, path_
+        async with session.post(base + "/api/v1/targets/closed/run", headers=READ) as response:
+            body = await refused(response, 403)  # no run token configured: closed
+            assert "run_token_env" in body["detail"]
