@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ RUN_TOKEN_ENV = "EGRESSWATCH_TEST_RUN_TOKEN"
 RUN_TOKEN = "run-token-for-the-limits-test"
 CALLS = 2000
 OTHERS = 20  # targets on 1 s timers beside the hammered one: the scheduler's lateness
+PEERS = 10  # loopback addresses the callers come from (200 connections each)
 
 
 class Clock:
@@ -158,15 +160,28 @@ def lateness_p99(service: Service) -> float:
 async def post_all(
     url: str, headers: dict[str, str], count: int
 ) -> tuple[collections.Counter[int], list[float], list[dict[str, Any]]]:
-    """`count` concurrent POSTs: the statuses, each answer's time, the 429 problem documents."""
+    """`count` concurrent POSTs: the statuses, each answer's time, the 429 problem documents.
+
+    The callers come from PEERS loopback addresses (127.0.0.2, ...), as many clients would:
+    the listener holds at most `max_per_peer` connections from one address."""
     statuses: collections.Counter[int] = collections.Counter()
     times: list[float] = []
     limited: list[dict[str, Any]] = []
-    connector = aiohttp.TCPConnector(limit=count)
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [
+            await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(
+                        limit=count // PEERS + 1, local_addr=(f"127.0.0.{2 + i}", 0)
+                    ),
+                    timeout=timeout,
+                )
+            )
+            for i in range(PEERS)
+        ]
 
-        async def one() -> None:
+        async def one(session: aiohttp.ClientSession) -> None:
             began = time.monotonic()
             async with session.post(url, headers=headers) as response:
                 body = await response.read()
@@ -177,7 +192,7 @@ async def post_all(
                     assert response.content_type == "application/problem+json"
                     limited.append(json.loads(body))
 
-        await asyncio.gather(*(one() for _ in range(count)))
+        await asyncio.gather(*(one(sessions[i % PEERS]) for i in range(count)))
     return statuses, times, limited
 
 

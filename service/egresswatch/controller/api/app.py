@@ -6,24 +6,18 @@ API's routes are added by controller/api/routes.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch.controller.api.query import ApiError
 from egresswatch.health import Guard, Probe, Readiness, add_health_routes
+from egresswatch.problems import PROBLEM, problem
 
-PROBLEM = "application/problem+json"
+__all__ = ["PROBLEM", "make_app", "problem", "problem_of", "problems"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def problem(status: int, title: str, detail: str, **fields: Any) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **fields}
-    return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM)
 
 
 def problem_of(error: ApiError) -> web.Response:
