@@ -23,10 +23,11 @@ from egresswatch.settings import (
     ConfigError,
     Settings,
     TargetSettings,
+    Use,
     json_schema,
     load_settings,
     parse_listen,
-    settings_from_dict,
+    settings_for,
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -248,13 +249,11 @@ def _run(args: argparse.Namespace) -> int:
     from egresswatch.logs import setup_logging
     from egresswatch.wiring import Service, StartupError
 
+    overrides = _overrides(args)
+    settings = load_settings(args.config, overrides, use=Use.SERVICE)  # before any set-up
     setup_logging(args.log_level or "info", json_lines=True)
     # The *_created series double what a scrape carries and say nothing an alert uses.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    overrides = _overrides(args)
-    settings = load_settings(args.config, overrides)
-    if not settings.targets:
-        raise ConfigError([f"{args.config}: targets: no targets configured, nothing to watch"])
     service = Service(settings, config_path=args.config, overrides=overrides, migrate=args.migrate)
     try:
         asyncio.run(service.run())
@@ -312,12 +311,10 @@ def _controller(args: argparse.Namespace) -> int:
     from egresswatch.logs import setup_logging
     from egresswatch.wiring import Service, StartupError
 
+    overrides = _overrides(args)
+    settings = load_settings(args.config, overrides, use=Use.SERVICE)  # before any set-up
     setup_logging(args.log_level or "info", json_lines=True)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
-    overrides = _overrides(args)
-    settings = load_settings(args.config, overrides)
-    if not settings.targets:
-        raise ConfigError([f"{args.config}: targets: no targets configured, nothing to plan"])
     if settings.agent_token() is None:
         logging.getLogger(__name__).error(
             "ingest and the plan are closed: set agent_token_env in the config, or every "
@@ -347,17 +344,19 @@ def _demo(args: argparse.Namespace) -> int:
 def _db_upgrade(args: argparse.Namespace) -> int:
     from egresswatch.storage import redact, upgrade
 
-    settings = (
-        load_settings(args.config, _overrides(args), agent_token=False) if args.config else None
-    )
-    url = args.db or (settings.database if settings else Settings().database)
+    if args.config:
+        url = load_settings(args.config, _overrides(args), use=Use.TOOL).database
+    elif args.db:
+        url = settings_for({"database": args.db}, "--db", Use.TOOL).database
+    else:
+        url = Settings().database
     upgrade(url)
     print(f"database {redact(url)} is at the newest schema")
     return EXIT_OK
 
 
 def _check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, agent_token=False) if args.config else Settings()
+    settings = load_settings(args.config, use=Use.TOOL) if args.config else Settings()
     settings = _with_check_overrides(settings, args)
     target = settings.target(args.target) or _adhoc_target(settings, args.target)
     plan = checklist_for(settings, target, trace=TraceMode.ALWAYS)
@@ -389,7 +388,7 @@ def _with_check_overrides(settings: Settings, args: argparse.Namespace) -> Setti
             Nameserver.parse(args.upstream)
         except ValueError as exc:
             raise ConfigError([f"--upstream: {exc}"]) from None
-    return settings_from_dict(data, origin=origin, agent_token=False)
+    return settings_for(data, origin, Use.TOOL)
 
 
 def _adhoc_target(settings: Settings, text: str) -> TargetSettings:
@@ -406,8 +405,23 @@ def _adhoc_target(settings: Settings, text: str) -> TargetSettings:
 
 
 def _config_validate(args: argparse.Namespace) -> int:
-    settings = load_settings(args.file)
-    print(f"{args.file}: ok ({len(settings.targets)} targets)")
+    """Validate for the strictest commands (Use.SERVICE); when only their own needs are
+    missing, say which commands the file would still serve."""
+    try:
+        settings = load_settings(args.file, use=Use.SERVICE)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        try:
+            load_settings(args.file, use=Use.TOOL)
+        except ConfigError:
+            return EXIT_USAGE
+        print(
+            f"{args.file}: good for {Use.TOOL.value} only, not for {Use.SERVICE.value}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    print(f"{args.file}: ok ({len(settings.targets)} targets): good for every command")
     return EXIT_OK
 
 

@@ -1,9 +1,11 @@
 """Config reload: the config file read again on SIGHUP, on request, or when it changes on disk.
 
 A valid file replaces the running settings, except the fields a running process cannot change
-in place (RESTART_ONLY): those keep their running values, with a warning that names them. An
-invalid file is refused: each problem is logged with its field path, and the running settings
-stay. Every reload is counted in `egresswatch_config_reloads_total` (`ok` or `rejected`).
+in place (RESTART_ONLY): those keep their running values, with a warning that names them. A
+reload that fails for any reason (an invalid file, an empty one caught half-way through a save,
+one not in UTF-8, an I/O error, a file deleted for a moment, even a bug) is refused with one log
+line that says why, and the running settings stay; so does the watcher, which picks up the next
+good save. Every reload is counted in `egresswatch_config_reloads_total` (`ok` or `rejected`).
 
 The reloader does not know what a new config changes: its owner passes `apply`, which puts the
 new settings in place (the scheduler's jobs, the runner's targets, the stored target list).
@@ -63,18 +65,31 @@ class ConfigReloader:
         if self._path is None:
             return False
         async with self._lock:
+            running = self._current()
             try:
-                new = load_settings(self._path, self._overrides)
+                # In a thread: a large file takes the pure-Python parser a while, and the
+                # rounds on this loop must not wait for it.
+                new = await asyncio.to_thread(load_settings, self._path, self._overrides)
             except ConfigError as exc:
-                self._metrics.count_config_reload("rejected")
-                for line in exc.problems:
-                    log.error("config reload refused", extra={"problem": line})
-                return False
-            new = keep_restart_only(self._current(), new)
-            await self._apply(new)
+                return self._refused(exc.problems)
+            except Exception as exc:  # a loader bug must not cost the running config
+                return self._refused([f"{self._path}: {type(exc).__name__}: {exc}"])
+            new = keep_restart_only(running, new)
+            try:
+                await self._apply(new)
+            except Exception as exc:
+                log.exception("config reload failed while applying it: back to the running one")
+                with contextlib.suppress(Exception):
+                    await self._apply(running)
+                return self._refused([f"{self._path}: applying: {type(exc).__name__}: {exc}"])
             self._metrics.count_config_reload("ok")
             log.info("config reloaded", extra={"targets": [t.name for t in new.targets]})
             return True
+
+    def _refused(self, problems: list[str]) -> bool:
+        self._metrics.count_config_reload("rejected")
+        log.error("config reload refused: the running config stays", extra={"problems": problems})
+        return False
 
     def reload_soon(self) -> None:
         """Reload in a task of its own: for a signal handler, which cannot await."""
@@ -90,11 +105,16 @@ class ConfigReloader:
         self._watcher = asyncio.create_task(self._watch(self._path), name="egresswatch-config")
 
     async def close(self) -> None:
-        """Stop watching the file (a reload the watcher started is cancelled with it)."""
+        """Stop watching the file (a reload the watcher started is cancelled with it). Never
+        raises: the shutdown that calls it still has the writer to flush."""
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._watcher
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("the config watcher had failed")
             self._watcher = None
 
     async def _watch(self, path: Path) -> None:
@@ -104,7 +124,10 @@ class ConfigReloader:
             # A file being replaced may be missing for a moment: wait for it, do not reload.
             if stamp is not None and stamp != self._stamp:
                 self._stamp = stamp
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # reload() refuses what it can; the watcher outlives the rest
+                    log.exception("config reload failed")
 
 
 def keep_restart_only(running: Settings, new: Settings) -> Settings:

@@ -6,7 +6,9 @@ like `30s`, `1m30s`, `500ms`; secrets come from environment variables, never fro
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -14,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,6 +32,7 @@ from pydantic import (
 
 from egresswatch.addresses import Nameserver, ProxyRoute
 from egresswatch.model import Endpoint, Role, SourceKind, StatusRanges
+from egresswatch.settings_yaml import ConfigFileError, read_config_data
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -48,6 +51,8 @@ def parse_duration(value: object) -> float:
         pos = match.end()
     if not text or pos != len(text):
         raise ValueError(f"bad duration {value!r}: use e.g. '30s', '1m30s', '500ms', '2h', '14d'")
+    if not math.isfinite(total):  # 400 digits of days: float() gives inf
+        raise ValueError(f"duration {value[:40]!r} is not a finite length of time")
     return total
 
 
@@ -66,6 +71,29 @@ Duration = Annotated[
     BeforeValidator(parse_duration, json_schema_input_type=str),
     PlainSerializer(format_duration, return_type=str),
 ]
+
+
+def between(low: str, high: str) -> AfterValidator:
+    """Bounds for a Duration field, written as durations: `Annotated[Duration, between(...)]`.
+
+    Every duration has both: an unbounded one ends as an OverflowError in a timedelta, a
+    scheduler that never fires, or a window that loads the whole database.
+    """
+    low_s, high_s = parse_duration(low), parse_duration(high)
+
+    def check(seconds: float) -> float:
+        if not low_s <= seconds <= high_s:
+            raise ValueError(f"{format_duration(seconds)} is out of range: use {low} to {high}")
+        return seconds
+
+    return AfterValidator(check)
+
+
+# The bounds shared by a default and its per-target override.
+RoundInterval = Annotated[Duration, between("1s", "1d")]
+RoundTimeout = Annotated[Duration, between("10ms", "1d")]
+LatencyChange = Annotated[Duration, between("0ms", "1m")]
+Retention = Annotated[Duration, between("1h", "3650d")]
 
 
 def _parse_status(value: object) -> StatusRanges:
@@ -87,6 +115,18 @@ ExpectStatus = Annotated[
 ]
 
 
+def _addresses_as_text(value: object) -> object:
+    """Refuse numbers and booleans where addresses are listed: ipaddress takes `true` (YAML's
+    `yes`) for 0.0.0.1 and 5 for 0.0.0.5, which nobody writes on purpose."""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ValueError(
+                    f"[{index}]: an address is text like 10.42.1.4 or 10.0.0.0/8, not {item!r}"
+                )
+    return value
+
+
 def _nameserver(value: str) -> str:
     Nameserver.parse(value)
     return value
@@ -99,7 +139,7 @@ class _Strict(BaseModel):
 class SourceSettings(_Strict):
     """Who this process is. An agent in a cluster learns it from the Downward API instead."""
 
-    name: str = Field(default_factory=lambda: os.uname().nodename, min_length=1)
+    name: str = Field(default_factory=lambda: os.uname().nodename, min_length=1, max_length=253)
     kind: SourceKind = SourceKind.NODE
 
 
@@ -149,26 +189,28 @@ class ProxySettings(_Strict):
 class ProbeSettings(_Strict):
     """Defaults for every target; a target may override each of them."""
 
-    interval: Duration = Field(
+    interval: RoundInterval = Field(
         "30s", validate_default=True, description="time between rounds of one target"
     )
-    timeout: Duration = Field(
+    timeout: RoundTimeout = Field(
         "10s", validate_default=True, description="hard limit for one whole round"
     )
-    step_timeout: Duration = Field(
+    step_timeout: RoundTimeout = Field(
         "5s", validate_default=True, description="limit for one step of a round"
     )
     expect_status: ExpectStatus = Field(
         "200-399", validate_default=True, description="HTTP codes that mean ok"
     )
     method: str = Field("GET", pattern=r"^(GET|HEAD)$")
-    trace_every: Duration = Field(
+    trace_every: Annotated[Duration, between("1s", "7d")] = Field(
         "10m",
         validate_default=True,
         description="path_trace runs this often, and in every round that has a failure",
     )
     trace_max_hops: int = Field(30, ge=1, le=64)
-    trace_hop_timeout: Duration = Field("1s", validate_default=True)
+    trace_hop_timeout: Annotated[Duration, between("10ms", "30s")] = Field(
+        "1s", validate_default=True
+    )
     ca_file: Path | None = Field(
         None, description="CA bundle for TLS verification; unset means the system store"
     )
@@ -192,7 +234,7 @@ class DetectionSettings(_Strict):
     stale_after: int = Field(
         3, ge=1, le=100, description="intervals without a round before a source is unknown"
     )
-    latency_min_change: Duration = Field(
+    latency_min_change: LatencyChange = Field(
         "5ms",
         validate_default=True,
         description="the smallest latency rise that degrades a step, however large the ratio: "
@@ -212,7 +254,7 @@ class DetectionOverrides(_Strict):
     fail_window: tuple[int, int] | None = None
     recover_after: int | None = Field(None, ge=1, le=100)
     stale_after: int | None = Field(None, ge=1, le=100)
-    latency_min_change: Duration | None = None
+    latency_min_change: LatencyChange | None = None
 
 
 class MetricsSettings(_Strict):
@@ -229,14 +271,14 @@ class MetricsSettings(_Strict):
 
 
 class RetentionSettings(_Strict):
-    raw: Duration = Field("14d", validate_default=True, description="keep raw results this long")
-    minute_rollups: Duration = Field(
+    raw: Retention = Field("14d", validate_default=True, description="keep raw results this long")
+    minute_rollups: Retention = Field(
         "31d", validate_default=True, description="keep per-minute rollups this long"
     )
-    rollups: Duration = Field(
+    rollups: Retention = Field(
         "400d", validate_default=True, description="keep per-hour rollups this long"
     )
-    every: Duration = Field(
+    every: Annotated[Duration, between("1s", "1d")] = Field(
         "1m", validate_default=True, description="how often rollups are built and old rows pruned"
     )
 
@@ -252,9 +294,9 @@ class TargetSettings(_Strict):
     url: str | None = Field(None, description="https://host[:port]/path or http://...")
     address: str | None = Field(None, description="host:port for a plain TCP target")
     role: Role = Role.ENDPOINT
-    interval: Duration | None = None
-    timeout: Duration | None = None
-    step_timeout: Duration | None = None
+    interval: RoundInterval | None = None
+    timeout: RoundTimeout | None = None
+    step_timeout: RoundTimeout | None = None
     expect_status: ExpectStatus | None = None
     method: str | None = Field(None, pattern=r"^(GET|HEAD)$")
     pinned_ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
@@ -284,6 +326,8 @@ class TargetSettings(_Strict):
                 raise ValueError("an address is host:port (use url: for a URL)")
             Endpoint.parse(value)
         return value
+
+    _pinned_ips_as_text = field_validator("pinned_ips", mode="before")(_addresses_as_text)
 
     @model_validator(mode="after")
     def _one_location(self) -> Self:
@@ -371,13 +415,34 @@ class Settings(_Strict):
         "unset means on-demand rounds are closed",
     )
     run_limit: RunLimitSettings = Field(default_factory=RunLimitSettings)
-    targets: list[TargetSettings] = Field(default_factory=list)
+    targets: list[TargetSettings] = Field(default_factory=list, validate_default=True)
     _held_lookup: _Lookup | None = PrivateAttr(None)
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_listen(value)
+        return value
+
+    _egress_devices_as_text = field_validator("egress_devices", mode="before")(_addresses_as_text)
+
+    @field_validator("database")
+    @classmethod
+    def _check_database(cls, value: str) -> str:
+        check_database_url(value)
+        return value
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_wanted(
+        cls, value: list[TargetSettings], info: ValidationInfo
+    ) -> list[TargetSettings]:
+        # Only the commands that watch (Use.SERVICE) need a target; see `Use`.
+        if not value and info.context and info.context.get("targets") is True:
+            raise ValueError(
+                f"no targets configured: {Use.SERVICE.value} need at least one "
+                f"({Use.TOOL.value} do not)"
+            )
         return value
 
     @model_validator(mode="after")
@@ -476,6 +541,40 @@ def _check_timing(interval: float, timeout: float, step_timeout: float) -> None:
         )
 
 
+_PLAIN_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_DATABASE_EXAMPLE = "e.g. sqlite+aiosqlite:///egresswatch.db or postgresql+asyncpg://user@host/db"
+
+
+def check_database_url(value: str) -> None:
+    """Refuse a database URL the storage could not open: unparsable, another driver, a bad
+    port, a SQLite URL with a host. Plain `sqlite://` and `postgresql://` name the async
+    drivers (storage/schema.py maps them)."""
+    # Imported here: the agent reads this model too and has no database (nor the 160 ms).
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if "\x00" in value:
+        raise ValueError("a database URL has no NUL character")
+    try:
+        url = make_url(value)
+        port = url.port
+    except (ArgumentError, ValueError):
+        raise ValueError(f"not a database URL: use {_DATABASE_EXAMPLE}") from None
+    driver = url.drivername if "+" in url.drivername else _PLAIN_DRIVERS.get(url.drivername)
+    if driver not in _PLAIN_DRIVERS.values():
+        raise ValueError(
+            f"unsupported database driver {url.drivername!r}: use "
+            f"{' or '.join(_PLAIN_DRIVERS.values())} ({_DATABASE_EXAMPLE})"
+        )
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"bad port {port} in the database URL")
+    if driver == "sqlite+aiosqlite" and url.host:
+        raise ValueError(
+            "a SQLite URL names a file, not a host: sqlite+aiosqlite:///relative.db or "
+            "sqlite+aiosqlite:////absolute/path.db"
+        )
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """`HOST:PORT` or `[v6]:PORT` -> (host, port)."""
     host, sep, port = value.rpartition(":")
@@ -501,48 +600,82 @@ def field_path(loc: tuple[int | str, ...]) -> str:
             path += f"[{part}]"
         elif part.startswith("function-") or part in {"str", "int", "list[int]"}:
             continue  # union/validator branches pydantic puts in the location
+        elif not _PLAIN_KEY.fullmatch(part):
+            path += f"[{part!r}]"  # a key nobody meant (a newline, a space): shown as written
         else:
             path += f".{part}" if path else part
     return path
 
 
-def load_settings(
-    path: Path, overrides: Mapping[str, Any] | None = None, *, agent_token: bool = True
-) -> Settings:
-    """Read, parse and validate a config file; every problem is reported at once.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
-    `agent_token=False`: a command that serves no API (check, db upgrade) does not need the
-    variables named by `agent_token_env`, `read_token_env` and `run_token_env` to be set.
+
+class Use(enum.Enum):
+    """Which commands a config file is read for: what they need beyond a valid file.
+
+    SERVICE (`run`, `controller`, a reload of either, and `config validate`, which answers for
+    the strictest): at least one target, and the variables named by `agent_token_env`,
+    `read_token_env` and `run_token_env` set.
+    TOOL (`check`, `db upgrade`): neither; every other rule is the same for both.
+    """
+
+    SERVICE = "run and controller"
+    TOOL = "check and db upgrade"
+
+
+def load_settings(
+    path: Path, overrides: Mapping[str, Any] | None = None, *, use: Use = Use.SERVICE
+) -> Settings:
+    """The one validation every command that reads a config file goes through.
+
+    Reads `path` (UTF-8, bounded: settings_yaml.py), applies `overrides` (the command line's
+    flags, by field name) and validates for `use`. Every problem is reported at once, as
+    `FILE: field.path: problem`, in a ConfigError; nothing else is raised.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{path}: {where}not valid YAML: {problem}"]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: the top level must be a mapping of settings"])
-    data.update(overrides or {})
-    return settings_from_dict(data, origin=str(path), agent_token=agent_token)
+        data = read_config_data(path)
+    except ConfigFileError as exc:
+        raise ConfigError([f"{path}: {exc}"]) from None
+    overrides = dict(overrides or {})
+    data.update(overrides)
+    return settings_for(data, str(path), use, from_flags=set(overrides))
+
+
+def settings_for(
+    data: Mapping[str, Any],
+    origin: str,
+    use: Use,
+    *,
+    from_flags: set[str] | frozenset[str] = frozenset(),
+) -> Settings:
+    """`data` validated for the commands of `use`; problems in fields named by `from_flags`
+    say that the value came from the command line, not from `origin`."""
+    context = {"agent_token": use is Use.SERVICE, "targets": use is Use.SERVICE}
+    return _validate(data, origin, context, from_flags)
 
 
 def settings_from_dict(
     data: Mapping[str, Any], origin: str = "<config>", *, agent_token: bool = True
 ) -> Settings:
+    """The model alone, for settings built in code: no command's needs (`settings_for`)."""
+    return _validate(data, origin, {"agent_token": agent_token}, frozenset())
+
+
+def _validate(
+    data: Mapping[str, Any],
+    origin: str,
+    context: dict[str, bool],
+    from_flags: set[str] | frozenset[str],
+) -> Settings:
     try:
-        return Settings.model_validate(dict(data), context={"agent_token": agent_token})
+        return Settings.model_validate(dict(data), context=context)
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False):
-            message = str(error["msg"]).removeprefix("Value error, ")
+            message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
             where = field_path(error["loc"])
+            if where.split(".")[0].split("[")[0] in from_flags:
+                where += " (from the command line)"
             problems.append(f"{origin}: {where}: {message}" if where else f"{origin}: {message}")
         raise ConfigError(problems) from None
 

@@ -17,7 +17,7 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -171,20 +171,34 @@ class Service:
         self._stopping.set()
 
     async def stop(self) -> None:
-        """Stop taking rounds, let the writer flush what it holds, close everything."""
-        await self._reloader.close()
-        if self._http is not None:
-            await self._http.cleanup()
-            self._http = None
-        if hasattr(self, "scheduler"):
-            await self.scheduler.shutdown()
-        if hasattr(self, "ingest"):
-            await self.ingest.close()
-        if hasattr(self, "pipeline"):
-            await self.pipeline.flush()  # what detection found in the last second is kept
-        if hasattr(self, "store"):
-            await self.store.engine.dispose()
+        """Stop taking rounds, let the writer flush what it holds, close everything.
+
+        Each step runs even when one before it failed: a broken watcher or HTTP server must
+        not cost the rounds the writer still holds."""
+        for step in self._shutdown_steps():
+            try:
+                await step()
+            except Exception:
+                log.exception("shutdown step failed; the next ones still run")
         log.info("egresswatch stopped")
+
+    def _shutdown_steps(self) -> list[Callable[[], Awaitable[None]]]:
+        """What stop() runs, in order, for the parts that were made."""
+        steps: list[Callable[[], Awaitable[None]]] = [self._reloader.close, self._stop_http]
+        if hasattr(self, "scheduler"):
+            steps.append(self.scheduler.shutdown)
+        if hasattr(self, "ingest"):
+            steps.append(self.ingest.close)
+        if hasattr(self, "pipeline"):
+            steps.append(self.pipeline.flush)  # what detection found in the last second is kept
+        if hasattr(self, "store"):
+            steps.append(self.store.engine.dispose)
+        return steps
+
+    async def _stop_http(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.cleanup()
 
     def readiness(self) -> dict[str, bool]:
         return {
