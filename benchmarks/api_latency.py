@@ -46,6 +46,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import make_url
 
 from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.auth import Tokens
+from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.model import Role, RoundResult, SourceKind
 from egresswatch.settings import Settings, TargetSettings
@@ -123,7 +125,8 @@ async def serve(url: str) -> tuple[web.AppRunner, str, dict[str, Any]]:
             settings=lambda: settings,
             ingest=refuse_ingest,
             run_now=refuse_run,
-            token=None,
+            tokens=Tokens(),
+            run_limit=RateLimiter(burst=1, every_s=1.0),
             clock=lambda: datetime.now(UTC),
         ),
     )

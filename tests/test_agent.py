@@ -49,6 +49,8 @@ __all__ = ["dns_server", "local_servers", "pki"]  # fixtures, imported explicitl
 
 TOKEN_ENV = "EGRESSWATCH_TEST_AGENT_TOKEN"
 TOKEN = "agent-token-for-tests"
+RUN_TOKEN_ENV = "EGRESSWATCH_TEST_RUN_TOKEN"
+RUN_TOKEN = "run-token-for-tests"
 # Fast, for tests: retries within a fraction of a second, plans refreshed every second.
 FAST_SINK = SinkTuning(backoff_initial_s=0.1, backoff_max_s=0.3, auth_retry_s=0.2)
 
@@ -79,6 +81,7 @@ class World:
             "listen": f"{HOST}:{self.port}",
             "database": self.db,
             "agent_token_env": TOKEN_ENV,
+            "run_token_env": RUN_TOKEN_ENV,
             "proxy_from_environment": False,
             "probes": {
                 "interval": "1s",
@@ -131,6 +134,7 @@ def world(
     tmp_path: Path, dns_server: TestDNSServer, pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> World:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    monkeypatch.setenv(RUN_TOKEN_ENV, RUN_TOKEN)
     return World(tmp_path, dns_server, pki)
 
 
@@ -243,7 +247,8 @@ async def test_the_agent_runs_the_plan_and_the_controller_stores_its_rounds(
     assert [s["source"] for s in target["sources"]] == ["payments/probe-7d9f"]
     # A controller runs no rounds of its own: a configured target is a conflict, an unknown
     # one is not found.
-    async with aiohttp.ClientSession() as session:
+    run = {"Authorization": f"Bearer {RUN_TOKEN}"}
+    async with aiohttp.ClientSession(headers=run) as session:
         async with session.post(f"{world.url}/api/v1/targets/shop/run") as response:
             assert response.status == 409
             assert "runs no rounds itself" in (await response.json(content_type=None))["detail"]

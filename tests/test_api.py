@@ -30,6 +30,7 @@ from tests.support.apiserver import (  # noqa: F401
     PROXY_PASSWORD_ENV,
     PROXY_URL_PASSWORD,
     ROUNDS_PER_PAIR,
+    RUN_TOKEN,
     STORED_ONLY,
     TOKEN,
     ApiWorld,
@@ -48,6 +49,7 @@ from tests.support.databases import migrated_engine_fixture  # noqa: F401
 
 Client = TestClient[Any, Any] | ClientSession  # per-test server, or the shared one
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RUN = {"Authorization": f"Bearer {RUN_TOKEN}"}
 PROBLEM = "application/problem+json"
 
 
@@ -371,7 +373,8 @@ BAD_PARAMETERS = [
 
 async def test_bad_parameters_are_named(shared_client: Client) -> None:
     for path, names in BAD_PARAMETERS:
-        body = await problem(await shared_client.get(path), 400, *names)
+        # The agents' token: the plan needs it, and reading is open (no read token here).
+        body = await problem(await shared_client.get(path, headers=AUTH), 400, *names)
         assert all(name in body["detail"] for name in names), path
 
 
@@ -507,7 +510,7 @@ async def test_diagnosis_of_unknown_and_stored_only_targets(shared_client: Clien
 
 
 async def test_plan_lists_targets_with_defaults_and_no_secret(shared_client: Client) -> None:
-    response = await shared_client.get("/api/v1/plan?source=pod-x")
+    response = await shared_client.get("/api/v1/plan?source=pod-x", headers=AUTH)
     assert response.status == 200
     text = await response.text()
     for secret in (PROXY_PASSWORD, PROXY_URL_PASSWORD, PROXY_PASSWORD_ENV, "squid", "password"):
@@ -549,7 +552,7 @@ async def test_plan_lists_targets_with_defaults_and_no_secret(shared_client: Cli
 
 @sqlite_only
 async def test_run_a_configured_target(api_client: Client, api_world: ApiWorld) -> None:
-    response = await api_client.post("/api/v1/targets/api/run")
+    response = await api_client.post("/api/v1/targets/api/run", headers=RUN)
     assert response.status == 200
     text = await response.text()
     assert PROXY_URL_PASSWORD not in text
@@ -570,7 +573,7 @@ async def test_run_a_configured_target(api_client: Client, api_world: ApiWorld) 
 @sqlite_only
 async def test_run_refuses_anything_not_configured(api_client: Client, api_world: ApiWorld) -> None:
     for name in ["example.com", "127.0.0.1:22", STORED_ONLY, "%00", "api%2F..%2Fx"]:
-        await problem(await api_client.post(f"/api/v1/targets/{name}/run"), 404)
+        await problem(await api_client.post(f"/api/v1/targets/{name}/run", headers=RUN), 404)
     assert api_world.runs == []
 
 
@@ -579,7 +582,10 @@ async def test_concurrent_runs_of_one_target_share_one_round(
     api_client: Client, api_world: ApiWorld
 ) -> None:
     api_world.run_gate = asyncio.Event()
-    requests = [asyncio.ensure_future(api_client.post("/api/v1/targets/db/run")) for _ in range(3)]
+    requests = [
+        asyncio.ensure_future(api_client.post("/api/v1/targets/db/run", headers=RUN))
+        for _ in range(3)
+    ]
     for _ in range(100):
         if api_world.runs:
             break
@@ -590,14 +596,14 @@ async def test_concurrent_runs_of_one_target_share_one_round(
     assert [r.status for r in responses] == [200, 200, 200]
     assert api_world.runs == ["db"]
     api_world.run_gate = None
-    await api_client.post("/api/v1/targets/db/run")
+    await api_client.post("/api/v1/targets/db/run", headers=RUN)
     assert api_world.runs == ["db", "db"]
 
 
 @sqlite_only
 async def test_a_failed_run_is_a_500_problem(api_client: Client, api_world: ApiWorld) -> None:
     api_world.run_error = RuntimeError("the prober broke: secret detail")
-    body = await problem(await api_client.post("/api/v1/targets/api/run"), 500)
+    body = await problem(await api_client.post("/api/v1/targets/api/run", headers=RUN), 500)
     assert "secret detail" not in json.dumps(body)
 
 
@@ -638,10 +644,11 @@ async def test_ingest_disabled_without_a_token(migrated_engine: AsyncEngine) -> 
     world = await build_world(migrated_engine, token=None)
     async with TestClient(TestServer(world.app, host="127.0.0.1")) as client:
         body = batch_of(round_of())
-        await problem(await client.post("/api/v1/results", json=body), 401)
-        for header in (AUTH, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
+        # Closed whatever is sent: 403 naming the setting, never a request for a token.
+        for header in ({}, AUTH, {"Authorization": "Bearer "}, {"Authorization": "Bearer None"}):
             answer = await client.post("/api/v1/results", json=body, headers=header)
-            await problem(answer, 401 if header["Authorization"] == "Bearer " else 403)
+            refused = await problem(answer, 403)
+            assert "agent_token_env" in refused["detail"]
     assert world.ingested == []
 
 

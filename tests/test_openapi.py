@@ -29,7 +29,7 @@ from egresswatch.model import (
     Suspect,
 )
 from egresswatch.storage import Resolution
-from tests.support.apiserver import TOKEN, ThreadedApi
+from tests.support.apiserver import RUN_TOKEN, TOKEN, ThreadedApi
 from tests.support.databases import sqlite_url
 
 MAX_EXAMPLES = 15  # per operation and phase: the whole run stays well under a minute
@@ -110,7 +110,9 @@ def api_schema_fixture(live_api: ThreadedApi) -> Any:
         {
             "base-url": live_api.base_url,
             "generation": {"max-examples": MAX_EXAMPLES, "mode": "all", "deterministic": True},
-            "auth": {"openapi": {"agentToken": {"bearer": TOKEN}}},
+            "auth": {
+                "openapi": {"agentToken": {"bearer": TOKEN}, "runToken": {"bearer": RUN_TOKEN}}
+            },
             "checks": {
                 # Valid per the document is not always acceptable: rules across parameters
                 # (from before to), a round's source against its batch's, a step twice in a
@@ -144,6 +146,7 @@ def _batch(target: str, source: str = "node-a", batch_id: str = "st-1") -> dict[
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RUN = {"Authorization": f"Bearer {RUN_TOKEN}"}
 # (method, path, path parameters, query, headers, body, expected status): requests that reach
 # the seeded data, which random generation rarely does, checked the same way.
 SEEDED: list[tuple[str, str, dict[str, str], dict[str, str], dict[str, str], Any, int]] = [
@@ -169,9 +172,13 @@ SEEDED: list[tuple[str, str, dict[str, str], dict[str, str], dict[str, str], Any
     ("GET", "/api/v1/targets/{target}/diagnosis", {"target": "api"}, {}, {}, None, 200),
     ("GET", "/api/v1/targets/{target}/diagnosis", {"target": "legacy"}, {}, {}, None, 200),
     ("GET", "/api/v1/targets/{target}/diagnosis", {"target": "nope"}, {}, {}, None, 404),
-    ("GET", "/api/v1/plan", {}, {"source": "node-a"}, {}, None, 200),
-    ("POST", "/api/v1/targets/{target}/run", {"target": "api"}, {}, {}, None, 200),
-    ("POST", "/api/v1/targets/{target}/run", {"target": "example.com"}, {}, {}, None, 404),
+    ("GET", "/api/v1/plan", {}, {"source": "node-a"}, AUTH, None, 200),
+    ("GET", "/api/v1/plan", {}, {"source": "node-a"}, {}, None, 401),
+    ("GET", "/api/v1/plan", {}, {"source": "node-a"}, RUN, None, 403),
+    ("POST", "/api/v1/targets/{target}/run", {"target": "api"}, {}, RUN, None, 200),
+    ("POST", "/api/v1/targets/{target}/run", {"target": "example.com"}, {}, RUN, None, 404),
+    ("POST", "/api/v1/targets/{target}/run", {"target": "api"}, {}, {}, None, 401),
+    ("POST", "/api/v1/targets/{target}/run", {"target": "api"}, {}, AUTH, None, 403),
     ("POST", "/api/v1/results", {}, {}, AUTH, _batch("api"), 200),
     ("POST", "/api/v1/results", {}, {}, AUTH, _batch("api"), 200),  # the duplicate
     ("POST", "/api/v1/results", {}, {}, AUTH, _batch("made-up", batch_id="st-2"), 422),

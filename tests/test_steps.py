@@ -346,7 +346,7 @@ def test_schemas_are_generated_from_the_types() -> None:
         assert schema["additionalProperties"] is False
         assert list(schema["properties"]) == [f.name for f in dataclasses.fields(kind)]
     tcp = schemas["TcpEvidence"]["properties"]
-    assert tcp["port"] == {"type": ["integer", "null"]}
+    assert tcp["port"] == {"type": ["integer", "null"], "minimum": -(2**63), "maximum": 2**63 - 1}
     assert tcp["attempts"]["items"]["required"] == ["address", "outcome"]
     assert len(schemas["Evidence"]["anyOf"]) == len(kinds)
 

@@ -322,8 +322,8 @@ def _controller(args: argparse.Namespace) -> int:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     if settings.agent_token() is None:
         logging.getLogger(__name__).error(
-            "ingest is closed: set agent_token_env in the config, or every agent's batch is "
-            "refused (403)"
+            "ingest and the plan are closed: set agent_token_env in the config, or every "
+            "agent's batch and plan request is refused (403)"
         )
     service = Service(
         settings,

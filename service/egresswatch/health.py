@@ -1,37 +1,56 @@
 """/healthz, /readyz and /metrics: the same answers from the controller and from an agent.
 
 A neutral module: the agent must not import the controller, and both serve these.
+/healthz and /readyz are always open; /metrics is behind `metrics_guard` when one is given
+(the controller's read token).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 Readiness = Callable[[], Mapping[str, bool]]
+# A check that asks something (the database): None when fine, else the reason it is not.
+Probe = Callable[[], Awaitable[str | None]]
+Guard = Callable[[web.Request], None]  # returns, or raises the refusal
 
 
 def add_health_routes(
-    app: web.Application, *, registry: CollectorRegistry, readiness: Readiness
+    app: web.Application,
+    *,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    probes: Mapping[str, Probe] | None = None,
+    metrics_guard: Guard | None = None,
 ) -> None:
-    """/healthz (the process lives), /readyz (every check true, else 503), /metrics."""
+    """/healthz (the process lives), /readyz (every check true and every probe None, else
+    503 with `reasons` naming why), /metrics (behind `metrics_guard`)."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
         checks = dict(readiness())
+        reasons = {}
+        for name, probe in (probes or {}).items():
+            reason = await probe()
+            checks[name] = reason is None
+            if reason is not None:
+                reasons[name] = reason
         ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if reasons:
+            body["reasons"] = reasons
+        return web.json_response(body, status=200 if ready else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.Response:
+        if metrics_guard is not None:
+            metrics_guard(request)
         # Rendered off the event loop: thousands of series take long enough to stall rounds.
         body = await asyncio.to_thread(generate_latest, registry)
         response = web.Response(body=body)

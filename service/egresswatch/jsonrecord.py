@@ -3,8 +3,8 @@
 `Record.to_json` gives the object (tuples as arrays, nested records as objects);
 `Record.from_json` takes it back:
 
-- strict: an unknown key, a wrong type or a non-finite number raises `EvidenceError` naming the
-  field by its JSON path (`attempts[0].ms`);
+- strict: an unknown key, a wrong type, a non-finite number or an integer past 64 bits raises
+  `EvidenceError` naming the field by its JSON path (`attempts[0].ms`);
 - lenient: unknown keys are ignored, a value of the wrong type takes the field's default and an
   unreadable entry of a list is left out (a required field still raises).
 
@@ -28,6 +28,7 @@ __all__ = ["OMITTED_BY_DEFAULT", "EvidenceError", "Record", "json_schema"]
 # Field metadata: the key is left out of the JSON while the field holds its default (the
 # probes wrote such keys only when they had something to say; the stored shape keeps that).
 OMITTED_BY_DEFAULT = {"omit_default": True}
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are signed 64-bit, as the databases store them
 
 
 class EvidenceError(ValueError):
@@ -170,6 +171,9 @@ def _scalar(hint: Any, value: object, path: str) -> Any:
         raise EvidenceError(path, f"expected true or false, got {_kind(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            # Past 64 bits no database column, index or JSON reader holds it the same way.
+            if not INT_MIN <= value <= INT_MAX:
+                raise EvidenceError(path, "expected an integer within 64 bits")
             return value
         raise EvidenceError(path, f"expected an integer, got {_kind(value)}")
     if hint is float:
@@ -236,4 +240,6 @@ def _schema(hint: Any) -> dict[str, Any]:
         return {"type": "array", "items": _schema(get_args(hint)[0])}
     if isinstance(hint, type) and issubclass(hint, Record):
         return json_schema(hint)
+    if hint is int:
+        return {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX}
     return {"type": _SCALARS[hint]}

@@ -22,6 +22,10 @@ Contract of :class:`RoundScheduler`:
   counted (``on_error``); a hook that raises is logged and otherwise ignored.
 - Every round is a task named ``egresswatch-round:<key>`` owned by the scheduler;
   :meth:`RoundScheduler.shutdown` cancels and awaits them.
+- :meth:`RoundScheduler.run_now` runs a job at once, off its timer (an on-demand round): it
+  takes a slot like any round, is cut at the same timeout, and joins the job's round already in
+  flight (scheduled or on demand) instead of starting a second; a run that comes due meanwhile
+  is skipped as usual. Its lateness is not reported (it was never scheduled).
 - :meth:`RoundScheduler.set_jobs` is how a config reload lands: removals are immediate, new
   and changed jobs are handed to APScheduler by a named background task in slices, so that
   thousands of jobs never stall the event loop.
@@ -71,7 +75,7 @@ class RoundJob:
     key: str  # "source/target"
     interval_s: float
     timeout_s: float
-    run: Callable[[], Awaitable[None]]
+    run: Callable[[], Awaitable[object]]  # what it returns, run_now's caller gets
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -132,7 +136,7 @@ class _RoundExecutor(BaseExecutor):  # type: ignore[misc]
     bookkeeping, which we release when the task ends.
     """
 
-    def __init__(self, launch: Callable[[RoundJob, datetime], asyncio.Task[None] | None]) -> None:
+    def __init__(self, launch: Callable[[RoundJob, datetime], asyncio.Task[object] | None]) -> None:
         super().__init__()
         self._launch = launch
 
@@ -176,7 +180,7 @@ class RoundScheduler:
         self._applied: set[str] = set()  # keys APScheduler holds
         self._changed = asyncio.Event()
         self._applier: asyncio.Task[None] | None = None
-        self._tasks: dict[str, asyncio.Task[None]] = {}  # rounds in flight, one per key at most
+        self._tasks: dict[str, asyncio.Task[object]] = {}  # rounds in flight, one per key at most
         self._stats = SchedulerStats()
         self._started = self._stopped = False
         self._aps = AsyncIOScheduler(
@@ -317,19 +321,35 @@ class RoundScheduler:
             misfire_grace_time=None,
         )
 
-    def _launch(self, job: RoundJob, scheduled_for: datetime) -> asyncio.Task[None] | None:
+    def run_now(self, key: str) -> asyncio.Task[object] | None:
+        """The round of job `key` in flight, else one started now, off the timer (see the
+        module). The task gives what the job's run returned, or None when the round was cut
+        at its timeout or raised (logged and counted as any round). None: no such job, or
+        the scheduler is not running. Await it through `asyncio.shield` to leave the round
+        running when the caller goes away."""
+        job = self._jobs.get(key)
+        if job is None or not self.running:
+            return None
+        return self._tasks.get(key) or self._start(job, None)
+
+    def _launch(self, job: RoundJob, scheduled_for: datetime) -> asyncio.Task[object] | None:
         """Start a run as an owned, named task; None if the previous run is still going."""
-        # APScheduler's max_instances already guards this; the check keeps the invariant local.
+        # APScheduler's max_instances already guards this; the check keeps the invariant local
+        # (and covers a round run_now started).
         if job.key in self._tasks:
             return None
+        return self._start(job, scheduled_for)
+
+    def _start(self, job: RoundJob, scheduled_for: datetime | None) -> asyncio.Task[object]:
         task = asyncio.get_running_loop().create_task(
-            self._run_round(job, scheduled_for), name=f"{TASK_PREFIX}{job.key}"
+            self._run_round(job, scheduled_for, on_demand=scheduled_for is None),
+            name=f"{TASK_PREFIX}{job.key}",
         )
         self._tasks[job.key] = task
         task.add_done_callback(lambda done: self._forget(job.key, done))
         return task
 
-    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
+    def _forget(self, key: str, task: asyncio.Task[object]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
 
@@ -339,20 +359,26 @@ class RoundScheduler:
         self._stats.skipped += 1
         self._call(self._on_skipped, key)
 
-    async def _run_round(self, job: RoundJob, scheduled_for: datetime | None = None) -> None:
-        """One round: wait for a slot, report lateness, run under the hard timeout.
+    async def _run_round(
+        self, job: RoundJob, scheduled_for: datetime | None = None, *, on_demand: bool = False
+    ) -> object:
+        """One round: wait for a slot, report lateness, run under the hard timeout; what the
+        job's run returned, None when it was cut or raised.
 
         Never raises, except CancelledError when the scheduler cancels it. Without
-        ``scheduled_for`` (not run by our executor) the round counts as on time.
+        ``scheduled_for`` (not run by our executor) the round counts as on time; an on-demand
+        round reports no lateness.
         """
         async with self._slots:
             due = time.time() if scheduled_for is None else scheduled_for.timestamp()
             self._stats.started += 1
-            self._call(self._on_lateness, max(0.0, time.time() - due))
+            if not on_demand:
+                self._call(self._on_lateness, max(0.0, time.time() - due))
             deadline = asyncio.timeout(job.timeout_s)
+            result: object = None
             try:
                 async with deadline:
-                    await job.run()
+                    result = await job.run()
             except Exception as exc:
                 # A TimeoutError that the round raised itself is an error, not our timeout.
                 if isinstance(exc, TimeoutError) and deadline.expired():
@@ -365,6 +391,7 @@ class RoundScheduler:
                     self._call(self._on_error, job.key)
             else:
                 self._stats.completed += 1
+            return result
 
     def _call(self, hook: Callable[[_T], None], arg: _T) -> None:
         try:

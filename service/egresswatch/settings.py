@@ -353,6 +353,26 @@ class _Lookup:
     detection: dict[str, DetectionSettings] = field(default_factory=dict)
 
 
+class RunLimitSettings(_Strict):
+    """How often on-demand rounds may be asked for, per target (a token bucket)."""
+
+    burst: int = Field(
+        3, ge=1, le=1000, description="on-demand rounds a target may be asked for at once"
+    )
+    every: Duration = Field(
+        "10s",
+        validate_default=True,
+        description="one more on-demand round of a target is allowed each time this passes",
+    )
+
+
+TOKEN_FIELDS = ("agent_token_env", "read_token_env", "run_token_env")
+
+
+def _token(variable: str | None) -> str | None:
+    return (os.environ.get(variable) or None) if variable else None
+
+
 class Settings(_Strict):
     """The whole config file."""
 
@@ -380,8 +400,21 @@ class Settings(_Strict):
     agent_token_env: str | None = Field(
         None,
         description="name of the environment variable holding the bearer token agents present "
-        "to POST /api/v1/results; unset means ingest is closed",
+        "to POST /api/v1/results and GET /api/v1/plan; unset means both are closed",
     )
+    read_token_env: str | None = Field(
+        None,
+        description="name of the environment variable holding the bearer token that reads "
+        "GET /api/v1/* (plan excepted) and /metrics; unset means reading is open to anyone "
+        "who reaches the port",
+    )
+    run_token_env: str | None = Field(
+        None,
+        description="name of the environment variable holding the bearer token that runs "
+        "on-demand rounds (POST /api/v1/targets/{target}/run) and reads like the read token; "
+        "unset means on-demand rounds are closed",
+    )
+    run_limit: RunLimitSettings = Field(default_factory=RunLimitSettings)
     targets: list[TargetSettings] = Field(default_factory=list, validate_default=True)
     _held_lookup: _Lookup | None = PrivateAttr(None)
 
@@ -427,18 +460,29 @@ class Settings(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _agent_token_set(self, info: ValidationInfo) -> Self:
-        # Only the controller takes agents' results; `check` and `db upgrade` read the same
-        # file without needing the token (validation context {"agent_token": False}).
+    def _tokens_set(self, info: ValidationInfo) -> Self:
+        # Only the controller checks tokens; `check` and `db upgrade` read the same file
+        # without needing them (validation context {"agent_token": False}).
         wanted = not (info.context and info.context.get("agent_token") is False)
-        if wanted and self.agent_token_env is not None and not os.environ.get(self.agent_token_env):
-            raise ValueError(
-                f"agent_token_env: environment variable {self.agent_token_env} is not set"
-            )
+        if not wanted:
+            return self
+        for setting in TOKEN_FIELDS:
+            variable = getattr(self, setting)
+            if variable is not None and not os.environ.get(variable):
+                raise ValueError(f"{setting}: environment variable {variable} is not set")
         return self
 
     def agent_token(self) -> str | None:
-        return os.environ.get(self.agent_token_env) if self.agent_token_env else None
+        """The agents' token (ingest and plan); None: both closed."""
+        return _token(self.agent_token_env)
+
+    def read_token(self) -> str | None:
+        """The read token (GET /api/v1/*, /metrics); None: reading is open."""
+        return _token(self.read_token_env)
+
+    def run_token(self) -> str | None:
+        """The run token (on-demand rounds, and reading); None: on-demand rounds closed."""
+        return _token(self.run_token_env)
 
     def target(self, name: str) -> TargetSettings | None:
         return self._lookup().targets.get(name)
@@ -570,7 +614,8 @@ class Use(enum.Enum):
     """Which commands a config file is read for: what they need beyond a valid file.
 
     SERVICE (`run`, `controller`, a reload of either, and `config validate`, which answers for
-    the strictest): at least one target, and the variable named by `agent_token_env` set.
+    the strictest): at least one target, and the variables named by `agent_token_env`,
+    `read_token_env` and `run_token_env` set.
     TOOL (`check`, `db upgrade`): neither; every other rule is the same for both.
     """
 

@@ -28,7 +28,9 @@ from prometheus_client import CollectorRegistry
 from egresswatch import __version__
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.query import ApiError
+from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
@@ -42,10 +44,13 @@ from egresswatch.schedule import RoundJob, RoundScheduler
 from egresswatch.settings import Settings
 from egresswatch.storage import (
     DatabaseNotReady,
+    DatabaseProbe,
     History,
+    Outage,
     RetentionWindows,
     Store,
     ensure_schema,
+    is_unavailable,
     make_engine,
     redact,
     run_retention,
@@ -106,6 +111,9 @@ class Service:
             metrics=self.metrics,
         )
         self._schema_checked = False
+        # One outage record for everything here that talks to the database: the API, the
+        # writer, detection's writes and /readyz's probe log one outage once.
+        self.outage = Outage()
         self._stopping = asyncio.Event()
         self.store: Store
         self.history: History
@@ -138,6 +146,7 @@ class Service:
                 "targets": [t.name for t in self.settings.targets],
                 "source": self.settings.source.name if self.local_agent else None,
                 "mode": "run" if self.local_agent else "controller",
+                "access": _access(self.settings),
             },
         )
 
@@ -228,6 +237,7 @@ class Service:
             metrics=self.metrics,
             clock=_utc_now,
             on_incident=self._on_incident,
+            outage=self.outage,
         )
         for source in await self.store.sources():
             if source.kind:
@@ -245,6 +255,7 @@ class Service:
             judge=self._judge,
             clock=_utc_now,
             hooks=WriterMetrics(self.metrics),
+            outage=self.outage,
         )
         self.ingest.start()
 
@@ -270,8 +281,18 @@ class Service:
         self.scheduler.start()
 
     async def _serve(self) -> None:
-        """The API, /healthz, /readyz and /metrics on the listen address."""
-        app = make_app(registry=self.registry, readiness=self.readiness)
+        """The API, /healthz, /readyz (with a database probe) and /metrics (behind the read
+        token) on the listen address."""
+        settings = self.settings
+        tokens = Tokens(
+            agent=settings.agent_token(), read=settings.read_token(), run=settings.run_token()
+        )
+        app = make_app(
+            registry=self.registry,
+            readiness=self.readiness,
+            probes={"database": DatabaseProbe(lambda: self.store.engine, outage=self.outage)},
+            metrics_guard=lambda request: authorize(request, Right.READ, tokens),
+        )
         add_api_routes(
             app,
             ApiDeps(
@@ -280,8 +301,12 @@ class Service:
                 settings=lambda: self.settings,
                 ingest=self.ingest.accept,
                 run_now=self._run_now,
-                token=self.settings.agent_token(),
+                tokens=tokens,
+                run_limit=RateLimiter(
+                    burst=settings.run_limit.burst, every_s=settings.run_limit.every
+                ),
                 clock=_utc_now,
+                outage=self.outage,
             ),
         )
         try:
@@ -325,9 +350,12 @@ class Service:
                 for source in await self.store.sources():
                     if source.kind:
                         self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
-            except Exception:
+            except Exception as error:
                 self.metrics.count_database_error()
-                log.exception("could not read the sources' kinds")
+                if is_unavailable(error):  # said once per outage, not every 5 s
+                    self.outage.failed(error, "detection")
+                else:
+                    log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
 
     async def _retention(self) -> None:
@@ -337,6 +365,7 @@ class Service:
             _utc_now(),
             _windows(self.settings),
             on_error=self.metrics.count_database_error,
+            outage=self.outage,
         )
 
     async def _run_now(self, target: str) -> RoundResult:
@@ -349,9 +378,18 @@ class Service:
                 f"{target!r} is configured, but this controller runs no rounds itself: "
                 "its agents run them on their timers",
             )
-        result = await self.runner.run_round(target)
-        if result is None:  # a reload removed it while the request was on its way
+        # Through the scheduler: the round takes a slot of max_concurrent_rounds like any, and
+        # joins this target's round in flight (scheduled or on demand) instead of a second one.
+        task = self.scheduler.run_now(f"{self.runner.source}/{target}")
+        if task is None:  # a reload removed it while the request was on its way
             raise ApiError(404, "Not Found", f"target {target!r} is not configured")
+        result = await asyncio.shield(task)
+        if not isinstance(result, RoundResult):  # cut at its timeout, or the probe broke
+            raise ApiError(
+                504,
+                "Gateway Timeout",
+                f"the round of {target!r} did not finish within its timeout: see the log",
+            )
         return result
 
     async def _apply_settings(self, new: Settings) -> None:
@@ -377,6 +415,15 @@ class Service:
     def _count(self, key: str, count: Callable[[], None]) -> None:
         count()
         log.warning("round cut or skipped", extra={"job": key})
+
+
+def _access(settings: Settings) -> dict[str, str]:
+    """What the API lets whom do, for the start-up line (never the tokens themselves)."""
+    return {
+        "read": "read or run token" if settings.read_token() else "open",
+        "run": "run token" if settings.run_token() else "closed",
+        "ingest_and_plan": "agents' token" if settings.agent_token() else "closed",
+    }
 
 
 def _windows(settings: Settings) -> RetentionWindows:

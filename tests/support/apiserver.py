@@ -32,6 +32,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.auth import Right, Tokens, authorize
+from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.evidence import TcpAttempt, TcpEvidence
@@ -48,7 +50,15 @@ from egresswatch.model import (
     Suspect,
 )
 from egresswatch.settings import Settings, settings_from_dict
-from egresswatch.storage import History, IncidentRecord, Store, make_engine, upgrade
+from egresswatch.storage import (
+    DatabaseProbe,
+    History,
+    IncidentRecord,
+    Outage,
+    Store,
+    make_engine,
+    upgrade,
+)
 from tests.support.databases import (  # noqa: F401
     KINDS,
     create_pg_database,
@@ -60,6 +70,9 @@ from tests.support.databases import (  # noqa: F401
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TOKEN = "agent-token-for-tests"
+RUN_TOKEN = "run-token-for-tests"
+READ_TOKEN = "read-token-for-tests"
+RUN_BURST = 1000  # the rate limit is not these tests' subject (tests/test_run_limits.py)
 PROXY_PASSWORD_ENV = "EGRESSWATCH_TEST_PROXY_PASSWORD"
 PROXY_PASSWORD = "env-secret-4b1d"
 PROXY_URL_PASSWORD = "url-secret-9f2e"
@@ -315,8 +328,17 @@ class ApiWorld:
         return make_round(target, "controller", self.now, Step.HTTP_RESPONSE, Reason.HTTP_STATUS)
 
 
-async def build_world(engine: AsyncEngine, *, token: str | None = TOKEN) -> ApiWorld:
-    """Seed a migrated database and make the app over it (not started)."""
+async def build_world(
+    engine: AsyncEngine,
+    *,
+    token: str | None = TOKEN,
+    run_token: str | None = RUN_TOKEN,
+    read_token: str | None = None,
+    run_limit: RateLimiter | None = None,
+    outage: Outage | None = None,
+) -> ApiWorld:
+    """Seed a migrated database and make the app over it (not started). The tokens are the
+    agents', the run token and the read token (None: not configured: reading is open)."""
     store = Store(engine, clock=lambda: NOW)
     history = History(engine)
     settings = config()
@@ -327,7 +349,14 @@ async def build_world(engine: AsyncEngine, *, token: str | None = TOKEN) -> ApiW
     await history.save_changes(seed_changes())
     for incident in seed_incidents():
         await history.save_incident(incident)
-    app = make_app(registry=CollectorRegistry(), readiness=lambda: {"database_schema": True})
+    tokens = Tokens(agent=token, read=read_token, run=run_token)
+    outage = outage or Outage()
+    app = make_app(
+        registry=CollectorRegistry(),
+        readiness=lambda: {"database_schema": True},
+        probes={"database": DatabaseProbe(lambda: store.engine, outage=outage, cache_s=0.0)},
+        metrics_guard=lambda request: authorize(request, Right.READ, tokens),
+    )
     world = ApiWorld(store, history, settings, app)
     world.intake = Ingest(
         store, settings=lambda: world.settings, judge=world.judged.extend, clock=lambda: world.now
@@ -338,8 +367,10 @@ async def build_world(engine: AsyncEngine, *, token: str | None = TOKEN) -> ApiW
         settings=lambda: world.settings,
         ingest=world.ingest,
         run_now=world.run_now,
-        token=token,
+        tokens=tokens,
+        run_limit=run_limit or RateLimiter(burst=RUN_BURST, every_s=1.0),
         clock=lambda: world.now,
+        outage=outage,
     )
     add_api_routes(app, deps)
     return world

@@ -107,7 +107,7 @@ class PlanFollower:
         """The controller's plan for this source now; PlanError says why not."""
         headers = {"Accept": "application/json"}
         token = self._token()
-        if token:  # the controller does not ask for it today; it may tomorrow
+        if token:  # the controller serves a plan to the agents' token only
             headers["Authorization"] = f"Bearer {token}"
         try:
             async with self._session.get(

@@ -60,7 +60,7 @@ class RoundRunner:
         self._environ = environ
         self._clock = clock
         self._targets: dict[str, _Target] = {}
-        self._runs: dict[str, Callable[[], Awaitable[None]]] = {}
+        self._runs: dict[str, Callable[[], Awaitable[RoundResult | None]]] = {}
         self._known_good: dict[str, str] = {}
         self._last_trace: dict[str, float] = {}
         self._traces_owed: dict[str, int] = {}  # target -> ok traces owed after a failed one
@@ -117,11 +117,11 @@ class RoundRunner:
             for name, target in self._targets.items()
         ]
 
-    def _run_callable(self, name: str) -> Callable[[], Awaitable[None]]:
+    def _run_callable(self, name: str) -> Callable[[], Awaitable[RoundResult | None]]:
         if name not in self._runs:
 
-            async def run() -> None:
-                await self.run_round(name)
+            async def run() -> RoundResult | None:
+                return await self.run_round(name)
 
             self._runs[name] = run
         return self._runs[name]

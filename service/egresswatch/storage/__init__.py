@@ -6,6 +6,7 @@ table rows never leave it. SQLite (aiosqlite) and PostgreSQL (asyncpg) behave th
 """
 
 from egresswatch.storage.history import BadCursor, History, Page
+from egresswatch.storage.outage import DatabaseProbe, Outage, describe, is_unavailable
 from egresswatch.storage.policy import Resolution, RetentionWindows, choose_resolution
 from egresswatch.storage.records import (
     IncidentRecord,
@@ -41,9 +42,11 @@ __all__ = [
     "BadCursor",
     "BatchedWriter",
     "DatabaseNotReady",
+    "DatabaseProbe",
     "History",
     "IncidentRecord",
     "NoHooks",
+    "Outage",
     "Page",
     "PruneReport",
     "Resolution",
@@ -61,8 +64,10 @@ __all__ = [
     "WriterHooks",
     "alembic_config",
     "choose_resolution",
+    "describe",
     "downgrade",
     "ensure_schema",
+    "is_unavailable",
     "make_engine",
     "normalize_url",
     "prune",

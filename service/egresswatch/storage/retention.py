@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from egresswatch.model import Status
 from egresswatch.storage import tables as t
+from egresswatch.storage.outage import Outage, is_unavailable
 from egresswatch.storage.policy import (
     MINUTE_ROLLUPS_KEEP_S,
     RAW_KEEP_S,
@@ -310,10 +311,12 @@ async def run_retention(
     windows: RetentionWindows,
     *,
     on_error: Callable[[], None],
+    outage: Outage | None = None,
 ) -> None:
     """The retention job: roll up the complete minute buckets, then the hour buckets, then prune
-    what is past its window. Never raises (a scheduled job must not): a failure is logged,
-    `on_error` is called (to count it), and the job's next period tries again."""
+    what is past its window. Never raises (a scheduled job must not): a failure is logged
+    (a database outage by `outage`, once per outage), `on_error` is called (to count it), and
+    the job's next period tries again."""
     try:
         for resolution in ROLLUP_RESOLUTIONS:
             await rollup(store_or_engine, now, resolution, raw_keep_s=windows.raw_s)
@@ -325,6 +328,9 @@ async def run_retention(
             minute_keep_s=windows.minute_rollups_s,
         )
         log.debug("retention done", extra={"report": str(report)})
-    except Exception:
+    except Exception as error:
         on_error()
-        log.exception("retention failed; it runs again on its next period")
+        if outage is not None and is_unavailable(error):
+            outage.failed(error, "retention")
+        else:
+            log.exception("retention failed; it runs again on its next period")

@@ -25,6 +25,7 @@ from sqlalchemy import exc
 
 from egresswatch.backoff import Backoff
 from egresswatch.model import RoundResult
+from egresswatch.storage.outage import Outage, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class BatchedWriter:
         hooks: WriterHooks | None = None,
         name: str = "egresswatch-storage-writer",
         on_written: Callable[[Sequence[RoundResult]], None] | None = None,
+        outage: Outage | None = None,
     ) -> None:
         if max_batch < 1 or max_buffer < max_batch:
             raise ValueError("need 1 <= max_batch <= max_buffer")
@@ -121,6 +123,7 @@ class BatchedWriter:
         self._close_timeout_s = close_timeout_s
         self._hooks: WriterHooks = hooks or NoHooks()
         self._on_written = on_written
+        self._outage = outage or Outage()
         self._name = name
         self._buffer: deque[RoundResult] = deque()
         self._in_flight: list[RoundResult] = []
@@ -238,24 +241,32 @@ class BatchedWriter:
                     return
                 delay = self._backoff.delay_s(failures)
                 failures += 1
-                log.log(
-                    logging.ERROR if failures == 1 else logging.WARNING,
-                    "cannot write %d rounds (%s: %s); %d rounds buffered, retry %d in %.1fs",
-                    len(batch),
-                    type(error).__name__,
-                    _first_line(error),
-                    self.depth,
-                    failures,
-                    delay,
-                )
+                self._transient(error, failures, delay)
                 await asyncio.sleep(delay)
                 continue
             if failures:
-                log.warning(
-                    "database is back: wrote %d rounds after %d failures", len(batch), failures
-                )
+                log.info("wrote %d rounds after %d failed tries", len(batch), failures)
+            self._outage.recovered()
             self._written(batch)
             return
+
+    def _transient(self, error: Exception, failures: int, delay: float) -> None:
+        """A failed write that a retry may fix. An outage is the Outage's to log (once, then a
+        count); anything else is logged at its first failure, with the error's first line."""
+        if is_unavailable(error):
+            self._outage.failed(error, "writer")
+            level = logging.DEBUG
+        else:
+            level = logging.ERROR if failures == 1 else logging.WARNING
+        log.log(
+            level,
+            "cannot write rounds (%s: %s); %d rounds buffered, retry %d in %.1fs",
+            type(error).__name__,
+            _first_line(error),
+            self.depth,
+            failures,
+            delay,
+        )
 
     async def _write_one_by_one(self, batch: list[RoundResult]) -> None:
         for position, round_result in enumerate(batch):

@@ -31,6 +31,14 @@ egresswatch watches a cluster's egress with the manual troubleshooting checklist
   until it is null. Nothing is lost or repeated while new rows arrive.
 - `POST /api/v1/results` (agent ingest) takes the agents' bearer token, at most
   {MAX_BODY_BYTES} bytes, and is idempotent per `batch_id`.
+- Who may do what: `/healthz`, `/readyz` and this document are open. Ingest and the plan need
+  the agents' token (`agentToken`); on-demand rounds need the run token (`runToken`, closed
+  when none is configured) and are rate-limited per target (429 with `Retry-After`); the
+  other `GET /api/v1/*` and `/metrics` need the read token or the run token when a read token
+  is configured (`readToken`), and are open otherwise. No token: 401; a token without the
+  right: 403.
+- While the database is away, what needs it answers 503 with `Retry-After`, and `/readyz`
+  answers 503 with the reason.
 """
 
 _PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -53,6 +61,10 @@ def _problem(description: str) -> Doc:
 
 
 BAD_PARAMETER = _problem("a parameter is invalid, unknown or repeated: `invalid_params` names it")
+NO_TOKEN = _problem("no bearer token (`WWW-Authenticate` says the scheme)")
+UNAVAILABLE = _problem("the database is unreachable: retry after `Retry-After` seconds")
+# Reading needs a token only when the controller has a read token (`{}`: none needed then).
+READ_SECURITY: list[Doc] = [{}, {"readToken": []}, {"runToken": []}]
 NO_TARGET = _problem("the target is not configured and has no history")
 
 
@@ -112,17 +124,26 @@ def _operation(
     *,
     parameters: list[Doc] | None = None,
     problems: dict[str, Doc] | None = None,
+    security: list[Doc] | None = None,
+    database: bool = True,
 ) -> Doc:
+    """An operation; `security` defaults to reading's, `database`: it answers 503 while the
+    database is away."""
     responses: Doc = {"200": ok}
     if parameters:
         responses["400"] = BAD_PARAMETER
+    responses["401"] = NO_TOKEN
+    responses["403"] = _problem("the token does not give this right, or the right is closed")
     responses.update(problems or {})
     responses["500"] = _problem("the controller failed; its log says why")
+    if database:
+        responses["503"] = UNAVAILABLE
     operation: Doc = {
         "operationId": operation_id,
         "summary": summary,
         "parameters": parameters or [],
         "responses": responses,
+        "security": security if security is not None else READ_SECURITY,
     }
     return operation
 
@@ -140,22 +161,27 @@ def _paths() -> Doc:
         "/readyz": {
             "get": {
                 "operationId": "readyz",
-                "summary": "the database schema is checked and rounds are scheduled",
+                "summary": "the database schema is checked and answers, and rounds are scheduled",
                 "responses": {
                     "200": _ok("ready", _ref("Readiness")),
-                    "503": _ok("not ready: `checks` says which part", _ref("Readiness")),
+                    "503": _ok(
+                        "not ready: `checks` says which part, `reasons` why", _ref("Readiness")
+                    ),
                 },
             }
         },
         "/metrics": {
             "get": {
                 "operationId": "metrics",
-                "summary": "Prometheus metrics",
+                "summary": "Prometheus metrics (the read token, when one is configured)",
+                "security": READ_SECURITY,
                 "responses": {
                     "200": {
                         "description": "the Prometheus text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": NO_TOKEN,
+                    "403": _problem("the token is neither the read token nor the run token"),
                 },
             }
         },
@@ -246,9 +272,16 @@ def _paths() -> Doc:
                 _ok("the round, step by step", _ref("RoundDocument")),
                 parameters=[_param("targetPath")],
                 problems={
+                    "403": _problem("the token is not the run token, or none is configured"),
                     "404": _problem("the target is not configured"),
                     "409": _problem("a controller that runs no rounds itself (its agents do)"),
+                    "429": _problem(
+                        "too many on-demand rounds of this target: retry after `Retry-After`"
+                    ),
+                    "504": _problem("the round did not finish within its timeout"),
                 },
+                security=[{"runToken": []}],
+                database=False,
             )
         },
         "/api/v1/results": {"post": _ingest()},
@@ -259,6 +292,9 @@ def _paths() -> Doc:
                 "upstream resolver and the proxy (never a secret)",
                 _ok("the plan", _ref("Plan")),
                 parameters=[_name_filter("source", "the asking agent's source", required=True)],
+                problems={"403": _problem("the token is not the agents' token")},
+                security=[{"agentToken": []}],
+                database=False,
             )
         },
     }
@@ -274,7 +310,6 @@ def _ingest() -> Doc:
         ),
         problems={
             "400": _problem("the batch is invalid: `invalid_params` names each bad field"),
-            "401": _problem("no bearer token"),
             "403": _problem("a wrong token, or ingest is disabled (no token configured)"),
             "413": _problem(f"the body is larger than {MAX_BODY_BYTES} bytes"),
             "415": _problem("the body is not application/json"),
@@ -283,8 +318,8 @@ def _ingest() -> Doc:
                 "`invalid_params` names it"
             ),
         },
+        security=[{"agentToken": []}],
     )
-    operation["security"] = [{"agentToken": []}]
     operation["requestBody"] = {"required": True, "content": _json(_ref("IngestBatch"))}
     return operation
 
@@ -308,8 +343,20 @@ def openapi_document() -> Doc:
                 "agentToken": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "the token agents share with the controller",
-                }
+                    "description": "the token agents share with the controller (agent_token_env):"
+                    " ingest and the plan",
+                },
+                "readToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the read token (read_token_env): GET /api/v1/* but the plan, "
+                    "and /metrics",
+                },
+                "runToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the run token (run_token_env): on-demand rounds, and reading",
+                },
             },
         },
     }

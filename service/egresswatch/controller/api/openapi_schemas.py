@@ -372,7 +372,13 @@ def _service() -> dict[str, Schema]:
             {
                 "status": {"type": "string", "enum": ["ready", "not ready"]},
                 "checks": {"type": "object", "additionalProperties": BOOLEAN},
-            }
+                "reasons": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string"},
+                    "description": "why each failing probe fails, e.g. the database",
+                },
+            },
+            optional=("reasons",),
         ),
     }
 

@@ -4,22 +4,26 @@
 route). Answers are JSON; failures are problem documents (`controller.api.problem`) naming
 what was wrong, with `invalid_params` for bad parameters. Unknown query parameters are
 refused (400), so a misspelled filter never returns unfiltered data.
+
+Every route checks its caller's right first (auth.py: read, run, agent). While the database
+is away a route that needs it answers 503 with `Retry-After` (the agents retry and keep
+their rounds), and the outage is logged once (storage.Outage), not once per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from egresswatch.controller.api import documents as docs
-from egresswatch.controller.api.app import problem
+from egresswatch.controller.api.app import problem, problem_of
+from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.diagnosis_document import TargetCatalog, diagnosis_document
 from egresswatch.controller.api.openapi import openapi_document
 from egresswatch.controller.api.query import (
@@ -29,13 +33,14 @@ from egresswatch.controller.api.query import (
     bad_request,
     not_found,
 )
+from egresswatch.controller.api.ratelimit import RateLimiter, retry_after
 from egresswatch.controller.ingest.batch_body import parse_batch, read_body
 from egresswatch.controller.ingest.intake import Refused
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.plan import Plan, plan_from_settings, public_proxy_url
 from egresswatch.report import round_document
 from egresswatch.settings import Settings
-from egresswatch.storage import BadCursor, History, Store
+from egresswatch.storage import BadCursor, History, Outage, Store, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TIMELINE_DEFAULT = timedelta(hours=1)
 CURSOR_MAX = 1024
 ID_MAX = 128
+OUTAGE_RETRY_AFTER_S = 5  # what a client is told to wait while the database is away
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,12 @@ class ApiDeps:
     # (source, batch_id, rounds, source kind) -> rounds stored (0 for a repeated batch);
     # raises Refused (controller.ingest.Ingest.accept)
     ingest: Callable[[str, str, Sequence[RoundResult], SourceKind | None], Awaitable[int]]
-    run_now: Callable[[str], Awaitable[RoundResult]]  # an on-demand round of a configured target
-    token: str | None  # the agents' bearer token; None = ingest disabled (401/403 always)
+    # an on-demand round of a configured target: joins one in flight, takes a round slot
+    run_now: Callable[[str], Awaitable[RoundResult]]
+    tokens: Tokens  # who may do what (auth.py)
+    run_limit: RateLimiter  # on-demand rounds per target
     clock: Callable[[], datetime]
+    outage: Outage = field(default_factory=Outage)  # shared with the writer and detection
 
 
 def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -69,40 +78,60 @@ def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(document)
 
+    def reading(handler: Handler) -> Handler:
+        return _answering(handler, right=Right.READ, deps=deps)
+
     get, post = app.router.add_get, app.router.add_post
-    get("/api/v1/status", _answering(api.status))
-    get("/api/v1/incidents", _answering(api.incidents))
-    get("/api/v1/incidents/{id}", _answering(api.incident))
-    get("/api/v1/changes", _answering(api.changes))
-    get("/api/v1/targets/{target}/timeline", _answering(api.timeline))
-    get("/api/v1/targets/{target}/diagnosis", _answering(api.diagnosis))
-    post("/api/v1/targets/{target}/run", _answering(api.run))
-    post("/api/v1/results", _answering(api.results))
-    get("/api/v1/plan", _answering(api.plan))
+    get("/api/v1/status", reading(api.status))
+    get("/api/v1/incidents", reading(api.incidents))
+    get("/api/v1/incidents/{id}", reading(api.incident))
+    get("/api/v1/changes", reading(api.changes))
+    get("/api/v1/targets/{target}/timeline", reading(api.timeline))
+    get("/api/v1/targets/{target}/diagnosis", reading(api.diagnosis))
+    run = _answering(api.run, right=Right.RUN, deps=deps, database=False)
+    post("/api/v1/targets/{target}/run", run)
+    post("/api/v1/results", _answering(api.results, right=Right.AGENT, deps=deps))
+    get("/api/v1/plan", _answering(api.plan, right=Right.AGENT, deps=deps, database=False))
     get("/openapi.json", openapi)
 
 
-def _answering(handler: Handler) -> Handler:
-    """The handler, with ApiError as its problem document and any other failure as a 500 one
-    (logged with its traceback; the answer says nothing of the exception)."""
+def _answering(handler: Handler, *, right: Right, deps: ApiDeps, database: bool = True) -> Handler:
+    """The handler behind the check of `right`, with ApiError as its problem document, a
+    database outage as a 503 one (logged once per outage) and any other failure as a 500 one
+    (logged with its traceback; the answer says nothing of the exception). `database`: the
+    handler reads or writes the database, so its success says the database is back."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
+            authorize(request, right, deps.tokens)
             response: web.StreamResponse = await handler(request)
-            return response
         except ApiError as exc:
-            answer = problem(exc.status, exc.title, exc.detail, **exc.fields())
-            answer.headers.update(exc.headers)
-            return answer
+            return problem_of(exc)
         except web.HTTPException:
             raise
-        except Exception:
+        except Exception as error:
+            if is_unavailable(error):
+                deps.outage.failed(error, "api")
+                return _unavailable()
             log.exception("API request failed", extra={"path": request.path})
             return problem(
                 500, "Internal Server Error", "the controller could not answer: see its log"
             )
+        if database:
+            deps.outage.recovered()
+        return response
 
     return wrapped
+
+
+def _unavailable() -> web.Response:
+    answer = problem(
+        503,
+        "Service Unavailable",
+        "the database is unreachable: nothing was read or stored; try again later",
+    )
+    answer.headers["Retry-After"] = str(OUTAGE_RETRY_AFTER_S)
+    return answer
 
 
 def _json(document: Any, status: int = 200) -> web.Response:
@@ -237,8 +266,9 @@ class _Api:
     async def run(self, request: web.Request) -> web.Response:
         """An on-demand round of a configured target; never of anything else (no open proxy).
 
-        Concurrent requests for one target share one round, and a client that goes away does
-        not cut the round short (it is bounded by the target's own timeout).
+        Rate-limited per target (429 with Retry-After). Concurrent requests for one target
+        share one round (and `run_now` joins a scheduled round in flight), and a client that
+        goes away does not cut the round short (it is bounded by the target's own timeout).
         """
         Query(request.query).done()
         name = request.match_info["target"]
@@ -246,6 +276,14 @@ class _Api:
         target = settings.target(name)
         if target is None:
             raise not_found(f"{name[:253]!r} is not a configured target")
+        wait_s = self.deps.run_limit.take(name)
+        if wait_s is not None:
+            raise ApiError(
+                429,
+                "Too Many Requests",
+                f"on-demand rounds of {name!r} are rate-limited: try again in {wait_s:.1f}s",
+                headers={"Retry-After": retry_after(wait_s)},
+            )
         task = self._runs.get(name)
         if task is None:
             task = asyncio.create_task(self._run_now(name), name=f"egresswatch-run-{name}")
@@ -261,8 +299,7 @@ class _Api:
         return _json(docs.json_safe(document))
 
     async def results(self, request: web.Request) -> web.Response:
-        """Agent ingest: authenticated, validated, idempotent per batch_id."""
-        self._authorize(request)
+        """Agent ingest (the agents' token): validated, idempotent per batch_id."""
         batch = parse_batch(await read_body(request))
         rounds = [r.result() for r in batch.rounds]
         try:
@@ -282,29 +319,6 @@ class _Api:
             # The clients waiting for it answer 500 and log it; when every one went away,
             # this is the only place that sees it.
             log.warning("on-demand round failed", exc_info=task.exception())
-
-    def _authorize(self, request: web.Request) -> None:
-        header = request.headers.get("Authorization", "")
-        scheme, _, presented = header.partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != "bearer" or not presented:
-            raise ApiError(
-                401,
-                "Unauthorized",
-                "send the agent token as Authorization: Bearer TOKEN",
-                headers={"WWW-Authenticate": 'Bearer realm="egresswatch"'},
-            )
-        expected = self.deps.token
-        # Compared in constant time, and compared even when ingest is disabled, so the
-        # answer's timing tells nothing.
-        same = hmac.compare_digest(presented.encode(), (expected or "\0").encode())
-        if expected is None or not same:
-            detail = (
-                "ingest is disabled: the controller has no agent token"
-                if expected is None
-                else "the token is not the agents' token"
-            )
-            raise ApiError(403, "Forbidden", detail)
 
     # -- helpers ----------------------------------------------------------------------------
 

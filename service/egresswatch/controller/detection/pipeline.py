@@ -42,7 +42,7 @@ from egresswatch.model import (
     Verdict,
 )
 from egresswatch.settings import DetectionSettings, Settings
-from egresswatch.storage import History, IncidentRecord
+from egresswatch.storage import History, IncidentRecord, Outage, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,13 @@ class Pipeline:
         metrics: Metrics,
         clock: Callable[[], datetime],
         on_incident: Callable[[IncidentEvent], None] | None = None,
+        outage: Outage | None = None,
         policies: PolicyView | None = None,
     ) -> None:
         """`policies` is the cluster's NetworkPolicy view (the Kubernetes watch cache), for the
         network_policy step of pod sources' verdicts; None judges without it."""
         self._settings = settings
+        self._outage = outage or Outage()
         self._policies = policies
         self._on_incident = on_incident
         self._history = history
@@ -278,20 +280,29 @@ class Pipeline:
             batch = pending[:FLUSH_BATCH]
             try:
                 await save(batch)
-            except Exception:
-                self._metrics.count_database_error()
-                log.exception(f"could not store {what}; kept for the next try")
+            except Exception as error:
+                self._write_failed(error, what)
                 return
+            self._outage.recovered()
             del pending[: len(batch)]
         for incident_id, record in list(self._pending_incidents.items()):
             try:
                 await self._history.save_incident(record)
-            except Exception:
-                self._metrics.count_database_error()
-                log.exception("could not store an incident; kept for the next try")
+            except Exception as error:
+                self._write_failed(error, "an incident")
                 return
+            self._outage.recovered()
             if self._pending_incidents.get(incident_id) is record:
                 del self._pending_incidents[incident_id]
+
+    def _write_failed(self, error: Exception, what: str) -> None:
+        """Counted; an outage is logged once by the Outage, anything else with its traceback.
+        What was not written stays pending for the next flush."""
+        self._metrics.count_database_error()
+        if is_unavailable(error):
+            self._outage.failed(error, "detection")
+        else:
+            log.exception(f"could not store {what}; kept for the next try")
 
     @property
     def pending(self) -> int:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.settings import Settings
-from egresswatch.storage import BatchedWriter, Store, WriterHooks
+from egresswatch.storage import BatchedWriter, Outage, Store, WriterHooks
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Ingest:
         judge: Callable[[Sequence[RoundResult]], None],
         clock: Callable[[], datetime],
         hooks: WriterHooks | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -56,7 +57,11 @@ class Ingest:
         self._clock = clock
         self._kinds: dict[str, SourceKind] = {}
         self.writer = BatchedWriter(
-            store, hooks=hooks, max_delay_s=LOCAL_WRITE_DELAY_S, on_written=self._judge
+            store,
+            hooks=hooks,
+            max_delay_s=LOCAL_WRITE_DELAY_S,
+            on_written=self._judge,
+            outage=outage,
         )
 
     def start(self) -> None:
