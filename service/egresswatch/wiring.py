@@ -30,10 +30,13 @@ from egresswatch.agent.runner import RoundRunner
 from egresswatch.controller.api.app import make_app
 from egresswatch.controller.api.query import ApiError
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
+from egresswatch.controller.designated import Designated, standings
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.http_server import ListenError, serve
+from egresswatch.kube.client import KubeClientError
+from egresswatch.kube.discovery import Discovery, start_discovery
 from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.reload import ConfigReloader
@@ -110,6 +113,8 @@ class Service:
         self.scheduler: RoundScheduler
         self._http: web.AppRunner | None = None
         self.listening: tuple[str, int] | None = None
+        self.discovery: Discovery | None = None  # kubernetes.enabled: the designated sources
+        self.designated: Designated | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -117,6 +122,7 @@ class Service:
         """Check the database, then start the writer, the rounds and the HTTP server."""
         await self._open_storage()
         await self._start_detection()
+        await self._start_discovery()
         self._start_ingest()
         self._start_rounds()
         await self._serve()
@@ -164,6 +170,9 @@ class Service:
             self._http = None
         if hasattr(self, "scheduler"):
             await self.scheduler.shutdown()
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.discovery = None
         if hasattr(self, "ingest"):
             await self.ingest.close()
         if hasattr(self, "pipeline"):
@@ -218,6 +227,22 @@ class Service:
         await self.pipeline.restore()  # the open incidents stay the same incidents
         await self.pipeline.flush()
 
+    async def _start_discovery(self) -> None:
+        """With `kubernetes.enabled`: the reflectors and the designated sources they give."""
+        if not self.settings.kubernetes.enabled:
+            return
+        try:
+            self.discovery = discovery = await start_discovery(
+                self.settings.kubernetes, clock=_utc_now
+            )
+        except KubeClientError as exc:
+            raise StartupError(str(exc)) from None
+        self.designated = Designated(
+            synced=lambda: discovery.synced,
+            expected=discovery.expected,
+            retired=discovery.retired,
+        )
+
     def _start_ingest(self) -> None:
         """The writer every round goes through, local or an agent's, before it is judged."""
         self.ingest = Ingest(
@@ -263,6 +288,8 @@ class Service:
                 run_now=self._run_now,
                 token=self.settings.agent_token(),
                 clock=_utc_now,
+                designated=self.designated,
+                hidden=lambda source: source in self.pipeline.retired,
             ),
         )
         try:
@@ -299,15 +326,28 @@ class Service:
         """Write what detection produced; every few ticks, look for silent sources."""
         self._ticks += 1
         if self._ticks % STALENESS_EVERY_TICKS == 0:
-            self.pipeline.tick()
+            designated = self.designated
+            self.pipeline.tick(designated.is_retired if designated else None)
             try:
-                for source in await self.store.sources():
+                sources = await self.store.sources()
+                for source in sources:
                     if source.kind:
                         self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
+                if designated is not None:
+                    await self._count_designated(designated, [s.name for s in sources])
             except Exception:
                 self.metrics.count_database_error()
                 log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
+
+    async def _count_designated(self, designated: Designated, known: list[str]) -> None:
+        """egresswatch_sources{state}: the designated sources by standing."""
+        found = standings(designated.expected(), await self.history.states(), known)
+        counts = {state.value: 0 for state in found.values()}
+        for state in found.values():
+            counts[state.value] += 1
+        counts["retired"] = len(designated.retired())
+        self.metrics.set_designated_sources(counts)
 
     async def _retention(self) -> None:
         # The windows are read at each run: a reload changes them without a restart.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from egresswatch.model import SourceKind
+from egresswatch.model import SourceKind, pod_source_name
 
 __all__ = [
     "SourceIdentity",
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 ENV_KIND = "EGRESSWATCH_SOURCE_KIND"
 ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_NODE_NAME = "POD_NAME", "POD_NAMESPACE", "NODE_NAME"
+# The designated workload a pod agent stands for (the chart sets it to its Deployment's name):
+# with it, a pod source is NAMESPACE/WORKLOAD@NODE and survives a rollout (model.pod_source_name).
+ENV_WORKLOAD = "EGRESSWATCH_WORKLOAD"
 NAME_MAX = 253  # the controller's limit on a source name
 
 
@@ -51,7 +54,9 @@ def resolve_identity(
     - `--source NAME` needs a kind: `--source-kind`, else EGRESSWATCH_SOURCE_KIND.
     - Otherwise the kind is `--source-kind`, else EGRESSWATCH_SOURCE_KIND, else what the
       Downward API variables say (POD_NAME: pod; NODE_NAME alone: node; both: ambiguous).
-    - A pod is `POD_NAMESPACE/POD_NAME`, a node `NODE_NAME`.
+    - A pod is `POD_NAMESPACE/EGRESSWATCH_WORKLOAD@NODE_NAME` when EGRESSWATCH_WORKLOAD is set
+      (a designated pod source: the name the controller expects, kube/sources.py), else
+      `POD_NAMESPACE/POD_NAME`; a node is `NODE_NAME`.
 
     UsageError names the flag or variable that is missing or wrong.
     """
@@ -81,6 +86,15 @@ def resolve_identity(
             raise UsageError(
                 f"a pod source needs {' and '.join(missing)} set (Downward API), or --source NAME"
             )
+        workload = environ.get(ENV_WORKLOAD, "").strip()
+        if workload:
+            if not node:
+                raise UsageError(
+                    f"{ENV_WORKLOAD} names a designated pod source, which needs {ENV_NODE_NAME} "
+                    "(Downward API spec.nodeName)"
+                )
+            name = pod_source_name(namespace, workload, node)
+            return SourceIdentity(_checked(name, ENV_WORKLOAD), SourceKind.POD)
         return SourceIdentity(_checked(f"{namespace}/{pod}", ENV_POD_NAME), SourceKind.POD)
     if not node:
         raise UsageError(

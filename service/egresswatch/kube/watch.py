@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 from kubernetes.aio import client
 
-from egresswatch.kube.api_calls import Resource
+from egresswatch.kube.api_calls import CALLS, ApiCall, Resource
 
 __all__ = ["Backoff", "Reflector", "ReflectorStats", "WatchSpec", "object_key"]
 
@@ -56,6 +56,14 @@ class WatchSpec:
     label_selector: str | None = None
     field_selector: str | None = None
     metadata_only: bool = False
+
+    def __post_init__(self) -> None:
+        # A watch the RBAC rules do not grant would be a 403 in the cluster: refuse it here.
+        scoped = self.namespace is not None
+        for verb in ("list", "watch"):
+            if ApiCall(self.resource, verb, scoped) not in CALLS:
+                where = "in a namespace" if scoped else "cluster-wide"
+                raise ValueError(f"{verb} {self.resource.plural} {where} is not in api_calls.CALLS")
 
     @property
     def name(self) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from egresswatch.controller.api.query import (
     bad_request,
     not_found,
 )
+from egresswatch.controller.designated import Designated, designated_document
 from egresswatch.controller.ingest.batch_body import parse_batch, read_body
 from egresswatch.controller.ingest.intake import Refused
 from egresswatch.model import RoundResult, SourceKind
@@ -59,6 +60,10 @@ class ApiDeps:
     run_now: Callable[[str], Awaitable[RoundResult]]  # an on-demand round of a configured target
     token: str | None  # the agents' bearer token; None = ingest disabled (401/403 always)
     clock: Callable[[], datetime]
+    # The designated sources (kubernetes.enabled), and the retired ones detection forgot:
+    # those the status leaves out (controller/designated.py).
+    designated: Designated | None = None
+    hidden: Callable[[str], bool] = field(default=lambda _: False)
 
 
 def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -125,8 +130,14 @@ class _Api:
         states, sources = await asyncio.gather(
             self.deps.history.states(), self.deps.store.sources()
         )
-        names = [s.name for s in sources]
-        text = self._status.json_text(self.deps.settings(), states, names, self._now())
+        hidden = self.deps.hidden
+        names = [s.name for s in sources if not hidden(s.name)]
+        shown = [r for r in states if not hidden(r.source)]
+        extra = None
+        if self.deps.designated is not None:
+            known = (s.name for s in sources)
+            extra = {"designated": designated_document(self.deps.designated, states, known)}
+        text = self._status.json_text(self.deps.settings(), shown, names, self._now(), extra)
         return web.Response(text=text, content_type="application/json")
 
     async def incidents(self, request: web.Request) -> web.Response:
