@@ -208,8 +208,37 @@ def _views() -> dict[str, Schema]:
                 "sources": array(ref("SourceStatus")),
             }
         ),
+        "DesignatedSource": obj(
+            {
+                "source": STRING,
+                "kind": ref("SourceKind"),
+                "state": {
+                    "type": "string",
+                    "enum": ["reporting", "unknown", "missing"],
+                    "description": "missing: never reported; unknown: silent (stale); "
+                    "neither is a connectivity failure",
+                },
+                "node": STRING,
+                "workload": nullable(obj({"namespace": STRING, "kind": STRING, "name": STRING})),
+                "pods": array(obj({"name": STRING, "ip": nullable(STRING)})),
+            }
+        ),
+        "Designated": obj(
+            {
+                "synced": {**BOOLEAN, "description": "every watch has listed once"},
+                "sources": array(ref("DesignatedSource")),
+                "retired": array(STRING),
+            },
+            description="the sources the Kubernetes cluster designates (kubernetes.enabled)",
+        ),
         "StatusReport": obj(
-            {"generated_at": TIME, "healthy": BOOLEAN, "targets": array(ref("TargetStatus"))}
+            {
+                "generated_at": TIME,
+                "healthy": BOOLEAN,
+                "designated": ref("Designated"),
+                "targets": array(ref("TargetStatus")),
+            },
+            optional=("designated",),
         ),
         "TimelinePoint": obj(
             {

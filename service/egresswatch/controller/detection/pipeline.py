@@ -199,23 +199,29 @@ class Pipeline:
     def tick(self, retired: Callable[[str], bool] | None = None) -> list[Change]:
         """Time passing: sources that stopped reporting become unknown.
 
-        A silent source for which `retired(source)` holds (no longer designated: its node
-        left) is forgotten instead: no unknown change, no place in the status any more.
+        A source for which `retired(source)` holds (no longer designated: its node left) and
+        that has been silent for its stale window is forgotten instead: no unknown change, no
+        place in the status any more. The restart grace does not hold it back: its agent's
+        buffered rounds have nowhere to come from.
         """
         now = self._clock()
-        changes = self.detector.stale(now, self._interval_of)
         if retired is not None:
-            silent = {c.source for c in changes} | {
-                source
-                for source, target in self.detector.pairs()
-                if source in self.detector.unknown_sources(target)
-            }
-            gone = {source for source in silent if retired(source)}
-            changes = [c for c in changes if c.source not in gone]
-            for source in gone:
-                self.forget_source(source)
+            for source in self._silent_sources(now):
+                if retired(source):
+                    self.forget_source(source)
+        changes = self.detector.stale(now, self._interval_of)
         self._after(changes, now)
         return changes
+
+    def _silent_sources(self, now: datetime) -> set[str]:
+        """The sources whose latest round, towards every target, is older than its stale
+        window."""
+        heard: set[str] = set()
+        silent: set[str] = set()
+        for (source, target), result in self._latest.items():
+            window = timedelta(seconds=self._interval_of(target)) * self._policy(target).stale_after
+            (silent if now - result.started_at > window else heard).add(source)
+        return silent - heard
 
     def forget_source(self, source: str) -> None:
         """Drop what detection holds about a retired source; the status hides it."""
