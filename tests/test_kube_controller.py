@@ -17,6 +17,9 @@ import aiohttp
 import pytest
 import yaml
 
+from egresswatch.controller.api.query import ApiError
+from egresswatch.controller.ingest.batch_body import parse_batch
+from egresswatch.storage import Store, make_engine
 from tests.support.dnsserver import dns_server
 from tests.support.https import HOST, NAME, LocalServers, Reply, local_servers, pki
 from tests.support.kubeapi import RunningKubeApi, kube_api
@@ -168,6 +171,13 @@ async def test_missing_and_retired_sources_through_the_real_controller(
         "kind": "Deployment",
         "name": "egresswatch-probe",
     }
+    # Each source's node came with its batches (NODE_NAME) and is stored with it.
+    store = Store(make_engine(world.db))
+    try:
+        nodes = {s.name: s.node for s in await store.sources()}
+    finally:
+        await store.engine.dispose()
+    assert nodes[POD_SOURCE] == NODE(0) and nodes[NODE(2)] == NODE(2)
     # Missing sources are no connectivity failure: the target is healthy, and the sources it
     # lists are the ones that report.
     shop = status["targets"][0]
@@ -199,3 +209,10 @@ async def test_missing_and_retired_sources_through_the_real_controller(
     assert [c for c in changes["items"] if c["to"] == "unknown"] == []
     incidents = await api(world, "/api/v1/incidents")
     assert incidents["items"] == []
+
+
+def test_a_bad_source_node_is_a_400_naming_the_field() -> None:
+    body = b'{"source": "s", "source_node": "", "batch_id": "b", "rounds": []}'
+    with pytest.raises(ApiError) as caught:
+        parse_batch(body)
+    assert "source_node" in str(caught.value.fields())

@@ -44,6 +44,7 @@ class UsageError(ValueError):
 class SourceIdentity:
     name: str
     kind: SourceKind
+    node: str | None = None  # NODE_NAME: the node a pod ran on, carried with its batches
 
 
 def resolve_identity(
@@ -61,11 +62,12 @@ def resolve_identity(
     UsageError names the flag or variable that is missing or wrong.
     """
     chosen_kind = _kind(kind, "--source-kind") or _kind(environ.get(ENV_KIND), ENV_KIND)
+    pod, node = environ.get(ENV_POD_NAME, "").strip(), environ.get(ENV_NODE_NAME, "").strip()
+    on = _checked(node, ENV_NODE_NAME) if node else None
     if source is not None:
         if chosen_kind is None:
             raise UsageError(f"--source needs --source-kind pod|node (or {ENV_KIND}=pod|node)")
-        return SourceIdentity(_checked(source.strip(), "--source"), chosen_kind)
-    pod, node = environ.get(ENV_POD_NAME, "").strip(), environ.get(ENV_NODE_NAME, "").strip()
+        return SourceIdentity(_checked(source.strip(), "--source"), chosen_kind, on)
     if chosen_kind is None:
         if pod and node:
             raise UsageError(
@@ -94,13 +96,13 @@ def resolve_identity(
                     "(Downward API spec.nodeName)"
                 )
             name = pod_source_name(namespace, workload, node)
-            return SourceIdentity(_checked(name, ENV_WORKLOAD), SourceKind.POD)
-        return SourceIdentity(_checked(f"{namespace}/{pod}", ENV_POD_NAME), SourceKind.POD)
+            return SourceIdentity(_checked(name, ENV_WORKLOAD), SourceKind.POD, on)
+        return SourceIdentity(_checked(f"{namespace}/{pod}", ENV_POD_NAME), SourceKind.POD, on)
     if not node:
         raise UsageError(
             f"a node source needs {ENV_NODE_NAME} set (Downward API), or --source NAME"
         )
-    return SourceIdentity(_checked(node, ENV_NODE_NAME), SourceKind.NODE)
+    return SourceIdentity(_checked(node, ENV_NODE_NAME), SourceKind.NODE, on)
 
 
 def _kind(value: str | None, origin: str) -> SourceKind | None:

@@ -338,10 +338,14 @@ def _agents() -> dict[str, Schema]:
                 **nullable(ref("SourceKind")),
                 "description": "recorded for the source when given (the diagnosis needs it)",
             },
+            "source_node": {
+                **nullable(NAME),
+                "description": "the node the source runs on (a pod's NODE_NAME)",
+            },
             "batch_id": {**NAME, "maxLength": BATCH_ID_MAX, "description": "unique per batch"},
             "rounds": array(ref("IngestRound"), minItems=1),
         },
-        optional=("source_kind",),
+        optional=("source_kind", "source_node"),
     )
     return {
         "IngestStep": ingest_step,

@@ -54,9 +54,11 @@ class ApiDeps:
     store: Store
     history: History
     settings: Callable[[], Settings]  # the current config (reloads swap it)
-    # (source, batch_id, rounds, source kind) -> rounds stored (0 for a repeated batch);
-    # raises Refused (controller.ingest.Ingest.accept)
-    ingest: Callable[[str, str, Sequence[RoundResult], SourceKind | None], Awaitable[int]]
+    # (source, batch_id, rounds, source kind, source node) -> rounds stored (0 for a repeated
+    # batch); raises Refused (controller.ingest.Ingest.accept)
+    ingest: Callable[
+        [str, str, Sequence[RoundResult], SourceKind | None, str | None], Awaitable[int]
+    ]
     run_now: Callable[[str], Awaitable[RoundResult]]  # an on-demand round of a configured target
     token: str | None  # the agents' bearer token; None = ingest disabled (401/403 always)
     clock: Callable[[], datetime]
@@ -277,7 +279,9 @@ class _Api:
         batch = parse_batch(await read_body(request))
         rounds = [r.result() for r in batch.rounds]
         try:
-            stored = await self.deps.ingest(batch.source, batch.batch_id, rounds, batch.source_kind)
+            stored = await self.deps.ingest(
+                batch.source, batch.batch_id, rounds, batch.source_kind, batch.source_node
+            )
         except Refused as refused:
             invalid = [InvalidParam(name, why) for name, why in refused.problems]
             raise bad_request(invalid, status=refused.status) from None
