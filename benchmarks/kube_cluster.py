@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the fake API server lives with the tests (tests/support)
 
 from tests.support.kubeapi import FakeKubeApi, start_kube_api, write_kubeconfig  # noqa: E402
+from tests.support.service import free_port  # noqa: E402
 
 HOST = "127.0.0.1"
 NAMESPACES = [f"team-{i}" for i in range(4)]
@@ -233,15 +234,6 @@ async def measure(folder: Path, kubeconfig: Path | None, seconds: float) -> dict
         process.terminate()
         await process.wait()
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -110,46 +110,43 @@ async def test_list_then_watch_follows_adds_changes_and_deletes(
         await _stop(task)
 
 
-async def test_a_410_on_resume_forces_a_relist_that_catches_up(
-    kube_api: RunningKubeApi, api: client.ApiClient
-) -> None:
-    fake = kube_api.api
-    reflector = Reflector(
-        api, WatchSpec(PODS, namespace="payments", label_selector=AGENTS), labels_of
-    )
+@pytest.fixture
+async def agents(api: client.ApiClient) -> AsyncIterator[Reflector[dict[str, str]]]:
+    """A reflector of the agent pods in payments, listed and watching; stopped after."""
+    spec = WatchSpec(PODS, namespace="payments", label_selector=AGENTS)
+    reflector = Reflector(api, spec, labels_of)
     task = await _started(reflector)
+    await wait_for(lambda: reflector.stats.resumes >= 1)
     try:
-        await wait_for(lambda: reflector.stats.resumes >= 1)
-        # While the watch is down, a pod goes and the history is compacted: the resume from the
-        # old resourceVersion gets the ERROR event with code 410, and only a new list sees the loss.
-        fake.drop_watches()
-        fake.remove("Pod", "egresswatch-probe-7d9f8b6c5d-t5vhn", "payments")
-        fake.expire_history()
-        await wait_for(lambda: reflector.stats.gone >= 1 and reflector.stats.lists >= 2)
-        assert list(reflector.cache) == ["payments/egresswatch-probe-7d9f8b6c5d-bx9wq"]
-        assert reflector.stats.errors == 0
+        yield reflector
     finally:
         await _stop(task)
+
+
+async def test_a_410_on_resume_forces_a_relist_that_catches_up(
+    kube_api: RunningKubeApi, agents: Reflector[dict[str, str]]
+) -> None:
+    fake = kube_api.api
+    # While the watch is down, a pod goes and the history is compacted: the resume from the
+    # old resourceVersion gets the ERROR event with code 410, and only a new list sees the loss.
+    fake.drop_watches()
+    fake.remove("Pod", "egresswatch-probe-7d9f8b6c5d-t5vhn", "payments")
+    fake.expire_history()
+    await wait_for(lambda: agents.stats.gone >= 1 and agents.stats.lists >= 2)
+    assert list(agents.cache) == ["payments/egresswatch-probe-7d9f8b6c5d-bx9wq"]
+    assert agents.stats.errors == 0
 
 
 async def test_a_dropped_watch_resumes_from_its_resource_version_without_a_relist(
-    kube_api: RunningKubeApi, api: client.ApiClient
+    kube_api: RunningKubeApi, agents: Reflector[dict[str, str]]
 ) -> None:
     fake = kube_api.api
-    reflector = Reflector(
-        api, WatchSpec(PODS, namespace="payments", label_selector=AGENTS), labels_of
-    )
-    task = await _started(reflector)
-    try:
-        await wait_for(lambda: reflector.stats.resumes >= 1)
-        fake.drop_watches()
-        fake.remove("Pod", "egresswatch-probe-7d9f8b6c5d-t5vhn", "payments")
-        await wait_for(lambda: len(reflector.cache) == 1)
-        assert reflector.stats.lists == 1 and reflector.stats.resumes >= 2
-        resumed = [q for _, _, q in fake.requests if q.get("watch") == "true"][1:]
-        assert resumed and all(q["resourceVersion"] != "0" for q in resumed)
-    finally:
-        await _stop(task)
+    fake.drop_watches()
+    fake.remove("Pod", "egresswatch-probe-7d9f8b6c5d-t5vhn", "payments")
+    await wait_for(lambda: len(agents.cache) == 1)
+    assert agents.stats.lists == 1 and agents.stats.resumes >= 2
+    resumed = [q for _, _, q in fake.requests if q.get("watch") == "true"][1:]
+    assert resumed and all(q["resourceVersion"] != "0" for q in resumed)
 
 
 async def test_metadata_only_nodes_by_label_selector(

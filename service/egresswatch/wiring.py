@@ -377,6 +377,9 @@ class Service:
         """A reloaded config, in place: the runner's targets, the jobs (unchanged ones keep
         their phase), the series and detection state of removed targets, the stored list."""
         old_targets = {t.name for t in self.settings.targets}
+        if new.kubernetes != self.settings.kubernetes:
+            # The watches are made once, at start: a new selector or namespace needs a restart.
+            log.warning("the kubernetes block changed: it applies at the next restart")
         self.settings = new
         if self.local_agent:
             self.runner.update(new)
