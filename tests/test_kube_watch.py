@@ -210,3 +210,28 @@ async def test_an_api_server_away_is_retried_with_backoff_and_nothing_raises(
 async def test_a_bad_kubeconfig_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KubeClientError, match=str(tmp_path / "missing")):
         await open_client(tmp_path / "missing")
+
+
+async def test_the_cache_ends_equal_to_the_server_through_churn_and_drops(
+    kube_api: RunningKubeApi, agents: Reflector[dict[str, str]]
+) -> None:
+    """Replacements written while watches are dropped and resumed (so some land while the
+    server is catching a resumed watch up): the cache ends holding exactly the server's pods."""
+    fake = kube_api.api
+    template = _pod(fake, "egresswatch-probe-7d9f8b6c5d-bx9wq")
+    for serial in range(300):
+        pod = copy.deepcopy(template)
+        pod["metadata"]["name"] = f"egresswatch-probe-7d9f8b6c5d-c{serial:04d}"
+        fake.apply(pod)
+        if serial >= 2:
+            fake.remove("Pod", f"egresswatch-probe-7d9f8b6c5d-c{serial - 2:04d}", "payments")
+        if serial % 10 == 0:
+            fake.drop_watches()
+        await asyncio.sleep(0)
+    served = {
+        f"payments/{name}"
+        for (kind, _, name) in fake.objects
+        if kind.kind == "Pod" and kind.namespaced and name.startswith("egresswatch-probe")
+    }
+    await wait_for(lambda: set(agents.cache) == served)
+    assert agents.stats.gone == 0 and agents.stats.errors == 0

@@ -424,14 +424,18 @@ class FakeKubeApi:
     async def _catch_up(
         self, response: web.StreamResponse, watch: _Watch, start: str, meta_only: bool
     ) -> int:
+        """Send what the watcher missed; the resourceVersion it is now current to. Events
+        written while this sends are in the watch's queue, past that version."""
+        upto = self.rv  # taken before any await: later events come through the queue
         if start in ("", "0"):  # "get state and start at most recent": synthetic ADDED
-            for (kind, _, _), obj in sorted(self.objects.items(), key=_sort_key):
+            current = sorted(self.objects.items(), key=_sort_key)
+            for (kind, _, _), obj in current:
                 if kind is watch.kind and watch.matches(obj):
                     await _send(response, _event("ADDED", obj, meta_only))
-            return self.rv
-        for event in [e for e in self.history if e.rv > int(start)]:
+            return upto
+        for event in [e for e in self.history if int(start) < e.rv <= upto]:
             await self._send_event(response, watch, event, meta_only)
-        return self.rv
+        return upto
 
     async def _stream(
         self,
