@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
 
 from egresswatch.kube.api_calls import CALLS, ApiCall, Resource
 
@@ -165,13 +166,15 @@ class Reflector(Generic[T]):
                 self.stats.gone += 1
                 need_list = True
                 log.info("watch history expired: listing again", extra={"watch": self.spec.name})
-            except (ApiError, aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            except Exception as exc:  # a watch never dies: it waits and retries
                 self.stats.errors += 1
                 need_list = need_list or self.resource_version is None
                 delay = self._backoff.next()
+                expected = isinstance(exc, _EXPECTED)
                 log.warning(
                     "kubernetes watch failed: retrying",
                     extra={"watch": self.spec.name, "problem": _problem(exc), "retry_s": delay},
+                    exc_info=None if expected else exc,
                 )
                 await self._sleep(delay)
 
@@ -310,6 +313,10 @@ async def _raise_for_status(response: aiohttp.ClientResponse) -> None:
     if response.status == 410:
         raise Gone(message)
     raise ApiError(response.status, message)
+
+
+# What an API server away, slow or refusing looks like; anything else is logged with its trace.
+_EXPECTED = (ApiError, ApiException, aiohttp.ClientError, TimeoutError, ValueError, KeyError)
 
 
 def _problem(exc: BaseException) -> str:
