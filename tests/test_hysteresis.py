@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import random
-import subprocess
-import sys
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -22,6 +20,7 @@ from egresswatch.model import (
     StepState,
 )
 from egresswatch.settings import DetectionSettings, Settings
+from tests.support.purity import io_imported
 from tests.support.rounds import CHECKLIST, INTERVAL_S, at, dns_outage, index, round_
 
 OK, FAILING, DEGRADED, UNKNOWN = (
@@ -367,17 +366,8 @@ def test_degraded_holds_while_the_level_stays_up_and_ends_when_it_drifts_back() 
 
 
 def test_the_detection_rules_import_no_io_library() -> None:
-    # DESIGN.md §5: pure rules import no I/O libraries. A fresh interpreter, so that what the
-    # rest of the test session imported does not count.
-    code = (
-        "import sys\n"
-        "import egresswatch.controller.detection.hysteresis\n"
-        "import egresswatch.controller.detection.incidents\n"
-        "io = {'asyncio', 'socket', 'sqlalchemy', 'aiohttp', 'prometheus_client', 'pydantic'}\n"
-        "print(sorted(io & set(sys.modules)))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    modules = ("hysteresis", "incidents")
+    assert io_imported(*(f"egresswatch.controller.detection.{m}" for m in modules)) == []
 
 
 def latency_changes(levels_ms: Sequence[float], rounds_each: int, **fields: object) -> list[Change]:

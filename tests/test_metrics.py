@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from egresswatch.metrics import NO_REASON, Metrics
-from egresswatch.model import Reason, RoundResult, Status, Step, StepResult, Suspect
+from egresswatch.model import Reason, RoundResult, SourceKind, Status, Step, StepResult, Suspect
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -266,3 +266,39 @@ def test_label_values_come_from_the_vocabularies() -> None:
         for name, val in labels:
             if name in vocab:
                 assert val in vocab[name], (name, val)
+
+
+def test_detail_per_source_kind() -> None:
+    """`metrics.detail: source_kind`: the histogram and the results counter are per kind of
+    source (their series no longer grow with the sources); the per-pair gauges stay."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, version="1.2.3", per_source_kind=True)
+    for name in ("node-1", "node-2", "node-3"):
+        metrics.observe_round(healthy(source=name), SourceKind.NODE)
+    metrics.observe_round(dns_broken(), SourceKind.POD)  # source pod-a
+    metrics.observe_round(healthy(source="newcomer"))  # its kind not known yet
+    s = scrape(registry)
+    tcp = {"target": "api", "step": "tcp_connect"}
+    assert value(s, "egresswatch_step_duration_seconds_count", source_kind="node", **tcp) == 3
+    assert value(s, "egresswatch_step_duration_seconds_count", source_kind="pod", **tcp) == 1
+    assert value(s, "egresswatch_step_duration_seconds_count", source_kind="unknown", **tcp) == 1
+    failed = dict(tcp, source_kind="pod", status="fail", reason="conn_timeout")
+    assert value(s, "egresswatch_step_results_total", **failed) == 1
+    assert series(s, "egresswatch_step_results_total", source="node-1") == []
+    assert series(s, "egresswatch_step_duration_seconds_count", source="node-1") == []
+    # The per-pair gauges keep their source.
+    assert value(s, "egresswatch_step_up", source="node-2", **tcp) == 1
+    assert value(s, "egresswatch_first_failing_step", source="pod-a", target="api",
+                 step="dns_cluster") == 1  # fmt: skip
+    metrics.forget_source("node-2")
+    s = scrape(registry)
+    assert series(s, "egresswatch_step_up", source="node-2") == []
+    assert value(s, "egresswatch_step_duration_seconds_count", source_kind="node", **tcp) == 3
+
+
+def test_no_created_series() -> None:
+    """`_created` lines would double the per-pair counter and histogram lines; nothing reads
+    them."""
+    registry, metrics = make()
+    metrics.observe_round(healthy())
+    assert "_created" not in generate_latest(registry).decode()

@@ -23,7 +23,7 @@ from egresswatch.storage import (
     schema_state,
     upgrade,
 )
-from egresswatch.storage.schema import MIGRATIONS_DIR, head_revision
+from egresswatch.storage.schema import head_revision, migrations_dir
 from egresswatch.storage.tables import metadata
 from tests.support.databases import db_url_fixture  # noqa: F401
 
@@ -79,7 +79,7 @@ async def test_migrations_match_the_tables_module(db_url: URL) -> None:
 def _migrations_with_a_newer_revision(directory: Path) -> Path:
     """A copy of the packaged migrations plus a revision 9999 on top (a "newer egresswatch")."""
     scripts = directory / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(migrations_dir(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
     (scripts / "versions" / "9999_newer.py").write_text(
         f'''"""A revision from the future."""
 
@@ -138,6 +138,14 @@ async def test_schema_state_missing_behind_current_ahead(db_url: URL, tmp_path: 
         assert (state.status, state.current) == (SchemaStatus.AHEAD, "f00dcafe")
     finally:
         await engine.dispose()
+
+
+def test_the_scripts_are_the_top_level_migrations_folder() -> None:
+    """In a checkout (an editable install) the package reads the source folder itself; an
+    installed wheel's copy is tests/test_wheel.py's."""
+    top_level = Path(__file__).resolve().parent.parent / "migrations"
+    assert migrations_dir().resolve() == top_level
+    assert any((top_level / "versions").glob(f"{head_revision()}_*.py"))
 
 
 def test_message_hides_the_password() -> None:

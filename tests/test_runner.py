@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+import egresswatch.probes.tls
 from egresswatch.agent.runner import RoundRunner, _owed_after
 from egresswatch.model import Reason, RoundResult, Status, Step
 from egresswatch.settings import settings_from_dict
+from tests.support.https import LocalServers, Pki, local_servers, pki
 from tests.support.tcpservers import TcpServer, accept_server
+
+__all__ = ["accept_server", "local_servers", "pki"]  # fixtures, imported explicitly
 
 __all__ = ["accept_server"]  # fixture
 
@@ -46,3 +50,39 @@ async def test_a_new_runner_traces_until_recover_after_traces_worked(
     traces = [r.step(Step.PATH_TRACE) for r in rounds]
     assert [t.status if t else None for t in traces] == [Status.OK] * 3 + [Status.SKIPPED] * 2
     assert all(t is not None and t.reason is Reason.NOT_DUE for t in traces[3:])
+
+
+async def test_rounds_of_every_target_build_one_tls_context(
+    pki: Pki, local_servers: LocalServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TLS contexts are built once per trust for every round and target of a runner (and
+    kept across plans), not once per step of every round."""
+    built = []
+    new_context = egresswatch.probes.tls._new_context
+
+    def counted(*args: object) -> object:
+        built.append(args)
+        return new_context(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(egresswatch.probes.tls, "_new_context", counted)
+    server = await local_servers.https()
+    url = f"https://127.0.0.1:{server.port}/"
+    settings = settings_from_dict(
+        {
+            "probes": {"ca_file": str(pki.ca_file), "trace_every": "1h"},
+            "targets": [{"name": "a", "url": url}, {"name": "b", "url": url + "b"}],
+        }
+    )
+    rounds: list[RoundResult] = []
+    runner = RoundRunner(settings, source="node-1", sink=rounds.append)
+    for _ in range(3):
+        for name in ("a", "b"):
+            await runner.run_round(name)
+    runner.update(settings)  # a reload keeps the contexts
+    await runner.run_round("a")
+    assert len(rounds) == 7
+    for result in rounds:
+        for step in (Step.TLS_HANDSHAKE, Step.HTTP_RESPONSE):
+            got = result.step(step)
+            assert got is not None and got.status is Status.OK, got
+    assert len(built) == 1

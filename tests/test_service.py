@@ -219,6 +219,30 @@ async def test_reload_good_and_bad_configs(
     assert targets == {"one": True, "two": False, "three": True}
 
 
+async def test_metrics_per_source_kind(
+    lab: Lab, local_servers: LocalServers, running: Callable[..., Any]
+) -> None:
+    """`metrics.detail: source_kind` reaches /metrics: durations and results per kind of
+    source, the per-pair gauges per source; a reload cannot change it in place."""
+    good = await local_servers.https(Reply(200))
+    path = lab.write(
+        [{"name": "good", "url": f"https://{NAME}:{good.port}/"}],
+        metrics={"detail": "source_kind"},
+    )
+    service: Service = await running(path, migrate=True, watch_config=False)
+    await asyncio.sleep(1.5)
+    found = samples((await scrape(service))[1])
+    pair = {"target": "good", "step": "tcp_connect"}
+    assert found[series("egresswatch_step_up", source="node-1", **pair)] == 1
+    key = series("egresswatch_step_duration_seconds_count", source_kind="node", **pair)
+    assert found[key] >= 1
+    assert not any(name.startswith("egresswatch_step_duration") and "source" in dict(labels)
+                   for name, labels in found)  # fmt: skip
+    lab.write([{"name": "good", "url": f"https://{NAME}:{good.port}/"}])  # detail: source
+    assert await service.reload() is True
+    assert service.settings.metrics.detail == "source_kind"  # kept until a restart
+
+
 async def test_a_changed_file_is_reloaded_by_itself(
     lab: Lab, local_servers: LocalServers, running: Callable[..., Any]
 ) -> None:

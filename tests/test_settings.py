@@ -65,6 +65,30 @@ def test_defaults_and_target_overrides() -> None:
     assert settings.dns.upstream is None  # never guessed
 
 
+def test_targets_by_name_follow_the_targets_list() -> None:
+    """`target` and `detection_for` answer from a lookup (the staleness sweep asks once per
+    target); a copy with other targets answers for those, never from the old list."""
+    settings = settings_from_dict(
+        {
+            "detection": {"fail_after": 2},
+            "targets": [
+                {"name": "a", "address": "127.0.0.1:1", "detection": {"fail_after": 5}},
+                {"name": "b", "address": "127.0.0.1:2"},
+            ],
+        }
+    )
+    a, b = settings.targets
+    assert settings.target("a") is a and settings.target("b") is b and settings.target("c") is None
+    assert settings.detection_for(a).fail_after == 5 and settings.detection_for(b).fail_after == 2
+    assert settings.detection_for(a) is settings.detection_for(a)
+    other = a.model_copy(update={"detection": a.detection.model_copy(update={"fail_after": 7})})
+    assert settings.detection_for(other).fail_after == 7  # not ours: merged, not remembered
+    copy = settings.model_copy(update={"targets": [other]})
+    assert copy.target("a") is other and copy.target("b") is None
+    assert copy.detection_for(other).fail_after == 7
+    assert settings.target("a") is a
+
+
 def test_every_error_is_reported_with_its_field_path() -> None:
     problems = _problems(
         {

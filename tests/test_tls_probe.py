@@ -12,7 +12,7 @@ import pytest
 from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
-from egresswatch.probes.tls import TlsOptions, tls_handshake
+from egresswatch.probes.tls import TlsContexts, TlsOptions, tls_handshake
 from tests.support.evidence import written
 from tests.support.https import (
     CA_ORG,
@@ -23,6 +23,7 @@ from tests.support.https import (
     Pki,
     closed_port,
     local_servers,
+    make_pki,
     pki,
     unanswered_port,
 )
@@ -234,3 +235,48 @@ async def test_missing_ca_file_is_a_probe_error(pki: Pki, tmp_path: Path) -> Non
     result = await handshake(pki, closed_port(), tls=missing)
     assert (result.status, result.reason) == (Status.ERROR, Reason.PROBE_ERROR)
     assert "nope.pem" in result.detail
+
+
+# --- contexts built once per trust ------------------------------------------------------------
+
+
+async def test_rounds_share_one_context_per_trust(pki: Pki, local_servers: LocalServers) -> None:
+    """Building a context is the dearest part of a round (the system store: ~70 ms of CPU);
+    a runner's rounds reuse one per CA file and verification mode."""
+    contexts = TlsContexts()
+    options = TlsOptions(ca_file=pki.ca_file, contexts=contexts)
+    trusted, foreign = await local_servers.https(), await local_servers.https(cert="foreign")
+    for _ in range(3):
+        assert (await handshake(pki, trusted.port, tls=options)).status is Status.OK
+    assert contexts.built == 1
+    # A verification failure reads the certificate again without verifying: a second
+    # context, made once too, and the verdict and evidence are what they were without a cache.
+    for _ in range(2):
+        result = await handshake(pki, foreign.port, tls=options)
+        assert result.reason is Reason.TLS_UNTRUSTED
+        assert FOREIGN_ORG in written(result, TlsEvidence)["issuer"]
+    assert contexts.built == 2
+
+
+async def test_a_rotated_ca_file_is_read_again(tmp_path: Path, pki: Pki) -> None:
+    """A CA file replaced on disk (a rotated Secret) gives a new context with the new CA."""
+    contexts = TlsContexts()
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pki.ca_file.read_bytes())
+    first = contexts.get(ca_file, True)
+    assert contexts.get(ca_file, True) is first
+    (tmp_path / "other").mkdir()
+    other = make_pki(tmp_path / "other")
+    ca_file.write_bytes(other.ca_file.read_bytes() + b"\n")  # another CA, another size
+    rotated = contexts.get(ca_file, True)
+    assert rotated is not first and contexts.built == 2
+    assert rotated.get_ca_certs() != first.get_ca_certs()
+
+
+async def test_an_unreadable_ca_file_is_not_cached(tmp_path: Path, pki: Pki) -> None:
+    contexts = TlsContexts()
+    missing = tmp_path / "later.pem"
+    with pytest.raises(OSError):
+        contexts.get(missing, True)
+    missing.write_bytes(pki.ca_file.read_bytes())
+    assert contexts.get(missing, True).get_ca_certs() and contexts.built == 1

@@ -1,16 +1,24 @@
-"""Serve one aiohttp application on a `HOST:PORT` listen address.
+"""Serve one aiohttp application on a `HOST:PORT` listen address, within limits.
 
 The controller's API and an agent's health endpoints both start here, so a taken or foreign
-address fails the same way in both. A neutral module (as health.py): the agent must not import
-the controller.
+address fails the same way in both, and both hold their connections to the same rules: a
+deadline for each request's head and body, caps on connections in total and per peer IP
+(http_limits.py), problem documents for heads the parser refuses, refusals counted on the
+process's registry and logged at a bounded rate (http_guard.py, http_protocol.py).
+A neutral module (as health.py): the agent must not import the controller.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import NamedTuple
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
+from egresswatch.http_guard import AcceptErrors, ConnectionGuard, ListenerMetrics, RefusalLog
+from egresswatch.http_limits import CONTROLLER_LIMITS, ListenerLimits, nofile_soft
+from egresswatch.http_protocol import GuardedRunner, GuardedSite, guard_requests
 from egresswatch.settings import parse_listen
 
 __all__ = ["ListenError", "Serving", "serve"]
@@ -27,23 +35,58 @@ class Serving(NamedTuple):
     address: tuple[str, int]  # port 0 in the listen address: here, the port the kernel chose
 
 
-async def serve(app: web.Application, listen: str) -> Serving:
+async def serve(
+    app: web.Application,
+    listen: str,
+    *,
+    limits: ListenerLimits = CONTROLLER_LIMITS,
+    registry: CollectorRegistry | None = None,
+) -> Serving:
     """Bind `listen` (`HOST:PORT`, ValueError if malformed) and serve `app` there, access log off.
+
+    `limits` (default CONTROLLER_LIMITS; an agent passes AGENT_LIMITS) bound how long a
+    request may take to arrive and how many connections are held (the cap is kept under this
+    process's soft RLIMIT_NOFILE: `ListenerLimits.connection_cap`). Refusals are counted on
+    `registry` (the process's; None: one of its own) as
+    `egresswatch_http_connections_refused_total{reason}`.
 
     The caller owns the returned runner and stops serving with `await runner.cleanup()`. A bind
     that fails (address taken, not local, no permission) leaves nothing open and raises
     ListenError naming the address.
     """
     host, port = parse_listen(listen)
-    runner = web.AppRunner(app, access_log=None)
+    loop = asyncio.get_running_loop()
+    refusals = RefusalLog(listen, loop)
+    guard = ConnectionGuard(
+        limits.connection_cap(nofile_soft()),
+        limits.max_per_peer,
+        ListenerMetrics(registry or CollectorRegistry()),
+        refusals,
+    )
+    accept_errors = AcceptErrors(loop, guard)
+    runner = GuardedRunner(app, refusals=refusals, accept_errors=accept_errors)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    assert runner.server is not None  # setup() made it
+    runner.server.request_handler = guard_requests(runner.server.request_handler)
+    site = GuardedSite(
+        runner,
+        host,
+        port,
+        guard=guard,
+        limits=limits,
+        # aiohttp's own keep-alive close stays as a backstop behind the guard's timers.
+        handler_args={
+            "access_log": None,
+            "keepalive_timeout": limits.head_timeout_s + limits.idle_timeout_s,
+        },
+    )
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise ListenError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
-    # aiohttp does not expose the bound socket, and with port 0 only the socket knows the port.
-    sockets = getattr(site._server, "sockets", None) or []
+    accept_errors.install()
+    # With port 0 only the socket knows the port.
+    sockets = site.sockets
     bound = sockets[0].getsockname() if sockets else (host, port)
     return Serving(runner, (str(bound[0]), int(bound[1])))

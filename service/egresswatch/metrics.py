@@ -18,6 +18,12 @@ Decisions:
 - ``egresswatch_incidents_open`` keeps a (target, suspect) series at 0 once its incidents close.
 - :meth:`Metrics.forget_target` / :meth:`Metrics.forget_source` remove every series carrying
   that name, so a target that leaves the config leaves the scrape.
+- ``per_source_kind`` (config ``metrics.detail: source_kind``): the duration histogram and the
+  results counter carry ``source_kind`` (pod, node, or unknown) instead of ``source``. They are
+  most of a scrape (a histogram is 17 lines a step): at 10,000 (source, target) pairs per
+  source they made 157 MB and 10 CPU-seconds a scrape. The per-pair gauges stay per source.
+- No ``_created`` series: a counter's or histogram's creation time doubles the lines of the
+  families that carry per-pair labels and no alert or dashboard reads it.
 """
 
 from __future__ import annotations
@@ -27,16 +33,23 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.metrics import MetricWrapperBase
 
-from egresswatch.model import RoundResult, Status, Step, Suspect
+from egresswatch.model import RoundResult, SourceKind, Status, Step, Suspect
 
 __all__ = ["DURATION_BUCKETS", "LATENESS_BUCKETS", "NO_REASON", "Metrics", "WriterMetrics"]
 
 log = logging.getLogger(__name__)
 
 NO_REASON = "none"
+UNKNOWN_KIND = "unknown"  # a source that never said whether it is a pod or a node
 # Steps take from about a millisecond (DNS from the node cache) to a 30 s timeout.
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Healthy lateness is milliseconds; seconds mean saturation or a stalled loop.
@@ -85,8 +98,15 @@ class _Tracked(Generic[_M]):
 class Metrics:
     """Every egresswatch metric family, registered on ``registry`` at construction."""
 
-    def __init__(self, registry: CollectorRegistry, *, version: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, *, version: str, per_source_kind: bool = False
+    ) -> None:
         r = registry
+        self._per_kind = per_source_kind
+        # A process-wide switch of the library (it has no per-registry one); every registry
+        # of ours wants it.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        detailed = ("source_kind", "target", "step") if per_source_kind else _PAIR
         self._step_up = _Tracked(
             Gauge(
                 "egresswatch_step_up",
@@ -100,13 +120,13 @@ class Metrics:
             Histogram(
                 "egresswatch_step_duration_seconds",
                 "How long each step that ran took.",
-                _PAIR,
+                detailed,
                 buckets=DURATION_BUCKETS,
                 registry=r,
             ),
-            _PAIR,
+            detailed,
         )
-        results_labels = (*_PAIR, "status", "reason")
+        results_labels = (*detailed, "status", "reason")
         self._results = _Tracked(
             Counter(
                 "egresswatch_step_results_total",
@@ -202,15 +222,18 @@ class Metrics:
 
     # Per-step series -------------------------------------------------------------------------
 
-    def observe_round(self, result: RoundResult) -> None:
-        """Count and time every step of a round, and set step_up and first_failing_step."""
+    def observe_round(self, result: RoundResult, kind: SourceKind | None = None) -> None:
+        """Count and time every step of a round, and set step_up and first_failing_step.
+        `kind`: the source's kind, the label of the detailed families per source kind."""
         source, target = result.source, result.target
+        who = (kind.value if kind is not None else UNKNOWN_KIND) if self._per_kind else source
         for step in result.steps:
             pair = (source, target, step.step.value)
+            detailed = (who, target, step.step.value)
             reason = step.reason.value if step.reason is not None else NO_REASON
-            self._results.labels(*pair, step.status.value, reason).inc()
+            self._results.labels(*detailed, step.status.value, reason).inc()
             if step.status is not Status.SKIPPED:
-                self._duration.labels(*pair).observe(step.duration_s)
+                self._duration.labels(*detailed).observe(step.duration_s)
             if step.status in (Status.OK, Status.FAIL):
                 self._step_up.labels(*pair).set(1 if step.status is Status.OK else 0)
         self.set_first_failing_step(source, target, result.first_failing_step)

@@ -25,7 +25,7 @@ __all__ = ["CONFIG_POLL_S", "RESTART_ONLY", "ConfigReloader", "keep_restart_only
 
 log = logging.getLogger(__name__)
 
-RESTART_ONLY = ("listen", "database", "source")  # fields a reload cannot change in place
+RESTART_ONLY = ("listen", "database", "source", "metrics")  # fields a reload cannot change in place
 CONFIG_POLL_S = 1.0  # how often the config file is looked at for changes
 
 

@@ -34,6 +34,7 @@ from egresswatch.controller.designated import Designated, standings
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.controller.ingest.intake import Ingest
+from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.kube.client import KubeClientError
 from egresswatch.kube.discovery import Discovery, start_discovery
@@ -95,7 +96,11 @@ class Service:
         self._migrate = migrate
         self._environ = environ
         self.registry = CollectorRegistry()
-        self.metrics = Metrics(self.registry, version=__version__)
+        self.metrics = Metrics(
+            self.registry,
+            version=__version__,
+            per_source_kind=settings.metrics.detail == "source_kind",
+        )
         self._reloader = ConfigReloader(
             config_path,
             overrides or {},
@@ -293,7 +298,9 @@ class Service:
             ),
         )
         try:
-            self._http, self.listening = await serve(app, self.settings.listen)
+            self._http, self.listening = await serve(
+                app, self.settings.listen, limits=CONTROLLER_LIMITS, registry=self.registry
+            )
         except ListenError as exc:
             raise StartupError(str(exc)) from None
 
@@ -305,7 +312,7 @@ class Service:
             # A round of a target that a reload removed is still stored (nothing is lost), but
             # its series stay gone from /metrics.
             if self.settings.target(result.target) is not None:
-                self.metrics.observe_round(result)
+                self.metrics.observe_round(result, self.pipeline.source_kind(result.source))
         self.pipeline.observe(rounds)
         self.pipeline.flush_soon()
         if self._observer is not None:

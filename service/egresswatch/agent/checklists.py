@@ -18,7 +18,7 @@ from egresswatch.model import Endpoint
 from egresswatch.plan import Plan, PlanTarget, plan_from_settings
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode
 from egresswatch.probes.proxy import proxy_for
-from egresswatch.probes.tls import TlsOptions
+from egresswatch.probes.tls import TlsContexts, TlsOptions
 from egresswatch.settings import Settings, TargetSettings
 
 __all__ = ["LocalSettings", "checklist_for", "checklist_plan"]
@@ -59,11 +59,13 @@ def checklist_plan(
     *,
     trace: TraceMode = TraceMode.ALWAYS,
     environ: Mapping[str, str] | None = None,
+    tls_contexts: TlsContexts | None = None,
 ) -> ChecklistPlan:
     """The checklist of one round of `target` (one of `plan.targets`).
 
     `environ` (default: the process environment) holds HTTP(S)_PROXY and NO_PROXY; a
-    malformed value raises ValueError naming the variable.
+    malformed value raises ValueError naming the variable. `tls_contexts`: the caller's
+    cache of TLS contexts, shared by every round it runs.
     """
     endpoint = target.endpoint
     return ChecklistPlan(
@@ -74,7 +76,9 @@ def checklist_plan(
         step_timeout_s=target.step_timeout_s,
         expect=target.expect_status,
         method=target.method,
-        tls=TlsOptions(ca_file=local.target_ca_files.get(target.name, local.ca_file)),
+        tls=TlsOptions(
+            ca_file=local.target_ca_files.get(target.name, local.ca_file), contexts=tls_contexts
+        ),
         proxy=(
             _proxy(plan, endpoint, local, os.environ if environ is None else environ)
             if target.use_proxy

@@ -15,6 +15,7 @@ from egresswatch.agent.checklists import LocalSettings, checklist_plan
 from egresswatch.model import RoundResult, Status, Step
 from egresswatch.plan import Plan, plan_from_settings
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
+from egresswatch.probes.tls import TlsContexts
 from egresswatch.schedule import RoundJob
 from egresswatch.settings import Settings
 
@@ -63,6 +64,7 @@ class RoundRunner:
         self._known_good: dict[str, str] = {}
         self._last_trace: dict[str, float] = {}
         self._traces_owed: dict[str, int] = {}  # target -> ok traces owed after a failed one
+        self._tls = TlsContexts()  # one context per trust, across rounds and plans
         if settings is not None:
             self.update(settings)
 
@@ -81,7 +83,9 @@ class RoundRunner:
         variable in the environment (nothing changed then)."""
         targets: dict[str, _Target] = {}
         for target in plan.targets:
-            checklist = checklist_plan(plan, target, local, environ=self._environ)
+            checklist = checklist_plan(
+                plan, target, local, environ=self._environ, tls_contexts=self._tls
+            )
             targets[target.name] = _Target(
                 plan=_with_budget(checklist, target.timeout_s),
                 interval_s=target.interval_s,

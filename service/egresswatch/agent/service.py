@@ -40,6 +40,7 @@ from egresswatch.agent.identity import (
 from egresswatch.agent.plan import PlanFollower
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.sink import HttpSink, SinkTuning
+from egresswatch.http_limits import AGENT_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
@@ -271,6 +272,8 @@ class Agent:
     async def _serve(self, listen: str) -> None:
         app = health_app(self.registry, self.readiness)
         try:
-            self._http, self.listening = await serve(app, listen)
+            self._http, self.listening = await serve(
+                app, listen, limits=AGENT_LIMITS, registry=self.registry
+            )
         except ListenError as exc:
             raise AgentStartupError(str(exc)) from None

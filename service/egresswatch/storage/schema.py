@@ -1,8 +1,9 @@
 """Engines, and the schema's state and migrations, for a database URL.
 
-The schema exists only through the Alembic migrations shipped inside the package
-(`egresswatch/migrations`), so an installed egresswatch can migrate its database without an
-alembic.ini: `alembic_config(url)` builds the configuration in code.
+The schema exists only through the Alembic migrations: the top-level `migrations/` folder of
+the source tree, shipped inside the package as `egresswatch.migrations` (pyproject.toml maps
+it), so an installed egresswatch can migrate its database without an alembic.ini:
+`alembic_config(url)` builds the configuration in code, `migrations_dir()` finds the scripts.
 
 `upgrade` and `downgrade` are synchronous (Alembic is) and run their own event loop for the
 async drivers: call them from a thread (`await asyncio.to_thread(upgrade, url)`), not from a
@@ -15,6 +16,7 @@ unreachable, not migrated, or newer than this code, with what to run (or migrate
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import json
 import logging
 from dataclasses import dataclass
@@ -33,8 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger(__name__)
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 # Seconds a SQLite connection waits for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -100,6 +100,21 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+def migrations_dir() -> Path:
+    """The Alembic script directory of this egresswatch: `egresswatch.migrations`, which is the
+    top-level `migrations/` in a source checkout (an editable install maps it) and
+    `egresswatch/migrations/` inside an installed wheel.
+
+    Raises RuntimeError when the scripts are not plain files (a zipped install), which Alembic
+    cannot read.
+    """
+    # By name, not by import: storage does not import the scripts, Alembic loads them.
+    found = importlib.resources.files("egresswatch.migrations")
+    if not isinstance(found, Path) or not (found / "env.py").is_file():
+        raise RuntimeError(f"the migrations are not a folder of files: {found}")
+    return found
+
+
 def alembic_config(url: str | URL | None = None, script_location: Path | None = None) -> Config:
     """An Alembic Config for the packaged migrations (or `script_location`'s), without an ini.
 
@@ -107,7 +122,7 @@ def alembic_config(url: str | URL | None = None, script_location: Path | None = 
     a `%` in a password); the migrations' env.py reads it from there.
     """
     config = Config()
-    config.set_main_option("script_location", str(script_location or MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(script_location or migrations_dir()))
     if url is not None:
         config.attributes["url"] = make_url(url).render_as_string(hide_password=False)
     return config
@@ -139,7 +154,7 @@ def head_revision() -> str:
     """The newest revision this code knows."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships migrations
-        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+        raise RuntimeError(f"no migrations found in {migrations_dir()}")
     return head
 
 

@@ -1,7 +1,8 @@
 """The database schema as SQLAlchemy Core tables: the one source autogenerate compares against.
 
-The schema itself is created only by the Alembic migrations in `egresswatch/migrations`; this
-module describes it so queries can be built and `alembic revision --autogenerate` can diff it.
+The schema itself is created only by the Alembic migrations in `migrations/` (shipped as
+`egresswatch.migrations`); this module describes it so queries can be built and
+`alembic revision --autogenerate` can diff it.
 Rows never leave the storage package: the public API speaks `egresswatch.model` types.
 
 Conventions, identical on SQLite and PostgreSQL:

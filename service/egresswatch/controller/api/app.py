@@ -6,23 +6,17 @@ API's routes are added by controller/api/routes.py.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch.health import Readiness, add_health_routes
+from egresswatch.problems import PROBLEM, problem
 
-PROBLEM = "application/problem+json"
+__all__ = ["PROBLEM", "make_app", "problem", "problems"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def problem(status: int, title: str, detail: str, **fields: Any) -> web.Response:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **fields}
-    return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM)
 
 
 @web.middleware

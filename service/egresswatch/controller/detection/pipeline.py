@@ -29,6 +29,7 @@ from egresswatch.controller.detection.restart import (
     saved_states,
 )
 from egresswatch.controller.diagnosis.rules import Context, Observation, diagnose
+from egresswatch.kube.netpol import PolicyView
 from egresswatch.metrics import Metrics
 from egresswatch.model import (
     Change,
@@ -60,8 +61,12 @@ class Pipeline:
         metrics: Metrics,
         clock: Callable[[], datetime],
         on_incident: Callable[[IncidentEvent], None] | None = None,
+        policies: PolicyView | None = None,
     ) -> None:
+        """`policies` is the cluster's NetworkPolicy view (the Kubernetes watch cache), for the
+        network_policy step of pod sources' verdicts; None judges without it."""
         self._settings = settings
+        self._policies = policies
         self._on_incident = on_incident
         self._history = history
         self._metrics = metrics
@@ -90,6 +95,9 @@ class Pipeline:
 
     def set_source_kind(self, source: str, kind: SourceKind) -> None:
         self._kinds[source] = kind
+
+    def source_kind(self, source: str) -> SourceKind | None:
+        return self._kinds.get(source)
 
     def observe(self, rounds: Iterable[RoundResult]) -> list[Change]:
         """Judge rounds (of any sources), oldest first; returns the changes they caused."""
@@ -361,6 +369,7 @@ class Pipeline:
             egress_devices=tuple(settings.egress_devices),
             upstream=settings.dns.upstream,
             proxy=settings.proxy.url if settings.proxy else None,
+            policies=self._policies,
         )
         return diagnose(this, controls=controls, peers=peers, context=context)
 

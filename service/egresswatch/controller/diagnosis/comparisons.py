@@ -63,7 +63,7 @@ def compare(case: Case, step: Step, peers: Sequence[Observation]) -> Finding | N
         if failing:
             evidence.append(f"{step.value} fails from {listing([p.source for p in failing])} too")
         evidence.extend(_controls_too(case))
-        suspect, rule = Suspect.NETWORK_POLICY, "pod_fails_node_works"
+        suspect, rule = _pod_only(case, step, evidence, facts)
     elif working and not failing:
         names = listing([f"{p.source_kind.value} {p.source}" for p in working])
         evidence.append(f"{step.value} works from every other source: {names}")
@@ -72,6 +72,26 @@ def compare(case: Case, step: Step, peers: Sequence[Observation]) -> Finding | N
     else:
         return None
     return Finding(suspect, rule, tuple(evidence), facts, step, told)
+
+
+def _pod_only(
+    case: Case, step: Step, evidence: list[str], facts: dict[str, Any]
+) -> tuple[Suspect, str]:
+    """A pod fails where its node gets through: a network policy, unless the policies (all of
+    them evaluated) allow the packets, and then the pod's own networking (the CNI, a sidecar).
+    Adds the policies' word to `evidence` and `facts` when they were judged."""
+    policy = case.policy_on(step)
+    if policy is None:
+        return Suspect.NETWORK_POLICY, "pod_fails_node_works"
+    facts["network_policy"] = policy.to_json()
+    if policy.allowed and not policy.not_evaluated:
+        evidence.append(
+            f"the policies allow it ({policy.why}): look at the CNI or something else on the "
+            "pod's path"
+        )
+        return Suspect.SOURCE_LOCAL, "pod_fails_policies_allow"
+    evidence.extend(policy.sentences)
+    return Suspect.NETWORK_POLICY, "pod_fails_node_works"
 
 
 def _controls_too(case: Case) -> list[str]:

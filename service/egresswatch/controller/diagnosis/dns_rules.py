@@ -35,14 +35,36 @@ from egresswatch.report import next_command
 
 
 def dns(case: Case) -> Finding | None:
-    """A DNS step failed first: whose answer was wrong, the name's, the source's or a resolver's."""
+    """A DNS step failed first: whose answer was wrong, the name's, the source's or a resolver's.
+
+    A pod whose NetworkPolicies forbid asking the upstream directly (the common "DNS to kube-dns
+    only") learns nothing of the upstream from its silence: dns_upstream is then judged as not
+    run, and the evidence says why.
+    """
     if case.first not in DNS_STEPS:
         return None
-    cluster, upstream = case.result(Step.DNS_CLUSTER), case.result(Step.DNS_UPSTREAM)
+    upstream = case.result(Step.DNS_UPSTREAM)
+    denied = case.policy_on(Step.DNS_UPSTREAM) if case.first is Step.DNS_CLUSTER else None
+    if denied is None or denied.allowed:
+        return _dns(case, upstream)
+    finding = _dns(case, None)
+    if finding is None:
+        return None
+    note = f"dns_upstream says nothing of the upstream here: {denied.sentences[0]}"
+    facts = {**finding.facts, "network_policy_dns_upstream": denied.to_json()}
+    told = finding.steps_told | {Step.DNS_UPSTREAM}
+    return dataclasses.replace(
+        finding, evidence=(*finding.evidence, note), facts=facts, steps_told=told
+    )
+
+
+def _dns(case: Case, upstream: StepResult | None) -> Finding | None:
+    """`dns`, with `upstream` the dns_upstream result to weigh (None: none to weigh)."""
+    cluster = case.result(Step.DNS_CLUSTER)
     both = (case.says(Step.DNS_CLUSTER), case.says(Step.DNS_UPSTREAM))
     facts = {
         Step.DNS_CLUSTER.value: failure_facts(cluster),
-        Step.DNS_UPSTREAM.value: failure_facts(upstream),
+        Step.DNS_UPSTREAM.value: failure_facts(case.result(Step.DNS_UPSTREAM)),
     }
     told = frozenset(DNS_STEPS)
 
@@ -54,7 +76,9 @@ def dns(case: Case) -> Finding | None:
     if upstream_failed and _reason_in(upstream, NAME_ABSENT) and not is_ok(cluster):
         return found(Suspect.NAME_NOT_FOUND, "name_absent_upstream", Step.DNS_UPSTREAM)
     if cluster_failed and _reason_in(cluster, NAME_ABSENT) and not ran(upstream):
-        why = "no upstream answer to compare with: configure dns.upstream to tell them apart"
+        why = "no upstream answer to compare with"
+        if not ran(case.result(Step.DNS_UPSTREAM)):
+            why += ": configure dns.upstream to tell them apart"
         return found(Suspect.NAME_NOT_FOUND, "name_absent_only_resolver", Step.DNS_CLUSTER, why)
     blocked = _blocked_beyond_dns(case)
     if blocked is not None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from egresswatch.controller.diagnosis.findings import Finding, Network, dns_sentence, step_sentence
+from egresswatch.controller.diagnosis.policies import PolicyEvidence, judge
+from egresswatch.kube.netpol import PolicyView
 from egresswatch.model import Endpoint, Role, RoundResult, SourceKind, Step, StepResult
 
 
@@ -35,6 +37,9 @@ class Context:
     egress_devices: tuple[Network, ...] = ()
     upstream: str | None = None  # the upstream resolver address, for next commands
     proxy: str | None = None  # proxy URL in use, for next commands
+    # The cluster's NetworkPolicies (the controller's watch cache), for pod sources; None
+    # outside a cluster or before the cache is wired: the network_policy step is then not judged.
+    policies: PolicyView | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,20 @@ class Case:
 
     def result(self, step: Step) -> StepResult | None:
         return self.this.round.step(step)
+
+    @cached_property
+    def policy(self) -> PolicyEvidence | None:
+        """The NetworkPolicies' word on the first failing step (see `policy_on`)."""
+        return self.policy_on(self.first) if self.first is not None else None
+
+    def policy_on(self, step: Step) -> PolicyEvidence | None:
+        """What the NetworkPolicies say of `step`'s packets from this pod source: None for a
+        node, without a policy view, or when policies cannot explain how `step` failed."""
+        result = self.result(step)
+        view = self.context.policies
+        if view is None or result is None or self.this.source_kind is not SourceKind.POD:
+            return None
+        return judge(view, self.this.source, result, self.this.round)
 
     @property
     def host(self) -> str:

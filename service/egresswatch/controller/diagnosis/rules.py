@@ -5,14 +5,17 @@ The rules follow the checklist's order and are an ordered chain of small functio
 that concludes wins (docs/diagnosis.md explains each and why the order is what it is):
 
 1. nothing failed: no suspect;
+1b. the NetworkPolicies selecting a pod source deny the failing step's packets
+   (policy_rules.py): `network_policy`;
 2. a DNS step failed first (dns_rules.py): `name_not_found`, `egress_path` when the path out
    is gone too, a source comparison, `cluster_dns`, `upstream_dns`; 2b. the cluster's answer
    is unreachable where the upstream's works: `cluster_dns`;
 3. only path_trace failed: the target works, no suspect;
 4. signatures on the network steps: a proxy's refusal (`proxy`), an egress device's
    (`firewall`);
-5. source comparison (comparisons.py): a pod fails where a node gets through (`network_policy`),
-   or only this source fails (`source_local`);
+5. source comparison (comparisons.py): a pod fails where a node gets through (`network_policy`,
+   or `source_local` when the policies, all evaluated, allow it), or only this source fails
+   (`source_local`);
 6. every control fails from this source too (`egress_path`, comparisons.py);
 7. the failure's shape (failure_shapes.py);
 8. anything else: `unknown`, with the evidence gathered.
@@ -48,6 +51,7 @@ from egresswatch.controller.diagnosis.findings import (
     trace_stop,
 )
 from egresswatch.controller.diagnosis.inputs import Case, Context, Observation, Rule
+from egresswatch.controller.diagnosis.policy_rules import policy_denies
 from egresswatch.evidence import DnsEvidence, HttpEvidence, TlsEvidence
 from egresswatch.model import (
     Endpoint,
@@ -245,6 +249,7 @@ def _unknown(case: Case) -> Finding:
 
 _RULES: tuple[Rule, ...] = (
     _healthy,
+    policy_denies,
     dns,
     cluster_answer_unreachable,
     _trace_only,
@@ -270,6 +275,12 @@ def _verdict(case: Case, finding: Finding) -> Verdict:
     ]
     if later:
         evidence.append(f"also failing: {', '.join(later)}")
+    policy = case.policy
+    said = "network_policy" in finding.facts
+    if policy is not None and not said:
+        # the network_policy step was judged and did not decide: say so (ruled out, or the
+        # policy kinds nobody evaluated), whatever else concluded
+        evidence.extend(policy.sentences)
     facts: dict[str, Any] = {
         "rule": finding.rule,
         "source": case.this.source,
@@ -279,6 +290,8 @@ def _verdict(case: Case, finding: Finding) -> Verdict:
         "reason": case.failing.reason.value if case.failing and case.failing.reason else None,
         **finding.facts,
     }
+    if policy is not None and not said:
+        facts["network_policy"] = policy.to_json()
     return Verdict(
         suspect=finding.suspect,
         first_failing_step=case.first,

@@ -1,1 +1,0 @@
-"""Alembic migrations, shipped in the package so an installed egresswatch can migrate."""
