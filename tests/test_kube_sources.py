@@ -16,7 +16,7 @@ from egresswatch.kube.discovery import Discovery, start_discovery
 from egresswatch.kube.sources import expected_sources
 from egresswatch.kube.views import NodeView, PodView, Workload, owner_of, pod_view
 from egresswatch.model import SourceKind
-from egresswatch.settings import KubernetesSettings
+from egresswatch.settings import ConfigError, KubernetesSettings, settings_from_dict
 from tests.support.kubeapi import RunningKubeApi, kube_api, load_fixtures
 from tests.support.service import wait_for
 
@@ -210,3 +210,27 @@ async def test_a_rollout_on_the_same_node_keeps_the_identity(
     )
     assert after.pods[0].ip == "10.244.9.9"
     assert discovery.retired() == {}
+
+
+@pytest.mark.parametrize(
+    ("block", "named"),
+    [
+        ({"node_selector": "agentpool in nodepool1"}, "kubernetes.node_selector"),
+        ({"pod_selector": "a=b=c"}, "kubernetes.pod_selector"),
+        ({"pod_namespaces": ["Payments_NS"]}, r"kubernetes.pod_namespaces\[0\]"),
+        ({"lease": "x"}, "kubernetes.lease"),
+    ],
+)
+def test_a_bad_kubernetes_block_names_the_field(block: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        settings_from_dict({"kubernetes": block})
+
+
+def test_selectors_the_api_server_takes_are_accepted() -> None:
+    block = {
+        "node_selector": "kubernetes.azure.com/agentpool in (nodepool1, np2),!virtual-kubelet.io/x",
+        "pod_selector": "app.kubernetes.io/component!=node-agent,tier",
+    }
+    assert (
+        settings_from_dict({"kubernetes": block}).kubernetes.node_selector == block["node_selector"]
+    )
