@@ -89,7 +89,11 @@ def settings_for(targets: Sequence[tuple[str, str, Role]]) -> Settings:
 
 
 async def refuse_ingest(
-    source: str, batch_id: str, rounds: Sequence[RoundResult], kind: SourceKind | None
+    source: str,
+    batch_id: str,
+    rounds: Sequence[RoundResult],
+    kind: SourceKind | None,
+    node: str | None,
 ) -> int:
     raise RuntimeError("ingest is not part of this benchmark")
 

@@ -530,6 +530,18 @@ async def test_the_buffer_is_bounded_and_close_gives_up_in_time(world: World) ->
             ("n", "node"),
         ),
         (None, "pod", {"POD_NAME": "p", "POD_NAMESPACE": "ns", "NODE_NAME": "n"}, ("ns/p", "pod")),
+        # A designated pod source: its workload and node, not its pod name (issue 9).
+        (
+            None,
+            "pod",
+            {
+                "POD_NAME": "w-7d9f-x",
+                "POD_NAMESPACE": "ns",
+                "NODE_NAME": "n",
+                "EGRESSWATCH_WORKLOAD": "w",
+            },
+            ("ns/w@n", "pod"),
+        ),
         # Flags win over the environment.
         ("mine", "node", {"POD_NAME": "p", "POD_NAMESPACE": "ns"}, ("mine", "node")),
         ("mine", None, {"EGRESSWATCH_SOURCE_KIND": "pod"}, ("mine", "pod")),
@@ -555,6 +567,12 @@ def test_identity(
             "EGRESSWATCH_SOURCE_KIND",
         ),
         (None, "node", {"POD_NAME": "p", "POD_NAMESPACE": "ns"}, "NODE_NAME"),
+        (
+            None,
+            None,
+            {"POD_NAME": "p", "POD_NAMESPACE": "ns", "EGRESSWATCH_WORKLOAD": "w"},
+            "EGRESSWATCH_WORKLOAD.*NODE_NAME",
+        ),
         ("mine", None, {}, "--source-kind"),
         ("bad\nname", "node", {}, "--source"),
     ],

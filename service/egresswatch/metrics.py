@@ -29,6 +29,7 @@ Decisions:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -55,6 +56,7 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 _PAIR = ("source", "target", "step")
+SOURCE_STATES = ("reporting", "unknown", "missing", "retired")  # controller/designated.py
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
 
@@ -174,6 +176,8 @@ class Metrics:
 
     def _health(self, r: CollectorRegistry, version: str) -> None:
         """The service's own health: no per-target labels."""
+        self._registry = r
+        self._sources: Gauge | None = None
         self.lateness = Histogram(
             "egresswatch_scheduler_lateness_seconds",
             "How late rounds started: when they got a slot minus when they were due.",
@@ -290,6 +294,20 @@ class Metrics:
 
     def count_config_reload(self, outcome: Literal["ok", "rejected"]) -> None:
         self.config_reloads.labels(outcome).inc()
+
+    def set_designated_sources(self, counts: Mapping[str, int]) -> None:
+        """`egresswatch_sources{state}`: designated sources by standing (reporting, unknown,
+        missing) and the retired ones; registered on first use (Kubernetes enabled)."""
+        if self._sources is None:
+            self._sources = Gauge(
+                "egresswatch_sources",
+                "Designated sources (Kubernetes) by state: reporting, unknown (silent), "
+                "missing (never reported), retired (no longer designated).",
+                ("state",),
+                registry=self._registry,
+            )
+        for state in SOURCE_STATES:
+            self._sources.labels(state).set(counts.get(state, 0))
 
 
 class WriterMetrics:

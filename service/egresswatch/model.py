@@ -116,6 +116,17 @@ class SourceKind(StrEnum):
     NODE = "node"
 
 
+def pod_source_name(namespace: str, workload: str, node: str) -> str:
+    """A designated pod source's name: `NAMESPACE/WORKLOAD@NODE`.
+
+    Its identity is the workload (Deployment, DaemonSet or StatefulSet) and the node it runs
+    on, not the pod: a pod replaced on the same node continues the same history, and replicas
+    on different nodes (different paths out) stay different sources. The agent names itself
+    so (agent/identity.py) and the controller expects it so (kube/sources.py).
+    """
+    return f"{namespace}/{workload}@{node}"
+
+
 class Scheme(StrEnum):
     HTTPS = "https"
     HTTP = "http"

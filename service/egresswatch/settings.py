@@ -344,6 +344,60 @@ class TargetSettings(_Strict):
         return Endpoint.parse(self.url or self.address or "")
 
 
+_SELECTOR_KEY = r"!?\s*[A-Za-z0-9][\w./-]*"
+_SELECTOR_VALUE = r"[\w.-]*"
+_SELECTOR_TERM = re.compile(
+    rf"^\s*(?:{_SELECTOR_KEY}"
+    rf"|[A-Za-z0-9][\w./-]*\s*(?:==|!=|=)\s*{_SELECTOR_VALUE}"
+    rf"|[A-Za-z0-9][\w./-]*\s+(?:in|notin)\s+\(\s*{_SELECTOR_VALUE}(?:\s*,\s*{_SELECTOR_VALUE})*\s*\))"
+    r"\s*$"
+)
+_DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+def _label_selector(value: str) -> str:
+    """A Kubernetes label selector (=, ==, !=, in, notin, exists, !exists), checked for shape
+    here so a typo is a config error, not a 400 from the API server at run time."""
+    depth, start, terms = 0, 0, []
+    for i, char in enumerate(value):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(value[start:i])
+            start = i + 1
+    terms.append(value[start:])
+    for term in terms:
+        if term.strip() and not _SELECTOR_TERM.match(term):
+            raise ValueError(f"bad label selector term {term.strip()!r} in {value!r}")
+    return value.strip()
+
+
+class KubernetesSettings(_Strict):
+    """Designated sources: which sources should exist, from the cluster's Nodes and Pods."""
+
+    enabled: bool = Field(False, description="watch the Kubernetes API (the controller only)")
+    kubeconfig: Path | None = Field(
+        None, description="a kubeconfig file; unset: the in-cluster service account"
+    )
+    context: str | None = Field(None, description="the kubeconfig context; unset: its current one")
+    node_sources: bool = Field(True, description="every Node matching node_selector is a source")
+    node_selector: str = Field(
+        "", description="label selector of the Nodes that are node sources; empty: every Node"
+    )
+    pod_namespaces: list[Annotated[str, Field(pattern=_DNS_LABEL)]] = Field(
+        default_factory=list,
+        description="namespaces whose agent pods (pod_selector) are pod sources",
+    )
+    pod_selector: str = Field(
+        "app.kubernetes.io/component=pod-agent",
+        description="label selector of the agent pods in pod_namespaces",
+    )
+
+    @field_validator("node_selector", "pod_selector")
+    @classmethod
+    def _check_selector(cls, value: str) -> str:
+        return _label_selector(value)
+
+
 @dataclass
 class _Lookup:
     """Targets by name, and their merged detection settings, for one targets list."""
@@ -415,6 +469,7 @@ class Settings(_Strict):
         "unset means on-demand rounds are closed",
     )
     run_limit: RunLimitSettings = Field(default_factory=RunLimitSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     targets: list[TargetSettings] = Field(default_factory=list, validate_default=True)
     _held_lookup: _Lookup | None = PrivateAttr(None)
 

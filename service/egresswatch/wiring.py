@@ -32,11 +32,14 @@ from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.query import ApiError
 from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
+from egresswatch.controller.designated import Designated, standings
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
+from egresswatch.kube.client import KubeClientError
+from egresswatch.kube.discovery import Discovery, start_discovery
 from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.reload import ConfigReloader
@@ -123,6 +126,8 @@ class Service:
         self.scheduler: RoundScheduler
         self._http: web.AppRunner | None = None
         self.listening: tuple[str, int] | None = None
+        self.discovery: Discovery | None = None  # kubernetes.enabled: the designated sources
+        self.designated: Designated | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -130,6 +135,7 @@ class Service:
         """Check the database, then start the writer, the rounds and the HTTP server."""
         await self._open_storage()
         await self._start_detection()
+        await self._start_discovery()
         self._start_ingest()
         self._start_rounds()
         await self._serve()
@@ -187,6 +193,8 @@ class Service:
         steps: list[Callable[[], Awaitable[None]]] = [self._reloader.close, self._stop_http]
         if hasattr(self, "scheduler"):
             steps.append(self.scheduler.shutdown)
+        if self.discovery is not None:
+            steps.append(self._stop_discovery)
         if hasattr(self, "ingest"):
             steps.append(self.ingest.close)
         if hasattr(self, "pipeline"):
@@ -194,6 +202,11 @@ class Service:
         if hasattr(self, "store"):
             steps.append(self.store.engine.dispose)
         return steps
+
+    async def _stop_discovery(self) -> None:
+        if self.discovery is not None:
+            discovery, self.discovery = self.discovery, None
+            await discovery.stop()
 
     async def _stop_http(self) -> None:
         if self._http is not None:
@@ -246,6 +259,22 @@ class Service:
             self.pipeline.set_source_kind(self.settings.source.name, self.settings.source.kind)
         await self.pipeline.restore()  # the open incidents stay the same incidents
         await self.pipeline.flush()
+
+    async def _start_discovery(self) -> None:
+        """With `kubernetes.enabled`: the reflectors and the designated sources they give."""
+        if not self.settings.kubernetes.enabled:
+            return
+        try:
+            self.discovery = discovery = await start_discovery(
+                self.settings.kubernetes, clock=_utc_now
+            )
+        except KubeClientError as exc:
+            raise StartupError(str(exc)) from None
+        self.designated = Designated(
+            synced=lambda: discovery.synced,
+            expected=discovery.expected,
+            retired=discovery.retired,
+        )
 
     def _start_ingest(self) -> None:
         """The writer every round goes through, local or an agent's, before it is judged."""
@@ -307,6 +336,8 @@ class Service:
                 ),
                 clock=_utc_now,
                 outage=self.outage,
+                designated=self.designated,
+                hidden=lambda source: source in self.pipeline.retired,
             ),
         )
         try:
@@ -345,11 +376,15 @@ class Service:
         """Write what detection produced; every few ticks, look for silent sources."""
         self._ticks += 1
         if self._ticks % STALENESS_EVERY_TICKS == 0:
-            self.pipeline.tick()
+            designated = self.designated
+            self.pipeline.tick(designated.is_retired if designated else None)
             try:
-                for source in await self.store.sources():
+                sources = await self.store.sources()
+                for source in sources:
                     if source.kind:
                         self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
+                if designated is not None:
+                    await self._count_designated(designated, [s.name for s in sources])
             except Exception as error:
                 self.metrics.count_database_error()
                 if is_unavailable(error):  # said once per outage, not every 5 s
@@ -357,6 +392,15 @@ class Service:
                 else:
                     log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
+
+    async def _count_designated(self, designated: Designated, known: list[str]) -> None:
+        """egresswatch_sources{state}: the designated sources by standing."""
+        found = standings(designated.expected(), await self.history.states(), known)
+        counts = {state.value: 0 for state in found.values()}
+        for state in found.values():
+            counts[state.value] += 1
+        counts["retired"] = len(designated.retired())
+        self.metrics.set_designated_sources(counts)
 
     async def _retention(self) -> None:
         # The windows are read at each run: a reload changes them without a restart.
@@ -396,6 +440,9 @@ class Service:
         """A reloaded config, in place: the runner's targets, the jobs (unchanged ones keep
         their phase), the series and detection state of removed targets, the stored list."""
         old_targets = {t.name for t in self.settings.targets}
+        if new.kubernetes != self.settings.kubernetes:
+            # The watches are made once, at start: a new selector or namespace needs a restart.
+            log.warning("the kubernetes block changed: it applies at the next restart")
         self.settings = new
         if self.local_agent:
             self.runner.update(new)

@@ -312,10 +312,11 @@ class ApiWorld:
         batch_id: str,
         rounds: Sequence[RoundResult],
         kind: SourceKind | None = None,
+        node: str | None = None,
     ) -> int:
         """The real ingest path (validated, stored, then judged), its calls recorded."""
         assert self.intake is not None
-        stored = await self.intake.accept(source, batch_id, rounds, kind)
+        stored = await self.intake.accept(source, batch_id, rounds, kind, node)
         self.ingested.append((source, batch_id, list(rounds)))
         return stored
 

@@ -42,11 +42,15 @@ def encode_round(result: RoundResult) -> bytes:
     return json.dumps(_plain(document), ensure_ascii=False, allow_nan=False).encode()
 
 
-def batch_head(source: str, source_kind: SourceKind | None) -> bytes:
-    """The start of every batch body from this source (it never changes): an open object."""
+def batch_head(source: str, source_kind: SourceKind | None, node: str | None = None) -> bytes:
+    """The start of every batch body from this source (it never changes): an open object.
+    `node` is the node the source runs on (a pod's NODE_NAME): every round of the batch ran
+    there."""
     head: dict[str, Any] = {"source": source}
     if source_kind is not None:
         head["source_kind"] = source_kind.value
+    if node is not None:
+        head["source_node"] = node
     return json.dumps(head, ensure_ascii=False, separators=(",", ":"))[:-1].encode()
 
 

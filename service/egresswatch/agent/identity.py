@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from egresswatch.model import SourceKind
+from egresswatch.model import SourceKind, pod_source_name
 
 __all__ = [
     "SourceIdentity",
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 ENV_KIND = "EGRESSWATCH_SOURCE_KIND"
 ENV_POD_NAME, ENV_POD_NAMESPACE, ENV_NODE_NAME = "POD_NAME", "POD_NAMESPACE", "NODE_NAME"
+# The designated workload a pod agent stands for (the chart sets it to its Deployment's name):
+# with it, a pod source is NAMESPACE/WORKLOAD@NODE and survives a rollout (model.pod_source_name).
+ENV_WORKLOAD = "EGRESSWATCH_WORKLOAD"
 NAME_MAX = 253  # the controller's limit on a source name
 
 
@@ -41,6 +44,7 @@ class UsageError(ValueError):
 class SourceIdentity:
     name: str
     kind: SourceKind
+    node: str | None = None  # NODE_NAME: the node a pod ran on, carried with its batches
 
 
 def resolve_identity(
@@ -51,16 +55,19 @@ def resolve_identity(
     - `--source NAME` needs a kind: `--source-kind`, else EGRESSWATCH_SOURCE_KIND.
     - Otherwise the kind is `--source-kind`, else EGRESSWATCH_SOURCE_KIND, else what the
       Downward API variables say (POD_NAME: pod; NODE_NAME alone: node; both: ambiguous).
-    - A pod is `POD_NAMESPACE/POD_NAME`, a node `NODE_NAME`.
+    - A pod is `POD_NAMESPACE/EGRESSWATCH_WORKLOAD@NODE_NAME` when EGRESSWATCH_WORKLOAD is set
+      (a designated pod source: the name the controller expects, kube/sources.py), else
+      `POD_NAMESPACE/POD_NAME`; a node is `NODE_NAME`.
 
     UsageError names the flag or variable that is missing or wrong.
     """
     chosen_kind = _kind(kind, "--source-kind") or _kind(environ.get(ENV_KIND), ENV_KIND)
+    pod, node = environ.get(ENV_POD_NAME, "").strip(), environ.get(ENV_NODE_NAME, "").strip()
+    on = _checked(node, ENV_NODE_NAME) if node else None
     if source is not None:
         if chosen_kind is None:
             raise UsageError(f"--source needs --source-kind pod|node (or {ENV_KIND}=pod|node)")
-        return SourceIdentity(_checked(source.strip(), "--source"), chosen_kind)
-    pod, node = environ.get(ENV_POD_NAME, "").strip(), environ.get(ENV_NODE_NAME, "").strip()
+        return SourceIdentity(_checked(source.strip(), "--source"), chosen_kind, on)
     if chosen_kind is None:
         if pod and node:
             raise UsageError(
@@ -81,12 +88,21 @@ def resolve_identity(
             raise UsageError(
                 f"a pod source needs {' and '.join(missing)} set (Downward API), or --source NAME"
             )
-        return SourceIdentity(_checked(f"{namespace}/{pod}", ENV_POD_NAME), SourceKind.POD)
+        workload = environ.get(ENV_WORKLOAD, "").strip()
+        if workload:
+            if not node:
+                raise UsageError(
+                    f"{ENV_WORKLOAD} names a designated pod source, which needs {ENV_NODE_NAME} "
+                    "(Downward API spec.nodeName)"
+                )
+            name = pod_source_name(namespace, workload, node)
+            return SourceIdentity(_checked(name, ENV_WORKLOAD), SourceKind.POD, on)
+        return SourceIdentity(_checked(f"{namespace}/{pod}", ENV_POD_NAME), SourceKind.POD, on)
     if not node:
         raise UsageError(
             f"a node source needs {ENV_NODE_NAME} set (Downward API), or --source NAME"
         )
-    return SourceIdentity(_checked(node, ENV_NODE_NAME), SourceKind.NODE)
+    return SourceIdentity(_checked(node, ENV_NODE_NAME), SourceKind.NODE, on)
 
 
 def _kind(value: str | None, origin: str) -> SourceKind | None:

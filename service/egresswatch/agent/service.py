@@ -159,6 +159,7 @@ class Agent:
             options.controller,
             source=options.identity.name,
             source_kind=options.identity.kind,
+            source_node=options.identity.node,
             token=self._token,
             session=self._session,
             tuning=options.sink,

@@ -94,6 +94,7 @@ class HttpSink:
         *,
         source: str,
         source_kind: SourceKind | None,
+        source_node: str | None = None,
         token: Callable[[], str | None],
         session: aiohttp.ClientSession,
         tuning: SinkTuning | None = None,
@@ -146,7 +147,7 @@ class HttpSink:
         self._closed = False
         self._task: asyncio.Task[None] | None = None
         # The batch prefix never changes, so it is encoded once.
-        self._head = batch_head(source, source_kind)
+        self._head = batch_head(source, source_kind, source_node)
 
     # -- the caller's side ------------------------------------------------------------------
 

@@ -1,0 +1,1 @@
+"""Kubernetes: the API client, watches, designated sources, NetworkPolicy evaluation."""

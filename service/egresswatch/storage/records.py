@@ -18,6 +18,7 @@ class SourceRecord:
     kind: SourceKind | None
     first_seen: datetime
     last_seen: datetime
+    node: str | None = None  # the node it runs on, when its agent says (NODE_NAME)
 
 
 @dataclass(frozen=True)

@@ -236,15 +236,17 @@ class Store:
                 .values(active=False)
             )
 
-    async def register_source(self, name: str, kind: SourceKind) -> None:
-        """Create or update a source with its kind (rounds name their source, not its kind)."""
+    async def register_source(self, name: str, kind: SourceKind, node: str | None = None) -> None:
+        """Create or update a source with its kind and node (rounds name their source, not its
+        kind or the node it runs on)."""
         now = self._clock()
         async with self.engine.begin() as conn:
             statement = upsert(conn, t.sources).values(
-                name=name, kind=kind.value, first_seen=now, last_seen=now
+                name=name, kind=kind.value, node=node, first_seen=now, last_seen=now
             )
             statement = statement.on_conflict_do_update(
-                index_elements=["name"], set_={"kind": statement.excluded.kind}
+                index_elements=["name"],
+                set_={"kind": statement.excluded.kind, "node": statement.excluded.node},
             )
             await conn.execute(statement)
 
@@ -253,12 +255,13 @@ class Store:
     async def sources(self) -> list[SourceRecord]:
         """Every source ever seen, by name."""
         s = t.sources
-        query = sa.select(s.c.name, s.c.kind, s.c.first_seen, s.c.last_seen).order_by(s.c.name)
+        columns = (s.c.name, s.c.kind, s.c.first_seen, s.c.last_seen, s.c.node)
+        query = sa.select(*columns).order_by(s.c.name)
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            SourceRecord(name, SourceKind(kind) if kind else None, first, last)
-            for name, kind, first, last in rows
+            SourceRecord(name, SourceKind(kind) if kind else None, first, last, node)
+            for name, kind, first, last, node in rows
         ]
 
     async def targets(self) -> list[TargetRecord]:

@@ -77,6 +77,8 @@ sources = sa.Table(
     sa.Column("kind", Code, nullable=True),
     sa.Column("first_seen", UTCDateTime, nullable=False),
     sa.Column("last_seen", UTCDateTime, nullable=False),
+    # The node it runs on (a pod's NODE_NAME), so a pod is compared with its own node.
+    sa.Column("node", Name, nullable=True),
 )
 
 targets = sa.Table(

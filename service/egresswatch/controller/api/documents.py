@@ -197,8 +197,10 @@ class StatusDocuments:
         states: Sequence[StateRecord],
         sources: Sequence[str],
         now: datetime,
+        extra: Document | None = None,
     ) -> Document:
-        """`status_document(settings, states, sources, now)`."""
+        """`status_document(settings, states, sources, now)`, with `extra`'s entries (the
+        designated sources) before the targets."""
         by_target: dict[str, dict[str, list[StateRecord]]] = {}
         for record in states:
             by_target.setdefault(record.target, {}).setdefault(record.source, []).append(record)
@@ -236,6 +238,7 @@ class StatusDocuments:
         return {
             "generated_at": iso(now),
             "healthy": all(t["healthy"] for t in targets),
+            **(extra or {}),
             "targets": targets,
         }
 
@@ -245,10 +248,11 @@ class StatusDocuments:
         states: Sequence[StateRecord],
         sources: Sequence[str],
         now: datetime,
+        extra: Document | None = None,
     ) -> str:
         """`json.dumps(self.document(...))`, the same text, with each source's part encoded
         only when it was rendered."""
-        document = self.document(settings, states, sources, now)
+        document = self.document(settings, states, sources, now, extra)
         targets = []
         for target in document["targets"]:
             texts = [self._parts[(target["target"], s["source"])][2] for s in target["sources"]]

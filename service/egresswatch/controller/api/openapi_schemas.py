@@ -208,8 +208,37 @@ def _views() -> dict[str, Schema]:
                 "sources": array(ref("SourceStatus")),
             }
         ),
+        "DesignatedSource": obj(
+            {
+                "source": STRING,
+                "kind": ref("SourceKind"),
+                "state": {
+                    "type": "string",
+                    "enum": ["reporting", "unknown", "missing"],
+                    "description": "missing: never reported; unknown: silent (stale); "
+                    "neither is a connectivity failure",
+                },
+                "node": STRING,
+                "workload": nullable(obj({"namespace": STRING, "kind": STRING, "name": STRING})),
+                "pods": array(obj({"name": STRING, "ip": nullable(STRING)})),
+            }
+        ),
+        "Designated": obj(
+            {
+                "synced": {**BOOLEAN, "description": "every watch has listed once"},
+                "sources": array(ref("DesignatedSource")),
+                "retired": array(STRING),
+            },
+            description="the sources the Kubernetes cluster designates (kubernetes.enabled)",
+        ),
         "StatusReport": obj(
-            {"generated_at": TIME, "healthy": BOOLEAN, "targets": array(ref("TargetStatus"))}
+            {
+                "generated_at": TIME,
+                "healthy": BOOLEAN,
+                "designated": ref("Designated"),
+                "targets": array(ref("TargetStatus")),
+            },
+            optional=("designated",),
         ),
         "TimelinePoint": obj(
             {
@@ -309,10 +338,14 @@ def _agents() -> dict[str, Schema]:
                 **nullable(ref("SourceKind")),
                 "description": "recorded for the source when given (the diagnosis needs it)",
             },
+            "source_node": {
+                **nullable(NAME),
+                "description": "the node the source runs on (a pod's NODE_NAME)",
+            },
             "batch_id": {**NAME, "maxLength": BATCH_ID_MAX, "description": "unique per batch"},
             "rounds": array(ref("IngestRound"), minItems=1),
         },
-        optional=("source_kind",),
+        optional=("source_kind", "source_node"),
     )
     return {
         "IngestStep": ingest_step,

@@ -34,6 +34,7 @@ from egresswatch.controller.api.query import (
     not_found,
 )
 from egresswatch.controller.api.ratelimit import RateLimiter, retry_after
+from egresswatch.controller.designated import Designated, designated_document
 from egresswatch.controller.ingest.batch_body import parse_batch, read_body
 from egresswatch.controller.ingest.intake import Refused
 from egresswatch.model import RoundResult, SourceKind
@@ -59,15 +60,21 @@ class ApiDeps:
     store: Store
     history: History
     settings: Callable[[], Settings]  # the current config (reloads swap it)
-    # (source, batch_id, rounds, source kind) -> rounds stored (0 for a repeated batch);
-    # raises Refused (controller.ingest.Ingest.accept)
-    ingest: Callable[[str, str, Sequence[RoundResult], SourceKind | None], Awaitable[int]]
+    # (source, batch_id, rounds, source kind, source node) -> rounds stored (0 for a repeated
+    # batch); raises Refused (controller.ingest.Ingest.accept)
+    ingest: Callable[
+        [str, str, Sequence[RoundResult], SourceKind | None, str | None], Awaitable[int]
+    ]
     # an on-demand round of a configured target: joins one in flight, takes a round slot
     run_now: Callable[[str], Awaitable[RoundResult]]
     tokens: Tokens  # who may do what (auth.py)
     run_limit: RateLimiter  # on-demand rounds per target
     clock: Callable[[], datetime]
     outage: Outage = field(default_factory=Outage)  # shared with the writer and detection
+    # The designated sources (kubernetes.enabled), and the retired ones detection forgot:
+    # those the status leaves out (controller/designated.py).
+    designated: Designated | None = None
+    hidden: Callable[[str], bool] = field(default=lambda _: False)
 
 
 def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -154,8 +161,14 @@ class _Api:
         states, sources = await asyncio.gather(
             self.deps.history.states(), self.deps.store.sources()
         )
-        names = [s.name for s in sources]
-        text = self._status.json_text(self.deps.settings(), states, names, self._now())
+        hidden = self.deps.hidden
+        names = [s.name for s in sources if not hidden(s.name)]
+        shown = [r for r in states if not hidden(r.source)]
+        extra = None
+        if self.deps.designated is not None:
+            known = (s.name for s in sources)
+            extra = {"designated": designated_document(self.deps.designated, states, known)}
+        text = self._status.json_text(self.deps.settings(), shown, names, self._now(), extra)
         return web.Response(text=text, content_type="application/json")
 
     async def incidents(self, request: web.Request) -> web.Response:
@@ -303,7 +316,9 @@ class _Api:
         batch = parse_batch(await read_body(request))
         rounds = [r.result() for r in batch.rounds]
         try:
-            stored = await self.deps.ingest(batch.source, batch.batch_id, rounds, batch.source_kind)
+            stored = await self.deps.ingest(
+                batch.source, batch.batch_id, rounds, batch.source_kind, batch.source_node
+            )
         except Refused as refused:
             invalid = [InvalidParam(name, why) for name, why in refused.problems]
             raise bad_request(invalid, status=refused.status) from None

@@ -83,6 +83,9 @@ class Pipeline:
         # a FAILING step in the diagnosis (`_judged_round`).
         self._failed_at: dict[tuple[str, str, Step], RoundResult] = {}
         self._kinds: dict[str, SourceKind] = {}
+        # Sources retired by the cluster (kube/discovery.py) and forgotten here when silent:
+        # the status leaves them out until one reports again.
+        self.retired: set[str] = set()
         self._pending_changes: list[Change] = []
         self._pending_states: list[Change] = []  # first judgements: states, not changes
         self._pending_incidents: dict[str, IncidentRecord] = {}
@@ -106,6 +109,7 @@ class Pipeline:
             if self._settings().target(result.target) is None:
                 continue  # a target that left the config: stored, but no longer judged
             self._latest[(result.source, result.target)] = result
+            self.retired.discard(result.source)
             if result.first_failing_step is not None:
                 self._last_failing[(result.source, result.target)] = result
                 self._failed_at[(result.source, result.target, result.first_failing_step)] = result
@@ -202,12 +206,42 @@ class Pipeline:
         ]
         return max(times, default=self._clock())
 
-    def tick(self) -> list[Change]:
-        """Time passing: sources that stopped reporting become unknown."""
+    def tick(self, retired: Callable[[str], bool] | None = None) -> list[Change]:
+        """Time passing: sources that stopped reporting become unknown.
+
+        A source for which `retired(source)` holds (no longer designated: its node left) and
+        that has been silent for its stale window is forgotten instead: no unknown change, no
+        place in the status any more. The restart grace does not hold it back: its agent's
+        buffered rounds have nowhere to come from.
+        """
         now = self._clock()
+        if retired is not None:
+            for source in self._silent_sources(now):
+                if retired(source):
+                    self.forget_source(source)
         changes = self.detector.stale(now, self._interval_of)
         self._after(changes, now)
         return changes
+
+    def _silent_sources(self, now: datetime) -> set[str]:
+        """The sources whose latest round, towards every target, is older than its stale
+        window."""
+        heard: set[str] = set()
+        silent: set[str] = set()
+        for (source, target), result in self._latest.items():
+            window = timedelta(seconds=self._interval_of(target)) * self._policy(target).stale_after
+            (silent if now - result.started_at > window else heard).add(source)
+        return silent - heard
+
+    def forget_source(self, source: str) -> None:
+        """Drop what detection holds about a retired source; the status hides it."""
+        self.detector.forget(source=source)
+        self.retired.add(source)
+        for table in (self._latest, self._last_failing):
+            for key in [k for k in table if k[0] == source]:
+                del table[key]
+        for step_key in [k for k in self._failed_at if k[0] == source]:
+            del self._failed_at[step_key]
 
     def forget_target(self, target: str) -> None:
         self.detector.forget(target=target)

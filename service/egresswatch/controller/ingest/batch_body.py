@@ -163,6 +163,7 @@ class RoundIn(_Strict):
 class BatchIn(_Strict):
     source: Name
     source_kind: SourceKind | None = None
+    source_node: Name | None = None  # the node the source ran on (a pod's NODE_NAME)
     batch_id: str = Field(min_length=1, max_length=BATCH_ID_MAX, pattern=NAME_PATTERN)
     rounds: list[RoundIn] = Field(min_length=1)
 

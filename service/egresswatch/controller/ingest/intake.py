@@ -55,7 +55,7 @@ class Ingest:
         self._settings = settings
         self._judge = judge
         self._clock = clock
-        self._kinds: dict[str, SourceKind] = {}
+        self._kinds: dict[str, tuple[SourceKind, str | None]] = {}  # registered: kind, node
         self.writer = BatchedWriter(
             store,
             hooks=hooks,
@@ -85,6 +85,7 @@ class Ingest:
         batch_id: str,
         rounds: Sequence[RoundResult],
         source_kind: SourceKind | None = None,
+        source_node: str | None = None,
     ) -> int:
         """An agent's batch: stored in one transaction, then judged; the rounds stored (0 for a
         batch id stored before). Raises `Refused` and stores nothing for a bad batch, and the
@@ -98,9 +99,9 @@ class Ingest:
             unknown = [i for i in unknown if rounds[i].target not in stored_before]
         if unknown:
             raise Refused(422, [p for i in unknown for p in _unknown(rounds[i], i, [i])])
-        if source_kind is not None and self._kinds.get(source) != source_kind:
-            await self._store.register_source(source, source_kind)
-            self._kinds[source] = source_kind
+        if source_kind is not None and self._kinds.get(source) != (source_kind, source_node):
+            await self._store.register_source(source, source_kind, source_node)
+            self._kinds[source] = (source_kind, source_node)
         stored = await self._store.save_rounds(rounds, batch_id, source)
         if stored:
             self._judge(rounds)

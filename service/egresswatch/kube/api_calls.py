@@ -1,0 +1,76 @@
+"""Every Kubernetes API call egresswatch makes, listed once.
+
+The watch layer builds its requests from these `Resource`s (`Resource.path`), and the RBAC
+rules the chart grants are derived from `CALLS` (`kube.rbac.rules`), so a call the code makes
+and a permission the chart grants cannot drift apart. A new call is a new line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CALLS",
+    "CONFIGMAPS",
+    "NAMESPACES",
+    "NETWORK_POLICIES",
+    "NODES",
+    "PODS",
+    "ApiCall",
+    "Resource",
+]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One API resource: its group ("" for the core group), version and plural name."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool
+
+    def path(self, namespace: str | None = None) -> str:
+        """The collection's path: cluster-wide, or in `namespace` (namespaced resources)."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if namespace is None:
+            return f"{base}/{self.plural}"
+        if not self.namespaced:
+            raise ValueError(f"{self.plural} are cluster-scoped: no namespace")
+        return f"{base}/namespaces/{namespace}/{self.plural}"
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """A verb on a resource, as RBAC names it. `namespaced` says whether the code makes the
+    call inside namespaces (a Role there) or cluster-wide (a ClusterRole)."""
+
+    resource: Resource
+    verb: str
+    namespaced: bool
+
+
+PODS = Resource("", "v1", "pods", "Pod", namespaced=True)
+NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
+NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True)
+NETWORK_POLICIES = Resource(
+    "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", namespaced=True
+)
+
+
+def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
+    return tuple(ApiCall(resource, verb, namespaced) for verb in ("list", "watch"))
+
+
+# What the reflectors do (kube/discovery.py): agent pods in the designated namespaces, the
+# namespaces' NetworkPolicies, kube-system's DNS pods and ConfigMaps (namespaced: a Role in
+# each of those namespaces); Nodes and Namespaces (cluster-scoped: a ClusterRole).
+CALLS: tuple[ApiCall, ...] = (
+    *_list_watch(PODS, namespaced=True),
+    *_list_watch(NETWORK_POLICIES, namespaced=True),
+    *_list_watch(CONFIGMAPS, namespaced=True),
+    *_list_watch(NODES, namespaced=False),
+    *_list_watch(NAMESPACES, namespaced=False),
+)

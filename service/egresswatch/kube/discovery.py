@@ -1,0 +1,165 @@
+"""Discovery: the reflectors egresswatch runs, and the designated sources they give.
+
+Watched, and nothing more (each a `WatchSpec` from `api_calls`):
+
+| what | where | selector | form |
+|---|---|---|---|
+| Nodes | cluster | `kubernetes.node_selector` | metadata only (labels) |
+| agent Pods | each `kubernetes.pod_namespaces` | `kubernetes.pod_selector` | node, IP, owner |
+| NetworkPolicies | each `kubernetes.pod_namespaces` | - | whole (the evaluator reads it) |
+| Namespaces | cluster | - | metadata only (labels, for namespaceSelector) |
+| CoreDNS Pods, ConfigMaps | kube-system | `k8s-app=kube-dns` | pods as views, ConfigMaps whole |
+
+`expected()` is computed from the Nodes and agent Pods when asked and something changed since
+(a watch event costs a flag, not a pass over 20,000 pods). Until every reflector has listed
+once (`synced`), nothing is expected and nothing is retired: a half-listed cluster would
+retire every source it has not seen yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes.aio import client
+
+from egresswatch.kube.api_calls import CONFIGMAPS, NAMESPACES, NETWORK_POLICIES, NODES, PODS
+from egresswatch.kube.client import close_client, open_client
+from egresswatch.kube.sources import ExpectedSource, expected_sources, retired_now
+from egresswatch.kube.views import NodeView, PodView, node_view, pod_view
+from egresswatch.kube.watch import Reflector, WatchSpec
+from egresswatch.settings import KubernetesSettings
+
+__all__ = ["DNS_SELECTOR", "Discovery", "start_discovery"]
+
+DNS_NAMESPACE = "kube-system"
+DNS_SELECTOR = "k8s-app=kube-dns"  # CoreDNS's pods and its ConfigMaps (coredns, coredns-custom)
+
+
+def _whole(raw: dict[str, Any]) -> dict[str, Any]:
+    return raw
+
+
+class Discovery:
+    """The cluster as egresswatch needs it, and the sources it designates."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: KubernetesSettings,
+        *,
+        clock: Callable[[], datetime],
+        watch_timeout_s: int = 290,
+    ) -> None:
+        self._api = api
+        self._settings = settings
+        self._clock = clock
+        self._dirty = True
+
+        def reflector(spec: WatchSpec, project: Callable[[dict[str, Any]], Any]) -> Any:
+            return Reflector(
+                api, spec, project, on_change=self._changed, watch_timeout_s=watch_timeout_s
+            )
+
+        selector = settings.node_selector or None
+        self.nodes: Reflector[NodeView] = reflector(
+            WatchSpec(NODES, label_selector=selector, metadata_only=True), node_view
+        )
+        self.pods: list[Reflector[PodView]] = [
+            reflector(WatchSpec(PODS, namespace=ns, label_selector=settings.pod_selector), pod_view)
+            for ns in settings.pod_namespaces
+        ]
+        self.policies: list[Reflector[dict[str, Any]]] = [
+            reflector(WatchSpec(NETWORK_POLICIES, namespace=ns), _whole)
+            for ns in settings.pod_namespaces
+        ]
+        self.namespaces: Reflector[NodeView] = reflector(
+            WatchSpec(NAMESPACES, metadata_only=True), node_view
+        )
+        self.dns_pods: Reflector[PodView] = reflector(
+            WatchSpec(PODS, DNS_NAMESPACE, DNS_SELECTOR), pod_view
+        )
+        self.dns_config: Reflector[dict[str, Any]] = reflector(
+            WatchSpec(CONFIGMAPS, DNS_NAMESPACE, DNS_SELECTOR), _whole
+        )
+        self._expected: dict[str, ExpectedSource] = {}
+        self._retired: dict[str, datetime] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def reflectors(self) -> list[Reflector[Any]]:
+        return [
+            self.nodes,
+            *self.pods,
+            *self.policies,
+            self.namespaces,
+            self.dns_pods,
+            self.dns_config,
+        ]
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        """Start every reflector as its own named task."""
+        self._tasks = [r.start() for r in self.reflectors]
+
+    async def stop(self) -> None:
+        """Cancel the reflectors and close the client."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await close_client(self._api)
+
+    @property
+    def synced(self) -> bool:
+        return all(r.synced.is_set() for r in self.reflectors)
+
+    # -- the designated sources --
+
+    def expected(self) -> Mapping[str, ExpectedSource]:
+        """name -> designated source now; empty until synced."""
+        self._refresh()
+        return self._expected
+
+    def retired(self) -> Mapping[str, datetime]:
+        """Sources designated before and not now (their node left, or no replica runs there
+        any more), with when that was seen. One that is designated again leaves this list."""
+        self._refresh()
+        return self._retired
+
+    def _changed(self) -> None:
+        self._dirty = True
+
+    def _refresh(self) -> None:
+        if not self._dirty or not self.synced:
+            return
+        self._dirty = False
+        pods = (pod for reflector in self.pods for pod in reflector.cache.values())
+        now = expected_sources(
+            self.nodes.cache.values(), pods, node_sources=self._settings.node_sources
+        )
+        when = self._clock()
+        for name in retired_now(self._expected, now):
+            self._retired[name] = when
+        for name in now:
+            self._retired.pop(name, None)
+        self._expected = now
+
+
+async def start_discovery(
+    settings: KubernetesSettings, *, clock: Callable[[], datetime], watch_timeout_s: int = 290
+) -> Discovery:
+    """The client (kubeconfig, else in-cluster) and the reflectors, started. KubeClientError
+    when the client cannot be configured."""
+    kubeconfig = Path(settings.kubeconfig) if settings.kubeconfig is not None else None
+    api = await open_client(kubeconfig, context=settings.context)
+    discovery = Discovery(api, settings, clock=clock, watch_timeout_s=watch_timeout_s)
+    discovery.start()
+    return discovery
