@@ -259,7 +259,9 @@ async def test_two_thousand_run_calls_start_one_round_at_a_time(
         assert statuses[429] >= CALLS - 3
         assert "rate-limited" in limited[0]["detail"]
         assert 1 <= len(busy) <= statuses[200]
-        assert endpoint.most_open == 1  # never two rounds of the target at once
+        # Never two rounds of the target at once. (Not == 1: on a loaded machine the one
+        # round's HTTP step may time out before its request head is in; CI saw that.)
+        assert endpoint.most_open <= 1
         assert lateness_p99(service) <= 2.5  # the issue measured 2.5-5 s before
     finally:
         await endpoint.close()
