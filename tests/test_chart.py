@@ -212,13 +212,19 @@ def test_every_container_argument_is_a_real_flag() -> None:
 
 
 def test_the_node_agent_is_a_node_source_on_the_host_network() -> None:
-    spec = one(render(ALL_ON), "DaemonSet")["spec"]["template"]["spec"]
+    objects = render(ALL_ON)
+    assert yaml.safe_load(config_of(objects))["kubernetes"]["node_sources"] is True
+    spec = one(objects, "DaemonSet")["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True
     assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
     env = _fields(spec)
     assert env[ENV_KIND] == "node"
     identity = resolve_identity(source=None, kind=None, environ=env)
     assert identity.name == "aks-nodepool1-1-vmss000000"
+    # without node agents no node is designated (it would only ever be missing)
+    no_nodes = render({"nodeAgent": {"enabled": False}})
+    assert of_kind(no_nodes, "DaemonSet") == []
+    assert yaml.safe_load(config_of(no_nodes))["kubernetes"]["node_sources"] is False
 
 
 def test_a_pod_agent_is_its_designated_pod_source() -> None:

@@ -91,6 +91,7 @@ OWNED = [
     {"run_token_env": "X"},
     {"source": {"name": "x"}},
     {"kubernetes": {"enabled": False}},
+    {"kubernetes": {"node_sources": False}},
     {"kubernetes": {"pod_namespaces": ["a"]}},
     {"kubernetes": {"pod_selector": "a=b"}},
     {"kubernetes": {"kubeconfig": "/x"}},

@@ -100,37 +100,26 @@ def _object(kind: str, spec: dict[str, Any], groups: list[str]) -> dict[str, Any
 
 _GROUPS = ["monitoring.coreos.com", "azmonitoring.coreos.com"]
 
+
+def _monitor(kind: str, endpoints: str) -> dict[str, Any]:
+    """A ServiceMonitor (`endpoints`) or a PodMonitor (`podMetricsEndpoints`)."""
+    spec = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["selector"],
+        "properties": {
+            "jobLabel": {"type": "string"},
+            "selector": _LABEL_SELECTOR,
+            "namespaceSelector": _NAMESPACE_SELECTOR,
+            endpoints: {"type": "array", "items": _ENDPOINT},
+        },
+    }
+    return _object(kind, spec, _GROUPS)
+
+
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "ServiceMonitor": _object(
-        "ServiceMonitor",
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector"],
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "selector": _LABEL_SELECTOR,
-                "namespaceSelector": _NAMESPACE_SELECTOR,
-                "endpoints": {"type": "array", "items": _ENDPOINT},
-            },
-        },
-        _GROUPS,
-    ),
-    "PodMonitor": _object(
-        "PodMonitor",
-        {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector"],
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "selector": _LABEL_SELECTOR,
-                "namespaceSelector": _NAMESPACE_SELECTOR,
-                "podMetricsEndpoints": {"type": "array", "items": _ENDPOINT},
-            },
-        },
-        _GROUPS,
-    ),
+    "ServiceMonitor": _monitor("ServiceMonitor", "endpoints"),
+    "PodMonitor": _monitor("PodMonitor", "podMetricsEndpoints"),
     # AKS managed Prometheus has no PrometheusRule: only monitoring.coreos.com.
     "PrometheusRule": _object(
         "PrometheusRule",

@@ -111,6 +111,8 @@ seccompProfile:
 {{- end -}}
 {{- $kube := deepCopy (.Values.config.kubernetes | default dict) -}}
 {{- $_ := set $kube "enabled" true -}}
+{{- /* Nodes are designated where node agents run: without them every node would be missing. */ -}}
+{{- $_ := set $kube "node_sources" .Values.nodeAgent.enabled -}}
 {{- $namespaces := list -}}
 {{- range .Values.podAgents.namespaces -}}
 {{- $namespaces = append $namespaces .name -}}
