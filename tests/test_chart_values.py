@@ -72,6 +72,35 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "a bad log level": ({"controller": {"logLevel": "verbose"}}, "/controller/logLevel"),
     "a bad port": ({"agent": {"port": 70000}}, "/agent/port"),
+    "no image": ({"image": {"repository": ""}}, "/image/repository"),
+    "a pull policy Kubernetes lacks": ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    "a pull secret without a name": ({"imagePullSecrets": [{}]}, "/imagePullSecrets/0"),
+    "a volume size without a unit": (
+        {"database": {"sqlite": {"size": "2"}}},
+        "/database/sqlite/size",
+    ),
+    "a migration deadline too short to migrate": (
+        {"database": {"migrations": {"activeDeadlineSeconds": 1}}},
+        "/database/migrations/activeDeadlineSeconds",
+    ),
+    "a service type Kubernetes lacks": (
+        {"controller": {"service": {"type": "Ingress"}}},
+        "/controller/service/type",
+    ),
+    "a spill bound of nothing": ({"agent": {"spillMiB": 0}}, "/agent/spillMiB"),
+    "no pod agent replica": ({"podAgents": {"replicas": 0}}, "/podAgents/replicas"),
+    "a node agent flag that is not a boolean": (
+        {"nodeAgent": {"enabled": "true"}},
+        "/nodeAgent/enabled",
+    ),
+    "a monitor flag that is not a boolean": (
+        {"monitoring": {"podMonitor": {"enabled": 1}}},
+        "/monitoring/podMonitor/enabled",
+    ),
+    "a label value that is not text": (
+        {"monitoring": {"labels": {"release": 1}}},
+        "/monitoring/labels/release",
+    ),
 }
 
 
