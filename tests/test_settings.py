@@ -155,6 +155,35 @@ def test_proxy_password_comes_from_the_environment(monkeypatch: pytest.MonkeyPat
     assert "proxy.url" in _problems({"proxy": {"url": "ftp://proxy:1"}})[0]
 
 
+def test_database_url_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`database_env` (the chart's Secret): the URL from the variable, checked like `database`;
+    unset, or beside a different `database`, is an error naming the field."""
+    url = "postgresql+asyncpg://ew:s3cret@db.example:5432/ew"
+    monkeypatch.delenv("EW_TEST_DB", raising=False)
+    config = {"database_env": "EW_TEST_DB"}
+    assert _problems(config) == [
+        "cfg.yaml: database_env: environment variable EW_TEST_DB is not set"
+    ]
+    monkeypatch.setenv("EW_TEST_DB", url)
+    settings = settings_from_dict(config)
+    assert settings.database == url
+    # a dump validated again (egresswatch check does it) holds both, agreeing
+    assert settings_from_dict(settings.model_dump(mode="json")).database == url
+    assert "not both" in _problems({**config, "database": "sqlite:///x.db"})[0]
+    assert "database_env" in _problems({"database_env": "1 bad"})[0]
+    monkeypatch.setenv("EW_TEST_DB", "mysql://db.example/ew")
+    assert _problems(config)[0].startswith("cfg.yaml: database_env: EW_TEST_DB: unsupported")
+    # db upgrade reads it through the config file too
+    monkeypatch.setenv("EW_TEST_DB", f"sqlite+aiosqlite:///{tmp_path}/ew.db")
+    path = tmp_path / "config.yaml"
+    path.write_text("database_env: EW_TEST_DB\n")
+    assert main(["db", "upgrade", "--config", str(path)]) == 0
+    assert "is at the newest schema" in capsys.readouterr().out
+    assert (tmp_path / "ew.db").exists()
+
+
 def test_yaml_errors_name_the_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("targets:\n  - name: a\n    url: [unclosed\n")

@@ -435,6 +435,13 @@ class Settings(_Strict):
     database: str = Field(
         "sqlite+aiosqlite:///egresswatch.db", description="SQLAlchemy URL of the database"
     )
+    database_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding the database URL (in Kubernetes, "
+        "from a Secret: a PostgreSQL password stays out of the config file); when set, it gives "
+        "`database`, which the file must then leave out",
+    )
     dns: DnsSettings = Field(default_factory=DnsSettings)
     proxy: ProxySettings | None = None
     proxy_from_environment: bool = Field(
@@ -472,6 +479,25 @@ class Settings(_Strict):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     targets: list[TargetSettings] = Field(default_factory=list, validate_default=True)
     _held_lookup: _Lookup | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _database_from_env(cls, data: Any) -> Any:
+        """`database_env` names the variable that gives `database`. Both in one file is refused
+        unless they agree (a settings dump validated again holds both)."""
+        if not isinstance(data, dict) or not isinstance(data.get("database_env"), str):
+            return data
+        variable = data["database_env"]
+        url = os.environ.get(variable)
+        if not url:
+            raise ValueError(f"database_env: environment variable {variable} is not set")
+        try:
+            check_database_url(url)
+        except ValueError as exc:
+            raise ValueError(f"database_env: {variable}: {exc}") from None
+        if "database" in data and data["database"] != url:
+            raise ValueError(f"database: give database or database_env ({variable}), not both")
+        return {**data, "database": url}
 
     @field_validator("listen")
     @classmethod
