@@ -105,12 +105,7 @@ def with_kubernetes(world: World, kube_api: RunningKubeApi) -> None:
     """Turn Kubernetes on in the world's config: the fake API server's nodes and pods are the
     designated sources (egresswatch_sources{state} is exported then only)."""
     config = yaml.safe_load(world.config.read_text())
-    config["kubernetes"] = {
-        "enabled": True,
-        "kubeconfig": str(kube_api.kubeconfig),
-        "node_selector": "kubernetes.azure.com/agentpool=nodepool1",
-        "pod_namespaces": ["payments"],
-    }
+    config["kubernetes"] = kube_api.settings()
     world.config.write_text(yaml.safe_dump(config))
 
 
