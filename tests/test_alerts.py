@@ -1,8 +1,10 @@
 """The Prometheus alert rules (charts/egresswatch/files/alerts.yaml): valid for promtool, each
 alert unit-tested firing and quiet (tests/alerts/<alert>.yaml, `promtool test rules`), and every
 expression reading only metrics, labels and values that a running egresswatch exports: the
-names come from the live /metrics of a real controller and a real agent (processes), with a
-target failing so that the step and incident series exist.
+names come from the live /metrics of a real controller (with Kubernetes on, against the fake
+API server, so designated sources are counted) and a real agent (processes), with a target
+failing so that the step and incident series exist. The dashboard's queries
+(charts/egresswatch/files/dashboard.json) are checked against the same pages.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Any
 import aiohttp
 import yaml
 
+from tests.support import grafana
 from tests.support.dnsserver import dns_server
 from tests.support.https import HOST, local_servers, pki
+from tests.support.kubeapi import RunningKubeApi, kube_api
 from tests.support.prometheus import Exported, promtool
 from tests.support.service import free_port, poll
 from tests.test_agent import World, finish, spawn, world
 
-__all__ = ["dns_server", "local_servers", "pki", "world"]  # fixtures, imported explicitly
+__all__ = ["dns_server", "kube_api", "local_servers", "pki", "world"]  # fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "charts" / "egresswatch" / "files" / "alerts.yaml"
@@ -59,6 +63,7 @@ def test_the_rules_cover_what_the_service_must_alert_on() -> None:
         "EgresswatchDatabaseErrors",
         "EgresswatchSchedulerLate",
         "EgresswatchAgentDroppingRounds",
+        "EgresswatchSourceMissing",
     }
     endpoint = next(r for r in rules() if r.get("alert") == "EgresswatchEndpointFailing")
     for name in ("source", "target", "step", "suspect"):
@@ -96,9 +101,20 @@ async def scrape(url: str, wanted: str) -> str:
     return text if response.status == 200 and wanted in text else ""
 
 
-async def test_every_expression_reads_only_what_a_live_egresswatch_exports(world: World) -> None:
+def with_kubernetes(world: World, kube_api: RunningKubeApi) -> None:
+    """Turn Kubernetes on in the world's config: the fake API server's nodes and pods are the
+    designated sources (egresswatch_sources{state} is exported then only)."""
+    config = yaml.safe_load(world.config.read_text())
+    config["kubernetes"] = kube_api.settings()
+    world.config.write_text(yaml.safe_dump(config))
+
+
+async def test_every_expression_reads_only_what_a_live_egresswatch_exports(
+    world: World, kube_api: RunningKubeApi
+) -> None:
     closed = free_port()  # nothing listens: tcp_connect fails, an incident opens
     world.write([{"name": "shop", "address": f"{HOST}:{closed}"}])
+    with_kubernetes(world, kube_api)
     environ = {**os.environ, "PYTHONUNBUFFERED": "1"}
     quiet = ["--log-level", "warning"]  # the output is piped: keep it short
     controller = await spawn(
@@ -117,7 +133,9 @@ async def test_every_expression_reads_only_what_a_live_egresswatch_exports(world
     )
     try:
         incident = 'egresswatch_incidents_open{suspect="'
-        controller_text = await poll(lambda: scrape(f"{world.url}/metrics", incident), 30)
+        await poll(lambda: scrape(f"{world.url}/metrics", incident), 30)
+        counted = 'egresswatch_sources{state="missing"}'  # the next controller tick: 5 s
+        controller_text = await poll(lambda: scrape(f"{world.url}/metrics", counted), 30)
         agent_text = await poll(
             lambda: scrape(f"http://{HOST}:{agent_port}/metrics", "egresswatch_buffer_depth"), 30
         )
@@ -135,6 +153,10 @@ async def test_every_expression_reads_only_what_a_live_egresswatch_exports(world
     for rule in rules():
         name = rule.get("alert") or rule["record"]
         assert exported.problems(rule["expr"], recorded=recorded) == [], name
+    values = {"target": "shop", "source": "aks-node-7", "__rate_interval": "5m"}
+    for query in grafana.queries(grafana.load()):
+        expr = grafana.substitute(query.expr, values)
+        assert exported.problems(expr, recorded=set()) == [], query.where
 
     # The check itself catches a wrong metric, label and value.
     assert exported.problems(

@@ -36,12 +36,7 @@ def configure(world: World, kube_api: RunningKubeApi, port: int) -> None:
     world.write([{"name": "shop", "url": f"https://{NAME}:{port}/"}])
     config = yaml.safe_load(world.config.read_text())
     config["detection"] = {"fail_after": 2, "recover_after": 1, "stale_after": 2}
-    config["kubernetes"] = {
-        "enabled": True,
-        "kubeconfig": str(kube_api.kubeconfig),
-        "node_selector": "kubernetes.azure.com/agentpool=nodepool1",
-        "pod_namespaces": ["payments"],
-    }
+    config["kubernetes"] = kube_api.settings()
     world.config.write_text(yaml.safe_dump(config))
 
 

@@ -567,6 +567,16 @@ class RunningKubeApi:
     url: str
     kubeconfig: Path
 
+    def settings(self) -> dict[str, Any]:
+        """egresswatch's `kubernetes` config section for the fixtures' cluster: the nodes of
+        nodepool1 and the `payments` namespace designated."""
+        return {
+            "enabled": True,
+            "kubeconfig": str(self.kubeconfig),
+            "node_selector": "kubernetes.azure.com/agentpool=nodepool1",
+            "pod_namespaces": ["payments"],
+        }
+
 
 def write_kubeconfig(path: Path, url: str, token: str = TOKEN) -> Path:
     """A kubeconfig with one cluster, one token user and one current context."""
