@@ -58,6 +58,7 @@ def test_the_rules_cover_what_the_service_must_alert_on() -> None:
         "EgresswatchIngestFailing",
         "EgresswatchDatabaseErrors",
         "EgresswatchSchedulerLate",
+        "EgresswatchSaturated",
         "EgresswatchAgentDroppingRounds",
     }
     endpoint = next(r for r in rules() if r.get("alert") == "EgresswatchEndpointFailing")
