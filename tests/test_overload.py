@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pytest
 
+from egresswatch.controller.detection.hysteresis import Detector
 from egresswatch.evidence import NotRun
 from egresswatch.looplag import MAX_STALLS, TASK_NAME, LoopLag
-from egresswatch.model import Endpoint, Reason, Status, Step, StepResult
+from egresswatch.model import Endpoint, Reason, RoundResult, Status, Step, StepResult, StepState
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.overload import judge_timeout
 from egresswatch.schedule import RoundJob, RoundScheduler, phase_offset
+from egresswatch.settings import DetectionSettings
 from tests.support.https import HOST, unanswered_port
+from tests.support.rounds import round_
 
 
 def _step(status: Status, reason: Reason | None) -> StepResult:
@@ -224,3 +227,31 @@ def test_shed_after_must_not_be_negative() -> None:
 
     with pytest.raises(ValueError, match="shed_after_s"):
         RoundJob("pod/a", 1.0, 1.0, run, shed_after_s=-1.0)
+
+
+def _overloaded_round(i: int) -> RoundResult:
+    """Round i whose tcp_connect timed out while the prober stalled (as judge_timeout says)."""
+    timed_out = StepResult(Step.TCP_CONNECT, Status.FAIL, Reason.CONN_TIMEOUT, 1.0, "no answer")
+    judged = judge_timeout(timed_out, budget_s=1.0, stalled_s=0.8)
+    base = round_(i)
+    return RoundResult(
+        base.target,
+        base.source,
+        base.started_at,
+        tuple(judged if s.step is Step.TCP_CONNECT else s for s in base.steps),
+    )
+
+
+def test_detection_neither_fails_nor_recovers_a_step_on_overloaded_rounds() -> None:
+    settings = DetectionSettings.model_validate({"fail_after": 3, "recover_after": 2})
+    detector = Detector(lambda _: settings)
+    seen = []
+    for i in range(10):  # a saturated prober: no change, the step is never failing
+        seen += detector.observe(_overloaded_round(i), now=round_(i).started_at)
+    assert seen == []
+    # A real outage during the overload is still found: overloaded rounds break no run.
+    rounds = [round_(10, tcp_connect="conn_timeout"), _overloaded_round(11)]
+    rounds += [round_(12, tcp_connect="conn_timeout"), round_(13, tcp_connect="conn_timeout")]
+    for r in rounds:
+        seen += detector.observe(r, now=r.started_at)
+    assert [(c.step, c.current) for c in seen] == [(Step.TCP_CONNECT, StepState.FAILING)]
