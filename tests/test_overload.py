@@ -23,10 +23,11 @@ from egresswatch.looplag import MAX_STALLS, TASK_NAME, LoopLag
 from egresswatch.model import Endpoint, Reason, RoundResult, Status, Step, StepResult, StepState
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.overload import judge_timeout
-from egresswatch.schedule import RoundJob, RoundScheduler, phase_offset
+from egresswatch.schedule import RoundJob, RoundScheduler
 from egresswatch.settings import DetectionSettings
 from tests.support.https import HOST, unanswered_port
 from tests.support.rounds import round_
+from tests.test_schedule import keys_due_apart
 
 
 def _step(status: Status, reason: Reason | None) -> StepResult:
@@ -184,13 +185,7 @@ async def _shed_run(shed_after_s: float | None) -> tuple[list[str], list[float],
     """One slot, a 0.35 s round every 0.5 s, and a second job due 20-60 ms after it: the
     second waits ~0.3 s for the slot. What was shed, the lateness seen, the rounds run."""
     interval = 0.5
-    keys = [f"k{i}" for i in range(40)]
-    first, second = next(
-        (a, b)
-        for a in keys
-        for b in keys
-        if 0.02 <= phase_offset(b, interval) - phase_offset(a, interval) <= 0.06
-    )
+    first, second = keys_due_apart(interval)
     ran: list[str] = []
 
     def job(key: str, duration: float, shed: float | None) -> RoundJob:
