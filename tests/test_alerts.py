@@ -62,6 +62,7 @@ def test_the_rules_cover_what_the_service_must_alert_on() -> None:
         "EgresswatchIngestFailing",
         "EgresswatchDatabaseErrors",
         "EgresswatchSchedulerLate",
+        "EgresswatchSaturated",
         "EgresswatchAgentDroppingRounds",
         "EgresswatchSourceMissing",
     }

@@ -37,3 +37,9 @@ def test_staleness_benchmark_runs() -> None:
 def test_scrape_benchmark_runs() -> None:
     lines = bench("scrape", "--sources", "4", "--targets", "3")
     assert [line.split()[0] for line in lines[2:]] == ["source", "source_kind"]
+
+
+def test_overload_benchmark_runs() -> None:
+    lines = bench("overload", "--start", "5", "--max", "10", "--seconds", "1")
+    assert lines[0].startswith("TCP targets at 1 s")
+    assert any(line.startswith(("sustainable:", "at 2x:")) for line in lines)

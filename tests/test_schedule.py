@@ -103,6 +103,17 @@ async def make() -> AsyncIterator[Make]:
         await scheduler.shutdown()
 
 
+def keys_due_apart(interval: float, low: float = 0.02, high: float = 0.06) -> tuple[str, str]:
+    """Two job keys whose phases in `interval` are `low` to `high` seconds apart, in order."""
+    keys = [f"k{i}" for i in range(40)]
+    return next(
+        (a, b)
+        for a in keys
+        for b in keys
+        if low <= phase_offset(b, interval) - phase_offset(a, interval) <= high
+    )
+
+
 def our_tasks() -> list[asyncio.Task[object]]:
     return [t for t in asyncio.all_tasks() if t.get_name().startswith(TASK_PREFIX)]
 
@@ -338,14 +349,8 @@ async def test_a_failing_hook_does_not_stop_rounds(
 
 async def test_lateness_includes_waiting_for_a_slot(make: Make) -> None:
     interval = 0.5
-    # Two keys whose phases are 20-60 ms apart: with one slot, the second waits for the first.
-    keys = [f"k{i}" for i in range(20)]
-    first, second = next(
-        (a, b)
-        for a in keys
-        for b in keys
-        if 0.02 <= phase_offset(b, interval) - phase_offset(a, interval) <= 0.06
-    )
+    # With one slot, the second waits for the first.
+    first, second = keys_due_apart(interval)
     scheduler, hooks = make(max_concurrent=1)
     scheduler.set_jobs(
         [

@@ -29,7 +29,7 @@ Decisions:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -192,6 +192,20 @@ class Metrics:
             "Rounds not started because the previous one of the same job was still running.",
             registry=r,
         )
+        self.rounds_shed = Counter(
+            "egresswatch_rounds_shed_total",
+            "Rounds not run because the process is saturated, by why: late (the round got its"
+            " slot later than half of min(interval, timeout) after it was due).",
+            ("why",),
+            registry=r,
+        )
+        self.rounds_shed.labels("late")
+        self.loop_lag = Gauge(
+            "egresswatch_event_loop_lag_seconds",
+            "The event loop's longest lateness over the last 10 s: how long a ready callback"
+            " (an answer, a timer) waited. Seconds mean the process is saturated.",
+            registry=r,
+        )
         self.buffer_depth = Gauge(
             "egresswatch_buffer_depth", "Rounds waiting to be written or sent.", registry=r
         )
@@ -279,6 +293,13 @@ class Metrics:
 
     def count_round_skipped(self) -> None:
         self.rounds_skipped.inc()
+
+    def count_round_shed(self, why: Literal["late"] = "late") -> None:
+        self.rounds_shed.labels(why).inc()
+
+    def watch_loop_lag(self, lag_s: Callable[[], float]) -> None:
+        """`egresswatch_event_loop_lag_seconds` reads `lag_s()` at each scrape (looplag.py)."""
+        self.loop_lag.set_function(lag_s)
 
     def set_buffer_depth(self, rounds: int) -> None:
         self.buffer_depth.set(rounds)

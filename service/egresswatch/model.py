@@ -88,6 +88,9 @@ class Reason(StrEnum):
     NOT_DUE = "not_due"  # path_trace runs on its own period, or when a step failed
     # The probe itself
     PROBE_ERROR = "probe_error"
+    # Our own lateness: the step timed out while the prober's event loop was stalled for
+    # much of its budget (status `error`, probes/overload.py), so the target is not judged.
+    PROBER_OVERLOADED = "prober_overloaded"
 
 
 class Suspect(StrEnum):

@@ -18,6 +18,9 @@ Contract of :class:`RoundScheduler`:
   slot, so a hanging round never delays the others. ``run`` must let cancellation through.
 - Lateness, when the round got its slot minus when it was scheduled for, goes to
   ``on_lateness`` for every round.
+- A job with ``shed_after_s`` is shed when its lateness exceeds it: not run, counted
+  (``on_shed``): a saturated process gives up rounds rather than measure its own lateness.
+  Jobs without it (retention, the controller tick) run however late.
 - A round never raises out of the scheduler: exceptions are logged with the job key and
   counted (``on_error``); a hook that raises is logged and otherwise ignored.
 - Every round is a task named ``egresswatch-round:<key>`` owned by the scheduler;
@@ -76,6 +79,7 @@ class RoundJob:
     interval_s: float
     timeout_s: float
     run: Callable[[], Awaitable[object]]  # what it returns, run_now's caller gets
+    shed_after_s: float | None = None  # lateness past which a run is shed; None: never
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -85,6 +89,8 @@ class RoundJob:
             raise ValueError(f"{self.key}: interval must be positive, got {self.interval_s}")
         if not self.timeout_s > 0:
             raise ValueError(f"{self.key}: timeout must be positive, got {self.timeout_s}")
+        if self.shed_after_s is not None and not self.shed_after_s >= 0:
+            raise ValueError(f"{self.key}: shed_after_s must be >= 0, got {self.shed_after_s}")
 
 
 @dataclass
@@ -96,6 +102,7 @@ class SchedulerStats:
     timeouts: int = 0  # cut at timeout_s
     errors: int = 0  # raised
     skipped: int = 0  # came due while the previous run of the same job was still going
+    shed: int = 0  # got a slot later than the job's shed_after_s, so not run
 
 
 def phase_offset(key: str, interval_s: float) -> float:
@@ -153,7 +160,8 @@ class RoundScheduler:
     """Runs :class:`RoundJob` s on their timers; see the module docstring for the contract.
 
     Hooks are called on the event loop: ``on_lateness(seconds)`` for every round as it starts,
-    ``on_timeout(key)``, ``on_error(key)`` and ``on_skipped(key)``. Wire metrics with e.g.
+    ``on_timeout(key)``, ``on_error(key)``, ``on_skipped(key)`` and ``on_shed(key)``. Wire
+    metrics with e.g.
     ``on_timeout=lambda _key: metrics.count_round_timeout()``.
     """
 
@@ -165,6 +173,7 @@ class RoundScheduler:
         on_timeout: Callable[[str], None] = _ignore,
         on_error: Callable[[str], None] = _ignore,
         on_skipped: Callable[[str], None] = _ignore,
+        on_shed: Callable[[str], None] = _ignore,
         logger: logging.Logger = _log,
     ) -> None:
         if max_concurrent < 1:
@@ -173,6 +182,7 @@ class RoundScheduler:
         self._on_timeout = on_timeout
         self._on_error = on_error
         self._on_skipped = on_skipped
+        self._on_shed = on_shed
         self._log = logger
         self._slots = asyncio.Semaphore(max_concurrent)
         self._jobs: dict[str, RoundJob] = {}  # wanted
@@ -371,9 +381,15 @@ class RoundScheduler:
         """
         async with self._slots:
             due = time.time() if scheduled_for is None else scheduled_for.timestamp()
-            self._stats.started += 1
             if not on_demand:
-                self._call(self._on_lateness, max(0.0, time.time() - due))
+                late = max(0.0, time.time() - due)
+                self._call(self._on_lateness, late)
+                if job.shed_after_s is not None and late > job.shed_after_s:
+                    # Counted, not logged: a line per shed round adds to the overload.
+                    self._stats.shed += 1
+                    self._call(self._on_shed, job.key)
+                    return None
+            self._stats.started += 1
             deadline = asyncio.timeout(job.timeout_s)
             result: object = None
             try:

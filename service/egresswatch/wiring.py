@@ -40,6 +40,7 @@ from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.kube.client import KubeClientError
 from egresswatch.kube.discovery import Discovery, start_discovery
+from egresswatch.looplag import LoopLag
 from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.reload import ConfigReloader
@@ -106,6 +107,8 @@ class Service:
             version=__version__,
             per_source_kind=settings.metrics.detail == "source_kind",
         )
+        self.loop_lag = LoopLag()  # the prober's own lateness: overload is not an outage
+        self.metrics.watch_loop_lag(self.loop_lag.recent_max)
         self._reloader = ConfigReloader(
             config_path,
             overrides or {},
@@ -193,6 +196,7 @@ class Service:
         steps: list[Callable[[], Awaitable[None]]] = [self._reloader.close, self._stop_http]
         if hasattr(self, "scheduler"):
             steps.append(self.scheduler.shutdown)
+        steps.append(self.loop_lag.stop)
         if self.discovery is not None:
             steps.append(self._stop_discovery)
         if hasattr(self, "ingest"):
@@ -298,13 +302,16 @@ class Service:
                 source=settings.source.name,
                 sink=self.ingest.submit,
                 environ=self._environ,
+                stalls=self.loop_lag.stalled,
             )
+        self.loop_lag.start()
         self.scheduler = RoundScheduler(
             max_concurrent=settings.max_concurrent_rounds,
             on_lateness=self.metrics.observe_lateness,
             on_timeout=lambda key: self._count(key, self.metrics.count_round_timeout),
             on_skipped=lambda key: self._count(key, self.metrics.count_round_skipped),
             on_error=lambda key: log.error("round raised", extra={"job": key}),
+            on_shed=lambda _key: self.metrics.count_round_shed(),
         )
         self.scheduler.set_jobs(self._jobs(settings))
         self.scheduler.start()

@@ -15,6 +15,7 @@ from egresswatch.agent.checklists import LocalSettings, checklist_plan
 from egresswatch.model import RoundResult, Status, Step
 from egresswatch.plan import Plan, plan_from_settings
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
+from egresswatch.probes.overload import Stalls
 from egresswatch.probes.tls import TlsContexts
 from egresswatch.schedule import RoundJob
 from egresswatch.settings import Settings
@@ -26,6 +27,7 @@ Sink = Callable[[RoundResult], None]
 # The scheduler's hard cut comes this long after the round's own budget: the round normally
 # ends by itself (with its steps recorded), the cut is only for a probe that ignores its budget.
 HARD_CUT_GRACE_S = 1.0
+SHED_SHARE = 0.5  # of min(interval, timeout): see shed_after
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ class RoundRunner:
         sink: Sink,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        stalls: Stalls | None = None,
     ) -> None:
         self._source = source
+        self._stalls = stalls  # the process's event loop stalls: overload is not a `fail`
         self._sink = sink
         self._environ = environ
         self._clock = clock
@@ -113,6 +117,7 @@ class RoundRunner:
                 interval_s=target.interval_s,
                 timeout_s=target.timeout_s + HARD_CUT_GRACE_S,
                 run=self._run_callable(name),
+                shed_after_s=shed_after(target.interval_s, target.timeout_s),
             )
             for name, target in self._targets.items()
         ]
@@ -147,7 +152,10 @@ class RoundRunner:
         due = due or name in self._traces_owed
         mode = TraceMode.ALWAYS if due else TraceMode.ON_FAILURE
         result = await run_checklist(
-            _with_trace(plan, mode), source=self._source, known_good=self._known_good
+            _with_trace(plan, mode),
+            source=self._source,
+            known_good=self._known_good,
+            stalls=self._stalls,
         )
         trace = result.step(Step.PATH_TRACE)
         if trace is not None and trace.status is not Status.SKIPPED:
@@ -158,6 +166,13 @@ class RoundRunner:
         except Exception:  # a sink's bug must not stop the rounds
             log.exception("round sink failed", extra={"target": name})
         return result
+
+
+def shed_after(interval_s: float, timeout_s: float) -> float:
+    """How late a round may start before it is shed (not run, counted): half of the shorter
+    of its interval and its timeout. Later than that, the process is saturated: running the
+    round late would measure our lateness, and the next one is due soon anyway."""
+    return SHED_SHARE * min(interval_s, timeout_s)
 
 
 def _owed_after(owed: int | None, confirm: int, *, failed: bool) -> int:

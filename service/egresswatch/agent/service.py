@@ -45,6 +45,7 @@ from egresswatch.agent.spill import DEFAULT_SPILL_MIB, SpillError, SpillFile
 from egresswatch.backoff import Backoff
 from egresswatch.http_limits import AGENT_LIMITS
 from egresswatch.http_server import ListenError, serve
+from egresswatch.looplag import LoopLag
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
 from egresswatch.plan import Plan
@@ -115,6 +116,8 @@ class Agent:
         self._observer = on_round
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry, version=__version__)
+        self.loop_lag = LoopLag()  # the prober's own lateness: overload is not an outage
+        self.metrics.watch_loop_lag(self.loop_lag.recent_max)
         self._hooks = AgentMetrics(self.metrics, self.registry)
         self._token = TokenFile(options.token_file)
         self._stopping = asyncio.Event()
@@ -172,6 +175,7 @@ class Agent:
             on_timeout=lambda key: self._count(key, self.metrics.count_round_timeout),
             on_skipped=lambda key: self._count(key, self.metrics.count_round_skipped),
             on_error=lambda key: log.error("round raised", extra={"job": key}),
+            on_shed=lambda _key: self.metrics.count_round_shed(),
         )
         self.plan = PlanFollower(
             options.controller,
@@ -191,6 +195,7 @@ class Agent:
                 self._spill.close()
             raise
         self.sink.start()
+        self.loop_lag.start()
         self.scheduler.start()
         self.plan.start()
         log.info(
@@ -229,6 +234,7 @@ class Agent:
             await self.plan.stop()
         if hasattr(self, "scheduler"):
             await self.scheduler.shutdown()
+        await self.loop_lag.stop()
         if hasattr(self, "sink"):
             await self.sink.close(self.options.flush_timeout_s)
         if self._spill is not None:
@@ -274,7 +280,10 @@ class Agent:
             )
         if self.runner is None:
             self.runner = RoundRunner(
-                source=self.options.identity.name, sink=self._on_round, environ=self._environ
+                source=self.options.identity.name,
+                sink=self._on_round,
+                environ=self._environ,
+                stalls=self.loop_lag.stalled,
             )
         self.runner.apply(plan, local)
         self.scheduler.set_jobs(self.runner.jobs())

@@ -32,6 +32,7 @@ from egresswatch.model import (
 from egresswatch.probes.base import guarded, skipped
 from egresswatch.probes.dns import dns_cluster, dns_upstream
 from egresswatch.probes.http import http_response
+from egresswatch.probes.overload import TIMEOUT_REASONS, Stalls, judge_timeout
 from egresswatch.probes.resolvconf import load_resolv_conf
 from egresswatch.probes.tcp import tcp_connect, try_address
 from egresswatch.probes.tls import TlsOptions, tls_handshake
@@ -69,12 +70,16 @@ MIN_STEP_S = 0.05  # less budget than this left: the step is skipped, not starte
 
 
 class _Budget:
-    """What is left of the round's time: each step gets min(its own limit, what is left)."""
+    """What is left of the round's time: each step gets min(its own limit, what is left).
 
-    def __init__(self, total_s: float | None) -> None:
+    With `stalls` (the process's event loop stalls), a step that timed out while the loop
+    was stalled for much of its budget is the prober's problem (probes/overload.py)."""
+
+    def __init__(self, total_s: float | None, stalls: Stalls | None = None) -> None:
         loop = asyncio.get_running_loop()
         self._clock = loop.time
         self._deadline = None if total_s is None else loop.time() + total_s
+        self._stalls = stalls
 
     def remaining(self) -> float | None:
         return None if self._deadline is None else self._deadline - self._clock()
@@ -94,7 +99,14 @@ class _Budget:
             plan = replace(
                 plan, step_timeout_s=left, trace_hop_timeout_s=min(plan.trace_hop_timeout_s, left)
             )
-        return await guarded(step, probe(plan))
+        started = self._clock()
+        result = await guarded(step, probe(plan))
+        if self._stalls is None or result.reason not in TIMEOUT_REASONS:
+            return result
+        # A trace's hops time out one by one: each hop's budget is what a stall eats.
+        budget = plan.trace_hop_timeout_s if step is Step.PATH_TRACE else plan.step_timeout_s
+        stalled = self._stalls(started, self._clock())
+        return judge_timeout(result, budget_s=budget, stalled_s=stalled)
 
 
 # target name -> the last IP tcp_connect reached directly; the caller owns it across rounds.
@@ -107,11 +119,15 @@ async def run_checklist(
     source: str,
     known_good: KnownGood | None = None,
     now: datetime | None = None,
+    stalls: Stalls | None = None,
 ) -> RoundResult:
-    """Run steps 1-6 for one target and return the round. Never raises (but can be cancelled)."""
+    """Run steps 1-6 for one target and return the round. Never raises (but can be cancelled).
+
+    `stalls`: the event loop's stalls (egresswatch.looplag); with it, a timeout that was our
+    own lateness is `error`/`prober_overloaded`, not `fail` (probes/overload.py)."""
     started_at = now or datetime.now(UTC)
     known = known_good if known_good is not None else {}
-    budget = _Budget(plan.round_timeout_s)
+    budget = _Budget(plan.round_timeout_s, stalls)
     cluster, upstream = await asyncio.gather(
         budget.run(Step.DNS_CLUSTER, plan, _dns_cluster),
         budget.run(Step.DNS_UPSTREAM, plan, _dns_upstream),

@@ -1,0 +1,114 @@
+"""How long the event loop was held: the prober's own lateness, measured.
+
+A saturated process (more rounds than a core can run, a thread holding the GIL, a long
+synchronous call) runs every timer late. Then a step's timeout can fire although the target
+answered in time: the answer sat in the socket while the loop was busy elsewhere. To tell
+that apart from a silent target, :class:`LoopLag` keeps the recent **stalls**: a named task
+sleeps ``period_s`` again and again, and each wake-up that comes more than ``min_stall_s``
+late records the interval ``[due, woke]`` during which the loop could not run it.
+
+Contract:
+
+- :meth:`LoopLag.stalled` is how many seconds of ``[start, end]`` (``loop.time()``) the loop
+  was stalled: the recorded stalls that overlap it, plus the stall going on right now (the
+  sampler is overdue), so a step that ends in the same loop iteration as a long stall sees it.
+- Stalls are kept for ``keep_s`` and at most ``MAX_STALLS`` of them (oldest dropped first):
+  memory is bounded whatever the load.
+- :meth:`LoopLag.recent_max` is the longest lateness of the sampler over the last seconds,
+  for the ``egresswatch_event_loop_lag_seconds`` gauge.
+- :meth:`LoopLag.start` creates the task ``egresswatch-loop-lag``; :meth:`LoopLag.stop`
+  cancels and awaits it. Without a started sampler (no loop yet) everything reports 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+__all__ = ["MAX_STALLS", "TASK_NAME", "LoopLag"]
+
+TASK_NAME = "egresswatch-loop-lag"
+MAX_STALLS = 4096
+# Below this a wake-up is "on time": a loop iteration running a few callbacks costs that much.
+MIN_STALL_S = 0.002
+
+
+class LoopLag:
+    """The event loop's stalls, sampled by a named task; see the module docstring."""
+
+    def __init__(
+        self, *, period_s: float = 0.05, keep_s: float = 60.0, min_stall_s: float = MIN_STALL_S
+    ) -> None:
+        if not period_s > 0 or not keep_s > 0:
+            raise ValueError(f"period_s and keep_s must be positive, got {period_s}, {keep_s}")
+        self._period = period_s
+        self._keep = keep_s
+        self._min_stall = min_stall_s
+        self._stalls: deque[tuple[float, float]] = deque(maxlen=MAX_STALLS)  # (due, woke)
+        self._samples: deque[tuple[float, float]] = deque()  # (woke, lateness), over keep_s
+        self._due: float | None = None  # when the sampler should wake next
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start sampling; call it inside the running event loop, once."""
+        if self._task is not None:
+            raise RuntimeError("the loop lag sampler was already started")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._sample(), name=TASK_NAME)
+
+    async def stop(self) -> None:
+        """Cancel the sampler and wait for it. Idempotent."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._due = None
+
+    def stalled(self, start: float, end: float) -> float:
+        """Seconds of ``[start, end]`` (loop time) during which the loop was stalled."""
+        total = 0.0
+        for due, woke in reversed(self._stalls):  # newest first: stop before the window
+            if woke <= start:
+                break
+            total += _overlap(start, end, due, woke)
+        if self._due is not None and self._loop is not None:
+            now = self._loop.time()
+            if now - self._due > self._min_stall:  # a stall in progress, not recorded yet
+                total += _overlap(start, end, self._due, now)
+        return total
+
+    def recent_max(self, window_s: float = 10.0) -> float:
+        """The sampler's longest lateness (seconds) over the last ``window_s``, 0 if none."""
+        if self._loop is None:
+            return 0.0
+        now = self._loop.time()
+        found = max((late for woke, late in self._samples if woke >= now - window_s), default=0.0)
+        if self._due is not None:
+            found = max(found, now - self._due)  # the stall going on right now
+        return found
+
+    async def _sample(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        while True:
+            self._due = loop.time() + self._period
+            await asyncio.sleep(self._period)
+            woke = loop.time()
+            self._record(self._due, woke)
+
+    def _record(self, due: float, woke: float) -> None:
+        late = max(0.0, woke - due)
+        self._samples.append((woke, late))
+        while self._samples and self._samples[0][0] < woke - self._keep:
+            self._samples.popleft()
+        if late > self._min_stall:
+            self._stalls.append((due, woke))
+        while self._stalls and self._stalls[0][1] < woke - self._keep:
+            self._stalls.popleft()
+
+
+def _overlap(start: float, end: float, low: float, high: float) -> float:
+    return max(0.0, min(end, high) - max(start, low))
