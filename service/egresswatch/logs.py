@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -49,3 +51,32 @@ def setup_logging(level: str, *, json_lines: bool, stream: TextIO | None = None)
     # APScheduler and aiohttp's access log are chatty at info; their warnings still show.
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, root.level))
+
+
+class Sparse:
+    """One warning for a kind of event that can come in floods, at most every `every_s`: the
+    first at once, then a line carrying how many happened since the last line. Under overload a
+    line per cut or skipped round added to the very load it reported."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        event: str,
+        *,
+        every_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._event = event
+        self._every_s = every_s
+        self._clock = clock
+        self._last: float | None = None
+        self._unlogged = 0
+
+    def note(self, **fields: Any) -> None:
+        self._unlogged += 1
+        now = self._clock()
+        if self._last is not None and now - self._last < self._every_s:
+            return
+        self._logger.warning(self._event, extra={**fields, "count": self._unlogged})
+        self._last, self._unlogged = now, 0

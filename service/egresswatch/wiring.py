@@ -40,6 +40,7 @@ from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.kube.client import KubeClientError
 from egresswatch.kube.discovery import Discovery, start_discovery
+from egresswatch.logs import Sparse
 from egresswatch.looplag import LoopLag
 from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
@@ -102,6 +103,7 @@ class Service:
         self._migrate = migrate
         self._environ = environ
         self.registry = CollectorRegistry()
+        self._troubled = Sparse(log, "rounds cut at their timeout or skipped")
         self.metrics = Metrics(
             self.registry,
             version=__version__,
@@ -468,7 +470,7 @@ class Service:
 
     def _count(self, key: str, count: Callable[[], None]) -> None:
         count()
-        log.warning("round cut or skipped", extra={"job": key})
+        self._troubled.note(job=key)
 
 
 def _access(settings: Settings) -> dict[str, str]:

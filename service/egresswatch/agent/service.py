@@ -45,6 +45,7 @@ from egresswatch.agent.spill import DEFAULT_SPILL_MIB, SpillError, SpillFile
 from egresswatch.backoff import Backoff
 from egresswatch.http_limits import AGENT_LIMITS
 from egresswatch.http_server import ListenError, serve
+from egresswatch.logs import Sparse
 from egresswatch.looplag import LoopLag
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
@@ -115,6 +116,7 @@ class Agent:
         self._environ = environ
         self._observer = on_round
         self.registry = CollectorRegistry()
+        self._troubled = Sparse(log, "rounds cut at their timeout or skipped")
         self.metrics = Metrics(self.registry, version=__version__)
         self.loop_lag = LoopLag()  # the prober's own lateness: overload is not an outage
         self.metrics.watch_loop_lag(self.loop_lag.recent_max)
@@ -298,7 +300,7 @@ class Agent:
 
     def _count(self, key: str, count: Callable[[], None]) -> None:
         count()
-        log.warning("round cut or skipped", extra={"job": key})
+        self._troubled.note(job=key)
 
     async def _serve(self, listen: str) -> None:
         app = health_app(self.registry, self.readiness)
