@@ -37,3 +37,16 @@ def test_staleness_benchmark_runs() -> None:
 def test_scrape_benchmark_runs() -> None:
     lines = bench("scrape", "--sources", "4", "--targets", "3")
     assert [line.split()[0] for line in lines[2:]] == ["source", "source_kind"]
+
+
+def test_side_by_side_benchmark_runs() -> None:
+    """One kind at a small rate: nginx, dnsmasq, `egresswatch run` and blackbox_exporter start,
+    are measured and stopped (CI installs the Debian packages, .ci/run)."""
+    lines = bench(
+        "side_by_side", "--kinds", "tcp", "--rates", "20", "--warmup", "2", "--window", "2"
+    )
+    assert lines[0].startswith("| round kind |")
+    row = lines[2].split("|")
+    assert row[1].strip() == "tcp" and row[2].strip() == "20"
+    assert float(row[3]) > 0 and float(row[4]) > 0  # both processes were measured
+    assert "0 failed steps" in row[8] and row[9].strip().startswith("0 failed of")
