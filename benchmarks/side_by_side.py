@@ -12,7 +12,9 @@ For each round kind (TCP by address, HTTP by IP, HTTPS by IP, HTTP by name) and 
   namespace of its own where /etc/resolv.conf is the benchmark's, so names go to dnsmasq);
 
 and prints each process's CPU milliseconds per round (utime + stime from /proc/PID/stat over a
-window after a warm-up), the ratio, RSS and egresswatch's scheduler lateness. Nothing leaves
+window after a warm-up, divided by the rounds done in that window: egresswatch's started rounds,
+blackbox_exporter's answered probes), the ratio, RSS and egresswatch's scheduler lateness (mean;
+seconds mean the process was saturated and did fewer rounds than the rate). Nothing leaves
 127.0.0.1; every process started is stopped by its PID.
 
     python benchmarks/side_by_side.py [--kinds tcp,http,https,http_name] [--rates 200,500]
@@ -296,27 +298,39 @@ def blackbox_config(lab: Lab, directory: Path) -> Path:
     return config
 
 
-async def _drive(port: int, lab: Lab, kind: str, rate: int, stop_at: float) -> tuple[int, int]:
-    """Call /probe `rate` times a second until `stop_at`; (answered, probe_success 0)."""
+@dataclass
+class Answers:
+    """What the driver got back: when each probe answered (loop time), and how many failed."""
+
+    at: list[float]
+    failed: int = 0
+
+    def between(self, start: float, end: float) -> int:
+        return sum(1 for when in self.at if start <= when < end)
+
+
+async def _drive(port: int, lab: Lab, kind: str, rate: int, stop_at: float) -> Answers:
+    """Call /probe `rate` times a second until `stop_at` (bounded: each call 5 s at most)."""
     url = f"http://127.0.0.1:{port}/probe"
     params = {"target": lab.target(kind), "module": kind}
-    counts = [0, 0]
-    connector = aiohttp.TCPConnector(limit=256)
+    answers = Answers([])
+    loop = asyncio.get_running_loop()
+    timeout = aiohttp.ClientTimeout(total=5)
 
     async def one(session: aiohttp.ClientSession) -> None:
         try:
             async with session.get(url, params=params) as answer:
                 text = await answer.text()
         except (aiohttp.ClientError, TimeoutError):
-            counts[1] += 1
+            answers.failed += 1
             return
-        counts[0] += 1
+        answers.at.append(loop.time())
         if "probe_success 1" not in text:
-            counts[1] += 1
+            answers.failed += 1
 
-    loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
-    async with aiohttp.ClientSession(connector=connector) as session:
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         due = loop.time()
         while due < stop_at:
             await asyncio.sleep(max(0.0, due - loop.time()))
@@ -325,8 +339,8 @@ async def _drive(port: int, lab: Lab, kind: str, rate: int, stop_at: float) -> t
             task.add_done_callback(pending.discard)
             due += 1 / rate
         if pending:
-            await asyncio.wait(pending, timeout=5)
-    return counts[0], counts[1]
+            await asyncio.wait(pending, timeout=6)
+    return answers
 
 
 async def measure_blackbox(
@@ -349,14 +363,14 @@ async def measure_blackbox(
             _drive(port, lab, kind, rate, start + warmup_s + window_s), name="blackbox-driver"
         )
         await asyncio.sleep(warmup_s)
-        cpu = cpu_seconds(proc.pid)
+        cpu, opened = cpu_seconds(proc.pid), loop.time()
         await asyncio.sleep(window_s)
-        cpu = cpu_seconds(proc.pid) - cpu
+        cpu, closed = cpu_seconds(proc.pid) - cpu, loop.time()
         rss = rss_mib(proc.pid)
-        answered, failed = await driver
-    rounds = rate * window_s
-    lateness = f"{failed} failed of {answered}"
-    return Sample(int(rounds), cpu * 1000 / rounds, rss, lateness)
+        answers = await driver
+    rounds = answers.between(opened, closed)
+    lateness = f"{answers.failed} failed of {len(answers.at)}, {rounds} in window"
+    return Sample(rounds, cpu * 1000 / max(rounds, 1), rss, lateness)
 
 
 # --- the table --------------------------------------------------------------------------------
