@@ -195,7 +195,7 @@ def targets(directory: Path) -> Iterator[Lab]:
 # --- egresswatch ------------------------------------------------------------------------------
 
 
-def _console_script() -> str:
+def console_script() -> str:
     """The `egresswatch` next to this interpreter (the venv's), else the one on PATH."""
     beside = Path(sys.executable).with_name("egresswatch")
     return str(beside) if beside.exists() else _need("egresswatch")
@@ -257,7 +257,7 @@ async def measure_egresswatch(
     port = free_port()
     config = egresswatch_config(lab, kind, rate, directory, port)
     argv = [
-        _console_script(),
+        console_script(),
         "--log-level",
         "warning",
         "run",
