@@ -1,7 +1,8 @@
 """Step 5, `http_response`: `curl -Iv https://host`, the status code against the expectation.
 
-One request on its own connection (asyncio streams, so every phase is timed and every failure
-named): TCP to the IP the caller chose, or to the proxy; CONNECT for https through a proxy, an
+One request (asyncio streams, so every phase is timed and every failure named), on the round's
+connection when the earlier steps left one (probes/handover.py), else on its own: TCP to the IP
+the caller chose, or to the proxy; CONNECT for https through a proxy, an
 absolute-URI request for http through one; TLS with SNI and Host from the target's name. Only
 the head is read, plus a few KiB of an unexpected answer's body to recognise who wrote it.
 """
