@@ -8,7 +8,8 @@ that follows it. After a warm-up it samples the agent's CPU (utime + stime) and 
 ``--duration`` seconds and prints RSS (current and peak), millicores on average, and the
 packages the agent process has imported (from its /proc/PID/maps). Everything on 127.0.0.1.
 
-    python benchmarks/agent_footprint.py [--targets 50] [--interval 30] [--duration 180]
+    python benchmarks/agent_footprint.py [--targets 50] [--kinds tcp,http,https,http_name]
+                                         [--interval 30] [--duration 180]
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ TOKEN_ENV = "EGRESSWATCH_BENCH_AGENT_TOKEN"
 TOKEN = "bench-agent-token-0123456789abcdef"  # a loopback benchmark's own, never a secret
 
 
-def controller_config(lab: Lab, count: int, interval_s: int, port: int, directory: Path) -> Path:
+def controller_config(
+    lab: Lab, kinds: list[str], count: int, interval_s: int, port: int, directory: Path
+) -> Path:
     lines = [
         "source: {name: controller-host, kind: node}",
         f"listen: 127.0.0.1:{port}",
@@ -47,7 +50,7 @@ def controller_config(lab: Lab, count: int, interval_s: int, port: int, director
         "targets:",
     ]
     for i in range(count):
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         key = "address" if kind == "tcp" else "url"
         lines.append(f"  - {{name: t{i:03d}, {key}: '{lab.target(kind)}'}}")
     config = directory / "controller.yaml"
@@ -72,14 +75,16 @@ def native_libraries(pid: int) -> list[str]:
     return sorted(found)
 
 
-def measure(count: int, interval_s: int, warmup_s: float, duration_s: float) -> None:
+def measure(
+    kinds: list[str], count: int, interval_s: int, warmup_s: float, duration_s: float
+) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="egresswatch-agent-") as name,
         targets(Path(name)) as lab,
     ):
         directory = Path(name)
         port, agent_port = free_port(), free_port()
-        config = controller_config(lab, count, interval_s, port, directory)
+        config = controller_config(lab, kinds, count, interval_s, port, directory)
         token_file = directory / "token"
         token_file.write_text(TOKEN + "\n")
         os.environ[TOKEN_ENV] = TOKEN
@@ -101,7 +106,8 @@ def measure(count: int, interval_s: int, warmup_s: float, duration_s: float) -> 
                 cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
                 rss, peak = rss_mib(proc.pid), rss_peak_mib(proc.pid)
                 libraries = native_libraries(proc.pid)
-    print(f"{count} targets at {interval_s} s, measured {took:.0f} s after {warmup_s:.0f} s")
+    print(f"{count} targets ({', '.join(kinds)}) at {interval_s} s,", end=" ")
+    print(f"measured {took:.0f} s after {warmup_s:.0f} s")
     print(f"agent RSS {rss:.1f} MiB (peak {peak:.1f} MiB)")
     print(f"agent CPU {cpu * 1000 / took:.2f} millicores on average ({cpu:.2f} CPU-s)")
     print(f"native code mapped from: {', '.join(libraries)}")
@@ -110,11 +116,15 @@ def measure(count: int, interval_s: int, warmup_s: float, duration_s: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", type=int, default=50)
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"of {', '.join(KINDS)}")
     parser.add_argument("--interval", type=int, default=30, help="seconds between rounds")
     parser.add_argument("--warmup", type=float, default=35.0, help="seconds before measuring")
     parser.add_argument("--duration", type=float, default=180.0, help="seconds measured")
     args = parser.parse_args()
-    measure(args.targets, args.interval, args.warmup, args.duration)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or set(kinds) - set(KINDS):
+        parser.error(f"--kinds: a comma-separated list of {', '.join(KINDS)}")
+    measure(kinds, args.targets, args.interval, args.warmup, args.duration)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import NotRun, TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
@@ -120,6 +118,10 @@ def certificate_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return {}
+    # Imported at the first certificate read: an agent with no HTTPS target never pays the
+    # 8 MiB of RSS cryptography's bindings take (docs/performance.md, the agent's footprint).
+    from cryptography import x509
+
     cert = x509.load_der_x509_certificate(der)
     not_after = cert.not_valid_after_utc
     days_left = math.floor((not_after - datetime.now(UTC)).total_seconds() / 86400)
