@@ -43,3 +43,16 @@ def test_overload_benchmark_runs() -> None:
     lines = bench("overload", "--start", "5", "--max", "10", "--seconds", "1")
     assert lines[0].startswith("TCP targets at 1 s")
     assert any(line.startswith(("sustainable:", "at 2x:")) for line in lines)
+
+
+def test_side_by_side_benchmark_runs() -> None:
+    """One kind at a small rate: nginx, dnsmasq, `egresswatch run` and blackbox_exporter start,
+    are measured and stopped (CI installs the Debian packages, .ci/run)."""
+    lines = bench(
+        "side_by_side", "--kinds", "tcp", "--rates", "20", "--warmup", "2", "--window", "2"
+    )
+    assert lines[0].startswith("| round kind |")
+    row = lines[2].split("|")
+    assert row[1].strip() == "tcp" and row[2].strip() == "20"
+    assert float(row[3]) > 0 and float(row[4]) > 0  # both processes were measured
+    assert "0 failed steps" in row[8] and row[9].strip().startswith("0 failed of")

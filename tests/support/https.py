@@ -140,10 +140,12 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 class LocalServer:
-    """One listening server on 127.0.0.1; `requests` holds the request heads it received."""
+    """One listening server on 127.0.0.1; `requests` holds the request heads it received,
+    `connections` counts the connections it served (for TLS: those whose handshake worked)."""
 
     def __init__(self) -> None:
         self.requests: list[bytes] = []
+        self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -153,6 +155,7 @@ class LocalServer:
         async def tracked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
             assert task is not None
+            self.connections += 1
             self._writers.add(writer)
             self._tasks.add(task)
             try:

@@ -31,6 +31,7 @@ from egresswatch.model import (
 )
 from egresswatch.probes.base import guarded, skipped
 from egresswatch.probes.dns import dns_cluster, dns_upstream
+from egresswatch.probes.handover import Handover
 from egresswatch.probes.http import http_response
 from egresswatch.probes.overload import TIMEOUT_REASONS, Stalls, judge_timeout
 from egresswatch.probes.resolvconf import load_resolv_conf
@@ -124,29 +125,55 @@ async def run_checklist(
     """Run steps 1-6 for one target and return the round. Never raises (but can be cancelled).
 
     `stalls`: the event loop's stalls (egresswatch.looplag); with it, a timeout that was our
-    own lateness is `error`/`prober_overloaded`, not `fail` (probes/overload.py)."""
+    own lateness is `error`/`prober_overloaded`, not `fail` (probes/overload.py).
+    A direct HTTP(S) target's tcp_connect, tls_handshake and http_response share one
+    connection (probes/handover.py), each timed apart; it is closed when the round ends.
+    """
+    handover = Handover()
+    try:
+        return await _run(plan, source, known_good, now, handover, stalls)
+    finally:
+        handover.close()
+
+
+async def _run(
+    plan: ChecklistPlan,
+    source: str,
+    known_good: KnownGood | None,
+    now: datetime | None,
+    handover: Handover,
+    stalls: Stalls | None,
+) -> RoundResult:
     started_at = now or datetime.now(UTC)
     known = known_good if known_good is not None else {}
     budget = _Budget(plan.round_timeout_s, stalls)
+    shared = handover if _continues(plan) else None
     cluster, upstream = await asyncio.gather(
         budget.run(Step.DNS_CLUSTER, plan, _dns_cluster),
         budget.run(Step.DNS_UPSTREAM, plan, _dns_upstream),
     )
     addresses, ip_source = await _addresses(plan, cluster, upstream, known)
-    tcp = await budget.run(Step.TCP_CONNECT, plan, lambda p: _tcp(p, addresses, ip_source))
+    tcp = await budget.run(Step.TCP_CONNECT, plan, lambda p: _tcp(p, addresses, ip_source, shared))
     if tcp.status is Status.FAIL and ip_source == Step.DNS_CLUSTER.value:
         tcp = await _other_answer(plan, tcp, upstream, budget.remaining())
     reached = _reached(tcp)
     if reached and plan.proxy is None:
         known[plan.target] = reached
-    tls = await budget.run(Step.TLS_HANDSHAKE, plan, lambda p: _tls(p, tcp, reached))
-    http = await budget.run(Step.HTTP_RESPONSE, plan, lambda p: _http(p, tcp, tls, reached))
+    tls = await budget.run(Step.TLS_HANDSHAKE, plan, lambda p: _tls(p, tcp, reached, shared))
+    http = await budget.run(Step.HTTP_RESPONSE, plan, lambda p: _http(p, tcp, tls, reached, shared))
+    handover.close()  # before the trace: the exchange is over
     earlier = (cluster, upstream, tcp, tls, http)
     destination = reached or _first(addresses)
     trace = await budget.run(
         Step.PATH_TRACE, plan, lambda p: _trace(p, earlier, destination, budget.remaining())
     )
     return RoundResult(plan.target, source, started_at, (*earlier, trace))
+
+
+def _continues(plan: ChecklistPlan) -> bool:
+    """Whether the round goes on past TCP on tcp_connect's connection: a direct HTTP(S)
+    target. Through a proxy each step keeps its own connection (the CONNECT is per step)."""
+    return plan.proxy is None and plan.endpoint.scheme is not Scheme.TCP
 
 
 def _resolved_name(plan: ChecklistPlan) -> str:
@@ -229,7 +256,9 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-async def _tcp(plan: ChecklistPlan, addresses: list[str], ip_source: str) -> StepResult:
+async def _tcp(
+    plan: ChecklistPlan, addresses: list[str], ip_source: str, handover: Handover | None
+) -> StepResult:
     if not addresses:
         what = "the proxy's name did not resolve" if plan.proxy else "no IP to connect to"
         return skipped(
@@ -238,7 +267,9 @@ async def _tcp(plan: ChecklistPlan, addresses: list[str], ip_source: str) -> Ste
             f"{what}: DNS gave none, none known good, none pinned",
         )
     port = plan.proxy.port if plan.proxy else plan.endpoint.port
-    return await tcp_connect(addresses, port, timeout_s=plan.step_timeout_s, ip_source=ip_source)
+    return await tcp_connect(
+        addresses, port, timeout_s=plan.step_timeout_s, ip_source=ip_source, handover=handover
+    )
 
 
 async def _other_answer(
@@ -264,7 +295,9 @@ async def _other_answer(
     return replace(tcp, detail=detail, evidence=evidence)
 
 
-async def _tls(plan: ChecklistPlan, tcp: StepResult, reached: str | None) -> StepResult:
+async def _tls(
+    plan: ChecklistPlan, tcp: StepResult, reached: str | None, handover: Handover | None
+) -> StepResult:
     if plan.endpoint.scheme is not Scheme.HTTPS:
         return skipped(Step.TLS_HANDSHAKE, Reason.NOT_APPLICABLE, "not a TLS target")
     if reached is None:
@@ -278,11 +311,16 @@ async def _tls(plan: ChecklistPlan, tcp: StepResult, reached: str | None) -> Ste
         tls=plan.tls,
         timeout_s=plan.step_timeout_s,
         proxy=_at(plan.proxy, reached),
+        handover=handover,
     )
 
 
 async def _http(
-    plan: ChecklistPlan, tcp: StepResult, tls: StepResult, reached: str | None
+    plan: ChecklistPlan,
+    tcp: StepResult,
+    tls: StepResult,
+    reached: str | None,
+    handover: Handover | None,
 ) -> StepResult:
     if plan.endpoint.scheme is Scheme.TCP:
         return skipped(Step.HTTP_RESPONSE, Reason.NOT_APPLICABLE, "not an HTTP target")
@@ -298,6 +336,7 @@ async def _http(
         expect=plan.expect,
         method=plan.method,
         timeout_s=plan.step_timeout_s,
+        handover=handover,
     )
 
 

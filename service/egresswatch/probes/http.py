@@ -1,7 +1,8 @@
 """Step 5, `http_response`: `curl -Iv https://host`, the status code against the expectation.
 
-One request on its own connection (asyncio streams, so every phase is timed and every failure
-named): TCP to the IP the caller chose, or to the proxy; CONNECT for https through a proxy, an
+One request (asyncio streams, so every phase is timed and every failure named), on the round's
+connection when the earlier steps left one (probes/handover.py), else on its own: TCP to the IP
+the caller chose, or to the proxy; CONNECT for https through a proxy, an
 absolute-URI request for http through one; TLS with SNI and Host from the target's name. Only
 the head is read, plus a few KiB of an unexpected answer's body to recognise who wrote it.
 """
@@ -17,6 +18,15 @@ from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import HttpEvidence
 from egresswatch.model import Endpoint, Reason, Scheme, StatusRanges, Step, StepResult
 from egresswatch.probes.base import describe, fail, ms, ok, skipped
+from egresswatch.probes.connection import (
+    Dialed,
+    Phases,
+    close_quietly,
+    dial,
+    dial_or_adopt,
+    start_tls,
+)
+from egresswatch.probes.handover import Handover
 from egresswatch.probes.proxy import (
     Head,
     HttpProtocolError,
@@ -24,15 +34,7 @@ from egresswatch.probes.proxy import (
     read_body_prefix,
     read_head,
 )
-from egresswatch.probes.tls import (
-    Dialed,
-    Phases,
-    TlsOptions,
-    close_quietly,
-    context_error,
-    dial,
-    start_tls,
-)
+from egresswatch.probes.tls import TlsOptions, context_error
 from egresswatch.probes.tls import tls_context as make_tls_context
 
 _MAX_INTERIM = 5  # interim 1xx answers skipped before the final one
@@ -46,6 +48,7 @@ class _Request:
     tls: ssl.SSLContext | None  # None for http
     method: str
     user_agent: str
+    handover: Handover | None = None  # the round's connection (direct targets only)
 
     @property
     def tunnelled(self) -> bool:
@@ -78,6 +81,7 @@ async def http_response(
     method: str = "GET",
     timeout_s: float,
     user_agent: str = "egresswatch/0.1",
+    handover: Handover | None = None,
 ) -> StepResult:
     """Request `endpoint` and judge the status code; never raises.
 
@@ -89,6 +93,11 @@ async def http_response(
 
     Evidence: HttpEvidence; connect_ms is TCP to the proxy when there is one, ttfb_ms from
     the request sent until the answer's head is in; a phase not reached is null.
+
+    With `handover` and no proxy, the request goes on the round's connection: the TLS session
+    tls_handshake left, else the socket tcp_connect left, else a new connection. The phases
+    done by the earlier steps keep their times in the evidence and count in duration_s, so the
+    exchange measures the same as on a connection of its own.
     """
     if endpoint.scheme is Scheme.TCP:
         return skipped(Step.HTTP_RESPONSE, Reason.NOT_APPLICABLE, "not an HTTP target")
@@ -98,7 +107,7 @@ async def http_response(
         context = make_tls_context(tls) if endpoint.scheme is Scheme.HTTPS else None
     except (OSError, ssl.SSLError) as exc:
         return context_error(Step.HTTP_RESPONSE, tls, exc)
-    request = _Request(endpoint, address, proxy, context, method.upper(), user_agent)
+    request = _Request(endpoint, address, proxy, context, method.upper(), user_agent, handover)
     evidence = HttpEvidence(
         url=endpoint.url,
         address=None if proxy else address,
@@ -113,11 +122,11 @@ async def http_response(
             answer, dialed = await _exchange(request, phases)
     except Exception as exc:
         reason = phases.reason_for(exc)
-        total = time.perf_counter() - begun
+        total = time.perf_counter() - begun + phases.earlier_s
         evidence = _timed(evidence, phases, total)
         detail = _failure_detail(request, exc, reason, phases)
         return fail(Step.HTTP_RESPONSE, reason, total, detail, evidence)
-    total = answer.ended - begun
+    total = answer.ended - begun + phases.earlier_s
     evidence = _timed(evidence, phases, total)
     if answer.head.status not in expect and _has_body(answer, request.method):
         # Only to recognise who wrote an unexpected answer; not part of the timings.
@@ -130,13 +139,14 @@ async def http_response(
 
 async def _exchange(request: _Request, phases: Phases) -> tuple[_Answer, Dialed]:
     """Connect, tunnel, handshake, ask, read the head; the caller closes the connection."""
-    dialed = await _dial(request, phases)
+    session = _session(request, phases)
+    dialed = session or await _dial(request, phases)
     try:
         if (refusal := dialed.refusal) is not None:
             ended = time.perf_counter()
             answer = _Answer(refusal.head, refusal.body_prefix, True, refusal.status, ended)
             return answer, dialed
-        if request.tls is not None:
+        if request.tls is not None and session is None:
             await start_tls(dialed, request.tls, request.endpoint.host, phases)
         with phases.timing("http"):
             dialed.writer.write(_request_bytes(request))
@@ -158,11 +168,24 @@ async def _final_head(reader: asyncio.StreamReader) -> Head:
     raise HttpProtocolError(f"more than {_MAX_INTERIM} interim 1xx answers")
 
 
+def _session(request: _Request, phases: Phases) -> Dialed | None:
+    """The TLS session tls_handshake left on the round's connection, with its phase times."""
+    handover = request.handover
+    if handover is None or request.proxy is not None or request.tls is None:
+        return None
+    stream = handover.take_stream()
+    if stream is None:
+        return None
+    phases.tcp_s, phases.tls_s = handover.connect_s, handover.tls_s
+    phases.earlier_s = (handover.connect_s or 0.0) + (handover.tls_s or 0.0)
+    return Dialed(*stream)
+
+
 async def _dial(request: _Request, phases: Phases) -> Dialed:
     endpoint, proxy = request.endpoint, request.proxy
     if proxy is None:
         assert request.address is not None  # checked by http_response
-        return await dial(request.address, endpoint.port, None, phases, None)
+        return await dial_or_adopt(request.address, endpoint.port, None, phases, request.handover)
     if request.tunnelled:
         return await dial(endpoint.host, endpoint.port, proxy, phases, None)
     return await dial(proxy.host, proxy.port, None, phases, None)

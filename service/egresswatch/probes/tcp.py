@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from egresswatch.evidence import TcpAttempt, TcpEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.base import ms, ok, reason_for_exception, skipped
+from egresswatch.probes.handover import Handover
 from egresswatch.probes.icmp import (
     IP_RECVERR,
     IPV6_RECVERR,
@@ -132,6 +133,7 @@ async def tcp_connect(
     timeout_s: float,
     ip_source: str,
     reset_grace_s: float = 0.15,
+    handover: Handover | None = None,
 ) -> StepResult:
     """Step `tcp_connect`: connect to the first of `addresses` (at most 4) that accepts.
 
@@ -141,6 +143,12 @@ async def tcp_connect(
     once (a firewall that lets the handshake through): `conn_reset`; data, EOF or nothing
     within the grace is a success. `ip_source` says where the addresses came from
     (dns_cluster, dns_upstream, last_good, pinned) and is echoed in the evidence.
+
+    With `handover` (a round that continues to TLS or HTTP on this connection), the connection
+    is left open there instead, without the grace read: a reset right after the accept then
+    shows in the next step, with that phase's reason (`tls_handshake` firewall_denied, the
+    shape of a firewall refusing TLS; `http_response` conn_reset). A TCP-only target keeps
+    the grace read, since nothing follows that could see the reset.
 
     Evidence: TcpEvidence (`address` the one connected, `attempts` each connect).
     fail: the first attempt's reason: conn_refused (RST), conn_reset, conn_timeout (silence),
@@ -169,7 +177,10 @@ async def tcp_connect(
             break
         share = min(remaining, max(remaining / (len(chosen) - index), MIN_ATTEMPT_S))
         outcome = await connect_once(address, port, share)
-        if outcome.sock is not None:
+        if outcome.sock is not None and handover is not None:
+            handover.keep_socket(outcome.sock, outcome.elapsed_s)
+            outcome.sock = None
+        elif outcome.sock is not None:
             outcome = await _reset_within(outcome, reset_grace_s)
         attempts.append(_attempt_evidence(outcome))
         if outcome.reason is None:

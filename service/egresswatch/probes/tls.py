@@ -1,40 +1,35 @@
 """Step 4, `tls_handshake`: `curl -Iv https://host` up to the certificate, with SNI.
 
-Also the connection both TLS and HTTP steps open: TCP to an IP (or to the proxy, then
-CONNECT), then TLS started on the established stream, each phase timed on its own, and one
-translation of what went wrong into a reason, by the phase it went wrong in.
+Also the trust: client contexts built once per trust configuration (`TlsContexts`). The
+connection it runs on is probes/connection.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import math
 import os
 import ssl
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
 from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import NotRun, TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
-from egresswatch.probes.base import describe, fail, ms, ok, reason_for_exception, skipped
-from egresswatch.probes.proxy import HttpProtocolError, TunnelAnswer, open_tunnel
-
-_CLOSE_GRACE_S = 0.5  # a peer that does not finish the TLS close in time is cut off
-_PHASE_NAMES = {
-    "tcp": "TCP connect",
-    "proxy": "CONNECT through the proxy",
-    "tls": "TLS handshake",
-    "http": "HTTP exchange",
-}
+from egresswatch.probes.base import describe, fail, ok, skipped
+from egresswatch.probes.connection import (
+    Dialed,
+    Phases,
+    close_quietly,
+    dial,
+    dial_or_adopt,
+    start_tls,
+)
+from egresswatch.probes.handover import Handover
+from egresswatch.probes.proxy import HttpProtocolError, TunnelAnswer
 
 
 class TlsContexts:
@@ -117,129 +112,16 @@ def context_error(step: Step, options: TlsOptions, exc: Exception) -> StepResult
     )
 
 
-@dataclass
-class Phases:
-    """Timings of one connection, and the phase in progress (to name what failed)."""
-
-    current: str = "tcp"  # tcp, proxy, tls, http
-    tcp_s: float | None = None
-    proxy_s: float | None = None
-    tls_s: float | None = None
-    http_s: float | None = None
-
-    @contextlib.contextmanager
-    def timing(self, phase: str) -> Iterator[None]:
-        """Time one phase; on failure its time is the time until it failed.
-
-        The time is taken when the phase ends, before any cleanup, so closing a connection
-        never counts in it. `current` stays on a failed phase so the failure can be named.
-        """
-        self.current = phase
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            setattr(self, f"{phase}_s", time.perf_counter() - started)
-
-    def reason_for(self, exc: BaseException) -> Reason:
-        """What an exception means in the phase it happened in."""
-        if self.current == "tcp":
-            return reason_for_exception(exc, timeout=Reason.CONN_TIMEOUT)
-        if isinstance(exc, HttpProtocolError):
-            return Reason.PROXY_ERROR if self.current == "proxy" else Reason.HTTP_PROTOCOL
-        if self.current == "tls" and _reset_by_peer(exc):
-            # Azure Firewall and SNI filters refuse by resetting right after the ClientHello.
-            return Reason.FIREWALL_DENIED
-        if self.current == "tls" and isinstance(exc, ConnectionResetError):
-            # asyncio's "connection lost" (errno None): the peer closed without a ServerHello.
-            return Reason.TLS_HANDSHAKE_FAILED
-        return reason_for_exception(exc)
-
-    def name(self) -> str:
-        """The phase in progress, in words for a `detail` line."""
-        return _PHASE_NAMES.get(self.current, self.current)
-
-    def timed(self, evidence: TlsEvidence) -> TlsEvidence:
-        """`evidence` with this connection's phase timings, in ms."""
-        return replace(
-            evidence,
-            tcp_ms=_ms(self.tcp_s),
-            proxy_connect_ms=_ms(self.proxy_s),
-            tls_ms=_ms(self.tls_s),
-        )
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else ms(seconds)
-
-
-def _reset_by_peer(exc: BaseException) -> bool:
-    return isinstance(exc, ConnectionResetError) and exc.errno == errno.ECONNRESET
-
-
-@dataclass
-class Dialed:
-    """An open stream to the endpoint (tunnelled when `tunnel` is set), or a refused tunnel."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    tunnel: TunnelAnswer | None = None
-
-    @property
-    def refusal(self) -> TunnelAnswer | None:
-        """The proxy's answer when it refused the CONNECT, else None."""
-        return self.tunnel if self.tunnel is not None and self.tunnel.refusal else None
-
-
-async def dial(
-    address: str, port: int, proxy: ProxyRoute | None, phases: Phases, timeout_s: float | None
-) -> Dialed:
-    """TCP to `address:port`, or to the proxy and CONNECT to `address:port` through it.
-
-    Raises what connecting raises; a refused CONNECT is returned (see `refusal`), not raised.
-    """
-    host, tcp_port = (proxy.host, proxy.port) if proxy else (address, port)
-    with phases.timing("tcp"):
-        reader, writer = await asyncio.open_connection(host, tcp_port)
-    if proxy is None:
-        return Dialed(reader, writer)
-    try:
-        with phases.timing("proxy"):
-            answer = await open_tunnel(reader, writer, address, port, proxy, timeout_s)
-    except BaseException:
-        writer.transport.abort()
-        raise
-    return Dialed(reader, writer, answer)
-
-
-async def start_tls(
-    dialed: Dialed, context: ssl.SSLContext, server_name: str, phases: Phases
-) -> ssl.SSLObject:
-    """TLS on the open stream with SNI `server_name`; returns the session's SSL object."""
-    with phases.timing("tls"):
-        await dialed.writer.start_tls(context, server_hostname=server_name)
-    ssl_object = dialed.writer.get_extra_info("ssl_object")
-    if not isinstance(ssl_object, ssl.SSLObject):
-        raise ssl.SSLError("no TLS session after the handshake")
-    return ssl_object
-
-
-async def close_quietly(writer: asyncio.StreamWriter) -> None:
-    """Close politely, but never wait on the peer for more than a moment."""
-    writer.close()
-    try:
-        async with asyncio.timeout(_CLOSE_GRACE_S):
-            await writer.wait_closed()
-    except (TimeoutError, OSError, ssl.SSLError):
-        writer.transport.abort()
-
-
 def certificate_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
     """Issuer, subject, not_after (RFC 3339 UTC) and days_left of the presented leaf, as
     TlsEvidence fields (empty without a certificate)."""
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return {}
+    # Imported at the first certificate read: an agent with no HTTPS target never pays the
+    # 8 MiB of RSS cryptography's bindings take (docs/performance.md, the agent's footprint).
+    from cryptography import x509
+
     cert = x509.load_der_x509_certificate(der)
     not_after = cert.not_valid_after_utc
     days_left = math.floor((not_after - datetime.now(UTC)).total_seconds() / 86400)
@@ -262,8 +144,13 @@ async def tls_handshake(
     tls: TlsOptions,
     timeout_s: float,
     proxy: ProxyRoute | None = None,
+    handover: Handover | None = None,
 ) -> StepResult:
     """Handshake with `address:port` (through `proxy`'s CONNECT when given) using SNI.
+
+    With `handover` and no proxy, the handshake runs on the round's connection when
+    tcp_connect left one (else on a new one), and a good session is left there for
+    http_response instead of being closed.
 
     With a proxy, `address` is what the proxy is asked to reach (the host name, as curl does,
     or an IP). On a verification failure the certificate is fetched once more without
@@ -284,7 +171,7 @@ async def tls_handshake(
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
         async with asyncio.timeout_at(deadline):
-            dialed = await dial(address, port, proxy, phases, None)
+            dialed = await dial_or_adopt(address, port, proxy, phases, handover)
             if (refusal := dialed.refusal) is not None:
                 dialed.writer.transport.abort()
                 return _tunnel_refused(refusal, phases, evidence)
@@ -301,7 +188,10 @@ async def tls_handshake(
         detail = _failure_detail(exc, reason, phases, evidence)
         return fail(Step.TLS_HANDSHAKE, reason, took, detail, evidence)
     evidence = replace(phases.timed(evidence), **_session_evidence(ssl_object))
-    await close_quietly(dialed.writer)  # outside the budget: the handshake is done
+    if handover is not None and proxy is None:
+        handover.keep_stream(dialed.reader, dialed.writer, phases.tls_s)
+    else:
+        await close_quietly(dialed.writer)  # outside the budget: the handshake is done
     return ok(Step.TLS_HANDSHAKE, phases.tls_s or 0.0, _ok_detail(evidence), evidence)
 
 
