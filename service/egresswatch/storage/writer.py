@@ -7,6 +7,11 @@ it is stored (the controller judges rounds only then). One named background task
 exponential backoff (egresswatch/backoff.py): rounds are buffered, not lost. Only beyond
 `max_buffer` rounds does it drop, the oldest first, counting and logging every drop.
 
+At shutdown (`close`) everything buffered is written, however long that takes while batches
+keep reaching the database: a writer that fell behind catches up rather than dropping. Only
+when no batch could be written for `close_timeout_s` (the database is away, or a write hangs)
+does it give up, and the rounds left are dropped, counted and logged.
+
 A batch the database rejects for its content (an integrity or data error: retrying cannot help)
 is written again round by round, so one bad round costs only itself; those rounds are dropped
 and counted.
@@ -15,6 +20,7 @@ and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -95,15 +101,21 @@ class BatchedWriter:
     """Buffers submitted rounds and writes them in batches from one background task.
 
     Lifecycle: `start()` once, inside the event loop; `submit()` from that loop's thread as
-    often as needed; `await close()` flushes what is buffered (giving up after `close_timeout_s`
-    if the database stays away, counting the rest as dropped) and stops the task.
+    often as needed; `await close()` writes everything buffered and stops the task. It gives up
+    only after `close_timeout_s` without a batch written (then the rest is counted as dropped),
+    and while closing it retries at least every `close_timeout_s / CLOSE_TRIES` seconds, so a
+    database that comes back in that time gets everything.
     """
+
+    CLOSE_TRIES = 10
+
+    DEFAULT_MAX_BATCH = 500
 
     def __init__(
         self,
         sink: RoundSink,
         *,
-        max_batch: int = 500,
+        max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = 1.0,
         max_buffer: int = 1_000_000,
         backoff: Backoff | None = None,
@@ -130,6 +142,8 @@ class BatchedWriter:
         self._first_waiting_at = 0.0  # monotonic time the oldest buffered round arrived
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._close_requested = asyncio.Event()  # cuts a retry's backoff short at close
+        self._last_progress = 0.0  # monotonic time of the last batch written (or of close)
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = -DROP_LOG_INTERVAL_S
         self.dropped = 0  # rounds given up, for any reason
@@ -178,17 +192,31 @@ class BatchedWriter:
                 self._buffer.clear()
                 self._in_flight = []
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self._close_timeout_s)
-        except TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            left = self.depth
-            self._buffer.clear()
-            self._in_flight = []
-            if left:
-                self._drop(left, "shutdown")
-            self._hooks.buffer_depth(0)
+        self._last_progress = time.monotonic()
+        self._close_requested.set()
+        if self.depth >= self._max_batch:
+            log.info("%s: writing the %d buffered rounds before stopping", self._name, self.depth)
+        # No deadline for the whole flush: only for a stall, measured from the last batch written.
+        while True:
+            stalled_for = time.monotonic() - self._last_progress
+            if stalled_for >= self._close_timeout_s:
+                break
+            await asyncio.wait({task}, timeout=self._close_timeout_s - stalled_for)
+            if task.done():
+                return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        left = self.depth
+        self._buffer.clear()
+        self._in_flight = []
+        if left:
+            log.error(
+                "%s: no batch written for %.1fs while closing: giving up",
+                self._name,
+                self._close_timeout_s,
+            )
+            self._drop(left, "shutdown")
+        self._hooks.buffer_depth(0)
 
     # -- the task -------------------------------------------------------------------------
 
@@ -240,15 +268,25 @@ class BatchedWriter:
                     await self._write_one_by_one(batch)
                     return
                 delay = self._backoff.delay_s(failures)
+                if self._closing:
+                    delay = min(delay, self._close_timeout_s / self.CLOSE_TRIES)
                 failures += 1
                 self._transient(error, failures, delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
             if failures:
                 log.info("wrote %d rounds after %d failed tries", len(batch), failures)
             self._outage.recovered()
             self._written(batch)
             return
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds before a retry, or until `close` shortens the wait."""
+        if self._closing:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._close_requested.wait(), delay)
 
     def _transient(self, error: Exception, failures: int, delay: float) -> None:
         """A failed write that a retry may fix. An outage is the Outage's to log (once, then a
@@ -291,6 +329,7 @@ class BatchedWriter:
 
     def _written(self, batch: Sequence[RoundResult]) -> None:
         self.written += len(batch)
+        self._last_progress = time.monotonic()
         self._hooks.batch_written(True, len(batch))
         self._hooks.rows_written(len(batch), sum(len(r.steps) for r in batch))
         if self._on_written is not None:
