@@ -335,3 +335,23 @@ async def test_close_waits_for_a_database_that_comes_back(store: Store, tmp_path
     assert (writer.written, writer.dropped) == (7, 0)
     back = await store.rounds_between(make_round(0).target, T0, T0 + timedelta(hours=1))
     assert back == [make_round(i) for i in range(7)]
+
+
+class HangingSink:
+    """A database that takes the statement and never answers (a seam we own: RoundSink)."""
+
+    async def save_rounds(self, rounds: object, batch_id: str | None = None) -> int:
+        await asyncio.Event().wait()
+        return 0
+
+
+async def test_close_gives_up_on_a_write_that_never_answers() -> None:
+    hooks = RecordingHooks()
+    writer = BatchedWriter(HangingSink(), max_delay_s=0, close_timeout_s=0.05, hooks=hooks)
+    writer.start()
+    for i in range(5):
+        writer.submit(make_round(i))
+    await asyncio.sleep(0.05)  # the first batch is in flight, hanging
+    await asyncio.wait_for(writer.close(), 10)  # gives up after 10 x close_timeout_s
+    assert (writer.written, writer.dropped, writer.depth) == (0, 5, 0)
+    assert hooks.drops == [(5, "shutdown")]
