@@ -1,7 +1,8 @@
 """Frozen dataclasses that are JSON objects: one key per field, decoded strictly or leniently.
 
-`Record.to_json` gives the object (tuples as arrays, nested records as objects);
-`Record.from_json` takes it back:
+`Record.to_json` gives the object (tuples as arrays, nested records as objects),
+`Record.to_json_text` the same object as compact JSON text (`json_text(record.to_json())`, built
+directly: what storage writes for every step); `Record.from_json` takes it back:
 
 - strict: an unknown key, a wrong type, a non-finite number or an integer past 64 bits raises
   `EvidenceError` naming the field by its JSON path (`attempts[0].ms`);
@@ -17,18 +18,31 @@ Standard library only.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import json
 import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["OMITTED_BY_DEFAULT", "EvidenceError", "Record", "json_schema"]
+__all__ = ["OMITTED_BY_DEFAULT", "EvidenceError", "Record", "json_schema", "json_text"]
 
 # Field metadata: the key is left out of the JSON while the field holds its default (the
 # probes wrote such keys only when they had something to say; the stored shape keeps that).
 OMITTED_BY_DEFAULT = {"omit_default": True}
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers are signed 64-bit, as the databases store them
+
+# Compact JSON text, non-ASCII kept; a stray non-JSON value (an IP address object, a datetime)
+# becomes its text rather than failing the batch it travels in. One encoder, reused: building
+# one per value costs more than encoding a small dict.
+_TEXT = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
+_STRING: Any = json.encoder.encode_basestring  # the C function behind _TEXT's strings
+
+
+def json_text(value: Any) -> str:
+    """`value` as compact JSON text: no spaces, non-ASCII as is, a non-JSON value as its str."""
+    return _TEXT.encode(value)
 
 
 class EvidenceError(ValueError):
@@ -48,12 +62,32 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         """The JSON object (lists for tuples, objects for nested records)."""
         found: dict[str, Any] = {}
-        for name, omit_default, default in _layout(type(self)):
+        for name, omit_default, default, shape, _ in _layout(type(self)):
             value = getattr(self, name)
             if omit_default and value == default:
                 continue
-            found[name] = _encode(value) if isinstance(value, (Record, tuple)) else value
+            if shape is _Shape.PLAIN or value is None:
+                found[name] = value
+            elif shape is _Shape.RECORDS:
+                found[name] = [item.to_json() for item in value]
+            else:
+                found[name] = _encode(value)
         return found
+
+    def to_json_text(self) -> str:
+        """`json_text(self.to_json())`, the same text, without building the dicts first."""
+        parts = []
+        for name, omit_default, default, shape, key in _layout(type(self)):
+            value = getattr(self, name)
+            if omit_default and value == default:
+                continue
+            if type(value) is str:  # most values: skip the dispatch
+                parts.append(key + _STRING(value))
+            elif shape is _Shape.RECORDS and type(value) is tuple:
+                parts.append(key + "[" + ",".join(item.to_json_text() for item in value) + "]")
+            else:
+                parts.append(key + _value_text(value))
+        return "{" + ",".join(parts) + "}"
 
     @classmethod
     def from_json(cls, data: object, *, strict: bool = True) -> Self:
@@ -77,20 +111,66 @@ def _hints(cls: type[Record]) -> dict[str, Any]:
     return found
 
 
+class _Shape(enum.Enum):
+    """How `to_json` encodes a field, decided once per class from its type."""
+
+    PLAIN = 1  # str, int, float, bool (or None): the value itself
+    RECORDS = 2  # tuple[SomeRecord, ...]: a list of objects
+    OTHER = 3  # a nested record, a tuple of scalars: `_encode`
+
+
 # Every stored step's evidence is encoded: `dataclasses.fields` on each was a sixth of the
-# ingest's CPU. A memo: the classes never change.
-_LAYOUTS: dict[type[Record], tuple[tuple[str, bool, Any], ...]] = {}
+# ingest's CPU, and an isinstance per value another fifth. A memo: the classes never change.
+_LAYOUTS: dict[type[Record], tuple[tuple[str, bool, Any, _Shape, str], ...]] = {}
 
 
-def _layout(cls: type[Record]) -> tuple[tuple[str, bool, Any], ...]:
-    """(name, omitted while default, default) of each field, in order."""
+def _layout(cls: type[Record]) -> tuple[tuple[str, bool, Any, _Shape, str], ...]:
+    """(name, omitted while default, default, shape, `"name":` as JSON) of each field."""
     found = _LAYOUTS.get(cls)
     if found is None:
+        hints = _hints(cls)
         found = _LAYOUTS[cls] = tuple(
-            (item.name, bool(item.metadata.get("omit_default")), item.default)
+            (
+                item.name,
+                bool(item.metadata.get("omit_default")),
+                item.default,
+                _shape(hints[item.name]),
+                _STRING(item.name) + ":",
+            )
             for item in dataclasses.fields(cls)
         )
     return found
+
+
+def _shape(hint: Any) -> _Shape:
+    if get_origin(hint) in (Union, types.UnionType):
+        (hint,) = [arg for arg in get_args(hint) if arg is not type(None)]
+    if hint in (str, int, float, bool):
+        return _Shape.PLAIN
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0]
+        if isinstance(item, type) and issubclass(item, Record):
+            return _Shape.RECORDS
+    return _Shape.OTHER
+
+
+def _value_text(value: object) -> str:
+    """A field's value as `json_text` writes it (exact types first: a subclass, such as an
+    enum member, goes through the encoder like any other value)."""
+    kind = type(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if isinstance(value, int) and kind is int:
+        return int.__repr__(value)
+    if isinstance(value, float) and kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    if isinstance(value, Record):
+        return value.to_json_text()
+    if isinstance(value, tuple) and kind is tuple:
+        return "[" + ",".join(_value_text(item) for item in value) + "]"
+    return _TEXT.encode(_encode(value))
 
 
 def _encode(value: object) -> Any:

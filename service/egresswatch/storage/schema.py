@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
-import json
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,20 +33,12 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from egresswatch.jsonrecord import json_text
+
 log = logging.getLogger(__name__)
 
 # Seconds a SQLite connection waits for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 5000
-
-
-# Evidence comes from probes; a stray non-JSON value (an IP address object, a datetime) is
-# stored as its text rather than failing the whole batch it travels in. One encoder, reused:
-# building one per value costs more than encoding a small dict.
-_JSON = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
-
-
-def _json_dumps(value: Any) -> str:
-    return _JSON.encode(value)
 
 
 def redact(url: str | URL) -> str:
@@ -76,7 +67,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     `create_async_engine`.
     """
     parsed = normalize_url(url)
-    kwargs.setdefault("json_serializer", _json_dumps)
+    # Evidence's text (Record.to_json_text) and every other JSON column: one encoding.
+    kwargs.setdefault("json_serializer", json_text)
     # A pooled connection may have died with a database restart: test it before use.
     kwargs.setdefault("pool_pre_ping", True)
     if parsed.get_backend_name() != "sqlite":

@@ -126,7 +126,7 @@ class Store:
                     _code(s.reason),
                     s.duration_s,
                     s.detail,
-                    s.evidence.to_json(),
+                    s.evidence.to_json_text(),
                 )
                 for position, r in enumerate(rounds)
                 for s in r.steps

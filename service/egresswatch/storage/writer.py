@@ -7,6 +7,11 @@ it is stored (the controller judges rounds only then). One named background task
 exponential backoff (egresswatch/backoff.py): rounds are buffered, not lost. Only beyond
 `max_buffer` rounds does it drop, the oldest first, counting and logging every drop.
 
+At shutdown (`close`) everything buffered is written, however long that takes while the
+database takes the batches: a writer that fell behind catches up rather than dropping. It gives
+up only when writes keep failing (the database is away) for `close_timeout_s`, or one write
+hangs for `CLOSE_HANG_FACTOR` times that; the rounds left are then dropped, counted, logged.
+
 A batch the database rejects for its content (an integrity or data error: retrying cannot help)
 is written again round by round, so one bad round costs only itself; those rounds are dropped
 and counted.
@@ -15,6 +20,7 @@ and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -95,15 +101,22 @@ class BatchedWriter:
     """Buffers submitted rounds and writes them in batches from one background task.
 
     Lifecycle: `start()` once, inside the event loop; `submit()` from that loop's thread as
-    often as needed; `await close()` flushes what is buffered (giving up after `close_timeout_s`
-    if the database stays away, counting the rest as dropped) and stops the task.
+    often as needed; `await close()` writes everything buffered and stops the task. It gives up
+    (the rest counted as dropped) only after `close_timeout_s` of failing writes, or one write
+    running `CLOSE_HANG_FACTOR * close_timeout_s`; while closing it retries at least every
+    `close_timeout_s / CLOSE_TRIES` seconds, so a database back in time gets everything.
     """
+
+    CLOSE_TRIES = 10
+    CLOSE_HANG_FACTOR = 10
+
+    DEFAULT_MAX_BATCH = 500
 
     def __init__(
         self,
         sink: RoundSink,
         *,
-        max_batch: int = 500,
+        max_batch: int = DEFAULT_MAX_BATCH,
         max_delay_s: float = 1.0,
         max_buffer: int = 1_000_000,
         backoff: Backoff | None = None,
@@ -130,6 +143,12 @@ class BatchedWriter:
         self._first_waiting_at = 0.0  # monotonic time the oldest buffered round arrived
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._close_requested = asyncio.Event()  # cuts a retry's backoff short at close
+        # Monotonic times: the write attempt running started, the failing writes started (None:
+        # no attempt running; the last attempt succeeded), close was called.
+        self._attempt_started: float | None = None
+        self._failing_since: float | None = None
+        self._close_started = 0.0
         self._task: asyncio.Task[None] | None = None
         self._last_drop_log = -DROP_LOG_INTERVAL_S
         self.dropped = 0  # rounds given up, for any reason
@@ -178,17 +197,37 @@ class BatchedWriter:
                 self._buffer.clear()
                 self._in_flight = []
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), self._close_timeout_s)
-        except TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            left = self.depth
-            self._buffer.clear()
-            self._in_flight = []
-            if left:
-                self._drop(left, "shutdown")
-            self._hooks.buffer_depth(0)
+        self._close_started = time.monotonic()
+        self._close_requested.set()
+        if self.depth >= self._max_batch:
+            log.info("%s: writing the %d buffered rounds before stopping", self._name, self.depth)
+        # No deadline for the whole flush, only for a database that is away or hangs.
+        why = None
+        while why is None:
+            await asyncio.wait({task}, timeout=self._close_timeout_s / self.CLOSE_TRIES)
+            if task.done():
+                return
+            why = self._stuck()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        left = self.depth
+        self._buffer.clear()
+        self._in_flight = []
+        if left:
+            log.error("%s: %s while closing: giving up", self._name, why)
+            self._drop(left, "shutdown")
+        self._hooks.buffer_depth(0)
+
+    def _stuck(self) -> str | None:
+        """Why closing should stop waiting for the database, or None while it may still come."""
+        now = time.monotonic()
+        failing, attempt = self._failing_since, self._attempt_started
+        if failing is not None and now - max(failing, self._close_started) >= self._close_timeout_s:
+            return f"writes failed for {self._close_timeout_s:.1f}s"
+        hang_s = self._close_timeout_s * self.CLOSE_HANG_FACTOR
+        if attempt is not None and now - max(attempt, self._close_started) >= hang_s:
+            return f"a write got no answer for {hang_s:.1f}s"
+        return None
 
     # -- the task -------------------------------------------------------------------------
 
@@ -227,7 +266,7 @@ class BatchedWriter:
         failures = 0
         while True:
             try:
-                await self._sink.save_rounds(batch)
+                await self._save(batch)
             except Exception as error:  # a scheduled job never raises: classify, then retry
                 self._hooks.batch_written(False, len(batch))
                 self._hooks.database_error(error)
@@ -240,15 +279,39 @@ class BatchedWriter:
                     await self._write_one_by_one(batch)
                     return
                 delay = self._backoff.delay_s(failures)
+                if self._closing:
+                    delay = min(delay, self._close_timeout_s / self.CLOSE_TRIES)
                 failures += 1
                 self._transient(error, failures, delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
             if failures:
                 log.info("wrote %d rounds after %d failed tries", len(batch), failures)
             self._outage.recovered()
             self._written(batch)
             return
+
+    async def _save(self, batch: Sequence[RoundResult]) -> None:
+        """One write attempt, timed for `_stuck`."""
+        self._attempt_started = time.monotonic()
+        try:
+            await self._sink.save_rounds(batch)
+        except Exception:
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+            raise
+        else:
+            self._failing_since = None
+        finally:
+            self._attempt_started = None
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds before a retry, or until `close` shortens the wait."""
+        if self._closing:
+            await asyncio.sleep(delay)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._close_requested.wait(), delay)
 
     def _transient(self, error: Exception, failures: int, delay: float) -> None:
         """A failed write that a retry may fix. An outage is the Outage's to log (once, then a
@@ -271,7 +334,7 @@ class BatchedWriter:
     async def _write_one_by_one(self, batch: list[RoundResult]) -> None:
         for position, round_result in enumerate(batch):
             try:
-                await self._sink.save_rounds([round_result])
+                await self._save([round_result])
             except Exception as error:
                 self._hooks.database_error(error)
                 if not is_permanent(error):

@@ -68,7 +68,7 @@ class Ingest:
         self.writer.start()
 
     async def close(self) -> None:
-        """Store (and so judge) what is buffered, within the writer's close timeout."""
+        """Store (and so judge) everything buffered; gives up only while the database is away."""
         await self.writer.close()
 
     def submit(self, result: RoundResult) -> None:
