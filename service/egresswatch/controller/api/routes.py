@@ -53,7 +53,7 @@ CURSOR_MAX = 1024
 ID_MAX = 128
 OUTAGE_RETRY_AFTER_S = 5  # what a client is told to wait while the database is away
 # The request's key for the one source its agent may act for (None: the agents' token, any).
-_AGENT_SOURCE = "egresswatch.agent_source"
+_AGENT_SOURCE = web.RequestKey[str | None]("egresswatch.agent_source")
 
 
 @dataclass(frozen=True)
