@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -68,7 +69,11 @@ class Cluster:
 
         await poll(ready, 20)
 
-    async def agent(self, key: str, downward_api: dict[str, str]) -> None:
+    async def agent(
+        self, key: str, downward_api: dict[str, str], token_file: Path | None = None
+    ) -> None:
+        """An agent with the Downward API's environment and `token_file` (default: the
+        world's, holding the agents' shared token)."""
         world = self.world
         self.processes[key] = await spawn(
             [
@@ -76,7 +81,7 @@ class Cluster:
                 "--controller",
                 world.url,
                 "--token-file",
-                str(world.token_file),
+                str(token_file or world.token_file),
                 "--listen",
                 f"{HOST}:{free_port()}",
                 "--resolv-conf",
