@@ -28,7 +28,7 @@ from egresswatch.kube.identity import ReviewedToken, ReviewUnavailable, reviewed
 from egresswatch.kube.sources import ExpectedSource
 from egresswatch.kube.tokenreview import review_token
 from egresswatch.model import SourceKind
-from egresswatch.settings import KubernetesSettings
+from egresswatch.settings import ConfigError, KubernetesSettings, settings_from_dict
 from tests.support.apiserver import TOKEN, ApiWorld, build_world, sqlite_only
 from tests.support.databases import migrated_engine_fixture  # noqa: F401
 from tests.support.kube_tokens import TokenReviews
@@ -261,3 +261,23 @@ async def test_the_cache_is_bounded_and_failures_are_not_kept() -> None:
             await agents.source_of("d")
         assert getattr(caught.value, "status", None) == 503
     assert reviewer.calls == 6  # the failure was not cached: asked again
+
+
+def test_a_review_for_another_audience_is_not_authenticated() -> None:
+    # Even from an API server that confirms no audience of ours, the token is refused.
+    user = {"username": "system:serviceaccount:payments:egresswatch-agent"}
+    answer = {"status": {"authenticated": True, "audiences": ["vault"], "user": user}}
+    refused = reviewed(answer)
+    assert not refused.authenticated and "egresswatch" in refused.error
+    accepted = reviewed({"status": {**answer["status"], "audiences": ["egresswatch"]}})
+    assert accepted.authenticated and accepted.service_account == ("payments", "egresswatch-agent")
+
+
+def test_a_bad_node_agent_service_account_names_the_field() -> None:
+    with pytest.raises(ConfigError, match="node_agent_service_account"):
+        settings_from_dict(
+            {
+                "targets": [{"name": "t", "address": "example.test:443"}],
+                "kubernetes": {"enabled": True, "node_agent_service_account": "no-slash"},
+            }
+        )
