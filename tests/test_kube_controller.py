@@ -113,6 +113,17 @@ async def api(world: World, path: str) -> Any:
     return document
 
 
+async def reporting(world: World, *sources: str) -> dict[str, Any]:
+    """The status once every one of `sources` is designated and reporting (30 s at most)."""
+
+    async def all_report() -> dict[str, Any]:
+        status = await api(world, "/api/v1/status")
+        states = _states(status)
+        return dict(status) if all(states.get(s) == "reporting" for s in sources) else {}
+
+    return await poll(all_report, 30)
+
+
 def _states(status: dict[str, Any]) -> dict[str, str]:
     return {s["source"]: s["state"] for s in status["designated"]["sources"]}
 
@@ -153,14 +164,7 @@ async def test_missing_and_retired_sources_through_the_real_controller(
     )
     await cluster.agent("node2", {"NODE_NAME": NODE(2), "EGRESSWATCH_SOURCE_KIND": "node"})
 
-    async def both_report() -> dict[str, Any]:
-        status = await api(world, "/api/v1/status")
-        states = _states(status)
-        if states.get(POD_SOURCE) == "reporting" and states.get(NODE(2)) == "reporting":
-            return dict(status)
-        return {}
-
-    status = await poll(both_report, 30)
+    status = await reporting(world, POD_SOURCE, NODE(2))
     assert status["designated"]["synced"] is True
     assert _states(status) == {
         NODE(0): "missing",

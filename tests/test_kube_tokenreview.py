@@ -6,16 +6,21 @@ TokenReview against the fake API server. Each token is good for its own source o
 
 from __future__ import annotations
 
-from typing import Any
-
 import yaml
 
 from tests.support.dnsserver import dns_server
 from tests.support.https import LocalServers, Reply, local_servers, pki
 from tests.support.kubeapi import RunningKubeApi, kube_api
-from tests.support.service import poll
 from tests.test_agent import World, world
-from tests.test_kube_controller import NODE, POD_SOURCE, Cluster, _states, api, cluster, configure
+from tests.test_kube_controller import (
+    NODE,
+    POD_SOURCE,
+    Cluster,
+    _states,
+    cluster,
+    configure,
+    reporting,
+)
 
 __all__ = ["cluster", "dns_server", "kube_api", "local_servers", "pki", "world"]
 
@@ -60,14 +65,7 @@ async def test_agents_with_projected_tokens_post_for_themselves_only(
     node_agent = {"NODE_NAME": NODE(2), "EGRESSWATCH_SOURCE_KIND": "node"}
     await cluster.agent("node2", node_agent, files["node2"])
 
-    async def both_report() -> dict[str, Any]:
-        status = await api(world, "/api/v1/status")
-        states = _states(status)
-        if states.get(POD_SOURCE) == "reporting" and states.get(NODE(2)) == "reporting":
-            return dict(status)
-        return {}
-
-    status = await poll(both_report, 30)
+    status = await reporting(world, POD_SOURCE, NODE(2))
     assert _states(status)[THEIRS] == "missing"
     shop = status["targets"][0]
     assert {s["source"] for s in shop["sources"]} == {POD_SOURCE, NODE(2)}
