@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -63,7 +64,11 @@ class Cluster:
 
         await poll(ready, 20)
 
-    async def agent(self, key: str, downward_api: dict[str, str]) -> None:
+    async def agent(
+        self, key: str, downward_api: dict[str, str], token_file: Path | None = None
+    ) -> None:
+        """An agent with the Downward API's environment and `token_file` (default: the
+        world's, holding the agents' shared token)."""
         world = self.world
         self.processes[key] = await spawn(
             [
@@ -71,7 +76,7 @@ class Cluster:
                 "--controller",
                 world.url,
                 "--token-file",
-                str(world.token_file),
+                str(token_file or world.token_file),
                 "--listen",
                 f"{HOST}:{free_port()}",
                 "--resolv-conf",
@@ -101,6 +106,17 @@ async def api(world: World, path: str) -> Any:
     status, document = await get_json(f"{world.url}{path}")
     assert status == 200, document
     return document
+
+
+async def reporting(world: World, *sources: str) -> dict[str, Any]:
+    """The status once every one of `sources` is designated and reporting (30 s at most)."""
+
+    async def all_report() -> dict[str, Any]:
+        status = await api(world, "/api/v1/status")
+        states = _states(status)
+        return dict(status) if all(states.get(s) == "reporting" for s in sources) else {}
+
+    return await poll(all_report, 30)
 
 
 def _states(status: dict[str, Any]) -> dict[str, str]:
@@ -143,14 +159,7 @@ async def test_missing_and_retired_sources_through_the_real_controller(
     )
     await cluster.agent("node2", {"NODE_NAME": NODE(2), "EGRESSWATCH_SOURCE_KIND": "node"})
 
-    async def both_report() -> dict[str, Any]:
-        status = await api(world, "/api/v1/status")
-        states = _states(status)
-        if states.get(POD_SOURCE) == "reporting" and states.get(NODE(2)) == "reporting":
-            return dict(status)
-        return {}
-
-    status = await poll(both_report, 30)
+    status = await reporting(world, POD_SOURCE, NODE(2))
     assert status["designated"]["synced"] is True
     assert _states(status) == {
         NODE(0): "missing",

@@ -17,11 +17,17 @@ RULES_FILE = Path(__file__).resolve().parent.parent / "charts/egresswatch/files/
 
 def test_the_minimal_rules() -> None:
     """Read-only (list, watch) on exactly what is watched: Nodes and Namespaces cluster-wide;
-    Pods, ConfigMaps and NetworkPolicies in the namespaces the chart binds the Role in."""
+    Pods, ConfigMaps and NetworkPolicies in the namespaces the chart binds the Role in. The
+    one write: TokenReviews (an agent's projected token checked), cluster-scoped."""
     assert rbac.rules() == {
         "clusterRole": [
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+            {
+                "apiGroups": ["authentication.k8s.io"],
+                "resources": ["tokenreviews"],
+                "verbs": ["create"],
+            },
         ],
         "role": [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},

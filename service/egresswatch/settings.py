@@ -391,6 +391,12 @@ class KubernetesSettings(_Strict):
         "app.kubernetes.io/component=pod-agent",
         description="label selector of the agent pods in pod_namespaces",
     )
+    node_agent_service_account: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$",
+        description="NAMESPACE/NAME of the node agents' (DaemonSet's) service account: its "
+        "projected tokens act for the node source of the node they are bound to",
+    )
 
     @field_validator("node_selector", "pod_selector")
     @classmethod

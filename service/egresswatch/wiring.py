@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
 from egresswatch.agent.runner import RoundRunner
+from egresswatch.controller.api.agent_identity import AgentIdentities
 from egresswatch.controller.api.app import make_app
 from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.query import ApiError
@@ -40,6 +41,7 @@ from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.kube.client import KubeClientError
 from egresswatch.kube.discovery import Discovery, start_discovery
+from egresswatch.kube.tokenreview import review_token
 from egresswatch.logs import Sparse
 from egresswatch.looplag import LoopLag
 from egresswatch.metrics import Metrics, WriterMetrics
@@ -133,6 +135,7 @@ class Service:
         self.listening: tuple[str, int] | None = None
         self.discovery: Discovery | None = None  # kubernetes.enabled: the designated sources
         self.designated: Designated | None = None
+        self.agents: AgentIdentities | None = None  # kubernetes.enabled: TokenReview
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -281,6 +284,12 @@ class Service:
             expected=discovery.expected,
             retired=discovery.retired,
         )
+        # Agents' projected service-account tokens, checked through the same client.
+        self.agents = AgentIdentities(
+            lambda token: review_token(discovery.api, token),
+            self.designated,
+            node_agent_service_account=self.settings.kubernetes.node_agent_service_account,
+        )
 
     def _start_ingest(self) -> None:
         """The writer every round goes through, local or an agent's, before it is judged."""
@@ -346,6 +355,7 @@ class Service:
                 clock=_utc_now,
                 outage=self.outage,
                 designated=self.designated,
+                agents=self.agents,
                 hidden=lambda source: source in self.pipeline.retired,
             ),
         )
@@ -478,8 +488,15 @@ def _access(settings: Settings) -> dict[str, str]:
     return {
         "read": "read or run token" if settings.read_token() else "open",
         "run": "run token" if settings.run_token() else "closed",
-        "ingest_and_plan": "agents' token" if settings.agent_token() else "closed",
+        "ingest_and_plan": " or ".join(_agents_access(settings)) or "closed",
     }
+
+
+def _agents_access(settings: Settings) -> list[str]:
+    ways = ["agents' token"] if settings.agent_token() else []
+    if settings.kubernetes.enabled:
+        ways.append("projected service-account token (TokenReview, own source only)")
+    return ways
 
 
 def _windows(settings: Settings) -> RetentionWindows:

@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from egresswatch.controller.api.agent_identity import AgentIdentities
 from egresswatch.controller.api.app import make_app
 from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.ratelimit import RateLimiter
@@ -337,6 +338,7 @@ async def build_world(
     read_token: str | None = None,
     run_limit: RateLimiter | None = None,
     outage: Outage | None = None,
+    agents: AgentIdentities | None = None,
 ) -> ApiWorld:
     """Seed a migrated database and make the app over it (not started). The tokens are the
     agents', the run token and the read token (None: not configured: reading is open)."""
@@ -372,6 +374,7 @@ async def build_world(
         run_limit=run_limit or RateLimiter(burst=RUN_BURST, every_s=1.0),
         clock=lambda: world.now,
         outage=outage,
+        agents=agents,
     )
     add_api_routes(app, deps)
     return world

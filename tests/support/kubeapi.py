@@ -18,7 +18,9 @@ does, as far as egresswatch's calls reach:
   patch, delete; every write bumps the counter and reaches the watches;
 - metadata-only answers for `Accept: application/json;as=PartialObjectMetadataList;...`
   (and `as=PartialObjectMetadata` for watches and gets);
-- bearer-token authentication (401 otherwise).
+- bearer-token authentication (401 otherwise);
+- TokenReviews (`POST /apis/authentication.k8s.io/v1/tokenreviews`) of the tokens a test
+  issued through `token_reviews` (tests/support/kube_tokens.py).
 
 Test hooks: `apply`/`remove` (churn without HTTP), `expire_history` (compact: older
 resourceVersions get 410), `drop_watches` (close every open watch, like an API server
@@ -44,8 +46,11 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.support.kube_tokens import TokenReviews
+
 HOST = "127.0.0.1"
 TOKEN = "fake-kube-token"
+TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kube" / "cluster"
 
 Obj = dict[str, Any]
@@ -190,6 +195,7 @@ class FakeKubeApi:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._watches: set[_Watch] = set()
         self._snapshots: dict[str, list[Obj]] = {}
+        self.token_reviews = TokenReviews()
         for obj in objects:
             self.apply(obj)
 
@@ -264,6 +270,8 @@ class FakeKubeApi:
         self.requests.append((request.method, request.path, dict(request.query)))
         if request.headers.get("Authorization") != f"Bearer {TOKEN}":
             return _status(401, "Unauthorized", "Unauthorized")
+        if request.path == TOKEN_REVIEWS and request.method == "POST":
+            return await self._token_review(request)
         try:
             kind, namespace, name = _route(request.path)
         except LookupError:
@@ -288,6 +296,11 @@ class FakeKubeApi:
         except ValueError as exc:
             return _status(400, "BadRequest", str(exc))
         return _status(405, "MethodNotAllowed", f"{request.method} is not supported here")
+
+    async def _token_review(self, request: web.Request) -> web.Response:
+        if self.token_reviews.failing:
+            return _status(500, "InternalError", "the authenticator is unavailable")
+        return web.json_response(self.token_reviews.answer(await request.json()), status=201)
 
     def _selected(self, kind: Kind, namespace: str | None, query: Any) -> ObjTest:
         labels = label_matcher(query.get("labelSelector", ""))

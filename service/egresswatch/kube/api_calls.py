@@ -16,6 +16,7 @@ __all__ = [
     "NETWORK_POLICIES",
     "NODES",
     "PODS",
+    "TOKEN_REVIEWS",
     "ApiCall",
     "Resource",
 ]
@@ -59,6 +60,10 @@ NETWORK_POLICIES = Resource(
     "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", namespaced=True
 )
 
+TOKEN_REVIEWS = Resource(
+    "authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False
+)
+
 
 def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
     return tuple(ApiCall(resource, verb, namespaced) for verb in ("list", "watch"))
@@ -66,11 +71,13 @@ def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
 
 # What the reflectors do (kube/discovery.py): agent pods in the designated namespaces, the
 # namespaces' NetworkPolicies, kube-system's DNS pods and ConfigMaps (namespaced: a Role in
-# each of those namespaces); Nodes and Namespaces (cluster-scoped: a ClusterRole).
+# each of those namespaces); Nodes and Namespaces (cluster-scoped: a ClusterRole). An agent's
+# projected service-account token is checked with a TokenReview (kube/tokenreview.py).
 CALLS: tuple[ApiCall, ...] = (
     *_list_watch(PODS, namespaced=True),
     *_list_watch(NETWORK_POLICIES, namespaced=True),
     *_list_watch(CONFIGMAPS, namespaced=True),
     *_list_watch(NODES, namespaced=False),
     *_list_watch(NAMESPACES, namespaced=False),
+    ApiCall(TOKEN_REVIEWS, "create", namespaced=False),
 )

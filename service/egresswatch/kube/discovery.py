@@ -91,6 +91,11 @@ class Discovery:
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
+    def api(self) -> client.ApiClient:
+        """The client the reflectors use (also for the TokenReview call)."""
+        return self._api
+
+    @property
     def reflectors(self) -> list[Reflector[Any]]:
         return [
             self.nodes,

@@ -16,6 +16,11 @@ does not read: an agent needs its plan, not the history. `/healthz`, `/readyz` a
 Answers: 401 with `WWW-Authenticate` when no bearer token is sent; 403 when the token is not
 one that gives the right, or when the right is closed (the detail says which). A token is
 never logged and never echoed.
+
+With `kubernetes.enabled`, an agent may instead present its projected service-account token:
+`agent_source` checks it by TokenReview (`agent_identity.AgentIdentities`) and answers the
+one source that caller may act for; ingest and the plan refuse any other (403 naming
+`source`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from enum import StrEnum
 
 from aiohttp import web
 
-from egresswatch.controller.api.query import ApiError
+from egresswatch.controller.api.agent_identity import AgentIdentities
+from egresswatch.controller.api.query import ApiError, InvalidParam
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="egresswatch"'}
 
@@ -85,12 +91,48 @@ def authorize(request: web.Request, right: Right, tokens: Tokens) -> None:
             f"{what} needs {holders}: send Authorization: Bearer TOKEN",
             headers=CHALLENGE,
         )
+    if not _matches(presented, accepted):
+        raise ApiError(403, "Forbidden", f"the token is not {holders}")
+
+
+async def agent_source(
+    request: web.Request, tokens: Tokens, agents: AgentIdentities | None
+) -> str | None:
+    """Return when the request may use the agents' right: None for the agents' token (any
+    source), else the one source its projected service-account token stands for. Without
+    `agents` (Kubernetes off) this is `authorize(request, Right.AGENT, tokens)`."""
+    if agents is None:
+        authorize(request, Right.AGENT, tokens)
+        return None
+    presented = _bearer(request)
+    if presented is None:
+        raise ApiError(
+            401,
+            "Unauthorized",
+            "ingest and the agents' plan need the agents' token or a projected "
+            "service-account token: send Authorization: Bearer TOKEN",
+            headers=CHALLENGE,
+        )
+    if tokens.agent is not None and _matches(presented, [tokens.agent]):
+        return None
+    return await agents.source_of(presented)
+
+
+def may_act_for(allowed: str | None, source: str) -> None:
+    """Return when a caller allowed `allowed` (None: any) may act for `source`; else 403
+    naming the `source` field."""
+    if allowed is not None and source != allowed:
+        reason = f"this agent's token is good for {allowed!r} only, not {source[:253]!r}"
+        detail = f"source: {reason}"
+        raise ApiError(403, "Forbidden", detail, invalid_params=[InvalidParam("source", reason)])
+
+
+def _matches(presented: str, accepted: list[str]) -> bool:
     # Every accepted token is compared (no early exit), each in constant time, so the
     # answer's timing tells neither how much of a token matched nor which one.
     given = presented.encode("utf-8", "surrogatepass")
     matches = [hmac.compare_digest(given, token.encode()) for token in accepted]
-    if not any(matches):
-        raise ApiError(403, "Forbidden", f"the token is not {holders}")
+    return any(matches)
 
 
 def _bearer(request: web.Request) -> str | None:

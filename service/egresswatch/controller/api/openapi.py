@@ -63,6 +63,16 @@ def _problem(description: str) -> Doc:
 BAD_PARAMETER = _problem("a parameter is invalid, unknown or repeated: `invalid_params` names it")
 NO_TOKEN = _problem("no bearer token (`WWW-Authenticate` says the scheme)")
 UNAVAILABLE = _problem("the database is unreachable: retry after `Retry-After` seconds")
+# The agents' routes (docs/kubernetes.md, "Agent identity").
+AGENT_REFUSED = _problem(
+    "the token is neither the agents' token nor a projected service-account token accepted "
+    "by TokenReview, or it is good for another source (`invalid_params` names `source`), "
+    "or ingest is disabled"
+)
+AGENT_UNAVAILABLE = _problem(
+    "the database is unreachable, or the API server cannot check a projected token now: "
+    "retry after `Retry-After` seconds"
+)
 # Reading needs a token only when the controller has a read token (`{}`: none needed then).
 READ_SECURITY: list[Doc] = [{}, {"readToken": []}, {"runToken": []}]
 NO_TARGET = _problem("the target is not configured and has no history")
@@ -292,7 +302,7 @@ def _paths() -> Doc:
                 "upstream resolver and the proxy (never a secret)",
                 _ok("the plan", _ref("Plan")),
                 parameters=[_name_filter("source", "the asking agent's source", required=True)],
-                problems={"403": _problem("the token is not the agents' token")},
+                problems={"403": AGENT_REFUSED, "503": AGENT_UNAVAILABLE},
                 security=[{"agentToken": []}],
                 database=False,
             )
@@ -310,7 +320,7 @@ def _ingest() -> Doc:
         ),
         problems={
             "400": _problem("the batch is invalid: `invalid_params` names each bad field"),
-            "403": _problem("a wrong token, or ingest is disabled (no token configured)"),
+            "403": AGENT_REFUSED,
             "413": _problem(f"the body is larger than {MAX_BODY_BYTES} bytes"),
             "415": _problem("the body is not application/json"),
             "422": _problem(
@@ -321,6 +331,7 @@ def _ingest() -> Doc:
         security=[{"agentToken": []}],
     )
     operation["requestBody"] = {"required": True, "content": _json(_ref("IngestBatch"))}
+    operation["responses"]["503"] = AGENT_UNAVAILABLE
     return operation
 
 

@@ -22,8 +22,9 @@ from typing import Any
 from aiohttp import web
 
 from egresswatch.controller.api import documents as docs
+from egresswatch.controller.api.agent_identity import AgentIdentities
 from egresswatch.controller.api.app import problem, problem_of
-from egresswatch.controller.api.auth import Right, Tokens, authorize
+from egresswatch.controller.api.auth import Right, Tokens, agent_source, authorize, may_act_for
 from egresswatch.controller.api.diagnosis_document import TargetCatalog, diagnosis_document
 from egresswatch.controller.api.openapi import openapi_document
 from egresswatch.controller.api.query import (
@@ -51,6 +52,8 @@ TIMELINE_DEFAULT = timedelta(hours=1)
 CURSOR_MAX = 1024
 ID_MAX = 128
 OUTAGE_RETRY_AFTER_S = 5  # what a client is told to wait while the database is away
+# The request's key for the one source its agent may act for (None: the agents' token, any).
+_AGENT_SOURCE = web.RequestKey[str | None]("egresswatch.agent_source")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class ApiDeps:
     # those the status leaves out (controller/designated.py).
     designated: Designated | None = None
     hidden: Callable[[str], bool] = field(default=lambda _: False)
+    # Agents' projected service-account tokens, checked by TokenReview (kubernetes.enabled).
+    agents: AgentIdentities | None = None
 
 
 def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -110,7 +115,10 @@ def _answering(handler: Handler, *, right: Right, deps: ApiDeps, database: bool 
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
-            authorize(request, right, deps.tokens)
+            if right is Right.AGENT:
+                request[_AGENT_SOURCE] = await agent_source(request, deps.tokens, deps.agents)
+            else:
+                authorize(request, right, deps.tokens)
             response: web.StreamResponse = await handler(request)
         except ApiError as exc:
             return problem_of(exc)
@@ -266,6 +274,7 @@ class _Api:
         source = q.text("source", required=True)
         q.done()
         assert source is not None
+        may_act_for(request[_AGENT_SOURCE], source)
         settings = self.deps.settings()
         if self._plan is None or self._plan[0] is not settings:
             self._plan = (settings, plan_from_settings(settings, source=source))
@@ -314,6 +323,7 @@ class _Api:
     async def results(self, request: web.Request) -> web.Response:
         """Agent ingest (the agents' token): validated, idempotent per batch_id."""
         batch = parse_batch(await read_body(request))
+        may_act_for(request[_AGENT_SOURCE], batch.source)
         rounds = [r.result() for r in batch.rounds]
         try:
             stored = await self.deps.ingest(
