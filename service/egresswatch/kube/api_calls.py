@@ -12,6 +12,7 @@ from dataclasses import dataclass
 __all__ = [
     "CALLS",
     "CONFIGMAPS",
+    "LEASES",
     "NAMESPACES",
     "NETWORK_POLICIES",
     "NODES",
@@ -59,6 +60,8 @@ NETWORK_POLICIES = Resource(
     "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", namespaced=True
 )
 
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
+
 
 def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
     return tuple(ApiCall(resource, verb, namespaced) for verb in ("list", "watch"))
@@ -73,4 +76,6 @@ CALLS: tuple[ApiCall, ...] = (
     *_list_watch(CONFIGMAPS, namespaced=True),
     *_list_watch(NODES, namespaced=False),
     *_list_watch(NAMESPACES, namespaced=False),
+    # Leader election (kube/leader.py): the controller's Lease, in its own namespace.
+    *(ApiCall(LEASES, verb, namespaced=True) for verb in ("get", "create", "update")),
 )
