@@ -56,7 +56,8 @@ class Feed:
 
 
 async def test_an_id_that_commits_late_is_judged_and_one_that_never_does_is_given_up() -> None:
-    feed, judged, clock = Feed(), [], [0.0]
+    feed, clock = Feed(), [0.0]
+    judged: list[datetime] = []
 
     def judge(rounds: Sequence[RoundResult]) -> None:
         judged.extend(r.started_at for r in rounds)
