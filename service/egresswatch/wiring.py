@@ -71,6 +71,7 @@ CONTROLLER_TICK_S = 0.25  # how often detection's results are written (nothing p
 STALENESS_EVERY_TICKS = 20  # silent sources are looked for every 20 ticks (5 s)
 FOLLOW_PERIOD_S = 0.5  # the leader reads the rounds every replica stored this often
 LEAD_RETRY_S = 2.0  # a new leader that cannot read its past yet tries again this often
+REREAD_IDS = 5000  # a new leader reads this many round ids again: transactions in flight
 
 
 class StartupError(Exception):
@@ -341,9 +342,10 @@ class Service:
         feed = RoundFeed(self.store.engine)
         while True:
             try:
-                # Read before the restore: a round stored meanwhile is judged by both, and
-                # the detector ignores a round it has judged (not newer than the pair's last).
-                after = await feed.last_id()
+                # Read before the restore, and REREAD_IDS back: a round stored meanwhile, or
+                # by a transaction still in flight, is read by both, and detection ignores a
+                # round not newer than its pair's last.
+                after = max(0, await feed.last_id() - REREAD_IDS)
                 pipeline = self._new_pipeline()
                 await self._restore(pipeline)
                 break
@@ -352,7 +354,10 @@ class Service:
                 log.exception("the new leader cannot read detection back yet; retrying")
                 await asyncio.sleep(LEAD_RETRY_S)
         self.pipeline = pipeline
-        await self._start_discovery()
+        try:
+            await self._start_discovery()
+        except StartupError as exc:  # the elector's client works: not expected, but said
+            log.error("the leader runs without discovery", extra={"problem": str(exc)})
         follower = RoundFollower(
             feed,
             after=after,
