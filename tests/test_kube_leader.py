@@ -18,8 +18,10 @@ from pydantic import ValidationError
 from egresswatch.kube.api_calls import CALLS, LEASES
 from egresswatch.kube.client import close_client, open_client
 from egresswatch.kube.leader import LeaderElector, LeaseTiming, lease_identity, lease_namespace
-from egresswatch.settings import LeaderElectionSettings
+from egresswatch.settings import LeaderElectionSettings, Settings
+from egresswatch.wiring import Service
 from tests.support.kubeapi import FakeKubeApi, RunningKubeApi, kube_api, start_kube_api
+from tests.support.service import free_port, wait_for
 
 __all__ = ["kube_api"]
 
@@ -258,3 +260,49 @@ def test_lease_timing_out_of_order_is_refused_naming_the_fields() -> None:
         LeaderElectionSettings.model_validate({"lease_duration": "5s", "renew_deadline": "10s"})
     with pytest.raises(ValueError, match="retry_period < renew_deadline < lease_duration"):
         LeaseTiming(duration_s=2.0, renew_deadline_s=2.0, retry_period_s=1.0)
+
+
+async def test_a_controller_that_loses_the_lease_stops_its_leader_work(
+    kube_api: RunningKubeApi, tmp_path: Path
+) -> None:
+    """The wiring: leading, the replica runs discovery and its pipeline follows the rounds
+    table; when another holder takes the Lease it stops both at once and drops detection's
+    state (a fresh pipeline), and `egresswatch_leader` says 0."""
+    settings = Settings.model_validate(
+        {
+            "listen": f"127.0.0.1:{free_port()}",
+            "database": f"sqlite+aiosqlite:///{tmp_path / 'controller.db'}",
+            "targets": [{"name": "shop", "url": "https://127.0.0.1:9/"}],
+            "kubernetes": {
+                "enabled": True,
+                "kubeconfig": str(kube_api.kubeconfig),
+                "leader_election": {
+                    "identity": "controller-a",
+                    "lease_namespace": NAMESPACE,
+                    "lease_duration": "3s",
+                    "renew_deadline": "2s",
+                    "retry_period": "200ms",
+                },
+            },
+        }
+    )
+    service = Service(settings, migrate=True, watch_config=False, local_agent=False)
+    await service.start()
+    try:
+        await wait_for(lambda: service.leading and service.discovery is not None, 10)
+        leaders_pipeline = service.pipeline
+        assert _leader_metric(service) == 1.0
+        taken = _lease(kube_api)
+        taken["spec"]["holderIdentity"] = "controller-b"
+        kube_api.api.apply(taken)
+        await wait_for(lambda: not service.leading and service.discovery is None, 10)
+        assert service.pipeline is not leaders_pipeline
+        assert _leader_metric(service) == 0.0
+    finally:
+        await service.stop()
+    # Not the holder at the stop: the Lease is left to controller-b.
+    assert _lease(kube_api)["spec"]["holderIdentity"] == "controller-b"
+
+
+def _leader_metric(service: Service) -> float | None:
+    return service.registry.get_sample_value("egresswatch_leader", {"identity": "controller-a"})

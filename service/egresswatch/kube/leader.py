@@ -139,8 +139,12 @@ class LeaderElector:
             await asyncio.sleep(self.timing.retry_period_s)
         self.leading = False
         log.error(
-            "lost the lead: the Lease was not renewed within the renew deadline",
-            extra={"identity": self.identity, "deadline_s": self.timing.renew_deadline_s},
+            "lost the lead: not renewed within the renew deadline, or another holder took it",
+            extra={
+                "identity": self.identity,
+                "holder": self.holder,
+                "deadline_s": self.timing.renew_deadline_s,
+            },
         )
         await self._on_stopped()
 
