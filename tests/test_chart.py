@@ -96,7 +96,8 @@ def test_rbac_is_exactly_the_rules_file() -> None:
     assert len(of_kind(objects, "ClusterRole")) == 2
     assert of_kind(objects, "Role") == []
     bindings = {b["metadata"]["namespace"]: b for b in of_kind(objects, "RoleBinding")}
-    assert set(bindings) == {"kube-system", "payments", "checkout"}
+    # The release's namespace too: the leader election's Lease is there.
+    assert set(bindings) == {"kube-system", NAMESPACE, "payments", "checkout"}
     subject = {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     for binding in [*bindings.values(), one(objects, "ClusterRoleBinding")]:
         assert binding["subjects"] == [subject]

@@ -17,8 +17,9 @@ RULES_FILE = Path(__file__).resolve().parent.parent / "charts/egresswatch/files/
 
 def test_the_minimal_rules() -> None:
     """Read-only (list, watch) on exactly what is watched: Nodes and Namespaces cluster-wide;
-    Pods, ConfigMaps and NetworkPolicies in the namespaces the chart binds the Role in. The
-    one write: TokenReviews (an agent's projected token checked), cluster-scoped."""
+    Pods, ConfigMaps and NetworkPolicies in the namespaces the chart binds the Role in; the
+    leader election's get, create, update of its Lease (in the controller's namespace); and
+    the one cluster-scoped write: TokenReviews (an agent's projected token checked)."""
     assert rbac.rules() == {
         "clusterRole": [
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
@@ -33,6 +34,11 @@ def test_the_minimal_rules() -> None:
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             {
+                "apiGroups": ["coordination.k8s.io"],
+                "resources": ["leases"],
+                "verbs": ["create", "get", "update"],
+            },
+            {
                 "apiGroups": ["networking.k8s.io"],
                 "resources": ["networkpolicies"],
                 "verbs": ["list", "watch"],
@@ -42,13 +48,13 @@ def test_the_minimal_rules() -> None:
 
 
 def test_a_new_call_becomes_a_new_rule() -> None:
-    leases = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
-    calls = (*CALLS, ApiCall(leases, "update", True), ApiCall(leases, "get", True))
+    events = Resource("events.k8s.io", "v1", "events", "Event", namespaced=True)
+    calls = (*CALLS, ApiCall(events, "create", True), ApiCall(events, "patch", True))
     role = rbac.rules(calls)["role"]
     assert {
-        "apiGroups": ["coordination.k8s.io"],
-        "resources": ["leases"],
-        "verbs": ["get", "update"],
+        "apiGroups": ["events.k8s.io"],
+        "resources": ["events"],
+        "verbs": ["create", "patch"],
     } in role
 
 

@@ -178,6 +178,7 @@ class Metrics:
         """The service's own health: no per-target labels."""
         self._registry = r
         self._sources: Gauge | None = None
+        self._leader: Gauge | None = None
         self.lateness = Histogram(
             "egresswatch_scheduler_lateness_seconds",
             "How late rounds started: when they got a slot minus when they were due.",
@@ -329,6 +330,18 @@ class Metrics:
             )
         for state in SOURCE_STATES:
             self._sources.labels(state).set(counts.get(state, 0))
+
+    def set_leader(self, identity: str, leading: bool) -> None:
+        """`egresswatch_leader{identity}`: 1 while this replica holds the Lease, else 0;
+        registered on first use (leader election on)."""
+        if self._leader is None:
+            self._leader = Gauge(
+                "egresswatch_leader",
+                "1 while this controller replica leads (holds the Lease), else 0.",
+                ("identity",),
+                registry=self._registry,
+            )
+        self._leader.labels(identity).set(1 if leading else 0)
 
 
 class WriterMetrics:

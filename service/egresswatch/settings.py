@@ -371,6 +371,44 @@ def _label_selector(value: str) -> str:
     return value.strip()
 
 
+class LeaderElectionSettings(_Strict):
+    """Several controller replicas: once-per-cluster work runs on the holder of a Lease."""
+
+    enabled: bool = Field(
+        True, description="elect a leader on a coordination.k8s.io Lease (kubernetes.enabled)"
+    )
+    lease_name: str = Field("egresswatch-controller", pattern=_DNS_LABEL, description="the Lease")
+    lease_namespace: str | None = Field(
+        None,
+        pattern=_DNS_LABEL,
+        description="the Lease's namespace; unset: POD_NAMESPACE, else the service account's",
+    )
+    identity: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="this replica's name in the Lease; unset: POD_NAME, else HOSTNAME_PID",
+    )
+    lease_duration: Duration = Field(
+        "15s", validate_default=True, description="a silent leader's Lease is free after this"
+    )
+    renew_deadline: Duration = Field(
+        "10s", validate_default=True, description="the leader steps down when not renewed by then"
+    )
+    retry_period: Duration = Field(
+        "2s", validate_default=True, description="time between tries to acquire or renew"
+    )
+
+    @model_validator(mode="after")
+    def _check_timing(self) -> Self:
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError(
+                "retry_period < renew_deadline < lease_duration is needed, got "
+                f"{self.retry_period:g}s, {self.renew_deadline:g}s, {self.lease_duration:g}s"
+            )
+        return self
+
+
 class KubernetesSettings(_Strict):
     """Designated sources: which sources should exist, from the cluster's Nodes and Pods."""
 
@@ -397,6 +435,7 @@ class KubernetesSettings(_Strict):
         description="NAMESPACE/NAME of the node agents' (DaemonSet's) service account: its "
         "projected tokens act for the node source of the node they are bound to",
     )
+    leader_election: LeaderElectionSettings = Field(default_factory=LeaderElectionSettings)
 
     @field_validator("node_selector", "pod_selector")
     @classmethod

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,13 +35,16 @@ from egresswatch.controller.api.query import ApiError
 from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
 from egresswatch.controller.designated import Designated, standings
+from egresswatch.controller.detection.follow import RoundFollower
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
-from egresswatch.kube.client import KubeClientError
+from egresswatch.kube.client import KubeClientError, close_client, open_client
 from egresswatch.kube.discovery import Discovery, start_discovery
+from egresswatch.kube.identity import ReviewedToken, ReviewUnavailable
+from egresswatch.kube.leader import LeaderElector, LeaseTiming, lease_identity, lease_namespace
 from egresswatch.kube.tokenreview import review_token
 from egresswatch.logs import Sparse
 from egresswatch.looplag import LoopLag
@@ -55,6 +59,7 @@ from egresswatch.storage import (
     History,
     Outage,
     RetentionWindows,
+    RoundFeed,
     Store,
     ensure_schema,
     is_unavailable,
@@ -69,6 +74,9 @@ RETENTION_JOB = "retention"
 CONTROLLER_JOB = "controller"
 CONTROLLER_TICK_S = 0.25  # how often detection's results are written (nothing pending: no work)
 STALENESS_EVERY_TICKS = 20  # silent sources are looked for every 20 ticks (5 s)
+FOLLOW_PERIOD_S = 0.5  # the leader reads the rounds every replica stored this often
+LEAD_RETRY_S = 2.0  # a new leader that cannot read its past yet tries again this often
+REREAD_IDS = 5000  # a new leader reads this many round ids again: transactions in flight
 
 
 class StartupError(Exception):
@@ -136,17 +144,30 @@ class Service:
         self.discovery: Discovery | None = None  # kubernetes.enabled: the designated sources
         self.designated: Designated | None = None
         self.agents: AgentIdentities | None = None  # kubernetes.enabled: TokenReview
+        # Several replicas (kubernetes.leader_election): the elector, and the leader's work
+        # (detection from the rounds table, discovery) while this replica holds the Lease.
+        self.elector: LeaderElector | None = None
+        self._election: asyncio.Task[None] | None = None
+        self._leader_work: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Check the database, then start the writer, the rounds and the HTTP server."""
         await self._open_storage()
-        await self._start_detection()
-        await self._start_discovery()
+        if self.elected:  # detection and discovery wait for the Lease (_lead)
+            self.pipeline = self._new_pipeline()
+            self.designated = self._designation() if self.settings.kubernetes.enabled else None
+            if self.designated is not None:
+                self.agents = self._agent_identities(self.designated)
+        else:
+            await self._start_detection()
+            await self._start_discovery()
         self._start_ingest()
         self._start_rounds()
         await self._serve()
+        if self.elected:
+            await self._start_election()
         # What exists now lives as long as the process: moving it out of the collector's
         # generations removes the 50-90 ms full collections measured with 5,000 targets.
         gc.freeze()
@@ -206,8 +227,10 @@ class Service:
             steps.append(self._stop_discovery)
         if hasattr(self, "ingest"):
             steps.append(self.ingest.close)
+        steps.append(self._stop_leader_work)
         if hasattr(self, "pipeline"):
             steps.append(self.pipeline.flush)  # what detection found in the last second is kept
+        steps.append(self._stop_election)  # after the flush: the Lease is released last
         if hasattr(self, "store"):
             steps.append(self.store.engine.dispose)
         return steps
@@ -253,7 +276,11 @@ class Service:
 
     async def _start_detection(self) -> None:
         """The pipeline, knowing every source's kind, with the open incidents restored."""
-        self.pipeline = Pipeline(
+        self.pipeline = pipeline = self._new_pipeline()
+        await self._restore(pipeline)
+
+    def _new_pipeline(self) -> Pipeline:
+        return Pipeline(
             settings=lambda: self.settings,
             history=self.history,
             metrics=self.metrics,
@@ -261,13 +288,154 @@ class Service:
             on_incident=self._on_incident,
             outage=self.outage,
         )
+
+    async def _restore(self, pipeline: Pipeline) -> None:
+        """Every source's kind, then detection as the database left it (Pipeline.restore)."""
         for source in await self.store.sources():
             if source.kind:
-                self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
+                pipeline.set_source_kind(source.name, SourceKind(source.kind))
         if self.local_agent:
-            self.pipeline.set_source_kind(self.settings.source.name, self.settings.source.kind)
-        await self.pipeline.restore()  # the open incidents stay the same incidents
-        await self.pipeline.flush()
+            pipeline.set_source_kind(self.settings.source.name, self.settings.source.kind)
+        await pipeline.restore()  # the open incidents stay the same incidents
+        await pipeline.flush()
+
+    # -- several replicas: the once-per-cluster work runs on the Lease's holder ---------------
+
+    @property
+    def elected(self) -> bool:
+        """Whether a Lease decides who leads; without it this process always leads."""
+        kubernetes = self.settings.kubernetes
+        return kubernetes.enabled and kubernetes.leader_election.enabled
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process does the once-per-cluster work now."""
+        return not self.elected or (self.elector is not None and self.elector.leading)
+
+    async def _start_election(self) -> None:
+        """The elector on its own client, campaigning in a named task."""
+        kubernetes = self.settings.kubernetes
+        election = kubernetes.leader_election
+        environ = self._environ if self._environ is not None else os.environ
+        kubeconfig = Path(kubernetes.kubeconfig) if kubernetes.kubeconfig is not None else None
+        try:
+            api = await open_client(kubeconfig, context=kubernetes.context)
+        except KubeClientError as exc:
+            raise StartupError(str(exc)) from None
+        self.elector = LeaderElector(
+            api,
+            name=election.lease_name,
+            namespace=lease_namespace(election.lease_namespace, environ),
+            identity=lease_identity(election.identity, environ),
+            timing=LeaseTiming(
+                election.lease_duration, election.renew_deadline, election.retry_period
+            ),
+            on_started=self._lead,
+            on_stopped=self._follow,
+            clock=_utc_now,
+        )
+        self.metrics.set_leader(self.elector.identity, False)
+        self._election = asyncio.get_running_loop().create_task(
+            self.elector.run(), name="egresswatch-leader-election"
+        )
+
+    async def _lead(self) -> None:
+        """Became the leader: start the leader's work in its own task (the elector must go
+        on renewing while the past is read back)."""
+        assert self.elector is not None
+        self.metrics.set_leader(self.elector.identity, True)
+        self._leader_work = asyncio.get_running_loop().create_task(
+            self._do_leader_work(), name="egresswatch-leader-work"
+        )
+
+    async def _do_leader_work(self) -> None:
+        """Detection rebuilt from the database, discovery, then the rounds table followed
+        from where the restored state ends, until cancelled."""
+        feed = RoundFeed(self.store.engine)
+        while True:
+            try:
+                # Read before the restore, and REREAD_IDS back: a round stored meanwhile, or
+                # by a transaction still in flight, is read by both, and detection ignores a
+                # round not newer than its pair's last.
+                after = max(0, await feed.last_id() - REREAD_IDS)
+                pipeline = self._new_pipeline()
+                await self._restore(pipeline)
+                break
+            except Exception:
+                self.metrics.count_database_error()
+                log.exception("the new leader cannot read detection back yet; retrying")
+                await asyncio.sleep(LEAD_RETRY_S)
+        self.pipeline = pipeline
+        try:
+            await self._start_discovery()
+        except StartupError as exc:  # the elector's client works: not expected, but said
+            log.error("the leader runs without discovery", extra={"problem": str(exc)})
+        follower = RoundFollower(
+            feed,
+            after=after,
+            judge=self._judge,
+            period_s=FOLLOW_PERIOD_S,
+            outage=self.outage,
+            on_error=self.metrics.count_database_error,
+        )
+        await follower.run()
+
+    async def _follow(self) -> None:
+        """Lost (or gave up) the lead: stop the leader's work at once and drop what detection
+        held; the next leader rebuilds it from the database."""
+        await self._stop_leader_work()
+        self.pipeline = self._new_pipeline()  # what it held is not written: no longer ours
+        if self.elector is not None:
+            self.metrics.set_leader(self.elector.identity, False)
+
+    async def _stop_leader_work(self) -> None:
+        work, self._leader_work = self._leader_work, None
+        if work is None:
+            return
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        await self._stop_discovery()
+
+    async def _stop_election(self) -> None:
+        """Stop campaigning and, when leading, release the Lease for the next replica."""
+        election, self._election = self._election, None
+        elector = self.elector
+        if election is None or elector is None:
+            return
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        await elector.release()
+        await close_client(elector.api)
+
+    def _designation(self) -> Designated:
+        """The designated sources as discovery gives them; none while it is not running (a
+        replica that does not lead)."""
+        return Designated(
+            synced=lambda: self.discovery is not None and self.discovery.synced,
+            expected=lambda: self.discovery.expected() if self.discovery else {},
+            retired=lambda: self.discovery.retired() if self.discovery else {},
+        )
+
+    def _agent_identities(self, designated: Designated) -> AgentIdentities:
+        """Agents' projected service-account tokens, reviewed through whichever client this
+        replica has: the discovery's while it runs, else the elector's. A replica that does not
+        lead runs no discovery, so it knows no designated source and answers 503: the agent
+        keeps its rounds and retries (through the Service, often reaching the leader)."""
+
+        async def review(token: str) -> ReviewedToken:
+            if self.discovery is not None:
+                return await review_token(self.discovery.api, token)
+            if self.elector is not None:
+                return await review_token(self.elector.api, token)
+            raise ReviewUnavailable("no Kubernetes client yet")
+
+        return AgentIdentities(
+            review,
+            designated,
+            node_agent_service_account=self.settings.kubernetes.node_agent_service_account,
+        )
 
     async def _start_discovery(self) -> None:
         """With `kubernetes.enabled`: the reflectors and the designated sources they give."""
@@ -279,24 +447,22 @@ class Service:
             )
         except KubeClientError as exc:
             raise StartupError(str(exc)) from None
-        self.designated = Designated(
-            synced=lambda: discovery.synced,
-            expected=discovery.expected,
-            retired=discovery.retired,
-        )
-        # Agents' projected service-account tokens, checked through the same client.
-        self.agents = AgentIdentities(
-            lambda token: review_token(discovery.api, token),
-            self.designated,
-            node_agent_service_account=self.settings.kubernetes.node_agent_service_account,
-        )
+        if self.designated is None:
+            self.designated = Designated(
+                synced=lambda: discovery.synced,
+                expected=discovery.expected,
+                retired=discovery.retired,
+            )
+        if self.agents is None:
+            self.agents = self._agent_identities(self.designated)
 
     def _start_ingest(self) -> None:
         """The writer every round goes through, local or an agent's, before it is judged."""
         self.ingest = Ingest(
             self.store,
             settings=lambda: self.settings,
-            judge=self._judge,
+            # Elected: the leader judges what every replica stored, from the rounds table.
+            judge=_stored_only if self.elected else self._judge,
             clock=_utc_now,
             hooks=WriterMetrics(self.metrics),
             outage=self.outage,
@@ -394,6 +560,8 @@ class Service:
     async def _controller_tick(self) -> None:
         """Write what detection produced; every few ticks, look for silent sources."""
         self._ticks += 1
+        if not self.leading:
+            return
         if self._ticks % STALENESS_EVERY_TICKS == 0:
             designated = self.designated
             self.pipeline.tick(designated.is_retired if designated else None)
@@ -422,6 +590,8 @@ class Service:
         self.metrics.set_designated_sources(counts)
 
     async def _retention(self) -> None:
+        if not self.leading:
+            return  # once per cluster: the leader's work
         # The windows are read at each run: a reload changes them without a restart.
         await run_retention(
             self.store,
@@ -481,6 +651,10 @@ class Service:
     def _count(self, key: str, count: Callable[[], None]) -> None:
         count()
         self._troubled.note(job=key)
+
+
+def _stored_only(rounds: Sequence[RoundResult]) -> None:
+    """Ingest's hand-on when a Lease elects the leader: stored is all; the leader judges."""
 
 
 def _access(settings: Settings) -> dict[str, str]:

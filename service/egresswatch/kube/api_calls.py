@@ -12,6 +12,7 @@ from dataclasses import dataclass
 __all__ = [
     "CALLS",
     "CONFIGMAPS",
+    "LEASES",
     "NAMESPACES",
     "NETWORK_POLICIES",
     "NODES",
@@ -63,6 +64,7 @@ NETWORK_POLICIES = Resource(
 TOKEN_REVIEWS = Resource(
     "authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False
 )
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
 
 
 def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
@@ -80,4 +82,6 @@ CALLS: tuple[ApiCall, ...] = (
     *_list_watch(NODES, namespaced=False),
     *_list_watch(NAMESPACES, namespaced=False),
     ApiCall(TOKEN_REVIEWS, "create", namespaced=False),
+    # Leader election (kube/leader.py): the controller's Lease, in its own namespace.
+    *(ApiCall(LEASES, verb, namespaced=True) for verb in ("get", "create", "update")),
 )

@@ -5,6 +5,7 @@ Everything here speaks `egresswatch.model` types and the frozen types defined in
 table rows never leave it. SQLite (aiosqlite) and PostgreSQL (asyncpg) behave the same.
 """
 
+from egresswatch.storage.feed import RoundFeed
 from egresswatch.storage.history import BadCursor, History, Page
 from egresswatch.storage.outage import DatabaseProbe, Outage, describe, is_unavailable
 from egresswatch.storage.policy import Resolution, RetentionWindows, choose_resolution
@@ -52,6 +53,7 @@ __all__ = [
     "Resolution",
     "RetentionWindows",
     "RollupReport",
+    "RoundFeed",
     "RoundSink",
     "SchemaState",
     "SchemaStatus",

@@ -95,21 +95,32 @@ async def read_rounds(conn: AsyncConnection, *where: sa.ColumnElement[bool]) -> 
     the rounds with their names, then their steps by round id. Joined in one, PostgreSQL
     plans the step lookups' cost into the rounds' access path and may scan all rounds.
     """
+    return [found for _, found in await read_numbered_rounds(conn, *where)]
+
+
+async def read_numbered_rounds(
+    conn: AsyncConnection, *where: sa.ColumnElement[bool], limit: int | None = None
+) -> list[tuple[int, RoundResult]]:
+    """`read_rounds` with each round's id (oldest first); `limit` keeps the first ones."""
     r, s, tg = t.rounds, t.sources, t.targets
     query = (
         sa.select(r.c.id, r.c.started_at, s.c.name, tg.c.name)
         .select_from(r.join(tg, tg.c.id == r.c.target_id).join(s, s.c.id == r.c.source_id))
         .where(*where)
         .order_by(r.c.started_at, r.c.id)
+        .limit(limit)
     )
     rounds = (await conn.execute(query)).all()
     steps = await read_steps(conn, [row[0] for row in rounds])
     return [
-        RoundResult(
-            target=target,
-            source=source,
-            started_at=started_at,
-            steps=tuple(sorted(steps.get(round_id, ()), key=lambda s: STEP_ORDER[s.step])),
+        (
+            round_id,
+            RoundResult(
+                target=target,
+                source=source,
+                started_at=started_at,
+                steps=tuple(sorted(steps.get(round_id, ()), key=lambda s: STEP_ORDER[s.step])),
+            ),
         )
         for round_id, started_at, source, target in rounds
     ]

@@ -108,11 +108,16 @@ class Pipeline:
         for result in sorted(rounds, key=lambda r: r.started_at):
             if self._settings().target(result.target) is None:
                 continue  # a target that left the config: stored, but no longer judged
-            self._latest[(result.source, result.target)] = result
+            latest = self._latest.get((result.source, result.target))
+            # A round read again (a new leader re-reads the rounds table from before its
+            # restore) is not the latest: the detector ignores it, and so do these.
+            if latest is None or result.started_at > latest.started_at:
+                self._latest[(result.source, result.target)] = result
+                if result.first_failing_step is not None:
+                    key = (result.source, result.target, result.first_failing_step)
+                    self._last_failing[(result.source, result.target)] = result
+                    self._failed_at[key] = result
             self.retired.discard(result.source)
-            if result.first_failing_step is not None:
-                self._last_failing[(result.source, result.target)] = result
-                self._failed_at[(result.source, result.target, result.first_failing_step)] = result
             changes += self.detector.observe(result, now=now)
         # the oldest first judgements dropped stay "unknown" in the status until a change
         _queue(self._pending_states, self.detector.take_baselines(), "first judgements")
