@@ -391,6 +391,12 @@ class KubernetesSettings(_Strict):
         "app.kubernetes.io/component=pod-agent",
         description="label selector of the agent pods in pod_namespaces",
     )
+    changes_window: Annotated[Duration, between("0s", "1d")] = Field(
+        "30m",
+        validate_default=True,
+        description="cluster changes seen this long before an incident's first failed round "
+        "are attached to it",
+    )
 
     @field_validator("node_selector", "pod_selector")
     @classmethod

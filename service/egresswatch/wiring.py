@@ -18,7 +18,7 @@ import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.query import ApiError
 from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
+from egresswatch.controller.cluster_changes import ChangeAttacher
 from egresswatch.controller.designated import Designated, standings
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
@@ -40,12 +41,14 @@ from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.kube.client import KubeClientError
 from egresswatch.kube.discovery import Discovery, start_discovery
+from egresswatch.kube.policy_view import ClusterPolicies
 from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.reload import ConfigReloader
 from egresswatch.schedule import RoundJob, RoundScheduler
 from egresswatch.settings import Settings
 from egresswatch.storage import (
+    ClusterChanges,
     DatabaseNotReady,
     DatabaseProbe,
     History,
@@ -128,14 +131,16 @@ class Service:
         self.listening: tuple[str, int] | None = None
         self.discovery: Discovery | None = None  # kubernetes.enabled: the designated sources
         self.designated: Designated | None = None
+        self.policies: ClusterPolicies | None = None  # the discovery's NetworkPolicy view
+        self.cluster_changes: ChangeAttacher | None = None  # what changed, for incidents
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Check the database, then start the writer, the rounds and the HTTP server."""
         await self._open_storage()
+        await self._start_discovery()  # before detection: the pipeline reads its policies
         await self._start_detection()
-        await self._start_discovery()
         self._start_ingest()
         self._start_rounds()
         await self._serve()
@@ -199,6 +204,7 @@ class Service:
             steps.append(self.ingest.close)
         if hasattr(self, "pipeline"):
             steps.append(self.pipeline.flush)  # what detection found in the last second is kept
+            steps.append(self._flush_cluster_changes)
         if hasattr(self, "store"):
             steps.append(self.store.engine.dispose)
         return steps
@@ -249,8 +255,9 @@ class Service:
             history=self.history,
             metrics=self.metrics,
             clock=_utc_now,
-            on_incident=self._on_incident,
+            on_incident=self._incident_event,
             outage=self.outage,
+            policies=self.policies,
         )
         for source in await self.store.sources():
             if source.kind:
@@ -264,12 +271,20 @@ class Service:
         """With `kubernetes.enabled`: the reflectors and the designated sources they give."""
         if not self.settings.kubernetes.enabled:
             return
+        kubernetes = self.settings.kubernetes
+        self.cluster_changes = attacher = ChangeAttacher(
+            ClusterChanges(self.store.engine),
+            window=lambda: timedelta(seconds=self.settings.kubernetes.changes_window),
+            sources=self.store.sources,
+        )
+        await attacher.restore(_utc_now())
         try:
             self.discovery = discovery = await start_discovery(
-                self.settings.kubernetes, clock=_utc_now
+                kubernetes, clock=_utc_now, on_change_seen=attacher.seen
             )
         except KubeClientError as exc:
             raise StartupError(str(exc)) from None
+        self.policies = ClusterPolicies(discovery)
         self.designated = Designated(
             synced=lambda: discovery.synced,
             expected=discovery.expected,
@@ -337,6 +352,7 @@ class Service:
                 clock=_utc_now,
                 outage=self.outage,
                 designated=self.designated,
+                policies=self.policies,
                 hidden=lambda source: source in self.pipeline.retired,
             ),
         )
@@ -348,6 +364,26 @@ class Service:
             raise StartupError(str(exc)) from None
 
     # -- what the parts call back -------------------------------------------------------------
+
+    def _incident_event(self, event: IncidentEvent) -> None:
+        if self.cluster_changes is not None:
+            self.cluster_changes.incident_event(event)
+        if self._on_incident is not None:
+            self._on_incident(event)
+
+    async def _flush_cluster_changes(self) -> None:
+        """Store the cluster changes seen and attach them to the incidents opened; a database
+        away keeps them for the next tick."""
+        if self.cluster_changes is None:
+            return
+        try:
+            await self.cluster_changes.flush()
+        except Exception as error:
+            self.metrics.count_database_error()
+            if is_unavailable(error):
+                self.outage.failed(error, "cluster changes")
+            else:
+                log.exception("could not store the cluster changes")
 
     def _judge(self, rounds: Sequence[RoundResult]) -> None:
         """Stored rounds, local or an agent's: exported, judged, shown to the observer."""
@@ -392,6 +428,7 @@ class Service:
                 else:
                     log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
+        await self._flush_cluster_changes()
 
     async def _count_designated(self, designated: Designated, known: list[str]) -> None:
         """egresswatch_sources{state}: the designated sources by standing."""

@@ -5,6 +5,7 @@ Everything here speaks `egresswatch.model` types and the frozen types defined in
 table rows never leave it. SQLite (aiosqlite) and PostgreSQL (asyncpg) behave the same.
 """
 
+from egresswatch.storage.cluster_changes import ClusterChanges
 from egresswatch.storage.history import BadCursor, History, Page
 from egresswatch.storage.outage import DatabaseProbe, Outage, describe, is_unavailable
 from egresswatch.storage.policy import Resolution, RetentionWindows, choose_resolution
@@ -41,6 +42,7 @@ from egresswatch.storage.writer import BatchedWriter, NoHooks, RoundSink, Writer
 __all__ = [
     "BadCursor",
     "BatchedWriter",
+    "ClusterChanges",
     "DatabaseNotReady",
     "DatabaseProbe",
     "History",
