@@ -6,13 +6,17 @@ every egress but DNS to kube-dns and TCP 443 out; the target listens on another 
 answers, nothing is judged; when it stops answering (connection refused), the pod's failure is
 the policies' doing: the incident's suspect is network_policy with the policies' names in its
 evidence, and it carries the changes made just before it (the policy edited, a CoreDNS pod
-restarted), not the change of a node the source does not run on.
+restarted), not the change of a node the source does not run on. A CiliumNetworkPolicy (its
+CRD installed in the fake) is named as present and not evaluated.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.support.dnsserver import dns_server
 from tests.support.https import LocalServers, Reply, local_servers, pki
@@ -23,6 +27,7 @@ from tests.test_kube_controller import NODE, POD_SOURCE, Cluster, api, cluster, 
 
 __all__ = ["cluster", "dns_server", "kube_api", "local_servers", "pki", "world"]
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "kube" / "networkpolicies"
 POD_AGENT = {
     "POD_NAME": "egresswatch-probe-7d9f8b6c5d-bx9wq",
     "POD_NAMESPACE": "payments",
@@ -62,6 +67,11 @@ async def test_the_incident_names_the_denying_policy_and_carries_the_changes_bef
 ) -> None:
     server = await local_servers.https(Reply(200))
     configure(world, kube_api, server.port)
+    # Cilium is installed, with a policy in the source's namespace the evaluator cannot read.
+    kube_api.api.install("cilium.io")
+    cilium = yaml.safe_load((FIXTURES / "cilium-deny.yaml").read_text())
+    cilium["metadata"]["namespace"] = "payments"
+    kube_api.api.apply(cilium)
     await cluster.controller()
     await cluster.agent("pod", POD_AGENT)
 
@@ -83,6 +93,9 @@ async def test_the_incident_names_the_denying_policy_and_carries_the_changes_bef
     assert incident["first_failing_step"] == "tcp_connect"
     evidence = " ".join(incident["evidence"])
     assert "payments/default-deny-egress" in evidence and "payments/allow-https-out" in evidence
+    assert (
+        "present and not evaluated: CiliumNetworkPolicy.cilium.io payments/deny-egress" in evidence
+    )
     summaries = [c["summary"] for c in incident["cluster_changes"]]
     assert summaries == [
         "NetworkPolicy payments/allow-https-out changed: spec.egress: rules changed",

@@ -17,7 +17,8 @@ RULES_FILE = Path(__file__).resolve().parent.parent / "charts/egresswatch/files/
 
 def test_the_minimal_rules() -> None:
     """Read-only (list, watch) on exactly what is watched: Nodes and Namespaces cluster-wide;
-    Pods, ConfigMaps and NetworkPolicies in the namespaces the chart binds the Role in."""
+    Pods, ConfigMaps and NetworkPolicies (Cilium's and Calico's too, watched where their CRDs
+    are installed) in the namespaces the chart binds the Role in."""
     assert rbac.rules() == {
         "clusterRole": [
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
@@ -26,6 +27,16 @@ def test_the_minimal_rules() -> None:
         "role": [
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+            {
+                "apiGroups": ["cilium.io"],
+                "resources": ["ciliumnetworkpolicies"],
+                "verbs": ["list", "watch"],
+            },
+            {
+                "apiGroups": ["crd.projectcalico.org"],
+                "resources": ["networkpolicies"],
+                "verbs": ["list", "watch"],
+            },
             {
                 "apiGroups": ["networking.k8s.io"],
                 "resources": ["networkpolicies"],

@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CALICO_POLICIES",
     "CALLS",
+    "CILIUM_POLICIES",
     "CONFIGMAPS",
     "NAMESPACES",
     "NETWORK_POLICIES",
     "NODES",
+    "OTHER_POLICY_KINDS",
     "PODS",
     "ApiCall",
     "Resource",
@@ -59,18 +62,31 @@ NETWORK_POLICIES = Resource(
     "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", namespaced=True
 )
 
+# Policy kinds the evaluator does not read, watched (names only) where their API exists, so the
+# diagnosis lists them as present and not evaluated (kube/discovery.py asks the API server's
+# discovery first: a 404 means the CRD is not installed).
+CILIUM_POLICIES = Resource(
+    "cilium.io", "v2", "ciliumnetworkpolicies", "CiliumNetworkPolicy", namespaced=True
+)
+CALICO_POLICIES = Resource(
+    "crd.projectcalico.org", "v1", "networkpolicies", "NetworkPolicy", namespaced=True
+)
+OTHER_POLICY_KINDS = (CILIUM_POLICIES, CALICO_POLICIES)
+
 
 def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
     return tuple(ApiCall(resource, verb, namespaced) for verb in ("list", "watch"))
 
 
 # What the reflectors do (kube/discovery.py): agent pods in the designated namespaces, the
-# namespaces' NetworkPolicies, kube-system's DNS pods and ConfigMaps (namespaced: a Role in
-# each of those namespaces); Nodes and Namespaces (cluster-scoped: a ClusterRole).
+# namespaces' NetworkPolicies (Cilium's and Calico's too, where installed), kube-system's DNS
+# pods and ConfigMaps (namespaced: a Role in each of those namespaces); Nodes and Namespaces
+# (cluster-scoped: a ClusterRole).
 CALLS: tuple[ApiCall, ...] = (
     *_list_watch(PODS, namespaced=True),
     *_list_watch(NETWORK_POLICIES, namespaced=True),
     *_list_watch(CONFIGMAPS, namespaced=True),
     *_list_watch(NODES, namespaced=False),
     *_list_watch(NAMESPACES, namespaced=False),
+    *(call for kind in OTHER_POLICY_KINDS for call in _list_watch(kind, namespaced=True)),
 )

@@ -9,6 +9,7 @@ Watched, and nothing more (each a `WatchSpec` from `api_calls`):
 | NetworkPolicies | each `kubernetes.pod_namespaces` | - | whole (the evaluator reads it) |
 | Namespaces | cluster | - | metadata only (labels, for namespaceSelector) |
 | CoreDNS Pods, ConfigMaps | kube-system | `k8s-app=kube-dns` | pods as views, ConfigMaps whole |
+| Cilium, Calico policies | each `kubernetes.pod_namespaces` | - | metadata only, if served |
 
 `expected()` is computed from the Nodes and agent Pods when asked and something changed since
 (a watch event costs a flag, not a pass over 20,000 pods). Until every reflector has listed
@@ -25,14 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from kubernetes.aio import client
 
-from egresswatch.kube.api_calls import CONFIGMAPS, NAMESPACES, NETWORK_POLICIES, NODES, PODS
+from egresswatch.kube.api_calls import (
+    CONFIGMAPS,
+    NAMESPACES,
+    NETWORK_POLICIES,
+    NODES,
+    OTHER_POLICY_KINDS,
+    PODS,
+    Resource,
+)
 from egresswatch.kube.changes import (
     ClusterChange,
     dns_config_change,
@@ -43,7 +52,7 @@ from egresswatch.kube.changes import (
 from egresswatch.kube.client import close_client, open_client
 from egresswatch.kube.sources import ExpectedSource, expected_sources, retired_now
 from egresswatch.kube.views import NodeView, PodView, node_view, pod_view
-from egresswatch.kube.watch import Reflector, WatchSpec
+from egresswatch.kube.watch import Reflector, WatchSpec, served
 from egresswatch.settings import KubernetesSettings
 
 __all__ = ["DNS_SELECTOR", "Discovery", "start_discovery"]
@@ -67,6 +76,7 @@ class Discovery:
         clock: Callable[[], datetime],
         watch_timeout_s: int = 290,
         on_change_seen: Callable[[ClusterChange], None] | None = None,
+        other_policy_kinds: Sequence[Resource] = (),
     ) -> None:
         self._api = api
         self._settings = settings
@@ -112,6 +122,12 @@ class Discovery:
         self.dns_config: Reflector[dict[str, Any]] = reflector(
             WatchSpec(CONFIGMAPS, DNS_NAMESPACE, DNS_SELECTOR), _whole, dns_config_change
         )
+        # Policies of kinds not evaluated: listed by name so the diagnosis can say they exist.
+        self.other_policies: list[Reflector[NodeView]] = [
+            reflector(WatchSpec(kind, namespace=ns, metadata_only=True), node_view)
+            for kind in other_policy_kinds
+            for ns in settings.pod_namespaces
+        ]
         self._expected: dict[str, ExpectedSource] = {}
         self._retired: dict[str, datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -125,6 +141,7 @@ class Discovery:
             self.namespaces,
             self.dns_pods,
             self.dns_config,
+            *self.other_policies,
         ]
 
     # -- lifecycle --
@@ -162,8 +179,13 @@ class Discovery:
 
     @property
     def not_evaluated(self) -> tuple[str, ...]:
-        """Policy kinds present that the evaluator does not read (none known yet)."""
-        return ()
+        """The policies of other kinds present, which the evaluator does not read:
+        `CiliumNetworkPolicy.cilium.io payments/deny-egress`."""
+        return tuple(
+            f"{r.spec.resource.kind}.{r.spec.resource.group} {key}"
+            for r in self.other_policies
+            for key in sorted(r.cache)
+        )
 
     def _changes_of(
         self, change_of: Callable[[Any, Any, datetime], ClusterChange | None], made: Any
@@ -211,8 +233,14 @@ async def start_discovery(
     when the client cannot be configured."""
     kubeconfig = Path(settings.kubeconfig) if settings.kubeconfig is not None else None
     api = await open_client(kubeconfig, context=settings.context)
+    others = [kind for kind in OTHER_POLICY_KINDS if await served(api, kind)]
     discovery = Discovery(
-        api, settings, clock=clock, watch_timeout_s=watch_timeout_s, on_change_seen=on_change_seen
+        api,
+        settings,
+        clock=clock,
+        watch_timeout_s=watch_timeout_s,
+        on_change_seen=on_change_seen,
+        other_policy_kinds=others,
     )
     discovery.start()
     return discovery
