@@ -26,6 +26,8 @@ __all__ = ["ChangeAttacher"]
 
 log = logging.getLogger(__name__)
 
+UNSAVED_MAX = 10_000  # changes held while the database is away
+
 
 class ChangeAttacher:
     """Records cluster changes and links them to the incidents they may explain."""
@@ -49,6 +51,8 @@ class ChangeAttacher:
         """A change the watches saw: in the recent log now, stored on the next flush."""
         self.recent.add([change])
         self._unsaved.append(change)
+        if len(self._unsaved) > UNSAVED_MAX:  # a long database outage: keep the newest
+            del self._unsaved[0]
         log.info("cluster change", extra={"change": change.summary})
 
     def incident_event(self, event: IncidentEvent) -> None:
