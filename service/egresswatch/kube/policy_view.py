@@ -70,13 +70,17 @@ class ClusterPolicies:
         return self._snapshot
 
     def pod(self, source: str) -> PodRef | None:
-        """The pod standing for pod source `source` now: its first replica (by name) on the
-        source's node; None for a node source or a source the cache does not know."""
+        """The pod standing for pod source `source` now: a designated source's first replica
+        (by name) on its node; else the watched pod named `source` (`NAMESPACE/POD`, an agent
+        started with `--source`); None for a node source or a pod the cache does not know."""
         found = self._cluster.expected().get(source)
-        if found is None or found.kind is not SourceKind.POD or not found.pods:
+        if found is None:
+            key = source
+        elif found.kind is not SourceKind.POD or not found.pods:
             return None
-        namespace = found.workload.namespace if found.workload else ""
-        key = f"{namespace}/{found.pods[0].name}"
+        else:
+            namespace = found.workload.namespace if found.workload else ""
+            key = f"{namespace}/{found.pods[0].name}"
         for reflector in self._cluster.pods:
             view = reflector.cache.get(key)
             if view is not None:
