@@ -305,7 +305,8 @@ class Reflector(Generic[T]):
 async def served(api: client.ApiClient, resource: Resource) -> bool:
     """Whether the API server serves `resource` (API discovery of its group and version): a
     404 means its CRD is not installed. Any other failure is logged and taken as absent, so a
-    slow discovery never holds the controller's start."""
+    slow discovery holds the controller's start 10 s at most. Asked once, at start: a CRD
+    installed later is seen after a restart."""
     method, url, headers, body, post = await api.param_serialize(
         method="GET",
         resource_path=f"/apis/{resource.group}/{resource.version}",
@@ -314,7 +315,7 @@ async def served(api: client.ApiClient, resource: Resource) -> bool:
     )
     try:
         rest = await api.call_api(
-            method, url, headers, body, post, _request_timeout=aiohttp.ClientTimeout(total=30)
+            method, url, headers, body, post, _request_timeout=aiohttp.ClientTimeout(total=10)
         )
         response: aiohttp.ClientResponse = rest.response
         try:
