@@ -221,6 +221,7 @@ async def test_incident_documents(shared_client: Client) -> None:
                 "states": {POD: {"tcp_connect": "failing"}},
             }
         ],
+        "cluster_changes": [],  # no Kubernetes watched here
     }
     assert await ok_json(shared_client, "/api/v1/incidents/inc-api-now") == incident
     closed = await ok_json(shared_client, "/api/v1/incidents/inc-db-1d")

@@ -17,9 +17,10 @@ RULES_FILE = Path(__file__).resolve().parent.parent / "charts/egresswatch/files/
 
 def test_the_minimal_rules() -> None:
     """Read-only (list, watch) on exactly what is watched: Nodes and Namespaces cluster-wide;
-    Pods, ConfigMaps and NetworkPolicies in the namespaces the chart binds the Role in; the
-    leader election's get, create, update of its Lease (in the controller's namespace); and
-    the one cluster-scoped write: TokenReviews (an agent's projected token checked)."""
+    Pods, ConfigMaps and NetworkPolicies (Cilium's and Calico's too, watched where their CRDs
+    are installed) in the namespaces the chart binds the Role in; the leader election's get,
+    create, update of its Lease (in the controller's namespace); and the one cluster-scoped
+    write: TokenReviews (an agent's projected token checked)."""
     assert rbac.rules() == {
         "clusterRole": [
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
@@ -34,9 +35,19 @@ def test_the_minimal_rules() -> None:
             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]},
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             {
+                "apiGroups": ["cilium.io"],
+                "resources": ["ciliumnetworkpolicies"],
+                "verbs": ["list", "watch"],
+            },
+            {
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
                 "verbs": ["create", "get", "update"],
+            },
+            {
+                "apiGroups": ["crd.projectcalico.org"],
+                "resources": ["networkpolicies"],
+                "verbs": ["list", "watch"],
             },
             {
                 "apiGroups": ["networking.k8s.io"],

@@ -298,6 +298,63 @@ def test_scenario(scenario: Scenario, egress_lab: EgressLab) -> None:
     report_quiet_degradations(lab, scenario.id, scenario.target, injected)
 
 
+SHOP_POLICY = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "NetworkPolicy",
+    "metadata": {"name": "no-shop", "namespace": "shop"},
+    "spec": {
+        "podSelector": {},
+        "policyTypes": ["Egress"],
+        "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [f"{SHOP}/32"]}}]}],
+    },
+}
+
+
+def test_a_network_policy_from_the_api_server_names_the_policy(tmp_path: Path) -> None:
+    """The controller watches a fake API server in the node's namespace. A NetworkPolicy in the
+    pod's namespace forbids the shop, and an nftables rule enforces it (the CNI's part): the
+    incident's suspect is network_policy from the policy's own word (no node comparison), its
+    evidence names the policy while open and once closed, and it carries the policy's creation
+    as a cluster change."""
+    require_lab()
+    with EgressLab(tmp_path, kube=True) as lab:
+        lab.wait_healthy()
+        lab.world(lab.node, "kube_apply", obj=SHOP_POLICY)
+        lab.pod_policy(f"ip daddr {SHOP} tcp dport 443 drop")
+        scenario = Scenario(
+            "netpol-from-the-api-server",
+            lambda _: None,
+            lambda _: None,
+            "shop",
+            "tcp_connect",
+            "network_policy",
+            sources=(POD_SOURCE,),
+        )
+        incident = wait_for_incident(lab, scenario)
+        assert "shop/no-shop" in " ".join(incident["evidence"]), incident
+        diagnosis = lab.api("/api/v1/targets/shop/diagnosis")
+        (pod,) = [s for s in diagnosis["sources"] if s["source"] == POD_SOURCE]
+        assert pod["verdict"]["facts"]["rule"] == "policy_denies", pod
+
+        def carried() -> dict[str, Any] | None:
+            found = lab.api(f"/api/v1/incidents/{incident['id']}")
+            return found if found["cluster_changes"] else None
+
+        changes = wait_until(carried, 10, lab, "the policy change attached")["cluster_changes"]
+        assert [c["summary"] for c in changes] == ["NetworkPolicy shop/no-shop created"]
+
+        lab.world(lab.node, "kube_remove", kind="NetworkPolicy", name="no-shop", namespace="shop")
+        lab.repair_pod_policy()
+        closed = wait_until(
+            lambda: closed_incident(lab, "shop", incident["id"]),
+            RECOVERY_WINDOW_S,
+            lab,
+            "the incident closed",
+        )
+        assert closed["suspect"] == "network_policy"
+        assert "shop/no-shop" in " ".join(closed["evidence"]), closed
+
+
 def test_latency_regression_is_a_degraded_change_not_an_incident(egress_lab: EgressLab) -> None:
     """Scenario 12: the slow path goes from 20 ms to 80 ms a round trip."""
     lab = egress_lab

@@ -36,7 +36,8 @@ TABLES_0001 = {
     "rollups",
     "rollup_pending",
 }
-TABLES = TABLES_0001 | {"changes", "incidents", "step_states"}
+TABLES_0004 = TABLES_0001 | {"changes", "incidents", "step_states"}
+TABLES = TABLES_0004 | {"cluster_changes", "incident_cluster_changes"}
 
 
 async def table_names(url: URL) -> set[str]:
@@ -57,6 +58,17 @@ async def test_upgrade_downgrade_upgrade(db_url: URL) -> None:
     await asyncio.to_thread(downgrade, db_url, "base")
     assert await table_names(db_url) == {"alembic_version"}
     await asyncio.to_thread(upgrade, db_url, "head")
+    assert await table_names(db_url) == TABLES | {"alembic_version"}
+
+
+async def test_0005_cluster_changes_up_and_down(db_url: URL) -> None:
+    """0005 adds the cluster changes and their incident links; down to 0004 removes both and
+    keeps the rest (the incidents among them)."""
+    await asyncio.to_thread(upgrade, db_url, "0005")
+    assert await table_names(db_url) == TABLES | {"alembic_version"}
+    await asyncio.to_thread(downgrade, db_url, "0004")
+    assert await table_names(db_url) == TABLES_0004 | {"alembic_version"}
+    await asyncio.to_thread(upgrade, db_url, "0005")
     assert await table_names(db_url) == TABLES | {"alembic_version"}
 
 

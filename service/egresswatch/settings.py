@@ -436,6 +436,12 @@ class KubernetesSettings(_Strict):
         "projected tokens act for the node source of the node they are bound to",
     )
     leader_election: LeaderElectionSettings = Field(default_factory=LeaderElectionSettings)
+    changes_window: Annotated[Duration, between("0s", "1d")] = Field(
+        "30m",
+        validate_default=True,
+        description="cluster changes seen this long before an incident's first failed round "
+        "are attached to it",
+    )
 
     @field_validator("node_selector", "pod_selector")
     @classmethod

@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.query import ApiError
 from egresswatch.controller.api.ratelimit import RateLimiter
 from egresswatch.controller.api.routes import ApiDeps, add_api_routes
+from egresswatch.controller.cluster_changes import ChangeAttacher
 from egresswatch.controller.designated import Designated, standings
 from egresswatch.controller.detection.follow import RoundFollower
 from egresswatch.controller.detection.incidents import IncidentEvent
@@ -45,6 +46,7 @@ from egresswatch.kube.client import KubeClientError, close_client, open_client
 from egresswatch.kube.discovery import Discovery, start_discovery
 from egresswatch.kube.identity import ReviewedToken, ReviewUnavailable
 from egresswatch.kube.leader import LeaderElector, LeaseTiming, lease_identity, lease_namespace
+from egresswatch.kube.policy_view import ClusterPolicies, CurrentPolicies
 from egresswatch.kube.tokenreview import review_token
 from egresswatch.logs import Sparse
 from egresswatch.looplag import LoopLag
@@ -54,6 +56,7 @@ from egresswatch.reload import ConfigReloader
 from egresswatch.schedule import RoundJob, RoundScheduler
 from egresswatch.settings import Settings
 from egresswatch.storage import (
+    ClusterChanges,
     DatabaseNotReady,
     DatabaseProbe,
     History,
@@ -149,6 +152,8 @@ class Service:
         self.elector: LeaderElector | None = None
         self._election: asyncio.Task[None] | None = None
         self._leader_work: asyncio.Task[None] | None = None
+        self.policies: ClusterPolicies | None = None  # the discovery's NetworkPolicy view
+        self.cluster_changes: ChangeAttacher | None = None  # what changed, for incidents
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -161,8 +166,8 @@ class Service:
             if self.designated is not None:
                 self.agents = self._agent_identities(self.designated)
         else:
+            await self._start_discovery()  # before detection: the pipeline reads its policies
             await self._start_detection()
-            await self._start_discovery()
         self._start_ingest()
         self._start_rounds()
         await self._serve()
@@ -230,6 +235,7 @@ class Service:
         steps.append(self._stop_leader_work)
         if hasattr(self, "pipeline"):
             steps.append(self.pipeline.flush)  # what detection found in the last second is kept
+            steps.append(self._flush_cluster_changes)
         steps.append(self._stop_election)  # after the flush: the Lease is released last
         if hasattr(self, "store"):
             steps.append(self.store.engine.dispose)
@@ -285,8 +291,9 @@ class Service:
             history=self.history,
             metrics=self.metrics,
             clock=_utc_now,
-            on_incident=self._on_incident,
+            on_incident=self._incident_event,
             outage=self.outage,
+            policies=self.policies,
         )
 
     async def _restore(self, pipeline: Pipeline) -> None:
@@ -352,6 +359,10 @@ class Service:
         """Detection rebuilt from the database, discovery, then the rounds table followed
         from where the restored state ends, until cancelled."""
         feed = RoundFeed(self.store.engine)
+        try:  # before detection: the pipeline reads the discovery's policies
+            await self._start_discovery()
+        except StartupError as exc:  # the elector's client works: not expected, but said
+            log.error("the leader runs without discovery", extra={"problem": str(exc)})
         while True:
             try:
                 # Read before the restore, and REREAD_IDS back: a round stored meanwhile, or
@@ -366,10 +377,6 @@ class Service:
                 log.exception("the new leader cannot read detection back yet; retrying")
                 await asyncio.sleep(LEAD_RETRY_S)
         self.pipeline = pipeline
-        try:
-            await self._start_discovery()
-        except StartupError as exc:  # the elector's client works: not expected, but said
-            log.error("the leader runs without discovery", extra={"problem": str(exc)})
         follower = RoundFollower(
             feed,
             after=after,
@@ -441,12 +448,20 @@ class Service:
         """With `kubernetes.enabled`: the reflectors and the designated sources they give."""
         if not self.settings.kubernetes.enabled:
             return
+        kubernetes = self.settings.kubernetes
+        self.cluster_changes = attacher = ChangeAttacher(
+            ClusterChanges(self.store.engine),
+            window=lambda: timedelta(seconds=self.settings.kubernetes.changes_window),
+            sources=self.store.sources,
+        )
+        await attacher.restore(_utc_now())
         try:
             self.discovery = discovery = await start_discovery(
-                self.settings.kubernetes, clock=_utc_now
+                kubernetes, clock=_utc_now, on_change_seen=attacher.seen
             )
         except KubeClientError as exc:
             raise StartupError(str(exc)) from None
+        self.policies = ClusterPolicies(discovery)
         if self.designated is None:
             self.designated = Designated(
                 synced=lambda: discovery.synced,
@@ -522,6 +537,8 @@ class Service:
                 outage=self.outage,
                 designated=self.designated,
                 agents=self.agents,
+                # The view of whichever discovery runs now (a replica leads, or not, later).
+                policies=CurrentPolicies(lambda: self.policies),
                 hidden=lambda source: source in self.pipeline.retired,
             ),
         )
@@ -533,6 +550,26 @@ class Service:
             raise StartupError(str(exc)) from None
 
     # -- what the parts call back -------------------------------------------------------------
+
+    def _incident_event(self, event: IncidentEvent) -> None:
+        if self.cluster_changes is not None:
+            self.cluster_changes.incident_event(event)
+        if self._on_incident is not None:
+            self._on_incident(event)
+
+    async def _flush_cluster_changes(self) -> None:
+        """Store the cluster changes seen and attach them to the incidents opened; a database
+        away keeps them for the next tick."""
+        if self.cluster_changes is None:
+            return
+        try:
+            await self.cluster_changes.flush()
+        except Exception as error:
+            self.metrics.count_database_error()
+            if is_unavailable(error):
+                self.outage.failed(error, "cluster changes")
+            else:
+                log.exception("could not store the cluster changes")
 
     def _judge(self, rounds: Sequence[RoundResult]) -> None:
         """Stored rounds, local or an agent's: exported, judged, shown to the observer."""
@@ -579,6 +616,7 @@ class Service:
                 else:
                     log.exception("could not read the sources' kinds")
         await self.pipeline.flush()
+        await self._flush_cluster_changes()
 
     async def _count_designated(self, designated: Designated, known: list[str]) -> None:
         """egresswatch_sources{state}: the designated sources by standing."""

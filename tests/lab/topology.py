@@ -29,6 +29,7 @@ from typing import Any
 import trustme
 import yaml
 
+from tests.support.kubeapi import write_kubeconfig
 from tests.support.netns import Lab, Node
 from tests.support.tinyproxy import config_text, tinyproxy_binary
 
@@ -54,6 +55,7 @@ PROXY_PORT = 3128
 INTERCEPT_PORT = 8443
 SLOW_ORIGIN_PORT = 8443
 CONTROLLER_PORT = 9108
+KUBE_API_PORT = 6443  # the fake Kubernetes API server, on the node's loopback
 CONTROLLER = f"http://{NODE_TO_POD}:{CONTROLLER_PORT}"
 POD_SOURCE = "shop/probe-0"
 NODE_SOURCE = "lab-node-1"
@@ -79,8 +81,10 @@ class EgressLab:
         fail_after: int = 3,
         recover_after: int = 2,
         with_service: bool = True,
+        kube: bool = False,
     ) -> None:
         self.directory = directory
+        self.kube = kube  # the controller watches a fake API server (pod shop/probe-0, its node)
         self.interval = interval
         self.fail_after = fail_after
         self.recover_after = recover_after
@@ -270,7 +274,20 @@ class EgressLab:
     # --- egresswatch ---------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        """The controller's config: the lab's targets, resolver, proxy and egress device."""
+        """The controller's config: the lab's targets, resolver, proxy and egress device (and,
+        with `kube`, the fake API server's kubeconfig)."""
+        config = self._config()
+        if self.kube:
+            kubeconfig = self.directory / "kubeconfig"
+            write_kubeconfig(kubeconfig, f"http://127.0.0.1:{KUBE_API_PORT}")
+            config["kubernetes"] = {
+                "enabled": True,
+                "kubeconfig": str(kubeconfig),
+                "pod_namespaces": ["shop"],
+            }
+        return config
+
+    def _config(self) -> dict[str, Any]:
         return {
             "source": {"name": NODE_SOURCE, "kind": "node"},
             "listen": f"{NODE_TO_POD}:{CONTROLLER_PORT}",
@@ -308,6 +325,8 @@ class EgressLab:
         # states (same names, same addresses) are not this one's.
         for stale in self.directory.glob("egresswatch.db*"):
             stale.unlink()
+        if self.kube:
+            self.world(self.node, "kube_api", port=KUBE_API_PORT, objects=lab_cluster())
         self.config_file.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         token_file = self.directory / "token"
         token_file.write_text(self.token + "\n")
@@ -426,3 +445,35 @@ class EgressLab:
 
     def _unchain(self, node: Node, table: str) -> None:
         self.lab.exec(node, "nft", "delete", "table", "ip", table)
+
+
+def lab_cluster() -> list[dict[str, Any]]:
+    """What the fake API server serves in a `kube` lab: the shop namespace, the node, and the
+    pod the pod agent runs as (its IP, its node, the agent label)."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop"}},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": NODE_SOURCE, "labels": {"kubernetes.io/hostname": NODE_SOURCE}},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "nodeInfo": {"kubeletVersion": "v1.33.2"},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": POD_SOURCE.split("/")[1],
+                "namespace": "shop",
+                "labels": {"app.kubernetes.io/component": "pod-agent", "app": "probe"},
+            },
+            "spec": {"nodeName": NODE_SOURCE, "containers": [{"name": "agent", "image": "x"}]},
+            "status": {"phase": "Running", "podIP": POD},
+        },
+    ]

@@ -13,6 +13,8 @@ world per namespace, gone when the worker is killed.
     delay(name, delay_ms)                     the relay's added round-trip time from now on
     dns(address, answers, ttl, rcode)         a DNS server on address:53 (dnslib)
     dns_rule(address, name, rule)             answer / nxdomain / servfail / silence a name
+    kube_api(port, objects)                   the fake Kubernetes API server on 127.0.0.1:port
+    kube_apply(obj) / kube_remove(kind, name, namespace)   change what it serves
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from aiohttp import web
+
 from tests.support.dnsserver import Rule, TestDNSServer
 from tests.support.https import Reply
+from tests.support.kubeapi import HOST, FakeKubeApi
 
 CALL_TIMEOUT_S = 10.0
 _HEAD_LIMIT = 64 * 1024
@@ -104,6 +109,7 @@ class World:
     sites: dict[str, Site] = field(default_factory=dict)
     relays: dict[str, Relay] = field(default_factory=dict)
     resolvers: dict[str, TestDNSServer] = field(default_factory=dict)
+    kube: FakeKubeApi | None = None
 
 
 _world: World | None = None
@@ -209,3 +215,37 @@ def dns_rule(address: str, name: str, rule: str, a: Sequence[str] = ()) -> None:
             server.silence(name)
         case _:
             raise ValueError(f"rule: {rule!r} is not answer, nxdomain, servfail or silence")
+
+
+# --- the Kubernetes API server -------------------------------------------------------------
+
+
+def kube_api(port: int, objects: Sequence[Mapping[str, Any]]) -> None:
+    """The fake API server (tests/support/kubeapi.py) serving `objects` on 127.0.0.1:`port`
+    inside this namespace, where the controller runs."""
+    api = FakeKubeApi([dict(obj) for obj in objects], bookmark_every_s=1.0)
+    _run(_serve(api, port))
+    _the_world().kube = api
+
+
+async def _serve(api: FakeKubeApi, port: int) -> None:
+    runner = web.AppRunner(api.app(), shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, port).start()
+
+
+def kube_apply(obj: Mapping[str, Any]) -> None:
+    """Create or replace `obj`; the watches see it (on the world's loop, where they run)."""
+    api = _the_world().kube
+    assert api is not None, "kube_api first"
+    _run(_call(lambda: api.apply(dict(obj))))
+
+
+def kube_remove(kind: str, name: str, namespace: str | None = None) -> None:
+    api = _the_world().kube
+    assert api is not None, "kube_api first"
+    _run(_call(lambda: api.remove(kind, name, namespace)))
+
+
+async def _call(action: Any) -> None:
+    action()

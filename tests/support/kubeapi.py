@@ -81,7 +81,11 @@ KINDS = (
     Kind("apps", "v1", "deployments", "Deployment", True),
     Kind("apps", "v1", "replicasets", "ReplicaSet", True),
     Kind("apps", "v1", "daemonsets", "DaemonSet", True),
+    # CRDs: served only once installed (`FakeKubeApi.install`)
+    Kind("cilium.io", "v2", "ciliumnetworkpolicies", "CiliumNetworkPolicy", True),
+    Kind("crd.projectcalico.org", "v1", "networkpolicies", "NetworkPolicy", True),
 )
+CRD_GROUPS = frozenset({"cilium.io", "crd.projectcalico.org"})
 _BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
 _BY_KIND = {(k.api_version, k.kind): k for k in KINDS}
 
@@ -196,6 +200,7 @@ class FakeKubeApi:
         self._watches: set[_Watch] = set()
         self._snapshots: dict[str, list[Obj]] = {}
         self.token_reviews = TokenReviews()
+        self.installed: set[str] = set()  # CRD groups served (API discovery and requests)
         for obj in objects:
             self.apply(obj)
 
@@ -215,6 +220,10 @@ class FakeKubeApi:
     def get(self, kind_name: str, name: str, namespace: str | None = None) -> Obj | None:
         kind = next(k for k in KINDS if k.kind == kind_name)
         return self.objects.get((kind, namespace or "", name))
+
+    def install(self, group: str) -> None:
+        """Serve a CRD group (cilium.io, crd.projectcalico.org): before, it is a 404."""
+        self.installed.add(group)
 
     def expire_history(self) -> None:
         """Compact: every resourceVersion up to now is too old to resume from."""
@@ -272,8 +281,13 @@ class FakeKubeApi:
             return _status(401, "Unauthorized", "Unauthorized")
         if request.path == TOKEN_REVIEWS and request.method == "POST":
             return await self._token_review(request)
+        parts = [p for p in request.path.split("/") if p]
+        if request.method == "GET" and len(parts) == 3 and parts[0] == "apis":
+            return self._discovery(parts[1], parts[2])
         try:
             kind, namespace, name = _route(request.path)
+            if kind.group in CRD_GROUPS and kind.group not in self.installed:
+                raise LookupError(request.path)
         except LookupError:
             return _status(404, "NotFound", f"the server could not find {request.path}")
         query = request.query
@@ -301,6 +315,29 @@ class FakeKubeApi:
         if self.token_reviews.failing:
             return _status(500, "InternalError", "the authenticator is unavailable")
         return web.json_response(self.token_reviews.answer(await request.json()), status=201)
+
+    def _discovery(self, group: str, version: str) -> web.Response:
+        """/apis/GROUP/VERSION: the APIResourceList of a served group, else 404."""
+        kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
+        if not kinds or (group in CRD_GROUPS and group not in self.installed):
+            return _status(404, "NotFound", f"the server could not find /apis/{group}/{version}")
+        resources = [
+            {
+                "name": k.plural,
+                "kind": k.kind,
+                "namespaced": k.namespaced,
+                "verbs": ["list", "watch"],
+            }
+            for k in kinds
+        ]
+        return web.json_response(
+            {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{group}/{version}",
+                "resources": resources,
+            }
+        )
 
     def _selected(self, kind: Kind, namespace: str | None, query: Any) -> ObjTest:
         labels = label_matcher(query.get("labelSelector", ""))

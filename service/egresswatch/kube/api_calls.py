@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "CALICO_POLICIES",
     "CALLS",
+    "CILIUM_POLICIES",
     "CONFIGMAPS",
     "LEASES",
     "NAMESPACES",
     "NETWORK_POLICIES",
     "NODES",
+    "OTHER_POLICY_KINDS",
     "PODS",
     "TOKEN_REVIEWS",
     "ApiCall",
@@ -65,6 +68,16 @@ TOKEN_REVIEWS = Resource(
     "authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False
 )
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
+# Policy kinds the evaluator does not read, watched (names only) where their API exists, so the
+# diagnosis lists them as present and not evaluated (kube/discovery.py asks the API server's
+# discovery first: a 404 means the CRD is not installed).
+CILIUM_POLICIES = Resource(
+    "cilium.io", "v2", "ciliumnetworkpolicies", "CiliumNetworkPolicy", namespaced=True
+)
+CALICO_POLICIES = Resource(
+    "crd.projectcalico.org", "v1", "networkpolicies", "NetworkPolicy", namespaced=True
+)
+OTHER_POLICY_KINDS = (CILIUM_POLICIES, CALICO_POLICIES)
 
 
 def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
@@ -72,9 +85,10 @@ def _list_watch(resource: Resource, *, namespaced: bool) -> tuple[ApiCall, ...]:
 
 
 # What the reflectors do (kube/discovery.py): agent pods in the designated namespaces, the
-# namespaces' NetworkPolicies, kube-system's DNS pods and ConfigMaps (namespaced: a Role in
-# each of those namespaces); Nodes and Namespaces (cluster-scoped: a ClusterRole). An agent's
-# projected service-account token is checked with a TokenReview (kube/tokenreview.py).
+# namespaces' NetworkPolicies (Cilium's and Calico's too, where installed), kube-system's DNS
+# pods and ConfigMaps (namespaced: a Role in each of those namespaces); Nodes and Namespaces
+# (cluster-scoped: a ClusterRole). An agent's projected service-account token is checked with a
+# TokenReview (kube/tokenreview.py).
 CALLS: tuple[ApiCall, ...] = (
     *_list_watch(PODS, namespaced=True),
     *_list_watch(NETWORK_POLICIES, namespaced=True),
@@ -84,4 +98,5 @@ CALLS: tuple[ApiCall, ...] = (
     ApiCall(TOKEN_REVIEWS, "create", namespaced=False),
     # Leader election (kube/leader.py): the controller's Lease, in its own namespace.
     *(ApiCall(LEASES, verb, namespaced=True) for verb in ("get", "create", "update")),
+    *(call for kind in OTHER_POLICY_KINDS for call in _list_watch(kind, namespaced=True)),
 )

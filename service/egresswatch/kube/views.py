@@ -30,8 +30,13 @@ class Workload:
 
 @dataclass(frozen=True)
 class NodeView:
+    """A Node (or a Namespace: name and labels only). `conditions` are (type, status) pairs
+    sorted by type and `kubelet` the kubelet version: empty from a metadata-only watch."""
+
     name: str
     labels: Mapping[str, str]
+    conditions: tuple[tuple[str, str], ...] = ()
+    kubelet: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class PodView:
     terminating: bool  # metadata.deletionTimestamp is set
     owner: Workload
     labels: Mapping[str, str]
+    restarts: int = 0  # the containers' restartCounts, summed
 
     @property
     def active(self) -> bool:
@@ -56,8 +62,18 @@ _ACTIVE = frozenset({"Pending", "Running", "Unknown"})
 
 
 def node_view(raw: Raw) -> NodeView:
-    meta = raw["metadata"]
-    return NodeView(name=meta["name"], labels=dict(meta.get("labels") or {}))
+    """Name, labels, and (a whole Node) its conditions and kubelet version; heartbeat times
+    are left out, so a heartbeat alone changes nothing."""
+    meta, status = raw["metadata"], raw.get("status") or {}
+    conditions = sorted(
+        (str(c.get("type", "")), str(c.get("status", ""))) for c in status.get("conditions") or []
+    )
+    return NodeView(
+        name=meta["name"],
+        labels=dict(meta.get("labels") or {}),
+        conditions=tuple(conditions),
+        kubelet=str((status.get("nodeInfo") or {}).get("kubeletVersion") or ""),
+    )
 
 
 def pod_view(raw: Raw) -> PodView:
@@ -72,6 +88,9 @@ def pod_view(raw: Raw) -> PodView:
         terminating=bool(meta.get("deletionTimestamp")),
         owner=owner_of(meta),
         labels=labels,
+        restarts=sum(
+            int(c.get("restartCount") or 0) for c in status.get("containerStatuses") or []
+        ),
     )
 
 

@@ -35,7 +35,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from egresswatch.kube.api_calls import CALLS, ApiCall, Resource
 
-__all__ = ["Backoff", "Reflector", "ReflectorStats", "WatchSpec", "object_key"]
+__all__ = ["Backoff", "Reflector", "ReflectorStats", "WatchSpec", "object_key", "served"]
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,38 @@ class Reflector(Generic[T]):
         rest = await self.api.call_api(method, url, headers, body, post, _request_timeout=limits)
         response: aiohttp.ClientResponse = rest.response
         return response
+
+
+async def served(api: client.ApiClient, resource: Resource) -> bool:
+    """Whether the API server serves `resource` (API discovery of its group and version): a
+    404 means its CRD is not installed. Any other failure is logged and taken as absent, so a
+    slow discovery holds the controller's start 10 s at most. Asked once, at start: a CRD
+    installed later is seen after a restart."""
+    method, url, headers, body, post = await api.param_serialize(
+        method="GET",
+        resource_path=f"/apis/{resource.group}/{resource.version}",
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    try:
+        rest = await api.call_api(
+            method, url, headers, body, post, _request_timeout=aiohttp.ClientTimeout(total=10)
+        )
+        response: aiohttp.ClientResponse = rest.response
+        try:
+            if response.status == 404:
+                return False
+            await _raise_for_status(response)
+            found: Raw = await response.json()
+        finally:
+            response.release()
+    except _EXPECTED as exc:
+        log.warning(
+            "kubernetes API discovery failed: taken as absent",
+            extra={"resource": f"{resource.plural}.{resource.group}", "problem": _problem(exc)},
+        )
+        return False
+    return any(r.get("name") == resource.plural for r in found.get("resources") or [])
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse) -> None:

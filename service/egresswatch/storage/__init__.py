@@ -5,6 +5,7 @@ Everything here speaks `egresswatch.model` types and the frozen types defined in
 table rows never leave it. SQLite (aiosqlite) and PostgreSQL (asyncpg) behave the same.
 """
 
+from egresswatch.storage.cluster_changes import ClusterChanges
 from egresswatch.storage.feed import RoundFeed
 from egresswatch.storage.history import BadCursor, History, Page
 from egresswatch.storage.outage import DatabaseProbe, Outage, describe, is_unavailable
@@ -42,6 +43,7 @@ from egresswatch.storage.writer import BatchedWriter, NoHooks, RoundSink, Writer
 __all__ = [
     "BadCursor",
     "BatchedWriter",
+    "ClusterChanges",
     "DatabaseNotReady",
     "DatabaseProbe",
     "History",

@@ -251,3 +251,30 @@ step_states = sa.Table(
     sa.Column("updated_at", UTCDateTime, nullable=False),  # detected_at of that change
     sa.PrimaryKeyConstraint("target_id", "source_id", "step"),
 )
+
+# -- what changed in the cluster (migration 0005) --------------------------------------------
+
+# Kubernetes changes the controller saw (kube/changes.py). The id is derived from the change
+# (ClusterChange.id), so replicas storing one change store it once; kept as long as `changes`.
+cluster_changes = sa.Table(
+    "cluster_changes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("seen_at", UTCDateTime, nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("namespace", Name, nullable=True),  # NULL: a cluster-scoped object (a Node)
+    sa.Column("name", Name, nullable=False),
+    sa.Column("action", Code, nullable=False),
+    sa.Column("details", Json, nullable=False),  # a JSON list of short phrases
+    sa.Index("ix_cluster_changes_seen_at", "seen_at"),
+)
+
+# The cluster changes attached to an incident when it opened.
+incident_cluster_changes = sa.Table(
+    "incident_cluster_changes",
+    metadata,
+    sa.Column("incident_id", sa.String(128), sa.ForeignKey("incidents.id"), nullable=False),
+    sa.Column("change_id", sa.String(64), sa.ForeignKey("cluster_changes.id"), nullable=False),
+    sa.PrimaryKeyConstraint("incident_id", "change_id"),
+    sa.Index("ix_incident_cluster_changes_change_id", "change_id"),
+)

@@ -14,10 +14,11 @@ from datetime import datetime
 from egresswatch.controller.api import documents as docs
 from egresswatch.controller.api.query import iso
 from egresswatch.controller.diagnosis.rules import Context, Observation, diagnose
+from egresswatch.kube.netpol import PolicyView
 from egresswatch.model import Endpoint, Role, RoundResult, SourceKind
 from egresswatch.plan import public_proxy_url
 from egresswatch.settings import Settings
-from egresswatch.storage import History, Store, TargetRecord
+from egresswatch.storage import ClusterChanges, History, IncidentRecord, Store, TargetRecord
 
 # A source whose kind was never registered is diagnosed as a node: the rules that blame a
 # NetworkPolicy need to know the failing source is a pod, and must not guess it.
@@ -59,6 +60,12 @@ class TargetCatalog:
         ]
 
 
+async def _incident(incident: IncidentRecord, store: Store) -> dict[str, object]:
+    """The incident open at the moment, with its cluster changes."""
+    attached = await ClusterChanges(store.engine).of_incidents([incident.id])
+    return docs.incident_document(incident, attached.get(incident.id, ()))
+
+
 def _endpoint(url: str) -> Endpoint | None:
     try:
         return Endpoint.parse(url)
@@ -74,8 +81,10 @@ async def diagnosis_document(
     settings: Settings,
     store: Store,
     history: History,
+    policies: PolicyView | None = None,
 ) -> dict[str, object]:
-    """The diagnosis document of `target` (which must be in `catalog`) at `at`."""
+    """The diagnosis document of `target` (which must be in `catalog`) at `at`; `policies`
+    (the cluster's NetworkPolicies, as they are now) judge the network_policy step."""
     info = catalog.targets[target]
     kinds = {s.name: s.kind for s in await store.sources()}
     rounds = await history.latest_rounds(at, target=target)
@@ -89,6 +98,7 @@ async def diagnosis_document(
         egress_devices=tuple(settings.egress_devices),
         upstream=settings.dns.upstream,
         proxy=public_proxy_url(settings) if info.use_proxy else None,
+        policies=policies,
     )
     peers = [_observation(r, info, kinds) for r in rounds] if info.endpoint is not None else []
     sources = []
@@ -117,7 +127,7 @@ async def diagnosis_document(
         "role": info.role.value,
         "url": info.url,
         "at": iso(at),
-        "incident": docs.incident_document(incident) if incident is not None else None,
+        "incident": await _incident(incident, store) if incident is not None else None,
         "sources": sources,
     }
 

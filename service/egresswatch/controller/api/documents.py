@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from egresswatch.controller.api.query import iso, iso_or_none
+from egresswatch.kube.changes import ClusterChange
 from egresswatch.model import Change, Reason, RoundResult, Step, StepState, Verdict
 from egresswatch.report import step_document
 from egresswatch.settings import Settings
@@ -66,7 +67,10 @@ def change_document(change: Change) -> Document:
     }
 
 
-def incident_document(incident: IncidentRecord) -> Document:
+def incident_document(
+    incident: IncidentRecord, cluster_changes: Sequence[ClusterChange] = ()
+) -> Document:
+    """An incident, with the cluster changes attached to it when it opened."""
     return {
         "id": incident.id,
         "target": incident.target,
@@ -80,6 +84,19 @@ def incident_document(incident: IncidentRecord) -> Document:
         "evidence": list(incident.evidence),
         "next_command": incident.next_command,
         "history": [json_safe(entry) for entry in incident.history],
+        "cluster_changes": [cluster_change_document(c) for c in cluster_changes],
+    }
+
+
+def cluster_change_document(change: ClusterChange) -> Document:
+    return {
+        "seen_at": iso(change.seen_at),
+        "kind": change.kind,
+        "namespace": change.namespace,
+        "name": change.name,
+        "action": change.action,
+        "details": list(change.details),
+        "summary": change.summary,
     }
 
 

@@ -170,6 +170,22 @@ def _history() -> dict[str, Schema]:
                 "evidence": array(STRING),
                 "next_command": nullable(STRING),
                 "history": array(OBJECT),
+                "cluster_changes": {
+                    **array(ref("ClusterChange")),
+                    "description": "Kubernetes changes seen before the first failed round that "
+                    "concern its sources (attached when it opened)",
+                },
+            }
+        ),
+        "ClusterChange": obj(
+            {
+                "seen_at": TIME,
+                "kind": {**STRING, "description": "NetworkPolicy, Node, Pod (CoreDNS), ConfigMap"},
+                "namespace": nullable(STRING),
+                "name": STRING,
+                "action": {**STRING, "description": "created, changed, deleted, restarted, ..."},
+                "details": array(STRING),
+                "summary": STRING,
             }
         ),
         "IncidentPage": obj({"items": array(ref("Incident")), "next_cursor": nullable(STRING)}),

@@ -38,11 +38,19 @@ from egresswatch.controller.api.ratelimit import RateLimiter, retry_after
 from egresswatch.controller.designated import Designated, designated_document
 from egresswatch.controller.ingest.batch_body import parse_batch, read_body
 from egresswatch.controller.ingest.intake import Refused
+from egresswatch.kube.netpol import PolicyView
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.plan import Plan, plan_from_settings, public_proxy_url
 from egresswatch.report import round_document
 from egresswatch.settings import Settings
-from egresswatch.storage import BadCursor, History, Outage, Store, is_unavailable
+from egresswatch.storage import (
+    BadCursor,
+    ClusterChanges,
+    History,
+    Outage,
+    Store,
+    is_unavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +88,7 @@ class ApiDeps:
     hidden: Callable[[str], bool] = field(default=lambda _: False)
     # Agents' projected service-account tokens, checked by TokenReview (kubernetes.enabled).
     agents: AgentIdentities | None = None
+    policies: PolicyView | None = None  # the NetworkPolicies (kubernetes.enabled)
 
 
 def add_api_routes(app: web.Application, deps: ApiDeps) -> None:
@@ -161,6 +170,7 @@ class _Api:
         # The last config's plan: every agent asks every 30 s, and building 10,000 targets
         # takes a quarter of a second; a reload gives a new Settings object, so a new plan.
         self._plan: tuple[Settings, Plan] | None = None
+        self._cluster_changes = ClusterChanges(deps.store.engine)  # attached to incidents
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -199,7 +209,8 @@ class _Api:
             )
         except BadCursor:
             raise _bad_cursor() from None
-        items = [docs.incident_document(i) for i in page.items]
+        attached = await self._cluster_changes.of_incidents([i.id for i in page.items])
+        items = [docs.incident_document(i, attached.get(i.id, ())) for i in page.items]
         return _json(docs.page_document(items, page.next_cursor))
 
     async def incident(self, request: web.Request) -> web.Response:
@@ -212,7 +223,8 @@ class _Api:
             found = await self.deps.history.incident(incident_id)
         if found is None:
             raise not_found(f"no incident {incident_id[:ID_MAX]!r}")
-        return _json(docs.incident_document(found))
+        attached = await self._cluster_changes.of_incidents([found.id])
+        return _json(docs.incident_document(found, attached.get(found.id, ())))
 
     async def changes(self, request: web.Request) -> web.Response:
         q = Query(request.query)
@@ -266,6 +278,7 @@ class _Api:
             settings=settings,
             store=self.deps.store,
             history=self.deps.history,
+            policies=self.deps.policies,
         )
         return _json(document)
 
