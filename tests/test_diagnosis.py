@@ -203,9 +203,10 @@ def obs(
     kind: SourceKind = SourceKind.POD,
     target: str = "microsoft",
     role: Role = Role.ENDPOINT,
+    node: str | None = None,
 ) -> Observation:
     name = source or round_.source
-    return Observation(name, kind, target, role, ENDPOINT, replace(round_, source=name))
+    return Observation(name, kind, target, role, ENDPOINT, replace(round_, source=name), node)
 
 
 def control(round_: RoundResult, target: str) -> Observation:
@@ -538,6 +539,47 @@ CASES = [
         peers=(
             obs(rnd(), source="aks-node-1", kind=SourceKind.NODE),
             obs(rnd(), source="pod-b"),
+        ),
+    ),
+    Case(
+        "a pod is compared with its own node first",
+        obs(TIMED_OUT, node="aks-node-1"),
+        Suspect.NETWORK_POLICY,
+        "pod_fails_node_works",
+        NC,
+        ("tcp_connect works from its own node aks-node-1",),
+        peers=(
+            obs(rnd(), source="aks-node-1", kind=SourceKind.NODE),
+            obs(TIMED_OUT, source="aks-node-2", kind=SourceKind.NODE),
+            obs(rnd(), source="aks-node-3", kind=SourceKind.NODE),
+        ),
+    ),
+    Case(
+        "a pod whose own node fails where the other nodes work: the node",
+        obs(TIMED_OUT, node="aks-node-2"),
+        Suspect.SOURCE_LOCAL,
+        "node_fails_others_work",
+        NC,
+        (
+            "tcp_connect fails from its own node aks-node-2 too",
+            "tcp_connect works from every other node: aks-node-1",
+        ),
+        peers=(
+            obs(rnd(), source="aks-node-1", kind=SourceKind.NODE),
+            obs(TIMED_OUT, source="aks-node-2", kind=SourceKind.NODE),
+        ),
+    ),
+    Case(
+        "one node fails with its pods, the other nodes work: that node",
+        obs(TIMED_OUT, source="aks-node-2", kind=SourceKind.NODE),
+        Suspect.SOURCE_LOCAL,
+        "node_fails_others_work",
+        NC,
+        ("tcp_connect works from every other node: aks-node-1, aks-node-3",),
+        peers=(
+            obs(rnd(), source="aks-node-1", kind=SourceKind.NODE),
+            obs(rnd(), source="aks-node-3", kind=SourceKind.NODE),
+            obs(TIMED_OUT, source="pod-on-2", node="aks-node-2"),
         ),
     ),
     Case(

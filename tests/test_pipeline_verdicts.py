@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.metrics import Metrics
-from egresswatch.model import Reason, RoundResult, Step, Suspect
+from egresswatch.model import Reason, RoundResult, SourceKind, Step, Suspect
 from egresswatch.settings import Settings, settings_from_dict
 from egresswatch.storage import History, make_engine
-from tests.test_diagnosis import T0, http, rnd, tls
+from tests.test_diagnosis import T0, TIMED_OUT, http, rnd, tls
 
 PROXY = "proxy 10.1.1.1:3128 (config)"
 
@@ -66,3 +66,35 @@ def test_a_good_round_before_the_recovery_is_confirmed_is_not_the_sources_word()
     judge.observe([at(DENIED, i) for i in range(3)])
     judge.observe([at(rnd(), 3)])  # one good round: recover_after is 2
     assert judge.verdict_for("microsoft", ("pod-a",)).suspect is Suspect.PROXY
+
+
+def test_a_pod_is_compared_with_its_own_node() -> None:
+    """The node each source runs on (its batches' source_node) reaches the diagnosis: a pod
+    whose own node fails too, where another node works, points at its node, not at its
+    policies; with its own node working it is the pod's policy."""
+    settings = settings_from_dict(
+        {"targets": [{"name": "microsoft", "url": "https://microsoft.com/"}]}
+    )
+    blocked = TIMED_OUT
+    judge = pipeline(settings)
+    judge.set_source_kind("pod-a", SourceKind.POD, "aks-node-2")
+    judge.set_source_kind("aks-node-1", SourceKind.NODE, "aks-node-1")
+    judge.set_source_kind("aks-node-2", SourceKind.NODE, "aks-node-2")
+    for i in range(3):
+        judge.observe([at(blocked, i), at(blocked, i, "aks-node-2"), at(rnd(), i, "aks-node-1")])
+    verdict = judge.verdict_for("microsoft", ("pod-a",))
+    assert (verdict.suspect, verdict.facts["rule"]) == (
+        Suspect.SOURCE_LOCAL,
+        "node_fails_others_work",
+    )
+    judge = pipeline(settings)
+    judge.set_source_kind("pod-a", SourceKind.POD, "aks-node-1")
+    judge.set_source_kind("aks-node-1", SourceKind.NODE, "aks-node-1")
+    judge.set_source_kind("aks-node-2", SourceKind.NODE, "aks-node-2")
+    for i in range(3):
+        judge.observe([at(blocked, i), at(blocked, i, "aks-node-2"), at(rnd(), i, "aks-node-1")])
+    verdict = judge.verdict_for("microsoft", ("pod-a",))
+    assert (verdict.suspect, verdict.facts["rule"]) == (
+        Suspect.NETWORK_POLICY,
+        "pod_fails_node_works",
+    )

@@ -54,7 +54,9 @@ def upgrade() -> None:
             ["incidents.id"],
             name=op.f("fk_incident_cluster_changes_incident_id_incidents"),
         ),
-        sa.PrimaryKeyConstraint("incident_id", "change_id", name=op.f("pk_incident_cluster_changes")),
+        sa.PrimaryKeyConstraint(
+            "incident_id", "change_id", name=op.f("pk_incident_cluster_changes")
+        ),
     )
     op.create_index(
         op.f("ix_incident_cluster_changes_change_id"),

@@ -300,7 +300,7 @@ class Service:
         """Every source's kind, then detection as the database left it (Pipeline.restore)."""
         for source in await self.store.sources():
             if source.kind:
-                pipeline.set_source_kind(source.name, SourceKind(source.kind))
+                pipeline.set_source_kind(source.name, SourceKind(source.kind), source.node)
         if self.local_agent:
             pipeline.set_source_kind(self.settings.source.name, self.settings.source.kind)
         await pipeline.restore()  # the open incidents stay the same incidents
@@ -606,7 +606,9 @@ class Service:
                 sources = await self.store.sources()
                 for source in sources:
                     if source.kind:
-                        self.pipeline.set_source_kind(source.name, SourceKind(source.kind))
+                        self.pipeline.set_source_kind(
+                            source.name, SourceKind(source.kind), source.node
+                        )
                 if designated is not None:
                     await self._count_designated(designated, [s.name for s in sources])
             except Exception as error:

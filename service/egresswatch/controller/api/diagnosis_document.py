@@ -86,13 +86,15 @@ async def diagnosis_document(
     """The diagnosis document of `target` (which must be in `catalog`) at `at`; `policies`
     (the cluster's NetworkPolicies, as they are now) judge the network_policy step."""
     info = catalog.targets[target]
-    kinds = {s.name: s.kind for s in await store.sources()}
+    known = await store.sources()
+    kinds = {s.name: s.kind for s in known}
+    nodes = {s.name: s.node for s in known}
     rounds = await history.latest_rounds(at, target=target)
     controls: list[Observation] = []
     for control in catalog.controls():
         if control.name != target:
             found = await history.latest_rounds(at, target=control.name)
-            controls.extend(_observation(r, control, kinds) for r in found)
+            controls.extend(_observation(r, control, kinds, nodes) for r in found)
     incident = await history.incident_at(target, at)
     context = Context(
         egress_devices=tuple(settings.egress_devices),
@@ -100,13 +102,15 @@ async def diagnosis_document(
         proxy=public_proxy_url(settings) if info.use_proxy else None,
         policies=policies,
     )
-    peers = [_observation(r, info, kinds) for r in rounds] if info.endpoint is not None else []
+    peers = (
+        [_observation(r, info, kinds, nodes) for r in rounds] if info.endpoint is not None else []
+    )
     sources = []
     for result in sorted(rounds, key=lambda r: r.source):
         verdict = None
         if info.endpoint is not None:
             verdict = diagnose(
-                _observation(result, info, kinds),
+                _observation(result, info, kinds, nodes),
                 controls=[c for c in controls if c.source == result.source],
                 peers=[p for p in peers if p.source != result.source],
                 context=context,
@@ -133,7 +137,10 @@ async def diagnosis_document(
 
 
 def _observation(
-    result: RoundResult, info: TargetInfo, kinds: Mapping[str, SourceKind | None]
+    result: RoundResult,
+    info: TargetInfo,
+    kinds: Mapping[str, SourceKind | None],
+    nodes: Mapping[str, str | None],
 ) -> Observation:
     assert info.endpoint is not None
     return Observation(
@@ -143,4 +150,5 @@ def _observation(
         role=info.role,
         endpoint=info.endpoint,
         round=result,
+        node=nodes.get(result.source),
     )

@@ -83,6 +83,7 @@ class Pipeline:
         # a FAILING step in the diagnosis (`_judged_round`).
         self._failed_at: dict[tuple[str, str, Step], RoundResult] = {}
         self._kinds: dict[str, SourceKind] = {}
+        self._nodes: dict[str, str] = {}  # source -> the node it runs on (its agent's word)
         # Sources retired by the cluster (kube/discovery.py) and forgotten here when silent:
         # the status leaves them out until one reports again.
         self.retired: set[str] = set()
@@ -95,8 +96,12 @@ class Pipeline:
 
     # -- in ----------------------------------------------------------------------------------
 
-    def set_source_kind(self, source: str, kind: SourceKind) -> None:
+    def set_source_kind(self, source: str, kind: SourceKind, node: str | None = None) -> None:
+        """What `source` is, and the node it runs on when its agent said (a pod is compared
+        with its own node first)."""
         self._kinds[source] = kind
+        if node is not None:
+            self._nodes[source] = node
 
     def source_kind(self, source: str) -> SourceKind | None:
         return self._kinds.get(source)
@@ -412,6 +417,7 @@ class Pipeline:
             role=target.role,
             endpoint=target.endpoint,
             round=result,
+            node=self._nodes.get(result.source),
         )
 
     def _policy(self, target: str) -> DetectionSettings:

@@ -58,7 +58,28 @@ def compare(case: Case, step: Step, peers: Sequence[Observation]) -> Finding | N
     }
     told = frozenset(DNS_STEPS) if step in DNS_STEPS else frozenset({step})
     evidence = [case.says(s) for s in (DNS_STEPS if step in DNS_STEPS else (step,))]
-    if case.this.source_kind is SourceKind.POD and nodes:
+    this = case.this
+    own = _own_node(this, judged)
+    # A node alone failing while every other source works is `only_this_source_fails` below;
+    # this rule is for when pods on that node fail with it.
+    alone = this.source_kind is SourceKind.NODE and working and not failing
+    broken = None if alone else _broken_node(this, own, judged, step)
+    if broken is not None:
+        others = [
+            p.source for p in judged if p.source_kind is SourceKind.NODE and _node_of(p) != broken
+        ]
+        if this.source_kind is SourceKind.POD:
+            evidence.append(f"{step.value} fails from its own node {broken} too")
+        evidence.append(f"{step.value} works from every other node: {listing(others)}")
+        facts["node"] = broken
+        suspect, rule = Suspect.SOURCE_LOCAL, "node_fails_others_work"
+    elif this.source_kind is SourceKind.POD and own is not None and is_ok(own.round.step(step)):
+        evidence.append(f"{step.value} works from its own node {own.source}")
+        if failing:
+            evidence.append(f"{step.value} fails from {listing([p.source for p in failing])} too")
+        evidence.extend(_controls_too(case))
+        suspect, rule = _pod_only(case, step, evidence, facts)
+    elif this.source_kind is SourceKind.POD and own is None and nodes:
         evidence.append(f"{step.value} works from node {listing(nodes)}")
         if failing:
             evidence.append(f"{step.value} fails from {listing([p.source for p in failing])} too")
@@ -72,6 +93,42 @@ def compare(case: Case, step: Step, peers: Sequence[Observation]) -> Finding | N
     else:
         return None
     return Finding(suspect, rule, tuple(evidence), facts, step, told)
+
+
+def _own_node(this: Observation, judged: Sequence[Observation]) -> Observation | None:
+    """The node source this pod runs on, when its node is known and ran the step."""
+    if this.source_kind is not SourceKind.POD or this.node is None:
+        return None
+    return next(
+        (p for p in judged if p.source_kind is SourceKind.NODE and _node_of(p) == this.node),
+        None,
+    )
+
+
+def _node_of(observation: Observation) -> str | None:
+    """The node a source runs on; a node source's is its own name unless its agent said."""
+    if observation.node is not None:
+        return observation.node
+    return observation.source if observation.source_kind is SourceKind.NODE else None
+
+
+def _broken_node(
+    this: Observation, own: Observation | None, judged: Sequence[Observation], step: Step
+) -> str | None:
+    """The node to blame: this node source, or this pod's own node, fails `step` while every
+    other node that ran it (at least one) gets through. Pods on the broken node failing too
+    say the same thing; pods elsewhere do not count (their policies are their own)."""
+    node: str | None
+    if this.source_kind is SourceKind.NODE:
+        node = _node_of(this)
+    elif own is not None and not is_ok(own.round.step(step)):
+        node = _node_of(own)
+    else:
+        return None
+    others = [p for p in judged if p.source_kind is SourceKind.NODE and _node_of(p) != node]
+    if node is None or not others or not all(is_ok(p.round.step(step)) for p in others):
+        return None
+    return node
 
 
 def _pod_only(

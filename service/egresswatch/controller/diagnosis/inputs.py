@@ -28,6 +28,9 @@ class Observation:
     role: Role
     endpoint: Endpoint
     round: RoundResult
+    # The node the source runs on: a pod's (its agent's NODE_NAME), a node source's own name;
+    # None when not known. A pod is compared with its own node first.
+    node: str | None = None
 
 
 @dataclass(frozen=True)
