@@ -65,6 +65,7 @@ def test_the_rules_cover_what_the_service_must_alert_on() -> None:
         "EgresswatchSaturated",
         "EgresswatchAgentDroppingRounds",
         "EgresswatchSourceMissing",
+        "EgresswatchSourceSilent",
     }
     endpoint = next(r for r in rules() if r.get("alert") == "EgresswatchEndpointFailing")
     for name in ("source", "target", "step", "suspect"):
