@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from egresswatch.controller.detection.pipeline import Pipeline
@@ -68,33 +69,28 @@ def test_a_good_round_before_the_recovery_is_confirmed_is_not_the_sources_word()
     assert judge.verdict_for("microsoft", ("pod-a",)).suspect is Suspect.PROXY
 
 
-def test_a_pod_is_compared_with_its_own_node() -> None:
+@pytest.mark.parametrize(
+    ("pod_node", "suspect", "rule"),
+    [
+        ("aks-node-2", Suspect.SOURCE_LOCAL, "node_fails_others_work"),
+        ("aks-node-1", Suspect.NETWORK_POLICY, "pod_fails_node_works"),
+    ],
+)
+def test_a_pod_is_compared_with_its_own_node(pod_node: str, suspect: Suspect, rule: str) -> None:
     """The node each source runs on (its batches' source_node) reaches the diagnosis: a pod
     whose own node fails too, where another node works, points at its node, not at its
-    policies; with its own node working it is the pod's policy."""
+    policies; with its own node working it is the pod's policy. aks-node-2 fails, aks-node-1
+    works."""
     settings = settings_from_dict(
         {"targets": [{"name": "microsoft", "url": "https://microsoft.com/"}]}
     )
-    blocked = TIMED_OUT
     judge = pipeline(settings)
-    judge.set_source_kind("pod-a", SourceKind.POD, "aks-node-2")
+    judge.set_source_kind("pod-a", SourceKind.POD, pod_node)
     judge.set_source_kind("aks-node-1", SourceKind.NODE, "aks-node-1")
     judge.set_source_kind("aks-node-2", SourceKind.NODE, "aks-node-2")
     for i in range(3):
-        judge.observe([at(blocked, i), at(blocked, i, "aks-node-2"), at(rnd(), i, "aks-node-1")])
+        judge.observe(
+            [at(TIMED_OUT, i), at(TIMED_OUT, i, "aks-node-2"), at(rnd(), i, "aks-node-1")]
+        )
     verdict = judge.verdict_for("microsoft", ("pod-a",))
-    assert (verdict.suspect, verdict.facts["rule"]) == (
-        Suspect.SOURCE_LOCAL,
-        "node_fails_others_work",
-    )
-    judge = pipeline(settings)
-    judge.set_source_kind("pod-a", SourceKind.POD, "aks-node-1")
-    judge.set_source_kind("aks-node-1", SourceKind.NODE, "aks-node-1")
-    judge.set_source_kind("aks-node-2", SourceKind.NODE, "aks-node-2")
-    for i in range(3):
-        judge.observe([at(blocked, i), at(blocked, i, "aks-node-2"), at(rnd(), i, "aks-node-1")])
-    verdict = judge.verdict_for("microsoft", ("pod-a",))
-    assert (verdict.suspect, verdict.facts["rule"]) == (
-        Suspect.NETWORK_POLICY,
-        "pod_fails_node_works",
-    )
+    assert (verdict.suspect, verdict.facts["rule"]) == (suspect, rule)
