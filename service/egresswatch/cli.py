@@ -258,7 +258,11 @@ def _run(args: argparse.Namespace) -> int:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     service = Service(settings, config_path=args.config, overrides=overrides, migrate=args.migrate)
     try:
-        asyncio.run(service.run())
+        if os.environ.get("EW_UVLOOP"):
+            import uvloop
+            uvloop.run(service.run())
+        else:
+            asyncio.run(service.run())
     except StartupError as exc:
         print(f"egresswatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
