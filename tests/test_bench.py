@@ -97,7 +97,7 @@ egresswatch_rounds_shed_total{why="late"} %(shed)s
 egresswatch_scheduler_lateness_seconds_bucket{le="0.1"} %(started)s
 egresswatch_scheduler_lateness_seconds_count %(started)s
 egresswatch_scheduler_lateness_seconds_sum %(lateness)s
-egresswatch_step_results_total{source="bench",target="t1",step="tcp_connect",status="ok",reason=""} 90.0
+egresswatch_step_results_total{source="bench",target="t1",step="tcp_connect",status="ok",reason=""} %(ok)s
 egresswatch_step_results_total{source="bench",target="t1",step="tcp_connect",status="fail",reason="conn_refused"} %(failed)s
 egresswatch_step_results_total{source="bench",target="t2",step="http_response",status="fail",reason="http_status"} 1.0
 egresswatch_step_results_total{source="bench",target="t2",step="tcp_connect",status="error",reason="prober_overloaded"} 4.0
@@ -105,8 +105,10 @@ egresswatch_step_results_total{source="bench",target="t2",step="tcp_connect",sta
 
 
 def test_a_window_counts_rounds_run_shed_and_failed_steps() -> None:
-    before = counters(METRICS % {"shed": 5, "started": 100, "lateness": 0.5, "failed": 2})
-    after = counters(METRICS % {"shed": 25, "started": 1100, "lateness": 2.5, "failed": 4})
+    before = counters(METRICS % {"shed": 5, "started": 100, "lateness": 0.5, "ok": 9, "failed": 2})
+    after = counters(
+        METRICS % {"shed": 25, "started": 1100, "lateness": 2.5, "ok": 99, "failed": 4}
+    )
     sample = sample_of(before, after, cpu_s=0.98, rss=120.0)
     # 1,000 rounds got a slot, 20 of them were shed: 980 ran, and CPU is per round run.
     assert sample.rounds == 980 and sample.shed == 20
