@@ -18,9 +18,11 @@ import aiohttp
 
 from egresswatch.bench.lab import Lab
 from egresswatch.bench.procs import (
+    BenchError,
     cpu_seconds,
     egresswatch_command,
     free_port,
+    log_tail,
     process,
     rss_mib,
     wait_port,
@@ -34,6 +36,7 @@ STARTED = "egresswatch_scheduler_lateness_seconds_count"  # every round that got
 LATENESS = "egresswatch_scheduler_lateness_seconds_sum"
 SHED = "egresswatch_rounds_shed_total"
 RESULTS = "egresswatch_step_results_total"
+SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=30)  # a saturated process answers late, not never
 
 
 def egresswatch_config(
@@ -75,10 +78,15 @@ def counters(text: str) -> dict[str, float]:
     return sums
 
 
-async def _scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
-    async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
-        answer.raise_for_status()
-        return counters(await answer.text())
+async def _scrape(session: aiohttp.ClientSession, port: int, log: Path) -> dict[str, float]:
+    """The counters of egresswatch's /metrics; BenchError (with its log) when it cannot say."""
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as answer:
+            answer.raise_for_status()
+            return counters(await answer.text())
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        problem = f"egresswatch run's /metrics: {exc!r}; its log:\n{log_tail(log)}"
+        raise BenchError(problem) from None
 
 
 def sample_of(
@@ -112,14 +120,14 @@ async def measure_egresswatch(
     with process(argv, log) as proc:
         await asyncio.to_thread(wait_port, port, proc, "egresswatch run", log, STARTUP_LIMIT_S)
         await asyncio.sleep(warmup_s)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=SCRAPE_TIMEOUT) as session:
             recording: AbstractAsyncContextManager[None] = nullcontext()
             if profile is not None:
                 profiler, output = profile
                 recording = profiler.record(proc.pid, window_s, output)
-            before, cpu = await _scrape(session, port), cpu_seconds(proc.pid)
+            before, cpu = await _scrape(session, port, log), cpu_seconds(proc.pid)
             async with recording:
                 await asyncio.sleep(window_s)
                 cpu, rss = cpu_seconds(proc.pid) - cpu, rss_mib(proc.pid)
-                after = await _scrape(session, port)
+                after = await _scrape(session, port, log)
     return sample_of(before, after, cpu, rss)
