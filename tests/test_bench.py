@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 from egresswatch.bench.blackbox import Answers
+from egresswatch.bench.flags import bench_options
 from egresswatch.bench.kinds import KINDS, NAME
 from egresswatch.bench.lab import Lab
 from egresswatch.bench.ours import counters, egresswatch_config, sample_of
 from egresswatch.bench.procs import PACKAGES, BenchUsageError, find_tools
 from egresswatch.bench.report import HEADER, Row, Run, Sample, Spread
+from egresswatch.cli import _parser as build_parser
 from egresswatch.cli import main
 from egresswatch.localca import Leaf, LocalCa
 from egresswatch.settings import Use, load_settings
@@ -186,6 +188,12 @@ def test_profile_without_py_spy_on_path_is_named(
     assert main(["bench", "--profile", str(tmp_path / "graphs")]) == 2
     assert "--profile: py-spy is not on PATH" in capsys.readouterr().err
     assert not (tmp_path / "graphs").exists()
+
+
+def test_a_user_other_than_root_is_told_before_anything_starts() -> None:
+    args = build_parser().parse_args(["bench", "--kinds", "tcp"])
+    with pytest.raises(BenchUsageError, match="needs root: blackbox_exporter runs in a mount"):
+        bench_options(args, euid=1000)
 
 
 def test_missing_tools_are_named_with_their_debian_packages(tmp_path: Path) -> None:

@@ -111,9 +111,12 @@ def _add_flags(bench: argparse.ArgumentParser) -> None:
     )
 
 
-def bench_options(args: argparse.Namespace, search_path: str | None = None) -> BenchOptions:
-    """The checked options; BenchUsageError naming the first bad flag, or the missing tools.
-    `search_path` is where py-spy and the Debian tools are looked up (default: PATH)."""
+def bench_options(
+    args: argparse.Namespace, search_path: str | None = None, euid: int | None = None
+) -> BenchOptions:
+    """The checked options; BenchUsageError naming the first bad flag, the missing tools, or
+    a user other than root. `search_path` is where py-spy and the Debian tools are looked up
+    (default: PATH), `euid` the user running it (default: this process's)."""
     path = os.environ.get("PATH", "") if search_path is None else search_path
     kinds = _kinds(args.kinds)
     rates = _rates(args.rates)
@@ -125,6 +128,13 @@ def bench_options(args: argparse.Namespace, search_path: str | None = None) -> B
     if args.profile is not None:
         py_spy = find_py_spy(path)
         _profile_dir(args.profile)
+    tools = find_tools(path)
+    if (os.geteuid() if euid is None else euid) != 0:
+        # Found before the first run, not after egresswatch's: unshare would refuse.
+        raise BenchUsageError(
+            "needs root: blackbox_exporter runs in a mount namespace of its own, where "
+            "/etc/resolv.conf names the lab's dnsmasq (never the machine's resolver)"
+        )
     return BenchOptions(
         kinds,
         rates,
@@ -133,7 +143,7 @@ def bench_options(args: argparse.Namespace, search_path: str | None = None) -> B
         args.repeat,
         args.max_concurrent,
         args.json,
-        find_tools(path),
+        tools,
         args.profile,
         py_spy,
     )
