@@ -100,23 +100,25 @@ egresswatch_scheduler_lateness_seconds_bucket{le="0.1"} %(started)s
 egresswatch_scheduler_lateness_seconds_count %(started)s
 egresswatch_scheduler_lateness_seconds_sum %(lateness)s
 egresswatch_step_results_total{source="bench",target="t1",step="tcp_connect",status="ok",reason=""} %(ok)s
-egresswatch_step_results_total{source="bench",target="t1",step="tcp_connect",status="fail",reason="conn_refused"} %(failed)s
-egresswatch_step_results_total{source="bench",target="t2",step="http_response",status="fail",reason="http_status"} 1.0
-egresswatch_step_results_total{source="bench",target="t2",step="tcp_connect",status="error",reason="prober_overloaded"} 4.0
+egresswatch_step_results_total{source="bench",target="t1",step="http_response",status="ok",reason=""} %(ok)s
+egresswatch_step_results_total{source="bench",target="t2",step="tcp_connect",status="fail",reason="conn_refused"} %(failed)s
+egresswatch_step_results_total{source="bench",target="t2",step="http_response",status="skipped",reason=""} %(failed)s
+egresswatch_step_results_total{source="bench",target="t3",step="http_response",status="fail",reason="http_status"} 1.0
+egresswatch_step_results_total{source="bench",target="t3",step="tcp_connect",status="error",reason="prober_overloaded"} 4.0
 """  # noqa: E501
 
 
 def test_a_window_counts_rounds_run_shed_and_failed_steps() -> None:
-    before = counters(METRICS % {"shed": 5, "started": 100, "lateness": 0.5, "ok": 9, "failed": 2})
-    after = counters(
-        METRICS % {"shed": 25, "started": 1100, "lateness": 2.5, "ok": 99, "failed": 4}
-    )
+    start = {"shed": 5, "started": 100, "lateness": 0.5, "ok": 9, "failed": 2}
+    end = {"shed": 25, "started": 1104, "lateness": 2.508, "ok": 987, "failed": 4}
+    before, after = counters(METRICS % start), counters(METRICS % end)
     sample = sample_of(before, after, cpu_s=0.98, rss=120.0)
-    # 1,000 rounds got a slot, 20 of them were shed: 980 ran, and CPU is per round run.
+    # Rounds are their tcp_connect results: 978 ok and 2 failed. The 1,004 jobs that got a slot
+    # are those, the 20 rounds shed, and 4 runs of the controller's tick.
     assert sample.rounds == 980 and sample.shed == 20
     assert sample.failed == 2  # status="fail" only: prober_overloaded is an error
     assert sample.cpu_ms_per_round == pytest.approx(1.0)
-    assert sample.lateness_ms == pytest.approx(2.0)  # 2 s over 1,000 slots
+    assert sample.lateness_ms == pytest.approx(2.0)  # 2.008 s over 1,004 slots
 
 
 def test_blackbox_answers_are_counted_in_the_window() -> None:

@@ -3,8 +3,10 @@
 The process gets ``rate x INTERVAL_S`` identical targets at a ``INTERVAL_S`` interval, SQLite in
 a directory of its own, DNS through the lab's resolv.conf and dnsmasq: schedule, probe,
 classify, metrics, store and judge all run, as in production. Its own /metrics, read at both
-ends of the window, say what it did: rounds started (the scheduler's lateness count) less
-those shed, the rounds shed, steps with status `fail`, and the mean lateness.
+ends of the window, say what it did: the rounds run (each round records every step, skipped
+ones too, so its `tcp_connect` results count rounds; the scheduler's lateness count would also
+count the controller's own tick, 4 a second), the rounds shed, the steps with status `fail`,
+and the scheduler's mean lateness.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from egresswatch.bench.report import Sample
 
 INTERVAL_S = 2  # the shortest interval egresswatch allows is 1 s; 2 s keeps targets = 2 x rate
 STARTUP_LIMIT_S = 60  # migrations and the first import on a loaded machine
-STARTED = "egresswatch_scheduler_lateness_seconds_count"  # every round that got its slot
+STARTED = "egresswatch_scheduler_lateness_seconds_count"  # every job that got its slot
 LATENESS = "egresswatch_scheduler_lateness_seconds_sum"
 SHED = "egresswatch_rounds_shed_total"
 RESULTS = "egresswatch_step_results_total"
+ROUND_STEP = 'step="tcp_connect"'  # in every round's result, run or skipped: one per round
 SCRAPE_TIMEOUT = aiohttp.ClientTimeout(total=30)  # a saturated process answers late, not never
 
 
@@ -63,9 +66,10 @@ def egresswatch_config(
 
 
 def counters(text: str) -> dict[str, float]:
-    """What a window needs from a /metrics page: each counter summed over its labels, and the
-    steps with status `fail` under ``"failed"``."""
-    sums = dict.fromkeys((STARTED, LATENESS, SHED, "failed"), 0.0)
+    """What a window needs from a /metrics page: each counter summed over its labels, the
+    rounds recorded under ``"rounds"`` (their `tcp_connect` results, whatever the status) and
+    the steps with status `fail` under ``"failed"``."""
+    sums = dict.fromkeys((STARTED, LATENESS, SHED, "rounds", "failed"), 0.0)
     for line in text.splitlines():
         if line.startswith("#") or not line:
             continue
@@ -73,8 +77,9 @@ def counters(text: str) -> dict[str, float]:
         value = float(line.rsplit(" ", 1)[1])
         if name in sums:
             sums[name] += value
-        elif name == RESULTS and 'status="fail"' in line:
-            sums["failed"] += value
+        elif name == RESULTS:
+            sums["rounds"] += value if ROUND_STEP in line else 0.0
+            sums["failed"] += value if 'status="fail"' in line else 0.0
     return sums
 
 
@@ -94,9 +99,9 @@ def sample_of(
 ) -> Sample:
     """The window between two scrapes, as a Sample."""
     delta = {name: after[name] - before[name] for name in before}
-    started, shed = int(delta[STARTED]), int(delta[SHED])
-    lateness_ms = delta[LATENESS] / max(started, 1) * 1000
-    return Sample(started - shed, cpu_s, rss, int(delta["failed"]), shed, lateness_ms)
+    lateness_ms = delta[LATENESS] / max(delta[STARTED], 1) * 1000
+    rounds, shed, failed = int(delta["rounds"]), int(delta[SHED]), int(delta["failed"])
+    return Sample(rounds, cpu_s, rss, failed, shed, lateness_ms)
 
 
 async def measure_egresswatch(
