@@ -1,7 +1,7 @@
 """An agent's footprint as a DaemonSet pod: 50 targets at 30 s (issue 14's budget: under 40 MiB
 RSS and under 5 millicores on average) (not a test).
 
-Starts the loopback targets of side_by_side.py (nginx HTTP and HTTPS, dnsmasq for a name), an
+Starts the loopback targets of `egresswatch bench` (nginx HTTP and HTTPS, dnsmasq for a name), an
 `egresswatch controller` process (SQLite) whose plan holds ``--targets`` targets (a mix of TCP,
 HTTP by IP, HTTPS by IP and HTTP by name) at ``--interval``, and an `egresswatch agent` process
 that follows it. After a warm-up it samples the agent's CPU (utime + stime) and RSS over
@@ -20,15 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from side_by_side import (
-    KINDS,
-    Lab,
-    console_script,
+from egresswatch.bench.kinds import KINDS
+from egresswatch.bench.lab import Lab, loopback_targets
+from egresswatch.bench.procs import (
     cpu_seconds,
+    egresswatch_command,
+    find_tools,
     free_port,
     process,
     rss_mib,
-    targets,
     wait_port,
 )
 
@@ -58,13 +58,6 @@ def controller_config(
     return config
 
 
-def rss_peak_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def native_libraries(pid: int) -> list[str]:
     """The shared objects mapped into the process (what its imports pulled in), by package."""
     found: set[str] = set()
@@ -80,7 +73,7 @@ def measure(
 ) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="egresswatch-agent-") as name,
-        targets(Path(name)) as lab,
+        loopback_targets(Path(name), find_tools(os.environ.get("PATH", ""))) as lab,
     ):
         directory = Path(name)
         port, agent_port = free_port(), free_port()
@@ -88,23 +81,24 @@ def measure(
         token_file = directory / "token"
         token_file.write_text(TOKEN + "\n")
         os.environ[TOKEN_ENV] = TOKEN
-        script = console_script()
-        controller = [script, "--log-level", "warning", "controller", "--migrate"]
+        script = egresswatch_command()
+        controller = [*script, "--log-level", "warning", "controller", "--migrate"]
         controller += ["--config", str(config)]
-        agent = [script, "--log-level", "warning", "agent"]
+        agent = [*script, "--log-level", "warning", "agent"]
         agent += ["--controller", f"http://127.0.0.1:{port}", "--token-file", str(token_file)]
         agent += ["--source", "bench-node", "--source-kind", "node"]
         agent += ["--listen", f"127.0.0.1:{agent_port}", "--resolv-conf", str(lab.resolv_conf)]
         agent += ["--ca-file", str(lab.ca_file)]
-        with process(controller, directory / "controller.log") as ctl:
-            wait_port(port, ctl, "egresswatch controller", limit_s=60)
-            with process(agent, directory / "agent.log") as proc:
-                wait_port(agent_port, proc, "egresswatch agent", limit_s=60)
+        ctl_log, agent_log = directory / "controller.log", directory / "agent.log"
+        with process(controller, ctl_log) as ctl:
+            wait_port(port, ctl, "egresswatch controller", ctl_log, limit_s=60)
+            with process(agent, agent_log) as proc:
+                wait_port(agent_port, proc, "egresswatch agent", agent_log, limit_s=60)
                 time.sleep(warmup_s)
                 cpu, start = cpu_seconds(proc.pid), time.monotonic()
                 time.sleep(duration_s)
                 cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
-                rss, peak = rss_mib(proc.pid), rss_peak_mib(proc.pid)
+                rss, peak = rss_mib(proc.pid), rss_mib(proc.pid, "VmHWM")
                 libraries = native_libraries(proc.pid)
     print(f"{count} targets ({', '.join(kinds)}) at {interval_s} s,", end=" ")
     print(f"measured {took:.0f} s after {warmup_s:.0f} s")

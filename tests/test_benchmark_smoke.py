@@ -45,14 +45,45 @@ def test_overload_benchmark_runs() -> None:
     assert any(line.startswith(("sustainable:", "at 2x:")) for line in lines)
 
 
-def test_side_by_side_benchmark_runs() -> None:
-    """One kind at a small rate: nginx, dnsmasq, `egresswatch run` and blackbox_exporter start,
-    are measured and stopped (CI installs the Debian packages, .ci/run)."""
-    lines = bench(
-        "side_by_side", "--kinds", "tcp", "--rates", "20", "--warmup", "2", "--window", "2"
+def test_egresswatch_bench_runs() -> None:
+    """`egresswatch bench` as a person runs it, for one kind at a small rate: nginx, dnsmasq,
+    `egresswatch run` and blackbox_exporter start, are measured and stopped (CI installs the
+    Debian packages, .ci/run)."""
+    egresswatch = str(Path(sys.executable).with_name("egresswatch"))
+    flags = ["--kinds", "tcp", "--rates", "20", "--repeat", "1", "--warmup", "1", "--window", "2"]
+    done = subprocess.run(
+        [egresswatch, "bench", *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
-    assert lines[0].startswith("| round kind |")
-    row = lines[2].split("|")
-    assert row[1].strip() == "tcp" and row[2].strip() == "20"
-    assert float(row[3]) > 0 and float(row[4]) > 0  # both processes were measured
-    assert "0 failed steps" in row[8] and row[9].strip().startswith("0 failed of")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("egresswatch bench: tcp at 20 rounds/s; 1 run(s) each")
+    assert lines[1].startswith("load average at start: ")
+    assert lines[-1].startswith("load average at end: ")
+    header = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    (row,) = (line for line in lines if line.startswith("| tcp | 20 |"))
+    shown = dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
+    # Both processes were measured, and nothing failed against the healthy loopback target.
+    assert float(shown["egresswatch CPU-ms/round"]) > 0
+    assert float(shown["blackbox CPU-ms/round"]) > 0
+    assert int(shown["egresswatch rounds"]) > 0 and int(shown["blackbox probes"]) > 0
+    assert shown["failed steps"] == "0" and shown["blackbox failed"] == "0"
+    assert shown["shed"] == "0"
+    assert "tcp at 20/s, run 1 of 1: egresswatch" in done.stderr
+
+
+def test_the_side_by_side_script_is_egresswatch_bench() -> None:
+    """benchmarks/side_by_side.py passes its flags to `egresswatch bench` (a bad one is enough:
+    the same message, nothing started)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "side_by_side.py"), "--kinds", "udp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "egresswatch bench: --kinds: unknown udp" in done.stderr

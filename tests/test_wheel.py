@@ -103,6 +103,15 @@ def test_the_installed_wheel_migrates_a_database(wheel: Path, tmp_path: Path) ->
     ).stdout.strip()
     assert Path(where).is_relative_to(venv), where
 
+    # `egresswatch bench` runs from the wheel on the run lock alone: no test dependency (its
+    # CA is made with cryptography, not trustme), its lab and measures importable.
+    bench = (
+        "import importlib.util, egresswatch.bench.run, egresswatch.bench.lab;"
+        " print(importlib.util.find_spec('trustme'))"
+    )
+    found = run([str(venv / "bin" / "python"), "-c", bench], tmp_path).stdout.strip()
+    assert found == "None", found
+
     database = tmp_path / "x.db"
     upgrade = [str(venv / "bin" / "egresswatch"), "db", "upgrade"]
     run([*upgrade, "--db", f"sqlite+aiosqlite:///{database}"], tmp_path)

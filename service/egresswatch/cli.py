@@ -17,6 +17,7 @@ from egresswatch import __version__
 from egresswatch.addresses import Nameserver
 from egresswatch.agent.checklists import checklist_for
 from egresswatch.agent.flags import add_buffer_flags
+from egresswatch.bench.flags import add_bench_parser
 from egresswatch.model import Endpoint
 from egresswatch.probes.checklist import TraceMode, run_checklist
 from egresswatch.report import render_text, round_document
@@ -137,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between rounds of a target, at least 1 (default: %(default)g)",
     )
     demo.set_defaults(handler=_demo)
+
+    add_bench_parser(commands).set_defaults(handler=_bench)
 
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(title="db commands", metavar="COMMAND")
@@ -348,6 +351,22 @@ def _demo(args: argparse.Namespace) -> int:
     from egresswatch.demo.run import DemoOptions, run_demo
 
     return run_demo(DemoOptions(args.duration, args.listen, args.break_after, args.interval))
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from egresswatch.bench.flags import bench_options
+    from egresswatch.bench.procs import BenchError, BenchUsageError
+    from egresswatch.bench.run import run_bench
+
+    try:
+        run_bench(bench_options(args), sys.stdout, sys.stderr)
+    except BenchUsageError as exc:
+        print(f"egresswatch bench: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BenchError as exc:
+        print(f"egresswatch bench: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """`egresswatch demo`: the service against its own endpoints on loopback, with faults injected.
 
-- `pki`: a CA made at start and a certificate per demo name (`cryptography`).
+- `pki`: a CA made at start (`localca`) and a server context per demo name.
 - `endpoints`: the demo's DNS server and HTTPS endpoints on 127.0.0.1, switchable at runtime.
 - `files`: the files it writes and keeps (resolv.conf, ca.pem, the service's config).
 - `scenario`: the timeline (when each fault is injected and repaired), pure.
