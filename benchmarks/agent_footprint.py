@@ -6,18 +6,28 @@ Starts the loopback targets of side_by_side.py (nginx HTTP and HTTPS, dnsmasq fo
 HTTP by IP, HTTPS by IP and HTTP by name) at ``--interval``, and an `egresswatch agent` process
 that follows it. After a warm-up it samples the agent's CPU (utime + stime) and RSS over
 ``--duration`` seconds and prints RSS (current and peak), millicores on average, and the
-packages the agent process has imported (from its /proc/PID/maps). Everything on 127.0.0.1.
+packages the agent process has imported (from its /proc/PID/maps), its threads, and how its RSS
+splits into anonymous memory (the heap: objects, arenas) and file-backed pages (the
+interpreter's and the extensions' shared libraries). Everything on 127.0.0.1.
+
+``--agent-env NAME=VALUE`` (repeatable) sets a variable for the agent process only, e.g.
+``MALLOC_ARENA_MAX=2`` or ``PYTHONMALLOC=malloc``; ``--buffer-mib`` and ``--fill`` check what
+the in-memory buffer costs: with ``--fill`` the controller is stopped after the warm-up, so
+every round of the measured window stays in the agent's buffer.
 
     python benchmarks/agent_footprint.py [--targets 50] [--kinds tcp,http,https,http_name]
                                          [--interval 30] [--duration 180]
+                                         [--agent-env NAME=VALUE ...] [--buffer-mib N] [--fill]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from side_by_side import (
@@ -58,11 +68,16 @@ def controller_config(
     return config
 
 
-def rss_peak_mib(pid: int) -> float:
+def status_mib(pid: int, field: str) -> float:
+    """A `kB` field of /proc/PID/status (VmHWM: peak RSS, RssAnon, RssFile), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
 def native_libraries(pid: int) -> list[str]:
@@ -75,42 +90,88 @@ def native_libraries(pid: int) -> list[str]:
     return sorted(found)
 
 
-def measure(
-    kinds: list[str], count: int, interval_s: int, warmup_s: float, duration_s: float
-) -> None:
+@dataclass(frozen=True)
+class Run:
+    """What one measurement runs: the plan's mix and the agent's own settings."""
+
+    kinds: list[str]
+    count: int
+    interval_s: int
+    warmup_s: float
+    duration_s: float
+    agent_env: dict[str, str]
+    buffer_mib: int | None
+    fill: bool
+
+
+def agent_argv(run: Run, lab: Lab, port: int, agent_port: int, token_file: Path) -> list[str]:
+    """`egresswatch agent` for the plan's controller, behind `env` when variables are set
+    (env execs the agent: the PID measured is the agent's)."""
+    argv = [f"{k}={v}" for k, v in run.agent_env.items()]
+    argv = ["/usr/bin/env", *argv] if argv else []
+    argv += [console_script(), "--log-level", "warning", "agent"]
+    argv += ["--controller", f"http://127.0.0.1:{port}", "--token-file", str(token_file)]
+    argv += ["--source", "bench-node", "--source-kind", "node"]
+    argv += ["--listen", f"127.0.0.1:{agent_port}", "--resolv-conf", str(lab.resolv_conf)]
+    argv += ["--ca-file", str(lab.ca_file)]
+    if run.buffer_mib is not None:
+        argv += ["--buffer-mib", str(run.buffer_mib)]
+    return argv
+
+
+def memory(pid: int) -> str:
+    rss, peak = rss_mib(pid), status_mib(pid, "VmHWM")
+    anon, files = status_mib(pid, "RssAnon"), status_mib(pid, "RssFile")
+    return f"RSS {rss:.1f} MiB (peak {peak:.1f}; anonymous {anon:.1f}, file-backed {files:.1f})"
+
+
+def measure(run: Run) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="egresswatch-agent-") as name,
         targets(Path(name)) as lab,
     ):
         directory = Path(name)
         port, agent_port = free_port(), free_port()
-        config = controller_config(lab, kinds, count, interval_s, port, directory)
+        config = controller_config(lab, run.kinds, run.count, run.interval_s, port, directory)
         token_file = directory / "token"
         token_file.write_text(TOKEN + "\n")
         os.environ[TOKEN_ENV] = TOKEN
-        script = console_script()
-        controller = [script, "--log-level", "warning", "controller", "--migrate"]
+        controller = [console_script(), "--log-level", "warning", "controller", "--migrate"]
         controller += ["--config", str(config)]
-        agent = [script, "--log-level", "warning", "agent"]
-        agent += ["--controller", f"http://127.0.0.1:{port}", "--token-file", str(token_file)]
-        agent += ["--source", "bench-node", "--source-kind", "node"]
-        agent += ["--listen", f"127.0.0.1:{agent_port}", "--resolv-conf", str(lab.resolv_conf)]
-        agent += ["--ca-file", str(lab.ca_file)]
+        agent = agent_argv(run, lab, port, agent_port, token_file)
         with process(controller, directory / "controller.log") as ctl:
             wait_port(port, ctl, "egresswatch controller", limit_s=60)
             with process(agent, directory / "agent.log") as proc:
                 wait_port(agent_port, proc, "egresswatch agent", limit_s=60)
-                time.sleep(warmup_s)
+                time.sleep(run.warmup_s)
+                print(f"after the warm-up: agent {memory(proc.pid)}")
+                if run.fill:  # every round of the window stays in the agent's buffer
+                    ctl.send_signal(signal.SIGTERM)
+                    ctl.wait(timeout=30)
                 cpu, start = cpu_seconds(proc.pid), time.monotonic()
-                time.sleep(duration_s)
+                time.sleep(run.duration_s)
                 cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
-                rss, peak = rss_mib(proc.pid), rss_peak_mib(proc.pid)
+                at_end = memory(proc.pid)
                 libraries = native_libraries(proc.pid)
-    print(f"{count} targets ({', '.join(kinds)}) at {interval_s} s,", end=" ")
-    print(f"measured {took:.0f} s after {warmup_s:.0f} s")
-    print(f"agent RSS {rss:.1f} MiB (peak {peak:.1f} MiB)")
+                tasks = threads(proc.pid)
+    print(f"{run.count} targets ({', '.join(run.kinds)}) at {run.interval_s} s,", end=" ")
+    print(f"measured {took:.0f} s after {run.warmup_s:.0f} s", end="")
+    print(" (controller stopped: the buffer fills)" if run.fill else "")
+    if run.agent_env:
+        print(f"agent environment: {' '.join(f'{k}={v}' for k, v in run.agent_env.items())}")
+    print(f"agent {at_end}, {tasks} threads")
     print(f"agent CPU {cpu * 1000 / took:.2f} millicores on average ({cpu:.2f} CPU-s)")
     print(f"native code mapped from: {', '.join(libraries)}")
+
+
+def variables(pairs: list[str]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--agent-env: {pair!r} is not NAME=VALUE")
+        found[name] = value
+    return found
 
 
 def main() -> None:
@@ -120,11 +181,29 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=30, help="seconds between rounds")
     parser.add_argument("--warmup", type=float, default=35.0, help="seconds before measuring")
     parser.add_argument("--duration", type=float, default=180.0, help="seconds measured")
+    parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--buffer-mib", type=int, help="the agent's --buffer-mib")
+    parser.add_argument("--fill", action="store_true", help="stop the controller after warm-up")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or set(kinds) - set(KINDS):
         parser.error(f"--kinds: a comma-separated list of {', '.join(KINDS)}")
-    measure(kinds, args.targets, args.interval, args.warmup, args.duration)
+    try:
+        env = variables(args.agent_env)
+    except ValueError as exc:
+        parser.error(str(exc))
+    measure(
+        Run(
+            kinds,
+            args.targets,
+            args.interval,
+            args.warmup,
+            args.duration,
+            env,
+            args.buffer_mib,
+            args.fill,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from egresswatch.addresses import Nameserver
-from egresswatch.agent.checklists import LocalSettings, checklist_for, checklist_plan
+from egresswatch.agent.checklists import LocalSettings, checklist_plan
+from egresswatch.agent.config_file import checklist_for
 from egresswatch.agent.plan import PlanError, parse_plan
 from egresswatch.model import StatusRanges
-from egresswatch.plan import Plan, plan_from_settings
+from egresswatch.plan import Plan
+from egresswatch.plan_config import plan_from_settings
 from egresswatch.probes.checklist import TraceMode
 from egresswatch.settings import Settings, settings_from_dict
 from tests.support.apiserver import PROXY_PASSWORD, PROXY_URL_PASSWORD, config

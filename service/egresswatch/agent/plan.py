@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from egresswatch.backoff import Backoff, parse_retry_after
 from egresswatch.plan import Plan
-from egresswatch.settings import field_path
+from egresswatch.validation import field_path
 
 __all__ = ["PLAN_PATH", "PlanError", "PlanFollower", "parse_plan"]
 
