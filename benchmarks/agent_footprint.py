@@ -8,16 +8,19 @@ that follows it. After a warm-up it samples the agent's CPU (utime + stime) and 
 ``--duration`` seconds and prints RSS (current and peak), millicores on average, and the
 packages the agent process has imported (from its /proc/PID/maps), its threads, and how its RSS
 splits into anonymous memory (the heap: objects, arenas) and file-backed pages (the
-interpreter's and the extensions' shared libraries). Everything on 127.0.0.1.
+interpreter's and the extensions' shared libraries). The agent's /metrics is read every
+``--scrape-every`` seconds (30, as the chart's PodMonitor does). Everything on 127.0.0.1.
 
 ``--agent-env NAME=VALUE`` (repeatable) sets a variable for the agent process only, e.g.
 ``MALLOC_ARENA_MAX=2`` or ``PYTHONMALLOC=malloc``; ``--buffer-mib`` and ``--fill`` check what
 the in-memory buffer costs: with ``--fill`` the controller is stopped after the warm-up, so
-every round of the measured window stays in the agent's buffer.
+every round of the measured window stays in the agent's buffer. ``--profile FILE`` writes
+py-spy's collapsed stacks of the measured window (``pip install py-spy``).
 
     python benchmarks/agent_footprint.py [--targets 50] [--kinds tcp,http,https,http_name]
-                                         [--interval 30] [--duration 180]
+                                         [--interval 30] [--duration 180] [--scrape-every 30]
                                          [--agent-env NAME=VALUE ...] [--buffer-mib N] [--fill]
+                                         [--profile FILE]
 """
 
 from __future__ import annotations
@@ -25,14 +28,19 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from side_by_side import (
     KINDS,
     Lab,
+    _need,
     console_script,
     cpu_seconds,
     free_port,
@@ -55,8 +63,9 @@ def controller_config(
         f"database: sqlite+aiosqlite:///{directory}/controller.db",
         f"agent_token_env: {TOKEN_ENV}",
         "proxy_from_environment: false",
-        f"probes: {{interval: {interval_s}s, timeout: {min(interval_s, 10)}s, step_timeout: 2s,"
-        " trace_every: 7d}",
+        # The product's defaults at 30 s (timeout 10 s, step_timeout 5 s), scaled below 10 s.
+        f"probes: {{interval: {interval_s}s, timeout: {min(interval_s, 10)}s,"
+        f" step_timeout: {min(interval_s, 10) / 2:g}s, trace_every: 7d}}",
         "targets:",
     ]
     for i in range(count):
@@ -102,6 +111,8 @@ class Run:
     agent_env: dict[str, str]
     buffer_mib: int | None
     fill: bool
+    profile: Path | None  # py-spy's collapsed stacks of the measured window, when given
+    scrape_every_s: float  # as Prometheus would (the chart's monitoring.interval); 0: never
 
 
 def agent_argv(run: Run, lab: Lab, port: int, agent_port: int, token_file: Path) -> list[str]:
@@ -143,25 +154,61 @@ def measure(run: Run) -> None:
             wait_port(port, ctl, "egresswatch controller", limit_s=60)
             with process(agent, directory / "agent.log") as proc:
                 wait_port(agent_port, proc, "egresswatch agent", limit_s=60)
-                time.sleep(run.warmup_s)
+                scraping(agent_port, run.warmup_s, run.scrape_every_s)
                 print(f"after the warm-up: agent {memory(proc.pid)}")
                 if run.fill:  # every round of the window stays in the agent's buffer
                     ctl.send_signal(signal.SIGTERM)
                     ctl.wait(timeout=30)
                 cpu, start = cpu_seconds(proc.pid), time.monotonic()
-                time.sleep(run.duration_s)
+                with profiled(proc.pid, run.profile, run.duration_s, directory):
+                    scraping(agent_port, run.duration_s, run.scrape_every_s)
                 cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
                 at_end = memory(proc.pid)
                 libraries = native_libraries(proc.pid)
                 tasks = threads(proc.pid)
     print(f"{run.count} targets ({', '.join(run.kinds)}) at {run.interval_s} s,", end=" ")
     print(f"measured {took:.0f} s after {run.warmup_s:.0f} s", end="")
+    print(f", /metrics read every {run.scrape_every_s:g} s" if run.scrape_every_s else "", end="")
     print(" (controller stopped: the buffer fills)" if run.fill else "")
     if run.agent_env:
         print(f"agent environment: {' '.join(f'{k}={v}' for k, v in run.agent_env.items())}")
     print(f"agent {at_end}, {tasks} threads")
     print(f"agent CPU {cpu * 1000 / took:.2f} millicores on average ({cpu:.2f} CPU-s)")
     print(f"native code mapped from: {', '.join(libraries)}")
+
+
+def scraping(port: int, seconds: float, every_s: float) -> None:
+    """Wait `seconds`, reading the agent's /metrics every `every_s` meanwhile (0: never)."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        time.sleep(min(left, every_s) if every_s > 0 else left)
+        if every_s > 0 and time.monotonic() < until:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                answer.read()
+
+
+@contextmanager
+def profiled(pid: int, out: Path | None, seconds: float, directory: Path) -> Iterator[None]:
+    """py-spy sampling `pid` (non-blocking: the agent is never stopped) while the block runs,
+    its collapsed stacks written to `out`; nothing when `out` is None."""
+    if out is None:
+        yield
+        return
+    beside = Path(sys.executable).with_name("py-spy")  # `pip install py-spy`: a dev tool
+    spy = [
+        str(beside) if beside.exists() else _need("py-spy"),
+        "record",
+        "--nonblocking",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+    ]
+    spy += ["--pid", str(pid), "--duration", str(int(seconds)), "--output", str(out)]
+    with process(spy, directory / "py-spy.log") as sampler:
+        yield
+        sampler.wait(timeout=30)
 
 
 def variables(pairs: list[str]) -> dict[str, str]:
@@ -184,6 +231,10 @@ def main() -> None:
     parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--buffer-mib", type=int, help="the agent's --buffer-mib")
     parser.add_argument("--fill", action="store_true", help="stop the controller after warm-up")
+    parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks to this file")
+    parser.add_argument(
+        "--scrape-every", type=float, default=30.0, help="seconds between /metrics reads; 0: none"
+    )
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or set(kinds) - set(KINDS):
@@ -202,6 +253,8 @@ def main() -> None:
             env,
             args.buffer_mib,
             args.fill,
+            args.profile,
+            args.scrape_every,
         )
     )
 

@@ -46,7 +46,7 @@ from egresswatch.backoff import Backoff
 from egresswatch.http_limits import AGENT_LIMITS
 from egresswatch.http_server import ListenError, serve
 from egresswatch.logs import Sparse
-from egresswatch.looplag import LoopLag
+from egresswatch.looplag import LoopLag, period_for
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
 from egresswatch.plan import Plan
@@ -289,6 +289,8 @@ class Agent:
             )
         self.runner.apply(plan, local)
         self.scheduler.set_jobs(self.runner.jobs())
+        if plan.targets:  # the idle sampler's CPU is most of an idle agent's (looplag.py)
+            self.loop_lag.set_period(period_for(min(t.step_timeout_s for t in plan.targets)))
 
     def _on_round(self, result: RoundResult) -> None:
         self.sink.submit(result)
