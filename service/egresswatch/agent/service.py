@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -214,6 +215,9 @@ class Agent:
         """Start, then work until SIGINT/SIGTERM or `request_stop()`, then stop cleanly."""
         loop = asyncio.get_running_loop()
         await self.start()
+        # What exists now lives as long as the process: out of the collector's generations, a
+        # full collection no longer walks it (6.5 ms each with the agent's modules loaded).
+        gc.freeze()
         with contextlib.ExitStack() as handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
