@@ -166,6 +166,11 @@ def measure(run: Run) -> None:
                 at_end = memory(proc.pid)
                 libraries = native_libraries(proc.pid)
                 tasks = threads(proc.pid)
+                metrics = agent_metrics(agent_port)
+        logs = {log.name: log.read_text()[-2000:] for log in directory.glob("*.log")}
+    if not any(metrics.values()):
+        for name, text in logs.items():  # the agent delivered nothing: say why
+            print(f"--- the end of {name}\n{text}")
     print(f"{run.count} targets ({', '.join(run.kinds)}) at {run.interval_s} s,", end=" ")
     print(f"measured {took:.0f} s after {run.warmup_s:.0f} s", end="")
     print(f", /metrics read every {run.scrape_every_s:g} s" if run.scrape_every_s else "", end="")
@@ -173,6 +178,7 @@ def measure(run: Run) -> None:
     if run.agent_env:
         print(f"agent environment: {' '.join(f'{k}={v}' for k, v in run.agent_env.items())}")
     print(f"agent {at_end}, {tasks} threads")
+    print(f"agent counters: {', '.join(f'{k} {v:g}' for k, v in metrics.items())}")
     print(f"agent CPU {cpu * 1000 / took:.2f} millicores on average ({cpu:.2f} CPU-s)")
     print(f"native code mapped from: {', '.join(libraries)}")
 
@@ -186,6 +192,26 @@ def scraping(port: int, seconds: float, every_s: float) -> None:
             url = f"http://127.0.0.1:{port}/metrics"
             with urllib.request.urlopen(url, timeout=10) as answer:
                 answer.read()
+
+
+# The agent's own series that say how much work it did in the run (its /metrics).
+COUNTERS = (
+    "egresswatch_ingest_batches_total",
+    "egresswatch_agent_buffer_bytes",
+    "egresswatch_buffer_depth",
+)
+
+
+def agent_metrics(port: int) -> dict[str, float]:
+    """The COUNTERS from the agent's /metrics, summed over their labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in COUNTERS:
+            found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
 
 
 @contextmanager
