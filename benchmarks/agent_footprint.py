@@ -6,18 +6,35 @@ Starts the loopback targets of `egresswatch bench` (nginx HTTP and HTTPS, dnsmas
 HTTP by IP, HTTPS by IP and HTTP by name) at ``--interval``, and an `egresswatch agent` process
 that follows it. After a warm-up it samples the agent's CPU (utime + stime) and RSS over
 ``--duration`` seconds and prints RSS (current and peak), millicores on average, and the
-packages the agent process has imported (from its /proc/PID/maps). Everything on 127.0.0.1.
+packages the agent process has imported (from its /proc/PID/maps), its threads, and how its RSS
+splits into anonymous memory (the heap: objects, arenas) and file-backed pages (the
+interpreter's and the extensions' shared libraries). The agent's /metrics is read every
+``--scrape-every`` seconds (30, as the chart's PodMonitor does). Everything on 127.0.0.1.
+
+``--agent-env NAME=VALUE`` (repeatable) sets a variable for the agent process only, e.g.
+``MALLOC_ARENA_MAX=2`` or ``PYTHONMALLOC=malloc``; ``--buffer-mib`` and ``--fill`` check what
+the in-memory buffer costs: with ``--fill`` the controller is stopped after the warm-up, so
+every round of the measured window stays in the agent's buffer. ``--profile FILE`` writes
+py-spy's collapsed stacks of the measured window (``pip install py-spy``).
 
     python benchmarks/agent_footprint.py [--targets 50] [--kinds tcp,http,https,http_name]
-                                         [--interval 30] [--duration 180]
+                                         [--interval 30] [--duration 180] [--scrape-every 30]
+                                         [--agent-env NAME=VALUE ...] [--buffer-mib N] [--fill]
+                                         [--profile FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from egresswatch.bench.kinds import KINDS
@@ -45,8 +62,9 @@ def controller_config(
         f"database: sqlite+aiosqlite:///{directory}/controller.db",
         f"agent_token_env: {TOKEN_ENV}",
         "proxy_from_environment: false",
-        f"probes: {{interval: {interval_s}s, timeout: {min(interval_s, 10)}s, step_timeout: 2s,"
-        " trace_every: 7d}",
+        # The product's defaults at 30 s (timeout 10 s, step_timeout 5 s), scaled below 10 s.
+        f"probes: {{interval: {interval_s}s, timeout: {min(interval_s, 10)}s,"
+        f" step_timeout: {min(interval_s, 10) / 2:g}s, trace_every: 7d}}",
         "targets:",
     ]
     for i in range(count):
@@ -56,6 +74,10 @@ def controller_config(
     config = directory / "controller.yaml"
     config.write_text("\n".join(lines) + "\n")
     return config
+
+
+def threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
 
 
 def native_libraries(pid: int) -> list[str]:
@@ -68,43 +90,153 @@ def native_libraries(pid: int) -> list[str]:
     return sorted(found)
 
 
-def measure(
-    kinds: list[str], count: int, interval_s: int, warmup_s: float, duration_s: float
-) -> None:
+@dataclass(frozen=True)
+class Run:
+    """What one measurement runs: the plan's mix and the agent's own settings."""
+
+    kinds: list[str]
+    count: int
+    interval_s: int
+    warmup_s: float
+    duration_s: float
+    agent_env: dict[str, str]
+    buffer_mib: int | None
+    fill: bool
+    profile: Path | None  # py-spy's collapsed stacks of the measured window, when given
+    scrape_every_s: float  # as Prometheus would (the chart's monitoring.interval); 0: never
+
+
+def agent_argv(run: Run, lab: Lab, port: int, agent_port: int, token_file: Path) -> list[str]:
+    """`egresswatch agent` for the plan's controller, behind `env` when variables are set
+    (env execs the agent: the PID measured is the agent's)."""
+    argv = [f"{k}={v}" for k, v in run.agent_env.items()]
+    argv = ["/usr/bin/env", *argv] if argv else []
+    argv += [*egresswatch_command(), "--log-level", "warning", "agent"]
+    argv += ["--controller", f"http://127.0.0.1:{port}", "--token-file", str(token_file)]
+    argv += ["--source", "bench-node", "--source-kind", "node"]
+    argv += ["--listen", f"127.0.0.1:{agent_port}", "--resolv-conf", str(lab.resolv_conf)]
+    argv += ["--ca-file", str(lab.ca_file)]
+    if run.buffer_mib is not None:
+        argv += ["--buffer-mib", str(run.buffer_mib)]
+    return argv
+
+
+def memory(pid: int) -> str:
+    rss, peak = rss_mib(pid), rss_mib(pid, "VmHWM")
+    anon, files = rss_mib(pid, "RssAnon"), rss_mib(pid, "RssFile")
+    return f"RSS {rss:.1f} MiB (peak {peak:.1f}; anonymous {anon:.1f}, file-backed {files:.1f})"
+
+
+def measure(run: Run) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="egresswatch-agent-") as name,
         loopback_targets(Path(name), find_tools(os.environ.get("PATH", ""))) as lab,
     ):
         directory = Path(name)
         port, agent_port = free_port(), free_port()
-        config = controller_config(lab, kinds, count, interval_s, port, directory)
+        config = controller_config(lab, run.kinds, run.count, run.interval_s, port, directory)
         token_file = directory / "token"
         token_file.write_text(TOKEN + "\n")
         os.environ[TOKEN_ENV] = TOKEN
-        script = egresswatch_command()
-        controller = [*script, "--log-level", "warning", "controller", "--migrate"]
+        controller = [*egresswatch_command(), "--log-level", "warning", "controller", "--migrate"]
         controller += ["--config", str(config)]
-        agent = [*script, "--log-level", "warning", "agent"]
-        agent += ["--controller", f"http://127.0.0.1:{port}", "--token-file", str(token_file)]
-        agent += ["--source", "bench-node", "--source-kind", "node"]
-        agent += ["--listen", f"127.0.0.1:{agent_port}", "--resolv-conf", str(lab.resolv_conf)]
-        agent += ["--ca-file", str(lab.ca_file)]
+        agent = agent_argv(run, lab, port, agent_port, token_file)
         ctl_log, agent_log = directory / "controller.log", directory / "agent.log"
         with process(controller, ctl_log) as ctl:
             wait_port(port, ctl, "egresswatch controller", ctl_log, limit_s=60)
             with process(agent, agent_log) as proc:
                 wait_port(agent_port, proc, "egresswatch agent", agent_log, limit_s=60)
-                time.sleep(warmup_s)
+                scraping(agent_port, run.warmup_s, run.scrape_every_s)
+                print(f"after the warm-up: agent {memory(proc.pid)}")
+                if run.fill:  # every round of the window stays in the agent's buffer
+                    ctl.send_signal(signal.SIGTERM)
+                    ctl.wait(timeout=30)
                 cpu, start = cpu_seconds(proc.pid), time.monotonic()
-                time.sleep(duration_s)
+                with profiled(proc.pid, run.profile, run.duration_s, directory):
+                    scraping(agent_port, run.duration_s, run.scrape_every_s)
                 cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
-                rss, peak = rss_mib(proc.pid), rss_mib(proc.pid, "VmHWM")
+                at_end = memory(proc.pid)
                 libraries = native_libraries(proc.pid)
-    print(f"{count} targets ({', '.join(kinds)}) at {interval_s} s,", end=" ")
-    print(f"measured {took:.0f} s after {warmup_s:.0f} s")
-    print(f"agent RSS {rss:.1f} MiB (peak {peak:.1f} MiB)")
+                tasks = threads(proc.pid)
+                metrics = agent_metrics(agent_port)
+        logs = {log.name: log.read_text()[-2000:] for log in directory.glob("*.log")}
+    if not any(metrics.values()):
+        for name, text in logs.items():  # the agent delivered nothing: say why
+            print(f"--- the end of {name}\n{text}")
+    print(f"{run.count} targets ({', '.join(run.kinds)}) at {run.interval_s} s,", end=" ")
+    print(f"measured {took:.0f} s after {run.warmup_s:.0f} s", end="")
+    print(f", /metrics read every {run.scrape_every_s:g} s" if run.scrape_every_s else "", end="")
+    print(" (controller stopped: the buffer fills)" if run.fill else "")
+    if run.agent_env:
+        print(f"agent environment: {' '.join(f'{k}={v}' for k, v in run.agent_env.items())}")
+    print(f"agent {at_end}, {tasks} threads")
+    print(f"agent counters: {', '.join(f'{k} {v:g}' for k, v in metrics.items())}")
     print(f"agent CPU {cpu * 1000 / took:.2f} millicores on average ({cpu:.2f} CPU-s)")
     print(f"native code mapped from: {', '.join(libraries)}")
+
+
+def scraping(port: int, seconds: float, every_s: float) -> None:
+    """Wait `seconds`, reading the agent's /metrics every `every_s` meanwhile (0: never)."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        time.sleep(min(left, every_s) if every_s > 0 else left)
+        if every_s > 0 and time.monotonic() < until:
+            url = f"http://127.0.0.1:{port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                answer.read()
+
+
+# The agent's own series that say how much work it did in the run (its /metrics).
+COUNTERS = (
+    "egresswatch_ingest_batches_total",
+    "egresswatch_agent_buffer_bytes",
+    "egresswatch_buffer_depth",
+)
+
+
+def agent_metrics(port: int) -> dict[str, float]:
+    """The COUNTERS from the agent's /metrics, summed over their labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in COUNTERS:
+            found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+@contextmanager
+def profiled(pid: int, out: Path | None, seconds: float, directory: Path) -> Iterator[None]:
+    """py-spy sampling `pid` (non-blocking: the agent is never stopped) while the block runs,
+    its collapsed stacks written to `out`; nothing when `out` is None."""
+    if out is None:
+        yield
+        return
+    beside = Path(sys.executable).with_name("py-spy")  # `pip install py-spy`: a dev tool
+    spy = [
+        str(beside) if beside.exists() else "py-spy",
+        "record",
+        "--nonblocking",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+    ]
+    spy += ["--pid", str(pid), "--duration", str(int(seconds)), "--output", str(out)]
+    with process(spy, directory / "py-spy.log") as sampler:
+        yield
+        sampler.wait(timeout=30)
+
+
+def variables(pairs: list[str]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--agent-env: {pair!r} is not NAME=VALUE")
+        found[name] = value
+    return found
 
 
 def main() -> None:
@@ -114,11 +246,35 @@ def main() -> None:
     parser.add_argument("--interval", type=int, default=30, help="seconds between rounds")
     parser.add_argument("--warmup", type=float, default=35.0, help="seconds before measuring")
     parser.add_argument("--duration", type=float, default=180.0, help="seconds measured")
+    parser.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--buffer-mib", type=int, help="the agent's --buffer-mib")
+    parser.add_argument("--fill", action="store_true", help="stop the controller after warm-up")
+    parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks to this file")
+    parser.add_argument(
+        "--scrape-every", type=float, default=30.0, help="seconds between /metrics reads; 0: none"
+    )
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     if not kinds or set(kinds) - set(KINDS):
         parser.error(f"--kinds: a comma-separated list of {', '.join(KINDS)}")
-    measure(kinds, args.targets, args.interval, args.warmup, args.duration)
+    try:
+        env = variables(args.agent_env)
+    except ValueError as exc:
+        parser.error(str(exc))
+    measure(
+        Run(
+            kinds,
+            args.targets,
+            args.interval,
+            args.warmup,
+            args.duration,
+            env,
+            args.buffer_mib,
+            args.fill,
+            args.profile,
+            args.scrape_every,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from egresswatch.agent.config_file import follow_config
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.looplag import LoopLag
 from egresswatch.model import RoundResult, Status
@@ -115,9 +116,8 @@ async def run_level(port: int, targets: int, seconds: float, folder: Path) -> Le
 
     lag = LoopLag()
     lag.start()
-    runner = RoundRunner(
-        _settings(port, targets, folder), source="bench", sink=sink, stalls=lag.stalled
-    )
+    runner = RoundRunner(source="bench", sink=sink, stalls=lag.stalled)
+    follow_config(runner, _settings(port, targets, folder))
     scheduler = RoundScheduler(max_concurrent=64, on_shed=shed, on_skipped=skipped)
     scheduler.set_jobs(runner.jobs())
     scheduler.start()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import trustme
 
-from egresswatch.agent.checklists import checklist_for
+from egresswatch.agent.config_file import checklist_for
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.tls import TlsContexts
 from egresswatch.settings import settings_from_dict

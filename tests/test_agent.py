@@ -38,6 +38,7 @@ from egresswatch.agent.sink_types import MIN_BUFFER_BYTES
 from egresswatch.backoff import Backoff
 from egresswatch.cli import main
 from egresswatch.evidence import DnsEvidence
+from egresswatch.looplag import period_for
 from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
 from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
@@ -281,6 +282,24 @@ async def test_a_new_plan_is_followed(
     assert agent.plan.current is not None
     planned = agent.plan.current.targets[1]
     assert (planned.interval_s, planned.timeout_s, planned.step_timeout_s) == (2.0, 0.9, 0.4)
+
+
+async def test_the_loop_lag_sampler_follows_the_shortest_step_budget_of_the_plan(
+    world: World,
+    local_servers: LocalServers,
+    controllers: Callable[[], Awaitable[Service]],
+    agents: Callable[..., Awaitable[Agent]],
+) -> None:
+    """Its wake-ups are most of an idle agent's CPU: as rare as the step budgets allow
+    (looplag.period_for), not the 50 ms a 1 s step needs."""
+    endpoint = await local_servers.https(Reply(200))
+    url = f"https://{NAME}:{endpoint.port}/"
+    slow = {"interval": "30s", "timeout": "10s", "step_timeout": "4s"}
+    world.write([{"name": "one", "url": url, **slow}, {"name": "two", "url": url + "2", **slow}])
+    await controllers()
+    agent = await agents(world.options(SourceIdentity("node-a", SourceKind.NODE)))
+    await wait_for(lambda: agent.plan.current is not None)
+    assert agent.loop_lag.period_s == period_for(4.0) == 0.2
 
 
 async def test_nothing_lost_nothing_twice_while_the_controller_comes_and_goes(

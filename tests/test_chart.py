@@ -270,12 +270,20 @@ def test_every_container_is_locked_down(rendered: tuple[str, list[Obj]]) -> None
             assert "memory" in resources["limits"], where
 
 
-def test_the_agent_buffer_fits_its_memory_limit() -> None:
+# An agent with 50 targets at 30 s, HTTPS ones included (docs/performance.md, "An agent's
+# footprint", benchmarks/agent_footprint.py): RSS and CPU on average.
+AGENT_RSS_MIB, AGENT_MILLICORES = 63, 5
+
+
+def test_the_agent_requests_its_measured_footprint_and_its_buffer_fits_the_limit() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    limit = values["agent"]["resources"]["limits"]["memory"]
-    assert limit.endswith("Mi")
-    # the process itself: 36.7 MiB RSS in the scheduler benchmark (docs/performance.md)
-    assert values["agent"]["bufferMiB"] + 40 <= int(limit[:-2])
+    resources = values["agent"]["resources"]
+    request, limit = resources["requests"]["memory"], resources["limits"]["memory"]
+    assert request.endswith("Mi") and limit.endswith("Mi")
+    assert int(request[:-2]) >= AGENT_RSS_MIB
+    assert AGENT_RSS_MIB + values["agent"]["bufferMiB"] <= int(limit[:-2])
+    cpu = resources["requests"]["cpu"]
+    assert cpu.endswith("m") and int(cpu[:-1]) >= AGENT_MILLICORES
 
 
 def test_the_controller_probes_and_one_migration() -> None:

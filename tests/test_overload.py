@@ -19,7 +19,7 @@ import pytest
 
 from egresswatch.controller.detection.hysteresis import Detector
 from egresswatch.evidence import NotRun
-from egresswatch.looplag import MAX_STALLS, TASK_NAME, LoopLag
+from egresswatch.looplag import MAX_STALLS, TASK_NAME, LoopLag, period_for
 from egresswatch.model import Endpoint, Reason, RoundResult, Status, Step, StepResult, StepState
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.overload import judge_timeout
@@ -88,6 +88,25 @@ async def test_loop_lag_sees_a_blocked_loop_and_nothing_on_an_idle_one() -> None
     finally:
         await lag.stop()
     assert not any(t.get_name() == TASK_NAME for t in asyncio.all_tasks())
+
+
+@pytest.mark.parametrize(
+    ("shortest_budget_s", "period_s"),
+    [(0.01, 0.05), (1.0, 0.05), (2.0, 0.1), (4.0, 0.2), (5.0, 0.25), (3600.0, 0.25)],
+)
+def test_the_sampler_period_is_a_twentieth_of_the_shortest_step_budget_within_bounds(
+    shortest_budget_s: float, period_s: float
+) -> None:
+    assert period_for(shortest_budget_s) == pytest.approx(period_s)
+
+
+def test_a_period_that_is_not_positive_is_refused() -> None:
+    lag = LoopLag()
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="period_s must be positive"):
+            lag.set_period(bad)
+    lag.set_period(0.25)
+    assert lag.period_s == 0.25
 
 
 def test_loop_lag_keeps_a_bounded_number_of_stalls() -> None:

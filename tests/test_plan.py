@@ -7,18 +7,24 @@ checklist; the local half (resolv.conf, CA, proxy credentials) never travels in 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+import egresswatch.agent.plan
 from egresswatch.addresses import Nameserver
-from egresswatch.agent.checklists import LocalSettings, checklist_for, checklist_plan
-from egresswatch.agent.plan import PlanError, parse_plan
+from egresswatch.agent.checklists import LocalSettings, checklist_plan
+from egresswatch.agent.config_file import checklist_for
+from egresswatch.agent.plan import PlanError, PlanFollower, parse_plan
 from egresswatch.model import StatusRanges
-from egresswatch.plan import Plan, plan_from_settings
+from egresswatch.plan import Plan
+from egresswatch.plan_config import plan_from_settings
 from egresswatch.probes.checklist import TraceMode
 from egresswatch.settings import Settings, settings_from_dict
 from tests.support.apiserver import PROXY_PASSWORD, PROXY_URL_PASSWORD, config
@@ -127,3 +133,48 @@ def test_one_config_file_gives_both_halves() -> None:
     assert checklist.proxy is not None and checklist.proxy.username == "squid"
     assert checklist.proxy.password == PROXY_PASSWORD  # password_env wins over the URL's
     assert checklist.resolv_conf == the_config.dns.resolv_conf
+
+
+async def _serve_in_pieces(body: bytes) -> tuple[web.AppRunner, str]:
+    """A loopback server answering GET /api/v1/plan with `body`, written 4 KiB at a time (so
+    the agent sees it arrive in many chunks, as a large plan does)."""
+
+    async def plan(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for start in range(0, len(body), 4096):
+            await response.write(body[start : start + 4096])
+            await asyncio.sleep(0)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/v1/plan", plan)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def _follower(url: str, session: aiohttp.ClientSession) -> PlanFollower:
+    return PlanFollower(url, source="n", session=session, token=lambda: None, on_plan=print)
+
+
+async def test_a_plan_of_many_targets_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan past one read's chunk (here 600 targets, about 200 KB) arrives whole; one past
+    the bound is refused, saying so."""
+    targets = [{"name": f"t{i:03d}", "url": f"https://t{i:03d}.example.test/"} for i in range(600)]
+    plan = plan_from_settings(settings(targets=targets), source="n", now=NOW)
+    body = json.dumps(served(plan)).encode()
+    assert len(body) > 150_000
+    runner, url = await _serve_in_pieces(body)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await _follower(url, session).fetch() == plan
+            monkeypatch.setattr(egresswatch.agent.plan, "_PLAN_MAX", 100_000)
+            with pytest.raises(PlanError, match="answered more than 100000 bytes"):
+                await _follower(url, session).fetch()
+    finally:
+        await runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import egresswatch.probes.tls
+from egresswatch.agent.config_file import follow_config
 from egresswatch.agent.runner import RoundRunner, _owed_after
 from egresswatch.model import Reason, RoundResult, Status, Step
 from egresswatch.settings import settings_from_dict
@@ -44,7 +45,8 @@ async def test_a_new_runner_traces_until_recover_after_traces_worked(
         }
     )
     rounds: list[RoundResult] = []
-    runner = RoundRunner(settings, source="node-1", sink=rounds.append)
+    runner = RoundRunner(source="node-1", sink=rounds.append)
+    follow_config(runner, settings)
     for _ in range(5):
         await runner.run_round("db")
     traces = [r.step(Step.PATH_TRACE) for r in rounds]
@@ -74,11 +76,12 @@ async def test_rounds_of_every_target_build_one_tls_context(
         }
     )
     rounds: list[RoundResult] = []
-    runner = RoundRunner(settings, source="node-1", sink=rounds.append)
+    runner = RoundRunner(source="node-1", sink=rounds.append)
+    follow_config(runner, settings)
     for _ in range(3):
         for name in ("a", "b"):
             await runner.run_round(name)
-    runner.update(settings)  # a reload keeps the contexts
+    follow_config(runner, settings)  # a reload keeps the contexts
     await runner.run_round("a")
     assert len(rounds) == 7
     for result in rounds:

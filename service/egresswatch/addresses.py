@@ -1,5 +1,5 @@
 """How the config and the plan write the servers a round goes through: a DNS server
-(`Nameserver`) and an HTTP proxy (`ProxyRoute`).
+(`Nameserver`) and an HTTP proxy (`ProxyRoute`); and where a process listens (`parse_listen`).
 
 Frozen value types with their parsers, beside `model` at the bottom of the layers: `settings`
 validates with them and the probes use them, and neither may import the other (import-linter,
@@ -121,3 +121,12 @@ class ProxyRoute:
         username = unquote(parts.username) if parts.username is not None else None
         password = unquote(parts.password) if parts.password is not None else None
         return cls(parts.hostname.lower(), port, username, password, origin)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[v6]:PORT` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"bad listen address {value!r}: use HOST:PORT, e.g. 127.0.0.1:9108")
+    return host, int(port)

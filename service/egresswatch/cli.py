@@ -1,4 +1,10 @@
-"""The `egresswatch` command line. Exit codes: 0 ok, 1 a step failed, 2 bad usage or config."""
+"""The `egresswatch` command line. Exit codes: 0 ok, 1 a step failed, 2 bad usage or config.
+
+Each command imports what it runs inside its handler: `egresswatch agent`, a DaemonSet pod on
+every node, then loads neither the config's model nor the controller's libraries (SQLAlchemy,
+Alembic, the Kubernetes client): docs/performance.md, "An agent's footprint", and
+tests/test_agent_imports.py, which checks it in a real process.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +17,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import prometheus_client
-
 from egresswatch import __version__
-from egresswatch.addresses import Nameserver
-from egresswatch.agent.checklists import checklist_for
+from egresswatch.addresses import parse_listen
 from egresswatch.agent.flags import add_buffer_flags
 from egresswatch.bench.flags import add_bench_parser
-from egresswatch.model import Endpoint
-from egresswatch.probes.checklist import TraceMode, run_checklist
-from egresswatch.report import render_text, round_document
-from egresswatch.settings import (
-    ConfigError,
-    Settings,
-    TargetSettings,
-    Use,
-    json_schema,
-    load_settings,
-    parse_listen,
-    settings_for,
-)
+from egresswatch.validation import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_AGENT_LISTEN = "127.0.0.1:9109"  # the controller's default is 9108: both fit one host
@@ -250,22 +241,28 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return found
 
 
-def _run(args: argparse.Namespace) -> int:
+def _process_setup(args: argparse.Namespace) -> None:
+    """What every long-running command (run, agent, controller) sets first: JSON log lines
+    at the level asked for, and no `*_created` series."""
+    import prometheus_client
+
     from egresswatch.logs import setup_logging
+
+    setup_logging(args.log_level or "info", json_lines=True)
+    # The *_created series double what a scrape carries and say nothing an alert uses.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def _run(args: argparse.Namespace) -> int:
+    from egresswatch.settings import Use, load_settings
     from egresswatch.wiring import Service, StartupError
 
     overrides = _overrides(args)
     settings = load_settings(args.config, overrides, use=Use.SERVICE)  # before any set-up
-    setup_logging(args.log_level or "info", json_lines=True)
-    # The *_created series double what a scrape carries and say nothing an alert uses.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    _process_setup(args)
     service = Service(settings, config_path=args.config, overrides=overrides, migrate=args.migrate)
     try:
-        if os.environ.get("EW_UVLOOP"):
-            import uvloop
-            uvloop.run(service.run())
-        else:
-            asyncio.run(service.run())
+        asyncio.run(service.run())
     except StartupError as exc:
         print(f"egresswatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -283,7 +280,6 @@ def _agent(args: argparse.Namespace) -> int:
         check_controller_url,
         resolve_identity,
     )
-    from egresswatch.logs import setup_logging
 
     try:
         # Checked in the order of the usage line, so the first problem named is the first flag.
@@ -300,8 +296,7 @@ def _agent(args: argparse.Namespace) -> int:
         buffer = buffer_options(args, identity)
     except UsageError as exc:
         raise ConfigError([str(exc)]) from None
-    setup_logging(args.log_level or "info", json_lines=True)
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    _process_setup(args)
     options = AgentOptions(
         controller=controller,
         token_file=args.token_file,
@@ -320,13 +315,12 @@ def _agent(args: argparse.Namespace) -> int:
 
 
 def _controller(args: argparse.Namespace) -> int:
-    from egresswatch.logs import setup_logging
+    from egresswatch.settings import Use, load_settings
     from egresswatch.wiring import Service, StartupError
 
     overrides = _overrides(args)
     settings = load_settings(args.config, overrides, use=Use.SERVICE)  # before any set-up
-    setup_logging(args.log_level or "info", json_lines=True)
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    _process_setup(args)
     if settings.agent_token() is None:
         logging.getLogger(__name__).error(
             "ingest and the plan are closed: set agent_token_env in the config, or every "
@@ -370,6 +364,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
+    from egresswatch.settings import Settings, Use, load_settings, settings_for
     from egresswatch.storage import redact, upgrade
 
     if args.config:
@@ -384,57 +379,16 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, use=Use.TOOL) if args.config else Settings()
-    settings = _with_check_overrides(settings, args)
-    target = settings.target(args.target) or _adhoc_target(settings, args.target)
-    plan = checklist_for(settings, target, trace=TraceMode.ALWAYS)
-    result = asyncio.run(run_checklist(plan, source=settings.source.name))
-    document = round_document(
-        result,
-        plan.endpoint,
-        upstream=str(plan.upstream) if plan.upstream else None,
-        proxy=f"http://{plan.proxy.host}:{plan.proxy.port}" if plan.proxy else None,
-    )
-    if args.json:
-        print(json.dumps(document, indent=2))
-    else:
-        print(render_text(document))
-    return EXIT_OK if document["ok"] else EXIT_FAILED
+    from egresswatch.check_command import run_check
 
-
-def _with_check_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
-    data = settings.model_dump(mode="json", exclude_none=True)
-    if args.resolv_conf is not None:
-        data["dns"]["resolv_conf"] = str(args.resolv_conf)
-    if args.upstream is not None:
-        data["dns"]["upstream"] = args.upstream
-    if args.ca_file is not None:
-        data["probes"]["ca_file"] = str(args.ca_file)
-    origin = str(args.config) if args.config else "command line"
-    if args.upstream is not None:
-        try:
-            Nameserver.parse(args.upstream)
-        except ValueError as exc:
-            raise ConfigError([f"--upstream: {exc}"]) from None
-    return settings_for(data, origin, Use.TOOL)
-
-
-def _adhoc_target(settings: Settings, text: str) -> TargetSettings:
-    """A target given on the command line as a URL or host:port, with the config's defaults."""
-    try:
-        endpoint = Endpoint.parse(text)
-    except ValueError as exc:
-        names = ", ".join(t.name for t in settings.targets) or "none configured"
-        raise ConfigError(
-            [f"TARGET: {exc} (and not a configured target name; configured: {names})"]
-        ) from None
-    key = "address" if "://" not in text else "url"
-    return TargetSettings.model_validate({"name": "check", key: endpoint.url})
+    return run_check(args)
 
 
 def _config_validate(args: argparse.Namespace) -> int:
     """Validate for the strictest commands (Use.SERVICE); when only their own needs are
     missing, say which commands the file would still serve."""
+    from egresswatch.settings import Use, load_settings
+
     try:
         settings = load_settings(args.file, use=Use.SERVICE)
     except ConfigError as exc:
@@ -454,6 +408,8 @@ def _config_validate(args: argparse.Namespace) -> int:
 
 
 def _config_schema(args: argparse.Namespace) -> int:
+    from egresswatch.settings import json_schema
+
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 

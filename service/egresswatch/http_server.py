@@ -16,10 +16,10 @@ from typing import NamedTuple
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from egresswatch.addresses import parse_listen
 from egresswatch.http_guard import AcceptErrors, ConnectionGuard, ListenerMetrics, RefusalLog
 from egresswatch.http_limits import CONTROLLER_LIMITS, ListenerLimits, nofile_soft
 from egresswatch.http_protocol import GuardedRunner, GuardedSite, guard_requests
-from egresswatch.settings import parse_listen
 
 __all__ = ["ListenError", "Serving", "serve"]
 

@@ -18,6 +18,12 @@ Contract:
   for the ``egresswatch_event_loop_lag_seconds`` gauge.
 - :meth:`LoopLag.start` creates the task ``egresswatch-loop-lag``; :meth:`LoopLag.stop`
   cancels and awaits it. Without a started sampler (no loop yet) everything reports 0.
+- A stall is recorded from the first wake-up it made late, so up to ``period_s`` of it can go
+  unseen: :func:`period_for` picks the longest period that keeps that under
+  :data:`PERIOD_SHARE` of the shortest step budget (the judge needs half of one). Each wake-up
+  costs CPU even when idle (3.6 millicores at 50 ms, 0.7 at 250 ms on the development
+  machine: most of an idle agent's CPU; docs/performance.md, "An agent's footprint"), so
+  :meth:`LoopLag.set_period` follows the plan.
 """
 
 from __future__ import annotations
@@ -26,12 +32,21 @@ import asyncio
 import contextlib
 from collections import deque
 
-__all__ = ["MAX_STALLS", "TASK_NAME", "LoopLag"]
+__all__ = ["MAX_STALLS", "PERIOD_SHARE", "TASK_NAME", "LoopLag", "period_for"]
 
 TASK_NAME = "egresswatch-loop-lag"
 MAX_STALLS = 4096
 # Below this a wake-up is "on time": a loop iteration running a few callbacks costs that much.
 MIN_STALL_S = 0.002
+# The sampler's period: at most this share of the shortest step budget, within these bounds.
+PERIOD_SHARE = 0.05
+MIN_PERIOD_S, MAX_PERIOD_S = 0.05, 0.25
+
+
+def period_for(shortest_budget_s: float) -> float:
+    """The sampler's period for steps whose shortest budget is `shortest_budget_s`: a stall
+    seen up to PERIOD_SHARE of that budget short (5 s steps: 0.25 s; 1 s: 0.05 s)."""
+    return min(MAX_PERIOD_S, max(MIN_PERIOD_S, PERIOD_SHARE * shortest_budget_s))
 
 
 class LoopLag:
@@ -50,6 +65,16 @@ class LoopLag:
         self._due: float | None = None  # when the sampler should wake next
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def period_s(self) -> float:
+        return self._period
+
+    def set_period(self, period_s: float) -> None:
+        """Sample every `period_s` from the next wake-up on (`period_for`)."""
+        if not period_s > 0:
+            raise ValueError(f"period_s must be positive, got {period_s}")
+        self._period = period_s
 
     def start(self) -> None:
         """Start sampling; call it inside the running event loop, once."""

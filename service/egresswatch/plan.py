@@ -1,10 +1,12 @@
 """The plan: what an agent probes, one typed model for the controller and the agent.
 
-The controller builds it from its config (`plan_from_settings`) and serves it as JSON at
-`GET /api/v1/plan?source=`; the agent parses the same model (agent/plan.py) and turns it into
-its rounds (agent/checklists.py). `egresswatch run` builds it the same way and skips the JSON.
-The OpenAPI document's plan schemas are generated from these classes, so a field is written
-here once, assigned once in `plan_target`, and read once where the agent uses it.
+The controller builds it from its config (`plan_from_settings`, plan_config.py) and serves it
+as JSON at `GET /api/v1/plan?source=`; the agent parses the same model (agent/plan.py) and
+turns it into its rounds (agent/checklists.py). `egresswatch run` builds it the same way and
+skips the JSON. The OpenAPI document's plan schemas are generated from these classes, so a
+field is written here once, assigned once in `plan_target`, and read once where the agent uses
+it. This module imports no config: an agent, which reads none, parses the plan without
+building the config's model (docs/performance.md, "An agent's footprint").
 
 Never a secret: the proxy's URL loses its user and password and `authenticated` only says that
 the proxy wants credentials. An agent brings its own, with its resolv.conf and CA bundle
@@ -16,23 +18,14 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime
 from typing import Annotated, Self
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from egresswatch.addresses import Nameserver, ProxyRoute
 from egresswatch.model import Endpoint, Role
-from egresswatch.settings import ExpectStatus, Settings, TargetSettings
+from egresswatch.validation import ExpectStatus
 
-__all__ = [
-    "Plan",
-    "PlanDns",
-    "PlanProxy",
-    "PlanTarget",
-    "plan_from_settings",
-    "plan_target",
-    "public_proxy_url",
-]
+__all__ = ["Plan", "PlanDns", "PlanProxy", "PlanTarget"]
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -133,64 +126,3 @@ class Plan(_Wire):
             self.proxy,
             self.proxy_from_environment,
         ) == (other.targets, other.dns, other.proxy, other.proxy_from_environment)
-
-
-def plan_target(settings: Settings, target: TargetSettings) -> PlanTarget:
-    """What an agent needs to probe one target: the config's defaults filled in."""
-    interval, timeout, step_timeout = settings.timing(target)
-    probes = settings.probes
-    return PlanTarget(
-        name=target.name,
-        url=target.url,
-        address=target.address,
-        role=target.role,
-        interval_s=interval,
-        timeout_s=timeout,
-        step_timeout_s=step_timeout,
-        expect_status=target.expect_status or probes.expect_status,
-        method=target.method or probes.method,
-        trace_every_s=probes.trace_every,
-        trace_max_hops=probes.trace_max_hops,
-        trace_hop_timeout_s=probes.trace_hop_timeout,
-        pinned_ips=tuple(target.pinned_ips),
-        use_proxy=target.use_proxy,
-        recover_after=settings.detection_for(target).recover_after,
-    )
-
-
-def plan_from_settings(settings: Settings, *, source: str, now: datetime | None = None) -> Plan:
-    """The plan for `source` from the config. Never a secret (module docstring)."""
-    proxy = settings.proxy
-    url = public_proxy_url(settings)
-    return Plan(
-        source=source,
-        generated_at=now or datetime.now(UTC),
-        targets=tuple(plan_target(settings, t) for t in settings.targets),
-        dns=PlanDns(upstream=settings.dns.upstream),
-        proxy=(
-            None
-            if proxy is None or url is None
-            else PlanProxy(
-                url=url,
-                no_proxy=tuple(proxy.no_proxy),
-                authenticated=proxy.username is not None
-                or ProxyRoute.parse(proxy.url).username is not None,
-            )
-        ),
-        proxy_from_environment=settings.proxy_from_environment,
-    )
-
-
-def public_proxy_url(settings: Settings) -> str | None:
-    """The configured proxy's URL without its user and password, for plans and next commands."""
-    if settings.proxy is None:
-        return None
-    text = settings.proxy.url.strip()
-    parts = urlsplit(text if "://" in text else f"http://{text}")
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # settings validated it; never echo a malformed one
-        return None
-    return f"{parts.scheme.lower()}://{host}{port}"

@@ -30,9 +30,11 @@ from pydantic import (
     model_validator,
 )
 
-from egresswatch.addresses import Nameserver, ProxyRoute
-from egresswatch.model import Endpoint, Role, SourceKind, StatusRanges
+from egresswatch.addresses import Nameserver, ProxyRoute, parse_listen
+from egresswatch.model import Endpoint, Role, SourceKind
 from egresswatch.settings_yaml import ConfigFileError, read_config_data
+from egresswatch.validation import ConfigError as ConfigError  # re-exported: validation.py
+from egresswatch.validation import ExpectStatus, field_path
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -94,25 +96,6 @@ RoundInterval = Annotated[Duration, between("1s", "1d")]
 RoundTimeout = Annotated[Duration, between("10ms", "1d")]
 LatencyChange = Annotated[Duration, between("0ms", "1m")]
 Retention = Annotated[Duration, between("1h", "3650d")]
-
-
-def _parse_status(value: object) -> StatusRanges:
-    if isinstance(value, StatusRanges):
-        return value
-    if isinstance(value, int):
-        value = str(value)
-    if isinstance(value, list):
-        value = ",".join(str(v) for v in value)
-    if not isinstance(value, str):
-        raise ValueError("expect_status is a string like '200-399' or '200,204'")
-    return StatusRanges.parse(value)
-
-
-ExpectStatus = Annotated[
-    StatusRanges,
-    BeforeValidator(_parse_status, json_schema_input_type=str | int | list[int]),
-    PlainSerializer(str, return_type=str),
-]
 
 
 def _addresses_as_text(value: object) -> object:
@@ -705,41 +688,6 @@ def check_database_url(value: str) -> None:
             "a SQLite URL names a file, not a host: sqlite+aiosqlite:///relative.db or "
             "sqlite+aiosqlite:////absolute/path.db"
         )
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[v6]:PORT` -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"bad listen address {value!r}: use HOST:PORT, e.g. 127.0.0.1:9108")
-    return host, int(port)
-
-
-class ConfigError(Exception):
-    """A config that cannot be used. `problems` are `FILE: field.path: message` lines."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("\n".join(problems))
-        self.problems = problems
-
-
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """Pydantic's error location as a field path people read: `targets[1].url`."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part.startswith("function-") or part in {"str", "int", "list[int]"}:
-            continue  # union/validator branches pydantic puts in the location
-        elif not _PLAIN_KEY.fullmatch(part):
-            path += f"[{part!r}]"  # a key nobody meant (a newline, a space): shown as written
-        else:
-            path += f".{part}" if path else part
-    return path
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class Use(enum.Enum):

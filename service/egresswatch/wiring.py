@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
+from egresswatch.agent.config_file import follow_config
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.controller.api.agent_identity import AgentIdentities
 from egresswatch.controller.api.app import make_app
@@ -490,12 +491,12 @@ class Service:
         settings = self.settings
         if self.local_agent:
             self.runner = RoundRunner(
-                settings,
                 source=settings.source.name,
                 sink=self.ingest.submit,
                 environ=self._environ,
                 stalls=self.loop_lag.stalled,
             )
+            follow_config(self.runner, settings)
         self.loop_lag.start()
         self.scheduler = RoundScheduler(
             max_concurrent=settings.max_concurrent_rounds,
@@ -674,7 +675,7 @@ class Service:
             log.warning("the kubernetes block changed: it applies at the next restart")
         self.settings = new
         if self.local_agent:
-            self.runner.update(new)
+            follow_config(self.runner, new)
         self.scheduler.set_jobs(self._jobs(new))
         for gone in old_targets - {t.name for t in new.targets}:
             self.metrics.forget_target(gone)

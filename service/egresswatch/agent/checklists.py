@@ -3,7 +3,8 @@
 The plan (egresswatch/plan.py) says what to probe and how; what only the agent can know or
 must keep stays here, in `LocalSettings`: its resolv.conf, its CA bundle and its proxy
 credentials. The controller never sends them. `egresswatch run` and `egresswatch check` read
-both halves from one config file (`LocalSettings.from_settings`, `checklist_for`).
+both halves from one config file (agent/config_file.py: this module reads no config, so
+`egresswatch agent` does not load the config's model).
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from pathlib import Path
 
 from egresswatch.addresses import Nameserver, ProxyRoute
 from egresswatch.model import Endpoint
-from egresswatch.plan import Plan, PlanTarget, plan_from_settings
+from egresswatch.plan import Plan, PlanTarget
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode
 from egresswatch.probes.proxy import proxy_for
 from egresswatch.probes.tls import TlsContexts, TlsOptions
-from egresswatch.settings import Settings, TargetSettings
 
-__all__ = ["LocalSettings", "checklist_for", "checklist_plan"]
+__all__ = ["LocalSettings", "checklist_plan"]
 
 
 @dataclass(frozen=True)
@@ -34,22 +34,6 @@ class LocalSettings:
     target_ca_files: Mapping[str, Path] = field(default_factory=dict)
     proxy_username: str | None = None
     proxy_password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LocalSettings:
-        """The local half of a config file: one process that is controller and agent."""
-        username = password = None
-        if settings.proxy is not None:
-            route = ProxyRoute.parse(settings.proxy.url)
-            username = settings.proxy.username or route.username
-            password = settings.proxy.password() or route.password
-        return cls(
-            resolv_conf=settings.dns.resolv_conf,
-            ca_file=settings.probes.ca_file,
-            target_ca_files={t.name: t.ca_file for t in settings.targets if t.ca_file},
-            proxy_username=username,
-            proxy_password=password,
-        )
 
 
 def checklist_plan(
@@ -89,20 +73,6 @@ def checklist_plan(
         trace_max_hops=target.trace_max_hops,
         trace_hop_timeout_s=target.trace_hop_timeout_s,
     )
-
-
-def checklist_for(
-    settings: Settings,
-    target: TargetSettings,
-    *,
-    trace: TraceMode = TraceMode.ALWAYS,
-    environ: Mapping[str, str] | None = None,
-) -> ChecklistPlan:
-    """The checklist of `target` (configured or not) from a config file: `egresswatch check`."""
-    alone = settings.model_copy(update={"targets": [target]})
-    plan = plan_from_settings(alone, source=settings.source.name)
-    local = LocalSettings.from_settings(alone)
-    return checklist_plan(plan, plan.targets[0], local, trace=trace, environ=environ)
 
 
 def _proxy(

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from egresswatch.backoff import Backoff, parse_retry_after
 from egresswatch.plan import Plan
-from egresswatch.settings import field_path
+from egresswatch.validation import field_path
 
 __all__ = ["PLAN_PATH", "PlanError", "PlanFollower", "parse_plan"]
 
@@ -116,7 +116,9 @@ class PlanFollower:
                 headers=headers,
                 timeout=self._timeout,
             ) as response:
-                body = await response.content.read(_PLAN_MAX)
+                body = await _whole_body(response.content, _PLAN_MAX)
+                if body is None:
+                    raise PlanError(f"GET {self._url} answered more than {_PLAN_MAX} bytes")
                 if response.status != 200:
                     raise PlanError(
                         f"GET {self._url} answered {response.status}: {_detail(body)}",
@@ -183,3 +185,18 @@ def _detail(body: bytes) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _whole_body(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, read to its end; None when it is longer than `limit` bytes.
+
+    Not `content.read(limit)`: that returns what has arrived so far, one chunk, and a plan of
+    a few hundred targets (past 64 KiB) then came cut short and was "not JSON".
+    """
+    chunks, size = [], 0
+    async for chunk in content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -13,12 +13,11 @@ from dataclasses import dataclass, replace
 
 from egresswatch.agent.checklists import LocalSettings, checklist_plan
 from egresswatch.model import RoundResult, Status, Step
-from egresswatch.plan import Plan, plan_from_settings
+from egresswatch.plan import Plan
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.overload import Stalls
 from egresswatch.probes.tls import TlsContexts
 from egresswatch.schedule import RoundJob
-from egresswatch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +44,11 @@ class RoundRunner:
     `apply()` swaps in a new plan (from the controller, or a config reload): rounds in flight
     finish with the checklist they started with, the next rounds use the new one, and a
     target's run callable stays the same object across plans so the scheduler keeps its phase.
-    `settings`, when given, is applied at once (`update`).
+    A config file's targets are applied by agent/config_file.py's `follow_config`.
     """
 
     def __init__(
         self,
-        settings: Settings | None = None,
         *,
         source: str,
         sink: Sink,
@@ -69,18 +67,10 @@ class RoundRunner:
         self._last_trace: dict[str, float] = {}
         self._traces_owed: dict[str, int] = {}  # target -> ok traces owed after a failed one
         self._tls = TlsContexts()  # one context per trust, across rounds and plans
-        if settings is not None:
-            self.update(settings)
 
     @property
     def source(self) -> str:
         return self._source
-
-    def update(self, settings: Settings) -> None:
-        """Apply a config file's targets: `egresswatch run`, where one file holds the plan and
-        the local half, and no plan travels."""
-        plan = plan_from_settings(settings, source=self._source)
-        self.apply(plan, LocalSettings.from_settings(settings))
 
     def apply(self, plan: Plan, local: LocalSettings) -> None:
         """Run `plan` from now on; see the class docstring. ValueError: a malformed proxy

@@ -15,12 +15,10 @@ from pathlib import Path
 from egresswatch.bench.kinds import KINDS
 from egresswatch.bench.procs import BenchUsageError, Tools, find_tools
 from egresswatch.bench.profile import find_py_spy
-from egresswatch.settings import ConfigError, Settings, Use, settings_for
 
 MAX_RATE = 5000  # rounds/s: 10,000 targets in one egresswatch process, the issue's largest
 MAX_SECONDS = 600.0  # a warm-up or a window; others wait for the benchmark lock meanwhile
 MAX_REPEAT = 20
-DEFAULT_MAX_CONCURRENT: int = Settings.model_fields["max_concurrent_rounds"].default
 
 
 @dataclass(frozen=True)
@@ -97,9 +95,8 @@ def _add_flags(bench: argparse.ArgumentParser) -> None:
     bench.add_argument(
         "--max-concurrent",
         type=int,
-        default=DEFAULT_MAX_CONCURRENT,
         metavar="N",
-        help="egresswatch's max_concurrent_rounds (default: the setting's, %(default)s)",
+        help="egresswatch's max_concurrent_rounds (default: the setting's default)",
     )
     bench.add_argument("--json", action="store_true", help="print the rows as one JSON document")
     bench.add_argument(
@@ -123,7 +120,7 @@ def bench_options(
     _bounded("--warmup", args.warmup, 0.0, MAX_SECONDS)
     _bounded("--window", args.window, 0.1, MAX_SECONDS)
     _bounded("--repeat", args.repeat, 1, MAX_REPEAT)
-    _max_concurrent(args.max_concurrent)
+    max_concurrent = _max_concurrent(args.max_concurrent)
     py_spy = None
     if args.profile is not None:
         py_spy = find_py_spy(path)
@@ -141,7 +138,7 @@ def bench_options(
         args.warmup,
         args.window,
         args.repeat,
-        args.max_concurrent,
+        max_concurrent,
         args.json,
         tools,
         args.profile,
@@ -176,13 +173,21 @@ def _bounded(flag: str, value: float, low: float, high: float) -> None:
         raise BenchUsageError(f"{flag}: {value:g} is not from {low:g} to {high:g}")
 
 
-def _max_concurrent(value: int) -> None:
-    # The setting's own bounds, as egresswatch would check the config the benchmark writes.
+def _max_concurrent(value: int | None) -> int:
+    """The setting's default when not given, else `value` within the setting's own bounds."""
+    # Imported here: this module is loaded by every command's parser, an agent's included,
+    # and an agent loads no config model (tests/test_agent_imports.py).
+    from egresswatch.settings import ConfigError, Settings, Use, settings_for
+
+    if value is None:
+        default: int = Settings.model_fields["max_concurrent_rounds"].default
+        return default
     data = {"max_concurrent_rounds": value}
     try:
         settings_for(data, "--max-concurrent", Use.TOOL, from_flags={"max_concurrent_rounds"})
     except ConfigError as exc:
         raise BenchUsageError("; ".join(exc.problems)) from None
+    return value
 
 
 def _profile_dir(directory: Path) -> None:

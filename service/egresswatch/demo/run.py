@@ -37,6 +37,7 @@ from typing import TextIO
 
 import prometheus_client
 
+from egresswatch.addresses import parse_listen
 from egresswatch.controller.detection.incidents import IncidentEvent, IncidentEventKind
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.demo.dns import HOST
@@ -46,7 +47,7 @@ from egresswatch.demo.printer import Printer, seconds
 from egresswatch.demo.scenario import BROKEN_STATUS, Fault, FaultKind, Timeline, timeline
 from egresswatch.demo.watch import Scoreboard, View, new_notes, with_round
 from egresswatch.model import Endpoint, RoundResult
-from egresswatch.settings import load_settings, parse_listen
+from egresswatch.settings import load_settings
 from egresswatch.wiring import CONTROLLER_TICK_S, Service, StartupError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

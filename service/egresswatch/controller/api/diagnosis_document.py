@@ -16,7 +16,7 @@ from egresswatch.controller.api.query import iso
 from egresswatch.controller.diagnosis.rules import Context, Observation, diagnose
 from egresswatch.kube.netpol import PolicyView
 from egresswatch.model import Endpoint, Role, RoundResult, SourceKind
-from egresswatch.plan import public_proxy_url
+from egresswatch.plan_config import public_proxy_url
 from egresswatch.settings import Settings
 from egresswatch.storage import ClusterChanges, History, IncidentRecord, Store, TargetRecord
 

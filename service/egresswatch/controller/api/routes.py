@@ -40,7 +40,8 @@ from egresswatch.controller.ingest.batch_body import parse_batch, read_body
 from egresswatch.controller.ingest.intake import Refused
 from egresswatch.kube.netpol import PolicyView
 from egresswatch.model import RoundResult, SourceKind
-from egresswatch.plan import Plan, plan_from_settings, public_proxy_url
+from egresswatch.plan import Plan
+from egresswatch.plan_config import plan_from_settings, public_proxy_url
 from egresswatch.report import round_document
 from egresswatch.settings import Settings
 from egresswatch.storage import (

@@ -1,0 +1,64 @@
+"""What an agent's RSS is made of before it runs a round: VmRSS, anonymous and file-backed,
+after each import in the order `egresswatch agent` loads them (not a test).
+
+Each step is measured in one fresh interpreter, importing the modules of the steps before it
+too, so a row is what that library adds on top of the ones above it (pydantic's row includes
+building one model: pydantic loads its schema machinery at the first one). File-backed pages
+are the interpreter's and the extensions' shared libraries; anonymous ones are the heap.
+Compare with the running agent: benchmarks/agent_footprint.py.
+
+    python benchmarks/agent_imports.py
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+# (row, code run after the rows above it), in the agent's start order.
+STEPS = (
+    ("Python alone", ""),
+    ("asyncio, ssl", "import asyncio, ssl"),
+    ("aiohttp (client and server)", "import aiohttp, aiohttp.web"),
+    ("pydantic, and its first model", "import pydantic\nclass M(pydantic.BaseModel): x: int"),
+    ("prometheus_client", "import prometheus_client"),
+    ("APScheduler", "import apscheduler.schedulers.asyncio, apscheduler.triggers.interval"),
+    ("dnslib", "import dnslib"),
+    ("egresswatch's agent modules", "import egresswatch.cli, egresswatch.agent.service"),
+    ("cryptography (an HTTPS round's first certificate)", "import cryptography.x509"),
+)
+
+REPORT = """
+import json
+fields = {}
+for line in open('/proc/self/status'):
+    key, _, value = line.partition(':')
+    if key in ('VmRSS', 'RssAnon', 'RssFile'):
+        fields[key] = int(value.split()[0]) / 1024
+print(json.dumps(fields))
+"""
+
+
+def measure(upto: int) -> dict[str, float]:
+    code = "\n".join(code for _, code in STEPS[: upto + 1]) + REPORT
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    result: dict[str, float] = json.loads(found.stdout)
+    return result
+
+
+def main() -> None:
+    print(f"{'after importing':52} {'VmRSS':>7} {'added':>6} {'anon':>6} {'file':>6}  (MiB)")
+    before = 0.0
+    for index, (row, _) in enumerate(STEPS):
+        fields = measure(index)
+        rss = fields["VmRSS"]
+        added = f"{rss - before:+6.1f}" if index else ""
+        print(f"{row:52} {rss:7.1f} {added:>6} {fields['RssAnon']:6.1f} {fields['RssFile']:6.1f}")
+        before = rss
+
+
+if __name__ == "__main__":
+    main()
