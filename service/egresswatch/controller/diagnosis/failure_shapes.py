@@ -23,6 +23,7 @@ from egresswatch.controller.diagnosis.findings import (
     http_sentence,
     icmp_senders,
     is_ok,
+    tcp_of,
     tls_of,
     tls_sentence,
     trace_hops,
@@ -85,7 +86,7 @@ def _connection(
 ) -> Finding | None:
     """Connection-level failures, at whichever step the connection was being made or used."""
     on_path = _devices_on_path(round_, devices)
-    named = _connection_suspect(reason, failing.step, bool(on_path))
+    named = _connection_suspect(reason, failing.step, bool(on_path), _unprompted(failing))
     if named is None:
         return None
     suspect, rule = named
@@ -95,6 +96,12 @@ def _connection(
         facts["egress_devices_on_path"] = on_path
         if rule == "cut_on_device_path":
             evidence.append(f"egress device {', '.join(on_path)} is on the path")
+    if rule == "endpoint_resets" and on_path:
+        devices_said = ", ".join(on_path)
+        evidence.append(
+            f"egress device {devices_said} is on the path, but a device that inspects traffic "
+            "reacts to what is sent, and this reset came with nothing sent"
+        )
     if rule == "silent_drop" and not _traced(round_):
         evidence.append("no path_trace this round to say where the packets stop")
     senders = icmp_senders(round_.step(Step.TCP_CONNECT))
@@ -104,8 +111,15 @@ def _connection(
     return Finding(suspect, rule, tuple(evidence), facts, None, told)
 
 
+def _unprompted(failing: StepResult) -> bool:
+    """tcp_connect's reset came whatever was sent: the round's connection was reset at the next
+    step and a second one that sent nothing was reset too (probes/resetcheck.py)."""
+    tcp = tcp_of(failing) if failing.step is Step.TCP_CONNECT else None
+    return tcp is not None and tcp.reset_check is not None and tcp.reset_check.unprompted_reset
+
+
 def _connection_suspect(
-    reason: Reason, step: Step, device_on_path: bool
+    reason: Reason, step: Step, device_on_path: bool, unprompted: bool = False
 ) -> tuple[Suspect, str] | None:
     """The suspect and rule id for a connection-level reason (docs/diagnosis.md, shapes)."""
     match reason:
@@ -117,6 +131,9 @@ def _connection_suspect(
             return Suspect.FIREWALL, "refused_by_filter"
         case Reason.CONN_REFUSED:
             return Suspect.ENDPOINT_DOWN, "endpoint_refuses"
+        case Reason.CONN_RESET if step is Step.TCP_CONNECT and unprompted:
+            # reset whatever is sent, nothing included: the listener's, device or not
+            return Suspect.ENDPOINT_DOWN, "endpoint_resets"
         case Reason.CONN_RESET | Reason.TLS_HANDSHAKE_FAILED if device_on_path:
             # a device that inspects traffic let the handshake through, then cut it
             return Suspect.FIREWALL, "cut_on_device_path"
