@@ -723,11 +723,26 @@ CASES = [
         NC,
     ),
     Case(
+        # tcp_connect sends nothing: a device on the path had nothing to inspect.
         "accepted then reset, an egress device on the path",
         obs(rnd(tcp(Reason.CONN_RESET), trace(FIREWALL, reason=None), blocked=True)),
+        Suspect.ENDPOINT_DOWN,
+        "endpoint_resets",
+        NC,
+        (f"egress device {FIREWALL} is on the path, but the reset came with nothing sent",),
+    ),
+    Case(
+        "TLS cut, an egress device on the path",
+        obs(
+            rnd(
+                tls(Reason.TLS_HANDSHAKE_FAILED, issuer=None),
+                trace(FIREWALL, reason=None),
+                skipped(Step.HTTP_RESPONSE, Reason.DEPENDENCY_FAILED),
+            )
+        ),
         Suspect.FIREWALL,
         "cut_on_device_path",
-        NC,
+        CURL,
         (f"egress device {FIREWALL} is on the path",),
     ),
     Case(

@@ -23,7 +23,6 @@ from egresswatch.controller.diagnosis.findings import (
     http_sentence,
     icmp_senders,
     is_ok,
-    tcp_of,
     tls_of,
     tls_sentence,
     trace_hops,
@@ -86,7 +85,7 @@ def _connection(
 ) -> Finding | None:
     """Connection-level failures, at whichever step the connection was being made or used."""
     on_path = _devices_on_path(round_, devices)
-    named = _connection_suspect(reason, failing.step, bool(on_path), _unprompted(failing))
+    named = _connection_suspect(reason, failing.step, bool(on_path))
     if named is None:
         return None
     suspect, rule = named
@@ -99,8 +98,8 @@ def _connection(
     if rule == "endpoint_resets" and on_path:
         devices_said = ", ".join(on_path)
         evidence.append(
-            f"egress device {devices_said} is on the path, but a device that inspects traffic "
-            "reacts to what is sent, and this reset came with nothing sent"
+            f"egress device {devices_said} is on the path, but the reset came with nothing sent: "
+            "a device that inspects traffic had nothing to react to"
         )
     if rule == "silent_drop" and not _traced(round_):
         evidence.append("no path_trace this round to say where the packets stop")
@@ -111,15 +110,8 @@ def _connection(
     return Finding(suspect, rule, tuple(evidence), facts, None, told)
 
 
-def _unprompted(failing: StepResult) -> bool:
-    """tcp_connect's reset came whatever was sent: the round's connection was reset at the next
-    step and a second one that sent nothing was reset too (probes/resetcheck.py)."""
-    tcp = tcp_of(failing) if failing.step is Step.TCP_CONNECT else None
-    return tcp is not None and tcp.reset_check is not None and tcp.reset_check.unprompted_reset
-
-
 def _connection_suspect(
-    reason: Reason, step: Step, device_on_path: bool, unprompted: bool = False
+    reason: Reason, step: Step, device_on_path: bool
 ) -> tuple[Suspect, str] | None:
     """The suspect and rule id for a connection-level reason (docs/diagnosis.md, shapes)."""
     match reason:
@@ -131,15 +123,14 @@ def _connection_suspect(
             return Suspect.FIREWALL, "refused_by_filter"
         case Reason.CONN_REFUSED:
             return Suspect.ENDPOINT_DOWN, "endpoint_refuses"
-        case Reason.CONN_RESET if step is Step.TCP_CONNECT and unprompted:
-            # reset whatever is sent, nothing included: the listener's, device or not
+        case Reason.CONN_RESET if step is Step.TCP_CONNECT:
+            # accepted, then reset with nothing sent (tcp_connect sends nothing; an HTTP(S)
+            # round's reset is told apart first: probes/resetcheck.py): a listener with nothing
+            # healthy behind it. A device on the path had nothing to inspect and react to.
             return Suspect.ENDPOINT_DOWN, "endpoint_resets"
         case Reason.CONN_RESET | Reason.TLS_HANDSHAKE_FAILED if device_on_path:
             # a device that inspects traffic let the handshake through, then cut it
             return Suspect.FIREWALL, "cut_on_device_path"
-        case Reason.CONN_RESET if step is Step.TCP_CONNECT:
-            # accepted, then reset before a byte: a listener with nothing healthy behind it
-            return Suspect.ENDPOINT_DOWN, "endpoint_resets"
         case (
             Reason.CONN_RESET | Reason.TLS_HANDSHAKE_FAILED | Reason.TIMEOUT | Reason.HTTP_PROTOCOL
         ):
