@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from egresswatch.evidence import HttpEvidence, NotRun, ResetCheck, TcpEvidence, TlsEvidence
+from egresswatch.evidence import HttpEvidence, NotRun, TcpEvidence, TlsEvidence
 from egresswatch.model import Endpoint, Reason, RoundResult, Status, Step, StepResult
 from egresswatch.probes.checklist import ChecklistPlan, TraceMode, run_checklist
 from egresswatch.probes.tls import TlsContexts, TlsOptions
@@ -70,20 +70,53 @@ async def test_an_endpoint_that_resets_whatever_is_sent_fails_tcp_connect(
     assert server.connections == 2  # the round's, and the one that sent nothing
 
 
-async def test_a_reset_after_the_client_hello_stays_a_firewalls(
-    local_servers: LocalServers, pki: Pki, tmp_path: Path
+@pytest.mark.parametrize(
+    ("server_kind", "reason", "seen", "idle", "says"),
+    [
+        # An SNI filter resets only once it read the ClientHello: the connection that sent
+        # nothing stays up, so tls_handshake keeps firewall_denied.
+        (
+            "reset_after_hello",
+            Reason.FIREWALL_DENIED,
+            "reset",
+            "ok",
+            "stayed up for 150 ms: the peer reacted to what was sent",
+        ),
+        # A FIN is not a reset: tls_handshake keeps tls_handshake_failed (the endpoint's).
+        (
+            "close_unprompted",
+            Reason.TLS_HANDSHAKE_FAILED,
+            "closed",
+            "closed",
+            "was closed too, after",
+        ),
+    ],
+)
+async def test_a_tls_handshake_cut_by_what_was_sent_or_by_a_close_keeps_its_step(
+    local_servers: LocalServers,
+    pki: Pki,
+    tmp_path: Path,
+    server_kind: str,
+    reason: Reason,
+    seen: str,
+    idle: str,
+    says: str,
 ) -> None:
-    """An SNI filter resets only once it read the ClientHello: the connection that sent
-    nothing stays up, so tls_handshake keeps firewall_denied and says how it was told."""
-    server = await local_servers.reset_after_hello()
+    """tcp_connect stays ok; tls_handshake keeps its reason and says how it was told apart."""
+    server = await getattr(local_servers, server_kind)()
     steps = await round_against("https", server, pki, tmp_path)
     assert steps[Step.TCP_CONNECT].status is Status.OK
     tls = steps[Step.TLS_HANDSHAKE]
-    assert (tls.status, tls.reason) == (Status.FAIL, Reason.FIREWALL_DENIED), tls.detail
+    assert (tls.status, tls.reason) == (Status.FAIL, reason), tls.detail
     check = typed(tls, TlsEvidence).reset_check
-    assert check == ResetCheck("tls_handshake", "reset", "ok", 150.0, check.ms if check else 0)
-    assert "stayed up for 150 ms: the peer reacted to what was sent" in tls.detail
-    assert server.connections == 2
+    assert check is not None and (check.seen_at, check.seen, check.idle, check.grace_ms) == (
+        "tls_handshake",
+        seen,
+        idle,
+        150.0,
+    )
+    assert says in tls.detail
+    assert server.connections == 2  # the round's, and the one that sent nothing
 
 
 async def test_a_reset_after_the_request_stays_the_exchanges(
@@ -95,21 +128,6 @@ async def test_a_reset_after_the_request_stays_the_exchanges(
     assert (http.status, http.reason) == (Status.FAIL, Reason.CONN_RESET), http.detail
     check = typed(http, HttpEvidence).reset_check
     assert check is not None and (check.seen_at, check.idle) == ("http_response", "ok")
-
-
-async def test_an_endpoint_that_closes_every_connection_stays_the_endpoints(
-    local_servers: LocalServers, pki: Pki, tmp_path: Path
-) -> None:
-    """A FIN is not a reset: tls_handshake keeps tls_handshake_failed (the endpoint's), and
-    the evidence says a connection that sent nothing was closed too."""
-    server = await local_servers.close_unprompted()
-    steps = await round_against("https", server, pki, tmp_path)
-    assert steps[Step.TCP_CONNECT].status is Status.OK
-    tls = steps[Step.TLS_HANDSHAKE]
-    assert (tls.status, tls.reason) == (Status.FAIL, Reason.TLS_HANDSHAKE_FAILED), tls.detail
-    check = typed(tls, TlsEvidence).reset_check
-    assert check is not None and (check.seen, check.idle) == ("closed", "closed")
-    assert "the endpoint closes every connection" in tls.detail
 
 
 async def test_a_good_round_makes_no_second_connection(
