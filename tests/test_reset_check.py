@@ -32,9 +32,11 @@ def plan(scheme: str, server: LocalServer, pki: Pki, tmp_path: Path) -> Checklis
 
 
 async def round_against(
-    scheme: str, server: LocalServer, pki: Pki, tmp_path: Path
+    scheme: str, server: LocalServer, pki: Pki, tmp_path: Path, known: dict[str, str] | None = None
 ) -> dict[Step, StepResult]:
-    found: RoundResult = await run_checklist(plan(scheme, server, pki, tmp_path), source="s")
+    found: RoundResult = await run_checklist(
+        plan(scheme, server, pki, tmp_path), source="s", known_good=known
+    )
     return {s.step: s for s in found.steps}
 
 
@@ -48,7 +50,8 @@ async def test_an_endpoint_that_resets_whatever_is_sent_fails_tcp_connect(
     step, and so is a second connection that sent nothing: tcp_connect conn_reset, as the
     TCP-only grace read says it, and the later steps blocked by it."""
     server = await local_servers.reset_unprompted()
-    steps = await round_against(scheme, server, pki, tmp_path)
+    known: dict[str, str] = {}
+    steps = await round_against(scheme, server, pki, tmp_path, known)
     tcp = steps[Step.TCP_CONNECT]
     assert (tcp.status, tcp.reason) == (Status.FAIL, Reason.CONN_RESET), tcp.detail
     evidence = typed(tcp, TcpEvidence)
@@ -68,6 +71,7 @@ async def test_an_endpoint_that_resets_whatever_is_sent_fails_tcp_connect(
         )
         assert typed(steps[later], NotRun).blocked_by == "tcp_connect"
     assert server.connections == 2  # the round's, and the one that sent nothing
+    assert known == {}  # an address that resets whatever is sent is no last good one
 
 
 @pytest.mark.parametrize(

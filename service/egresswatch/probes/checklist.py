@@ -165,8 +165,9 @@ async def _run(
         left = budget.remaining()
         limit = plan.step_timeout_s if left is None else min(plan.step_timeout_s, left)
         tcp, tls, http = await tell_apart(handover.cut, (tcp, tls, http), timeout_s=limit)
-    if _reached(tcp) and reached and plan.proxy is None:
-        known[plan.target] = reached
+    good = _reached(tcp)  # not an address that resets whatever is sent
+    if good and plan.proxy is None:
+        known[plan.target] = good
     earlier = (cluster, upstream, tcp, tls, http)
     destination = reached or _first(addresses)
     trace = await budget.run(
