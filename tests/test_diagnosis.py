@@ -23,6 +23,7 @@ from egresswatch.evidence import (
     Evidence,
     HttpEvidence,
     NotRun,
+    ResetCheck,
     TcpAttempt,
     TcpEvidence,
     TlsEvidence,
@@ -155,6 +156,14 @@ def http(
     if reason is None:
         return ok(Step.HTTP_RESPONSE, evidence)
     return fail(Step.HTTP_RESPONSE, reason, evidence)
+
+
+def unprompted_reset() -> StepResult:
+    """tcp_connect as the round reads it when the endpoint resets whatever is sent."""
+    check = ResetCheck("tls_handshake", "reset", "conn_reset", 150.0, 0.4)
+    attempt = TcpAttempt(IP, Reason.CONN_RESET.value, 1.2)
+    evidence = TcpEvidence(None, 443, "dns_cluster", (attempt,), reset_check=check)
+    return fail(Step.TCP_CONNECT, Reason.CONN_RESET, evidence)
 
 
 def trace(last_hop: str | None, *, reason: Reason | None = Reason.CONN_TIMEOUT) -> StepResult:
@@ -467,6 +476,26 @@ CASES = [
         (f"tls_handshake with {HOST} at {IP}:443: firewall_denied",),
     ),
     Case(
+        # The same, told apart: a connection that sent nothing stayed up.
+        "reset after the ClientHello, an idle connection stays up",
+        obs(
+            rnd(
+                replace(
+                    tls(Reason.FIREWALL_DENIED, issuer=None),
+                    evidence=replace(
+                        TlsEvidence(address=IP, port=443, server_name=HOST),
+                        reset_check=ResetCheck("tls_handshake", "reset", "ok", 150.0, 151.2),
+                    ),
+                ),
+                skipped(Step.HTTP_RESPONSE, Reason.DEPENDENCY_FAILED),
+            )
+        ),
+        Suspect.FIREWALL,
+        "firewall_refuses",
+        CURL,
+        ("a second connection that sent nothing stayed up for 150 ms: the peer reacted",),
+    ),
+    Case(
         "silent drop, the trace stops at the egress device",
         obs(rnd(tcp(Reason.CONN_TIMEOUT), trace(FIREWALL), blocked=True)),
         Suspect.FIREWALL,
@@ -694,12 +723,42 @@ CASES = [
         NC,
     ),
     Case(
+        # tcp_connect sends nothing: a device on the path had nothing to inspect.
         "accepted then reset, an egress device on the path",
         obs(rnd(tcp(Reason.CONN_RESET), trace(FIREWALL, reason=None), blocked=True)),
+        Suspect.ENDPOINT_DOWN,
+        "endpoint_resets",
+        NC,
+        (f"egress device {FIREWALL} is on the path, but the reset came with nothing sent",),
+    ),
+    Case(
+        "TLS cut, an egress device on the path",
+        obs(
+            rnd(
+                tls(Reason.TLS_HANDSHAKE_FAILED, issuer=None),
+                trace(FIREWALL, reason=None),
+                skipped(Step.HTTP_RESPONSE, Reason.DEPENDENCY_FAILED),
+            )
+        ),
         Suspect.FIREWALL,
         "cut_on_device_path",
-        NC,
+        CURL,
         (f"egress device {FIREWALL} is on the path",),
+    ),
+    Case(
+        # One connection per round: the TLS handshake met the reset, and a second connection
+        # that sent nothing was reset too (probes/resetcheck.py): a load balancer with no
+        # healthy backend, whatever device is on the path.
+        "reset whatever is sent, an egress device on the path",
+        obs(rnd(unprompted_reset(), trace(FIREWALL, reason=None), blocked=True)),
+        Suspect.ENDPOINT_DOWN,
+        "endpoint_resets",
+        NC,
+        (
+            "tls_handshake met the reset on the round's connection, and a second connection "
+            "that sent nothing was reset too: the endpoint resets whatever is sent",
+            f"egress device {FIREWALL} is on the path, but",
+        ),
     ),
     Case(
         "untrusted issuer",

@@ -55,6 +55,7 @@ class Scenario:
     suspect: str
     sources: tuple[str, ...] = BOTH
     rule: str | None = None  # the diagnosis rule, where the issue names a derived step
+    says: tuple[str, ...] = ()  # in the incident's evidence, while open and once closed
 
 
 def upstream_says(rule: str) -> Callable[[EgressLab], None]:
@@ -212,6 +213,30 @@ SCENARIOS = [
         rule="proxy_reports_destination_down",
     ),
     Scenario(
+        # A load balancer with no healthy backend: it accepts and resets, whatever is sent.
+        # The TLS handshake meets the reset; so does a connection that sent nothing.
+        "19-endpoint-accepts-and-resets",
+        lambda lab: lab.world(lab.internet, "reset_site", name="shop"),
+        lambda lab: lab.world(lab.internet, "open_site", name="shop"),
+        "shop",
+        "tcp_connect",
+        "endpoint_down",
+        rule="endpoint_resets",
+        says=("a second connection that sent nothing was reset too",),
+    ),
+    Scenario(
+        # An SNI filter: the reset answers the ClientHello; a connection that sent nothing
+        # stays up.
+        "20-sni-filter-resets-after-client-hello",
+        lambda lab: lab.sni_filter(name("shop")),
+        lambda lab: lab.repair_sni_filter(name("shop")),
+        "shop",
+        "tls_handshake",
+        "firewall",
+        rule="firewall_refuses",
+        says=("a second connection that sent nothing stayed up",),
+    ),
+    Scenario(
         "11-pod-blocked-node-works",
         lambda lab: lab.pod_policy(f"ip daddr {SHOP} tcp dport 443 drop"),
         lambda lab: lab.repair_pod_policy(),
@@ -252,6 +277,9 @@ def test_scenario(scenario: Scenario, egress_lab: EgressLab) -> None:
         }
         assert rules == dict.fromkeys(scenario.sources, scenario.rule), diagnosis
 
+    for said in scenario.says:
+        assert said in " ".join(incident["evidence"]), incident["evidence"]
+
     metrics = scrape(lab)
     target, step = scenario.target, scenario.step
     assert metrics.value("incidents_open", target=target, suspect=scenario.suspect) == 1
@@ -283,6 +311,8 @@ def test_scenario(scenario: Scenario, egress_lab: EgressLab) -> None:
     kept = (closed["first_failing_step"], closed["suspect"], closed["next_command"])
     lines = [(h["at"], h["first_failing_step"], h["suspect"], h["note"]) for h in closed["history"]]
     assert kept == (scenario.step, scenario.suspect, incident["next_command"]), lines
+    for said in scenario.says:
+        assert said in " ".join(closed["evidence"]), closed["evidence"]
     # Everything recovers, not only this incident: every step of every target from both
     # sources, path_trace included (it is traced again until it works: agent/runner.py).
     lab.wait_healthy(RECOVERY_WINDOW_S)

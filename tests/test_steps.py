@@ -23,6 +23,7 @@ from egresswatch.evidence import (
     HttpEvidence,
     NotRun,
     Record,
+    ResetCheck,
     TcpAttempt,
     TcpEvidence,
     TlsEvidence,
@@ -64,6 +65,7 @@ EXAMPLES: dict[type[Record], Record] = {
         ("203.0.113.9",),
         "dns_upstream",
         (TcpAttempt("203.0.113.10", "ok", 1.5),),
+        ResetCheck("tls_handshake", "reset", "conn_reset", 150.0, 0.6),
     ),
     TlsEvidence: TlsEvidence(
         "203.0.113.7",
@@ -81,6 +83,7 @@ EXAMPLES: dict[type[Record], Record] = {
         1.2,
         3.1,
         407,
+        ResetCheck("tls_handshake", "reset", "ok", 150.0, 151.0),
     ),
     HttpEvidence: HttpEvidence(
         "https://x.test/",
@@ -96,7 +99,9 @@ EXAMPLES: dict[type[Record], Record] = {
         3.1,
         12.5,
         17.0,
+        ResetCheck("http_response", "closed", "closed", 150.0, 10.5),
     ),
+    ResetCheck: ResetCheck("http_response", "closed", "conn_refused", 150.0, 0.2),
     TraceHop: TraceHop(3, "10.1.0.4", 0.9, "unreachable", True),
     TraceEvidence: TraceEvidence(
         "203.0.113.7",
@@ -165,7 +170,8 @@ def test_round_trip(kind: type[Record]) -> None:
     example = EXAMPLES[kind]
     for field in dataclasses.fields(example):
         assert getattr(example, field.name) != field.default, f"{field.name} is its default"
-    for value in (example, *([kind()] if kind not in (DnsTry, TcpAttempt, TraceHop) else [])):
+    required = (DnsTry, TcpAttempt, TraceHop, ResetCheck)  # records with required fields
+    for value in (example, *([kind()] if kind not in required else [])):
         data = json.loads(json.dumps(value.to_json(), allow_nan=False))
         assert kind.from_json(data) == value
         assert kind.from_json(data, strict=False) == value

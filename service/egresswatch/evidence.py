@@ -27,6 +27,7 @@ __all__ = [
     "HttpEvidence",
     "NotRun",
     "Record",
+    "ResetCheck",
     "TcpAttempt",
     "TcpEvidence",
     "TlsEvidence",
@@ -97,6 +98,29 @@ class DnsEvidence(Evidence):
 
 
 @dataclass(frozen=True)
+class ResetCheck(Record):
+    """How a reset or close of the round's connection was told apart (probes/resetcheck.py).
+
+    `seen_at` is the step that met it on the connection tcp_connect handed over
+    (tls_handshake, http_response), `seen` what it met (reset, closed). A second connection to
+    the same address then sent nothing and read for `grace_ms`: `idle` is what it got, within
+    `ms`: conn_reset (reset unprompted), closed (closed unprompted), ok (it stayed up: the peer
+    reacted to what was sent), or the reason its connect failed (nothing told apart).
+    """
+
+    seen_at: str
+    seen: str
+    idle: str
+    grace_ms: float = 0.0
+    ms: float = 0.0
+
+    @property
+    def unprompted_reset(self) -> bool:
+        """The endpoint resets a connection whatever is sent (nothing, here)."""
+        return self.idle == "conn_reset"
+
+
+@dataclass(frozen=True)
 class TcpAttempt(Record):
     """One connect: `outcome` is "ok" or a reason code; `icmp_from` who sent an ICMP error."""
 
@@ -112,7 +136,9 @@ class TcpEvidence(Evidence):
     `ip_source` where the addresses came from (dns_cluster, dns_upstream, last_good, pinned,
     literal, proxy), `untried` the addresses left over. When the addresses the cluster resolver
     gave all failed and the upstream resolver answered others, one of those is tried too:
-    `other_answers` (from `other_source`) says whether the other answer works."""
+    `other_answers` (from `other_source`) says whether the other answer works.
+    `reset_check`: the connection was accepted, then reset whatever was sent, as a later step
+    and a second connection that sent nothing both saw (ResetCheck)."""
 
     address: str | None = None
     port: int | None = None
@@ -121,6 +147,7 @@ class TcpEvidence(Evidence):
     untried: tuple[str, ...] = ()
     other_source: str | None = field(default=None, metadata=OMITTED_BY_DEFAULT)
     other_answers: tuple[TcpAttempt, ...] = field(default=(), metadata=OMITTED_BY_DEFAULT)
+    reset_check: ResetCheck | None = field(default=None, metadata=OMITTED_BY_DEFAULT)
 
     @property
     def aimed_at(self) -> str | None:
@@ -142,8 +169,9 @@ class TcpEvidence(Evidence):
 class TlsEvidence(Evidence):
     """The handshake with `server_name` at `address:port` (through `via_proxy` when set): the
     session's version and cipher, the leaf's issuer, subject, not_after (RFC 3339 UTC) and
-    days_left, the verification error, phase timings in ms, and the proxy's status when it
-    refused the CONNECT."""
+    days_left, the verification error, phase timings in ms, the proxy's status when it
+    refused the CONNECT, and `reset_check` when the handshake met a reset or close right
+    after the connect (ResetCheck)."""
 
     address: str | None = None
     port: int | None = None
@@ -160,6 +188,7 @@ class TlsEvidence(Evidence):
     proxy_connect_ms: float | None = None
     tls_ms: float | None = None
     proxy_status: int | None = field(default=None, metadata=OMITTED_BY_DEFAULT)
+    reset_check: ResetCheck | None = field(default=None, metadata=OMITTED_BY_DEFAULT)
 
 
 # --- http_response ---------------------------------------------------------------------------
@@ -168,8 +197,9 @@ class TlsEvidence(Evidence):
 @dataclass(frozen=True)
 class HttpEvidence(Evidence):
     """The request to `url` and its answer: `status` from whoever answered last,
-    `proxy_status` the answer to CONNECT, the `server` and `location` headers, and phase
-    timings in ms (null for a phase not reached)."""
+    `proxy_status` the answer to CONNECT, the `server` and `location` headers, phase
+    timings in ms (null for a phase not reached), and `reset_check` when a plain-HTTP exchange
+    met a reset or close right after the connect (ResetCheck)."""
 
     url: str | None = None
     address: str | None = None
@@ -184,6 +214,7 @@ class HttpEvidence(Evidence):
     tls_ms: float | None = None
     ttfb_ms: float | None = None
     total_ms: float | None = None
+    reset_check: ResetCheck | None = field(default=None, metadata=OMITTED_BY_DEFAULT)
 
 
 # --- path_trace ------------------------------------------------------------------------------

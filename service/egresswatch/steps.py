@@ -143,7 +143,7 @@ _DESCRIPTIONS = (
         "nc -z -v host 443",
         TcpEvidence,
         _nc,
-        ("address", "port", "ip_source"),
+        ("address", "port", "ip_source", "reset_check"),
     ),
     StepDescription(
         Step.TLS_HANDSHAKE,
@@ -151,7 +151,7 @@ _DESCRIPTIONS = (
         "curl -Iv https://host",
         TlsEvidence,
         _curl,
-        ("address", "server_name", "issuer", "subject", "verify_error"),
+        ("address", "server_name", "issuer", "subject", "verify_error", "reset_check"),
     ),
     StepDescription(
         Step.HTTP_RESPONSE,
@@ -159,7 +159,7 @@ _DESCRIPTIONS = (
         "curl -Iv https://host",
         HttpEvidence,
         _curl,
-        ("url", "status", "proxy_status", "via_proxy", "server"),
+        ("url", "status", "proxy_status", "via_proxy", "server", "reset_check"),
     ),
     StepDescription(
         Step.PATH_TRACE,

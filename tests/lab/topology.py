@@ -421,6 +421,15 @@ class EgressLab:
     def repair_pod_policy(self) -> None:
         self._unchain(self.node, "netpol")
 
+    def sni_filter(self, server_name: str) -> None:
+        """An SNI filter in the egress device: a TLS ClientHello naming `server_name` is
+        answered with a TCP reset (iptables' string match on the forwarded payload); the TCP
+        handshake, and a connection that sends nothing, pass."""
+        self.lab.exec(self.egress, "iptables", "-I", "FORWARD", *_sni_rule(server_name))
+
+    def repair_sni_filter(self, server_name: str) -> None:
+        self.lab.exec(self.egress, "iptables", "-D", "FORWARD", *_sni_rule(server_name))
+
     def intercept(self) -> None:
         """TLS inspection: the egress device takes the endpoint's HTTPS connections over and
         answers them itself, with a certificate from its own CA."""
@@ -445,6 +454,25 @@ class EgressLab:
 
     def _unchain(self, node: Node, table: str) -> None:
         self.lab.exec(node, "nft", "delete", "table", "ip", table)
+
+
+def _sni_rule(server_name: str) -> list[str]:
+    return [
+        "-p",
+        "tcp",
+        "--dport",
+        "443",
+        "-m",
+        "string",
+        "--string",
+        server_name,
+        "--algo",
+        "bm",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ]
 
 
 def lab_cluster() -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ world per namespace, gone when the worker is killed.
     reply(name, status, flap=False)           its answer from now on (flap: per client,
                                               every other request gets `status`, the rest 200)
     close_site(name) / open_site(name)        stop listening (connects are refused) / again
+    reset_site(name)                          accept and reset at once instead (open_site: again)
     relay(name, address, port, to, delay_ms)  a TCP relay that delays every chunk in user space
     delay(name, delay_ms)                     the relay's added round-trip time from now on
     dns(address, answers, ttl, rcode)         a DNS server on address:53 (dnslib)
@@ -33,11 +34,16 @@ from aiohttp import web
 from tests.support.dnsserver import Rule, TestDNSServer
 from tests.support.https import Reply
 from tests.support.kubeapi import HOST, FakeKubeApi
+from tests.support.tcpservers import TcpServer
 
 CALL_TIMEOUT_S = 10.0
 _HEAD_LIMIT = 64 * 1024
 _READ_S = 5.0
 _CHUNK = 64 * 1024
+# The lab's round trips are microseconds: a reset this much after the accept reaches the
+# client after its connect completed, as a real endpoint's (a round trip away) does; still
+# well within the probe's 150 ms grace read.
+_RESET_AFTER_S = 0.02
 T = TypeVar("T")
 
 
@@ -108,6 +114,7 @@ class World:
     loop: asyncio.AbstractEventLoop
     sites: dict[str, Site] = field(default_factory=dict)
     relays: dict[str, Relay] = field(default_factory=dict)
+    resetting: dict[str, TcpServer] = field(default_factory=dict)  # a site's stand-in
     resolvers: dict[str, TestDNSServer] = field(default_factory=dict)
     kube: FakeKubeApi | None = None
 
@@ -147,7 +154,11 @@ def reply(name: str, status: int, flap: bool = False) -> None:
 
 
 def open_site(name: str) -> None:
-    served = _the_world().sites[name]
+    world = _the_world()
+    served = world.sites[name]
+    stand_in = world.resetting.pop(name, None)
+    if stand_in is not None:
+        stand_in.close()
     if served.server is None:
         served.server = _run(_listen(served.serve, served.address, served.port, served.context))
 
@@ -158,6 +169,19 @@ def close_site(name: str) -> None:
     if served.server is not None:
         _run(_close(served.server))
         served.server = None
+
+
+def reset_site(name: str) -> None:
+    """The site's address and port accept every connection and reset it (SO_LINGER 0) without
+    reading a byte, whatever the client sends: a load balancer with no healthy backend.
+    `open_site` puts the site back."""
+    world = _the_world()
+    served = world.sites[name]
+    close_site(name)
+    if name not in world.resetting:
+        world.resetting[name] = TcpServer(
+            "reset", served.address, served.port, reset_after_s=_RESET_AFTER_S
+        )
 
 
 async def _listen(

@@ -6,6 +6,8 @@
     server = await local_servers.http(Reply(470, body=b"Action: Deny"))
     server = await local_servers.reset_after_hello()          # RST after the first read
     server = await local_servers.close_after_hello()          # FIN after the first read
+    server = await local_servers.reset_unprompted()           # RST soon after the accept
+    server = await local_servers.close_unprompted()           # FIN soon after the accept
     server = await local_servers.silent()                     # accepts, never answers
     server = await local_servers.raw(b"SSH-2.0-OpenSSH_9.6\\r\\n")  # not HTTP
     server.port, server.requests                              # requests: raw heads received
@@ -43,6 +45,9 @@ _HEAD_LIMIT = 64 * 1024
 _READ_S = 5.0  # a client that sends nothing is dropped after this
 _CLOSE_WAIT_S = 1.0
 _FILL_ATTEMPTS = 16
+# How long an unprompted server waits before cutting: after the client's connect completes
+# (the server runs in the client's event loop), well within the probe's 150 ms grace read.
+_UNPROMPTED_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -198,6 +203,12 @@ class LocalServer:
             await self._server.wait_closed()
 
 
+def _reset_on_close(writer: asyncio.StreamWriter) -> None:
+    """SO_LINGER with a zero timeout: the handler's close (the transport's abort) sends RST."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 class LocalServers:
     """A factory of servers, all closed at teardown."""
 
@@ -233,11 +244,29 @@ class LocalServers:
 
         async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(4096)
-            sock = writer.get_extra_info("socket")
-            # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            _reset_on_close(writer)
 
         return await self._start(reset, None)
+
+    async def reset_unprompted(self) -> LocalServer:
+        """Accepts, then resets without reading a byte, whatever the client sends: a load
+        balancer with no healthy backend."""
+
+        async def reset(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(_UNPROMPTED_S)
+            _reset_on_close(writer)
+
+        return await self._start(reset, None)
+
+    async def close_unprompted(self) -> LocalServer:
+        """Accepts, then closes cleanly (FIN) without reading a byte, whatever is sent."""
+
+        async def close(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(_UNPROMPTED_S)
+            writer.close()
+            await writer.wait_closed()
+
+        return await self._start(close, None)
 
     async def close_after_hello(self) -> LocalServer:
         """Reads the first bytes, then closes cleanly (FIN) without answering."""

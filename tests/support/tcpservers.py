@@ -2,6 +2,7 @@
 
     TcpServer("accept")   # accepts and keeps every connection open until closed
     TcpServer("reset")    # accepts, then resets at once (SO_LINGER {1, 0}, then close: a RST)
+    TcpServer("reset", reset_after_s=0.02)  # the RST a moment later, as from a far endpoint
     ClosedPort()          # a port bound but not listening: a SYN to it is answered with RST
 
 Fixtures (import them explicitly into the test module): `accept_server`, `reset_server`,
@@ -41,11 +42,17 @@ def _family(host: str) -> socket.AddressFamily:
 class TcpServer:
     """A listener on `host:port` (0: ephemeral) that accepts or resets; a thread serves it."""
 
-    def __init__(self, mode: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, mode: str, host: str = "127.0.0.1", port: int = 0, *, reset_after_s: float = 0.0
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.mode = mode
         self.host = host
+        # A reset this long after the accept reaches the client after its connect completed
+        # (and after what it sends at once), as a far endpoint's does; 0: at once, which on
+        # loopback may beat the client's own view of the connect.
+        self.reset_after_s = reset_after_s
         self.accepted = 0  # connections accepted so far
         self._kept: list[socket.socket] = []
         self._stop = threading.Event()
@@ -70,6 +77,7 @@ class TcpServer:
                 return
             self.accepted += 1
             if self.mode == "reset":
+                self._stop.wait(self.reset_after_s)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
                 conn.close()
                 continue

@@ -118,6 +118,17 @@ def skipped(
     return StepResult(step, Status.SKIPPED, reason, 0.0, detail, found)
 
 
+def blocked_by(step: Step, earlier: StepResult) -> StepResult:
+    """`step` skipped because `earlier` did not succeed (`dependency_failed`)."""
+    why = earlier.reason.value if earlier.reason else earlier.status.value
+    return skipped(
+        step,
+        Reason.DEPENDENCY_FAILED,
+        f"{earlier.step.value} did not succeed ({why})",
+        NotRun(blocked_by=earlier.step.value),
+    )
+
+
 async def guarded(
     step: Step, probe: Awaitable[StepResult], clock: Clock = time.perf_counter
 ) -> StepResult:

@@ -29,11 +29,12 @@ from egresswatch.model import (
     StepResult,
     evidence_of,
 )
-from egresswatch.probes.base import guarded, skipped
+from egresswatch.probes.base import blocked_by, guarded, skipped
 from egresswatch.probes.dns import dns_cluster, dns_upstream
 from egresswatch.probes.handover import Handover
 from egresswatch.probes.http import http_response
 from egresswatch.probes.overload import TIMEOUT_REASONS, Stalls, judge_timeout
+from egresswatch.probes.resetcheck import tell_apart
 from egresswatch.probes.resolvconf import load_resolv_conf
 from egresswatch.probes.tcp import tcp_connect, try_address
 from egresswatch.probes.tls import TlsOptions, tls_handshake
@@ -157,11 +158,16 @@ async def _run(
     if tcp.status is Status.FAIL and ip_source == Step.DNS_CLUSTER.value:
         tcp = await _other_answer(plan, tcp, upstream, budget.remaining())
     reached = _reached(tcp)
-    if reached and plan.proxy is None:
-        known[plan.target] = reached
     tls = await budget.run(Step.TLS_HANDSHAKE, plan, lambda p: _tls(p, tcp, reached, shared))
     http = await budget.run(Step.HTTP_RESPONSE, plan, lambda p: _http(p, tcp, tls, reached, shared))
     handover.close()  # before the trace: the exchange is over
+    if handover.cut is not None:  # reset right after the accept: the endpoint's, or a filter's?
+        left = budget.remaining()
+        limit = plan.step_timeout_s if left is None else min(plan.step_timeout_s, left)
+        tcp, tls, http = await tell_apart(handover.cut, (tcp, tls, http), timeout_s=limit)
+    good = _reached(tcp)  # not an address that resets whatever is sent
+    if good and plan.proxy is None:
+        known[plan.target] = good
     earlier = (cluster, upstream, tcp, tls, http)
     destination = reached or _first(addresses)
     trace = await budget.run(
@@ -301,7 +307,7 @@ async def _tls(
     if plan.endpoint.scheme is not Scheme.HTTPS:
         return skipped(Step.TLS_HANDSHAKE, Reason.NOT_APPLICABLE, "not a TLS target")
     if reached is None:
-        return _blocked_by(Step.TLS_HANDSHAKE, tcp)
+        return blocked_by(Step.TLS_HANDSHAKE, tcp)
     # Through a proxy the tunnel is opened to the name, as curl does; the proxy resolves it.
     address = plan.endpoint.host if plan.proxy else reached
     return await tls_handshake(
@@ -325,9 +331,9 @@ async def _http(
     if plan.endpoint.scheme is Scheme.TCP:
         return skipped(Step.HTTP_RESPONSE, Reason.NOT_APPLICABLE, "not an HTTP target")
     if reached is None:
-        return _blocked_by(Step.HTTP_RESPONSE, tcp)
+        return blocked_by(Step.HTTP_RESPONSE, tcp)
     if tls.status in (Status.FAIL, Status.ERROR):
-        return _blocked_by(Step.HTTP_RESPONSE, tls)
+        return blocked_by(Step.HTTP_RESPONSE, tls)
     return await http_response(
         plan.endpoint,
         None if plan.proxy else reached,
@@ -368,16 +374,6 @@ def _at(proxy: ProxyRoute | None, reached: str) -> ProxyRoute | None:
     """The proxy at the address tcp_connect reached: its name was resolved by the DNS steps,
     and nothing after them asks another resolver (the machine's own, say) again."""
     return replace(proxy, host=reached) if proxy is not None else None
-
-
-def _blocked_by(step: Step, earlier: StepResult) -> StepResult:
-    why = earlier.reason.value if earlier.reason else earlier.status.value
-    return skipped(
-        step,
-        Reason.DEPENDENCY_FAILED,
-        f"{earlier.step.value} did not succeed ({why})",
-        NotRun(blocked_by=earlier.step.value),
-    )
 
 
 def _reached(tcp: StepResult) -> str | None:

@@ -20,7 +20,12 @@ from egresswatch.evidence import TlsEvidence
 from egresswatch.model import Reason
 from egresswatch.probes.base import ms, reason_for_exception
 from egresswatch.probes.handover import Handover
-from egresswatch.probes.proxy import HttpProtocolError, TunnelAnswer, open_tunnel
+from egresswatch.probes.proxy import (
+    ClosedBeforeAnswer,
+    HttpProtocolError,
+    TunnelAnswer,
+    open_tunnel,
+)
 
 _CLOSE_GRACE_S = 0.5  # a peer that does not finish the TLS close in time is cut off
 _PHASE_NAMES = {
@@ -42,6 +47,18 @@ class Phases:
     http_s: float | None = None
     # Phases done by earlier steps on the connection this one adopted (their time, summed).
     earlier_s: float = 0.0
+    adopted: bool = False  # this connection is the one tcp_connect handed over
+
+    def cut(self, exc: BaseException) -> str | None:
+        """How the peer cut the handed-over connection in the phase after its connect: reset
+        (a RST), closed (a FIN before any answer), or None (anything else, or not handed over)."""
+        if not self.adopted or self.current not in ("tls", "http"):
+            return None
+        if _reset_by_peer(exc) or isinstance(exc, BrokenPipeError):
+            return "reset"
+        if isinstance(exc, ConnectionResetError | ClosedBeforeAnswer):
+            return "closed"  # asyncio's "connection lost" (no errno) is a FIN in a handshake
+        return None
 
     @contextlib.contextmanager
     def timing(self, phase: str) -> Iterator[None]:
@@ -132,6 +149,7 @@ async def adopt(sock: socket.socket, connect_s: float | None, phases: Phases) ->
     """The connection tcp_connect made, as streams; its connect time is the TCP phase's."""
     phases.tcp_s = connect_s
     phases.earlier_s = connect_s or 0.0
+    phases.adopted = True
     try:
         reader, writer = await asyncio.open_connection(sock=sock)
     except BaseException:

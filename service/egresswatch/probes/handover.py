@@ -14,6 +14,17 @@ import asyncio
 import socket
 from dataclasses import dataclass
 
+from egresswatch.model import Step
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The round's connection, used by `step` right after tcp_connect handed it over, was cut
+    by the peer: `how` is reset (a RST) or closed (a FIN before any answer)."""
+
+    step: Step
+    how: str
+
 
 @dataclass
 class Handover:
@@ -25,6 +36,10 @@ class Handover:
     connect_s: float | None = None  # the TCP connect's time (curl's time_connect)
     stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     tls_s: float | None = None  # the TLS handshake's time on that connection
+    # Set by the step that met a reset or close on the handed-over socket: the round then
+    # tells an endpoint that resets whatever is sent from a peer reacting to what was sent
+    # (probes/resetcheck.py), since tcp_connect skipped its grace read.
+    cut: Cut | None = None
 
     def keep_socket(self, sock: socket.socket, connect_s: float) -> None:
         """tcp_connect's connection, left open for the next step."""
@@ -47,6 +62,11 @@ class Handover:
         """The TLS stream (the taker owns it from now), or None."""
         stream, self.stream = self.stream, None
         return stream
+
+    def note_cut(self, step: Step, how: str | None) -> None:
+        """`step` met `how` (reset, closed; None: nothing of the kind) on the handed-over socket."""
+        if how is not None and self.cut is None:
+            self.cut = Cut(step, how)
 
     def close(self) -> None:
         """Drop whatever is still held, at once (a round that ended has nothing more to say)."""

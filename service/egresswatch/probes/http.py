@@ -97,7 +97,8 @@ async def http_response(
     With `handover` and no proxy, the request goes on the round's connection: the TLS session
     tls_handshake left, else the socket tcp_connect left, else a new connection. The phases
     done by the earlier steps keep their times in the evidence and count in duration_s, so the
-    exchange measures the same as on a connection of its own.
+    exchange measures the same as on a connection of its own. A reset or close met on
+    tcp_connect's socket is noted there (`Handover.cut`, probes/resetcheck.py).
     """
     if endpoint.scheme is Scheme.TCP:
         return skipped(Step.HTTP_RESPONSE, Reason.NOT_APPLICABLE, "not an HTTP target")
@@ -121,6 +122,8 @@ async def http_response(
         async with asyncio.timeout_at(deadline):
             answer, dialed = await _exchange(request, phases)
     except Exception as exc:
+        if handover is not None:
+            handover.note_cut(Step.HTTP_RESPONSE, phases.cut(exc))
         reason = phases.reason_for(exc)
         total = time.perf_counter() - begun + phases.earlier_s
         evidence = _timed(evidence, phases, total)

@@ -118,6 +118,10 @@ class HttpProtocolError(Exception):
     """The peer did not answer with HTTP, or closed before the end of the head."""
 
 
+class ClosedBeforeAnswer(HttpProtocolError):
+    """The peer closed the connection before a byte of its answer."""
+
+
 @dataclass(frozen=True)
 class Head:
     """A status line and its headers (names lower-cased, in order)."""
@@ -137,7 +141,7 @@ _STATUS_LINE = re.compile(rb"^(HTTP/\d(?:\.\d)?) (\d{3})(?: (.*))?$")
 
 async def read_head(reader: asyncio.StreamReader, limit: int = HEAD_LIMIT) -> Head:
     """Read a status line and headers, at most `limit` bytes; HttpProtocolError otherwise."""
-    status_line = await _read_line(reader)
+    status_line = await _read_line(reader, first=True)
     match = _STATUS_LINE.match(status_line)
     if match is None:
         shown = status_line[:60].decode("ascii", "replace")
@@ -162,12 +166,13 @@ async def read_head(reader: asyncio.StreamReader, limit: int = HEAD_LIMIT) -> He
     raise HttpProtocolError(f"more than {_MAX_HEADER_LINES} header lines")
 
 
-async def _read_line(reader: asyncio.StreamReader) -> bytes:
+async def _read_line(reader: asyncio.StreamReader, *, first: bool = False) -> bytes:
     try:
         line = await reader.readuntil(b"\n")
     except asyncio.IncompleteReadError as exc:
-        what = "in the middle of the HTTP head" if exc.partial else "before answering"
-        raise HttpProtocolError(f"connection closed {what}") from None
+        if first and not exc.partial:
+            raise ClosedBeforeAnswer("connection closed before answering") from None
+        raise HttpProtocolError("connection closed in the middle of the HTTP head") from None
     except asyncio.LimitOverrunError:
         raise HttpProtocolError("HTTP header line too long") from None
     return line.rstrip(b"\r\n")

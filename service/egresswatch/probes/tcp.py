@@ -32,6 +32,7 @@ from egresswatch.probes.icmp import (
 
 MAX_ADDRESSES = 4  # like a client library: a few addresses of a name, never all of them
 MIN_ATTEMPT_S = 1.0  # one initial SYN RTO: less, and a single lost SYN reads as a silent drop
+RESET_GRACE_S = 0.15  # a peer that accepts and resets at once does it well within this
 
 
 @dataclass
@@ -132,7 +133,7 @@ async def tcp_connect(
     *,
     timeout_s: float,
     ip_source: str,
-    reset_grace_s: float = 0.15,
+    reset_grace_s: float = RESET_GRACE_S,
     handover: Handover | None = None,
 ) -> StepResult:
     """Step `tcp_connect`: connect to the first of `addresses` (at most 4) that accepts.
@@ -215,22 +216,53 @@ async def try_address(address: str, port: int, timeout_s: float) -> TcpAttempt:
     return _attempt_evidence(outcome)
 
 
+async def idle_check(address: str, port: int, *, timeout_s: float, grace_s: float) -> TcpAttempt:
+    """One more connection to `address:port` that sends nothing and reads for `grace_s`, then
+    is closed: what the endpoint does to a connection unprompted. `outcome` is conn_reset
+    (reset), closed (a FIN), ok (it stayed up, or sent a banner), or the connect's reason;
+    `ms` the time until that was known. Never raises (but for cancellation)."""
+    outcome = await connect_once(address, port, timeout_s)
+    sock = outcome.sock
+    if sock is None:
+        return _attempt_evidence(outcome)
+    started = time.perf_counter()
+    try:
+        got = await _grace_read(sock, grace_s)
+    finally:
+        sock.close()
+    waited = ms(outcome.elapsed_s + time.perf_counter() - started)
+    if isinstance(got, OSError):
+        return TcpAttempt(address, reason_for_exception(got).value, waited)
+    return TcpAttempt(address, got or "ok", waited)
+
+
+async def _grace_read(sock: socket.socket, grace_s: float) -> OSError | str | None:
+    """Read a fresh connection for `grace_s`: None when it stayed up (quiet, or data), "closed"
+    on a FIN, the error that ended it (a reset) otherwise."""
+    try:
+        async with asyncio.timeout(grace_s):
+            data = await asyncio.get_running_loop().sock_recv(sock, 1)
+    except TimeoutError:
+        return None  # it stayed up and quiet, as most servers do before the client speaks
+    except OSError as exc:
+        return exc
+    return None if data else "closed"
+
+
 async def _reset_within(outcome: Outcome, grace_s: float) -> Outcome:
-    """Read for `grace_s` on a fresh connection; close it. A reset turns it into a failure."""
+    """Read for `grace_s` on a fresh connection; close it. A reset turns it into a failure;
+    data, EOF or silence leave it a success (a TCP-only target's listener may close at once)."""
     sock = outcome.sock
     assert sock is not None
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(grace_s):
-            await asyncio.get_running_loop().sock_recv(sock, 1)  # data or EOF: it stayed up
-    except TimeoutError:
-        pass  # it stayed up and quiet, as most servers do before the client speaks
-    except OSError as exc:
-        waited = outcome.elapsed_s + time.perf_counter() - started
-        return Outcome(outcome.address, waited, reason_for_exception(exc), error=_errtext(exc))
+        got = await _grace_read(sock, grace_s)
     finally:
         sock.close()
     outcome.sock = None
+    if isinstance(got, OSError):
+        waited = outcome.elapsed_s + time.perf_counter() - started
+        return Outcome(outcome.address, waited, reason_for_exception(got), error=_errtext(got))
     return outcome
 
 

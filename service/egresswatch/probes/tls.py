@@ -150,7 +150,8 @@ async def tls_handshake(
 
     With `handover` and no proxy, the handshake runs on the round's connection when
     tcp_connect left one (else on a new one), and a good session is left there for
-    http_response instead of being closed.
+    http_response instead of being closed. A reset or close met on that connection is noted
+    there (`Handover.cut`) for the round to tell apart (probes/resetcheck.py).
 
     With a proxy, `address` is what the proxy is asked to reach (the host name, as curl does,
     or an IP). On a verification failure the certificate is fetched once more without
@@ -177,6 +178,8 @@ async def tls_handshake(
                 return _tunnel_refused(refusal, phases, evidence)
             ssl_object = await _start_tls(dialed, context, server_name, phases)
     except Exception as exc:
+        if handover is not None:
+            handover.note_cut(Step.TLS_HANDSHAKE, phases.cut(exc))
         reason = phases.reason_for(exc)
         evidence = phases.timed(evidence)
         if isinstance(exc, ssl.SSLCertVerificationError):

@@ -95,6 +95,12 @@ def _connection(
         facts["egress_devices_on_path"] = on_path
         if rule == "cut_on_device_path":
             evidence.append(f"egress device {', '.join(on_path)} is on the path")
+    if rule == "endpoint_resets" and on_path:
+        devices_said = ", ".join(on_path)
+        evidence.append(
+            f"egress device {devices_said} is on the path, but the reset came with nothing sent: "
+            "a device that inspects traffic had nothing to react to"
+        )
     if rule == "silent_drop" and not _traced(round_):
         evidence.append("no path_trace this round to say where the packets stop")
     senders = icmp_senders(round_.step(Step.TCP_CONNECT))
@@ -117,12 +123,14 @@ def _connection_suspect(
             return Suspect.FIREWALL, "refused_by_filter"
         case Reason.CONN_REFUSED:
             return Suspect.ENDPOINT_DOWN, "endpoint_refuses"
+        case Reason.CONN_RESET if step is Step.TCP_CONNECT:
+            # accepted, then reset with nothing sent (tcp_connect sends nothing; an HTTP(S)
+            # round's reset is told apart first: probes/resetcheck.py): a listener with nothing
+            # healthy behind it. A device on the path had nothing to inspect and react to.
+            return Suspect.ENDPOINT_DOWN, "endpoint_resets"
         case Reason.CONN_RESET | Reason.TLS_HANDSHAKE_FAILED if device_on_path:
             # a device that inspects traffic let the handshake through, then cut it
             return Suspect.FIREWALL, "cut_on_device_path"
-        case Reason.CONN_RESET if step is Step.TCP_CONNECT:
-            # accepted, then reset before a byte: a listener with nothing healthy behind it
-            return Suspect.ENDPOINT_DOWN, "endpoint_resets"
         case (
             Reason.CONN_RESET | Reason.TLS_HANDSHAKE_FAILED | Reason.TIMEOUT | Reason.HTTP_PROTOCOL
         ):

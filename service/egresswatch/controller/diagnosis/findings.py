@@ -16,7 +16,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from egresswatch.evidence import DnsEvidence, HttpEvidence, TcpEvidence, TlsEvidence, TraceEvidence
+from egresswatch.evidence import (
+    DnsEvidence,
+    HttpEvidence,
+    ResetCheck,
+    TcpEvidence,
+    TlsEvidence,
+    TraceEvidence,
+)
 from egresswatch.model import Reason, Status, Step, StepResult, Suspect, evidence_of
 from egresswatch.steps import describe
 
@@ -259,10 +266,37 @@ def connect_sentence(tcp: StepResult, devices: Sequence[Network]) -> str:
     where = "the proxy" if origin == "proxy" else f"from {origin}" if origin else None
     suffix = f" ({where})" if where else ""
     if attempts:
-        return f"tcp_connect{suffix}: " + "; ".join(attempts)
+        said = f"tcp_connect{suffix}: " + "; ".join(attempts)
+        return said + reset_check_words(evidence.reset_check)
     address = evidence.address
     target = f" to {hostport(address, port)}" if address else ""
     return f"tcp_connect{target}{suffix}: {_why(tcp)}"
+
+
+def reset_check_words(check: ResetCheck | None) -> str:
+    """How a reset right after the accept was told apart (probes/resetcheck.py), as a clause
+    to append; empty when there was none."""
+    if check is None:
+        return ""
+    met = f"{check.seen_at} met the {check.seen or 'reset'} on the round's connection"
+    match check.idle:
+        case "conn_reset":
+            return (
+                f"; {met}, and a second connection that sent nothing was reset too: "
+                "the endpoint resets whatever is sent"
+            )
+        case "ok":
+            return (
+                f"; a second connection that sent nothing stayed up for {check.grace_ms:.0f} ms: "
+                "the peer reacted to what was sent"
+            )
+        case "closed":
+            return (
+                "; a second connection that sent nothing was closed too: "
+                "the endpoint closes every connection"
+            )
+        case _:
+            return f"; a second connection to tell it apart failed ({check.idle})"
 
 
 def trace_sentence(trace: StepResult | None, devices: Sequence[Network]) -> str | None:
@@ -295,7 +329,7 @@ def tls_sentence(tls: StepResult) -> str:
         sentence += f", certificate issued by {evidence.issuer}"
     if evidence.via_proxy:
         sentence += f", via {evidence.via_proxy}"
-    return sentence
+    return sentence + reset_check_words(evidence.reset_check)
 
 
 def http_sentence(http: StepResult) -> str:
@@ -310,7 +344,8 @@ def http_sentence(http: StepResult) -> str:
         return f"{who} answered {proxy_status} to CONNECT for {url} ({reason})"
     if status is None:
         sentence = f"http_response for {url}: {reason}"
-        return f"{sentence} via {proxy}" if proxy else sentence
+        sentence = f"{sentence} via {proxy}" if proxy else sentence
+        return sentence + reset_check_words(evidence.reset_check)
     sentence = f"{url} answered {status}"
     if evidence.expected:
         sentence += f" (expected {evidence.expected})"
