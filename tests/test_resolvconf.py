@@ -227,3 +227,21 @@ def test_candidates_with_default_ndots_and_no_search_list() -> None:
 def test_candidates_with_ndots_zero_try_as_is_first() -> None:
     conf = ResolvConf(nameservers=(Nameserver("10.0.0.10"),), search=("corp.example",), ndots=0)
     assert conf.candidates("web") == ["web.", "web.corp.example."]
+
+
+def test_an_unchanged_file_is_parsed_once_and_a_changed_one_again(tmp_path: Path) -> None:
+    path = tmp_path / "resolv.conf"
+    path.write_text("nameserver 127.0.0.53\n")
+    first = load_resolv_conf(path)
+    assert load_resolv_conf(path) is first  # one stat, no read, while the file stays as it was
+    path.write_text("nameserver 127.0.0.54\noptions ndots:5\n")  # edited in place: another size
+    edited = load_resolv_conf(path)
+    assert [n.host for n in edited.nameservers] == ["127.0.0.54"] and edited.ndots == 5
+    fresh = tmp_path / "resolv.conf.new"
+    fresh.write_text("nameserver 127.0.0.55\noptions ndots:5\n")  # the same size, a new inode
+    fresh.replace(path)  # as the kubelet replaces it
+    assert [n.host for n in load_resolv_conf(path).nameservers] == ["127.0.0.55"]
+    path.unlink()
+    with pytest.raises(FileNotFoundError) as raised:
+        load_resolv_conf(path)
+    assert raised.value.filename == str(path)

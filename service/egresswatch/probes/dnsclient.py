@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
+import socket
 from dataclasses import dataclass
-from typing import Any
 
 from dnslib import QTYPE, RCODE, DNSLabel, DNSRecord
 
@@ -24,6 +25,10 @@ from egresswatch.addresses import Nameserver
 QTYPES: dict[str, int] = {"A": QTYPE.A, "AAAA": QTYPE.AAAA}
 _HEADER_LEN = 12
 _MAX_NAME_LEN = 253  # presentation form without the trailing dot (RFC 1035 §2.3.4)
+_MAX_UDP = 65535  # what one datagram can hold; EDNS answers may pass 512 bytes
+# Datagrams on the connected socket that are not our answer (a late reply to an earlier query
+# cannot reach a fresh socket, so more than this is a server gone wrong, not stray traffic).
+_MAX_STRAY = 64
 
 
 class MalformedReply(Exception):
@@ -46,6 +51,7 @@ class Answer:
     truncated: bool = False
 
 
+@functools.lru_cache(maxsize=4096)  # a pure answer about a name; rounds ask the same few names
 def is_valid_name(name: str) -> bool:
     """True when `name` (absolute or not) can be sent as a DNS question."""
     bare = name[:-1] if name.endswith(".") else name
@@ -70,17 +76,21 @@ async def ask_udp(query: DNSRecord, server: Nameserver, timeout_s: float) -> Ans
 
     The socket is connected to the server, so the kernel drops datagrams from anyone else;
     datagrams with another id or question are ignored and we keep waiting, as libc does.
+    A bare non-blocking socket and `sock_recv`, not a datagram transport: the transport and
+    its protocol cost a third of a by-name round's DNS (docs/performance.md).
     """
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout_s):
-        transport, waiter = await loop.create_datagram_endpoint(
-            lambda: _ReplyWaiter(query, loop), remote_addr=(server.host, server.port)
-        )
-        try:
-            transport.sendto(query.pack())
-            return await waiter.reply
-        finally:
-            transport.close()
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        async with asyncio.timeout(timeout_s):
+            sock.connect((server.host, server.port))  # a UDP connect sends nothing
+            await loop.sock_sendall(sock, query.pack())
+            for _ in range(_MAX_STRAY):
+                answer = read_reply(query, await loop.sock_recv(sock, _MAX_UDP))
+                if answer is not None:
+                    return answer
+            raise MalformedReply(f"{_MAX_STRAY} datagrams that do not answer the question")
 
 
 async def ask_tcp(query: DNSRecord, server: Nameserver, timeout_s: float) -> Answer:
@@ -103,33 +113,6 @@ async def ask_tcp(query: DNSRecord, server: Nameserver, timeout_s: float) -> Ans
     if answer is None:  # one connection, one question: a mismatch here is not stray traffic
         raise MalformedReply("TCP reply does not match the question")
     return answer
-
-
-class _ReplyWaiter(asyncio.DatagramProtocol):
-    """Resolves `reply` with the first datagram that answers our query."""
-
-    def __init__(self, query: DNSRecord, loop: asyncio.AbstractEventLoop) -> None:
-        self.query = query
-        self.reply: asyncio.Future[Answer] = loop.create_future()
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self.reply.done():
-            return
-        try:
-            answer = read_reply(self.query, data)
-        except MalformedReply as exc:
-            self.reply.set_exception(exc)
-            return
-        if answer is not None:
-            self.reply.set_result(answer)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.reply.done():
-            self.reply.set_exception(exc or ConnectionResetError("UDP socket closed"))
 
 
 def read_reply(query: DNSRecord, data: bytes) -> Answer | None:

@@ -20,6 +20,8 @@ server on a loopback high port.
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,11 +94,21 @@ def parse_resolv_conf(text: str) -> ResolvConf:
 def load_resolv_conf(path: Path) -> ResolvConf:
     """Read and parse a resolv.conf file.
 
-    Raises the OSError of the read when the file cannot be read; it names the path
-    (`exc.filename`) and says why (`exc.strerror`).
+    Every round calls this, so it reads the file again only when its inode, size or
+    modification time changed (one stat instead of open, read and parse); a file rewritten in
+    place or replaced (the kubelet's way) is read afresh. Raises the OSError of the stat or
+    read when the file cannot be read; it names the path (`exc.filename`) and says why
+    (`exc.strerror`).
     """
-    text = Path(path).read_text(encoding="utf-8", errors="replace")
-    return parse_resolv_conf(text)
+    where = str(path)
+    stat = os.stat(where)
+    return _parsed(where, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed(path: str, inode: int, size: int, mtime_ns: int) -> ResolvConf:
+    """The parse of `path` as it was at (inode, size, mtime_ns): the key is the version."""
+    return parse_resolv_conf(Path(path).read_text(encoding="utf-8", errors="replace"))
 
 
 def _words(line: str) -> list[str]:
