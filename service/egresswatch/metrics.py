@@ -61,11 +61,13 @@ _M = TypeVar("_M", bound=MetricWrapperBase)
 
 
 class _Tracked(Generic[_M]):
-    """A labelled family plus the label values it holds, indexed by source and target, so the
+    """A labelled family plus the series it holds, indexed by source and target, so the
     series of one name can be removed without scanning them all.
 
     prometheus_client's ``remove()`` needs the exact label values, and its own record of them
-    is private.
+    is private. The series (children) are kept too: every round asks for about twenty, and
+    prometheus_client's ``labels()`` checks and converts the values and takes a lock each time.
+    Series leave only through ``remove_where``, so a kept child is always the registered one.
     """
 
     _INDEXED = ("source", "target")
@@ -73,15 +75,16 @@ class _Tracked(Generic[_M]):
     def __init__(self, family: _M, labelnames: tuple[str, ...]) -> None:
         self.family = family
         self._positions = {n: labelnames.index(n) for n in self._INDEXED if n in labelnames}
-        self._present: set[tuple[str, ...]] = set()
+        self._children: dict[tuple[str, ...], _M] = {}
         self._index: dict[str, dict[str, set[tuple[str, ...]]]] = {n: {} for n in self._positions}
 
     def labels(self, *values: str) -> _M:
-        if values not in self._present:
-            self._present.add(values)
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self.family.labels(*values)
             for name, position in self._positions.items():
                 self._index[name].setdefault(values[position], set()).add(values)
-        return self.family.labels(*values)
+        return child
 
     def remove_where(self, label: str, value: str) -> None:
         """Remove every series whose ``label`` (source or target) is ``value``."""
@@ -89,7 +92,7 @@ class _Tracked(Generic[_M]):
             return
         for values in self._index[label].pop(value, set()):
             self.family.remove(*values)
-            self._present.discard(values)
+            del self._children[values]
             for name, position in self._positions.items():
                 if name != label:
                     self._index[name].get(values[position], set()).discard(values)
