@@ -14,7 +14,8 @@ checks guarded nothing the code does not already hold. Nothing queries inside th
 same to the application.
 
 SQLite never enforced these keys (no `PRAGMA foreign_keys`); batch mode copies `rounds` and
-`step_results` there to drop them (a large SQLite file takes a while, the data are kept). The
+`step_results` there to drop them, and PostgreSQL rewrites `step_results` for the type: about
+5 s per million step results, the tables locked meanwhile (docs/deploy.md). The
 downgrade puts the keys back (it fails if a row has lost its parent) and jsonb.
 Written to match egresswatch.storage.tables (tests/test_migrations.py compares them).
 """
