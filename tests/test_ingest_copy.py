@@ -340,7 +340,7 @@ async def test_close_waits_for_a_database_that_comes_back(store: Store, tmp_path
 class HangingSink:
     """A database that takes the statement and never answers (a seam we own: RoundSink)."""
 
-    async def save_rounds(self, rounds: object, batch_id: str | None = None) -> int:
+    async def save_prepared(self, prepared: object, batch_id: str | None = None) -> int:
         await asyncio.Event().wait()
         return 0
 

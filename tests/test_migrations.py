@@ -12,10 +12,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from egresswatch.model import RoundResult
 from egresswatch.storage import (
     SchemaState,
     SchemaStatus,
+    Store,
     alembic_config,
     downgrade,
     make_engine,
@@ -23,9 +26,11 @@ from egresswatch.storage import (
     schema_state,
     upgrade,
 )
+from egresswatch.storage.rows import read_rounds
 from egresswatch.storage.schema import head_revision, migrations_dir
 from egresswatch.storage.tables import metadata
 from tests.support.databases import db_url_fixture  # noqa: F401
+from tests.test_ingest_copy import awkward_rounds
 
 TABLES_0001 = {
     "sources",
@@ -70,6 +75,44 @@ async def test_0005_cluster_changes_up_and_down(db_url: URL) -> None:
     assert await table_names(db_url) == TABLES_0004 | {"alembic_version"}
     await asyncio.to_thread(upgrade, db_url, "0005")
     assert await table_names(db_url) == TABLES | {"alembic_version"}
+
+
+async def _all_rounds(engine: AsyncEngine) -> list[RoundResult]:
+    async with engine.connect() as conn:
+        return await read_rounds(conn)
+
+
+def _foreign_keys(sync: Connection, table: str) -> list[str]:
+    return [fk["referred_table"] for fk in sa.inspect(sync).get_foreign_keys(table)]
+
+
+async def test_0006_drops_the_ingest_foreign_keys_and_keeps_every_round(db_url: URL) -> None:
+    """0006 drops the keys of rounds and step_results (and makes evidence `json` on
+    PostgreSQL); the rounds stored before read back the same after the upgrade and after a
+    downgrade, which puts the keys back."""
+    await asyncio.to_thread(upgrade, db_url, "0005")
+    engine = make_engine(db_url)
+    try:
+        rounds = awkward_rounds()
+        await Store(engine).save_rounds(rounds)
+        before = await _all_rounds(engine)
+        assert len(before) == len(rounds)
+        await engine.dispose()  # batch mode recreates the tables: no connection may hold them
+
+        await asyncio.to_thread(upgrade, db_url, "0006")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_foreign_keys, "step_results") == []
+            assert await conn.run_sync(_foreign_keys, "rounds") == []
+        assert await _all_rounds(engine) == before
+        await engine.dispose()
+
+        await asyncio.to_thread(downgrade, db_url, "0005")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(_foreign_keys, "step_results") == ["rounds"]
+            assert sorted(await conn.run_sync(_foreign_keys, "rounds")) == ["sources", "targets"]
+        assert await _all_rounds(engine) == before
+    finally:
+        await engine.dispose()
 
 
 async def test_migrations_match_the_tables_module(db_url: URL) -> None:

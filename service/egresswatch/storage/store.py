@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,14 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from egresswatch.model import Role, RoundResult, SourceKind, Step
 from egresswatch.storage import tables as t
-from egresswatch.storage.bulk import RoundRow, StepRow, insert_rounds_and_steps
+from egresswatch.storage.bulk import RoundRow, insert_rounds_and_steps
 from egresswatch.storage.policy import (
-    ROLLUP_RESOLUTIONS,
     Resolution,
     RetentionWindows,
-    bucket_start,
     choose_resolution,
 )
+from egresswatch.storage.prepared import PreparedRounds, prepare_rounds
 from egresswatch.storage.records import SourceRecord, TargetRecord
 from egresswatch.storage.rows import create_names, read_rounds, upsert
 from egresswatch.storage.timeline import Timeline, read_raw, read_rollups
@@ -82,29 +80,36 @@ class Store:
         Raises ValueError for a naive `started_at`, and the database's errors (sqlalchemy.exc.*);
         nothing is stored then.
         """
-        if not rounds and batch_id is None:
+        return await self.save_prepared(prepare_rounds(rounds), batch_id, source)
+
+    async def save_prepared(
+        self,
+        prepared: PreparedRounds,
+        batch_id: str | None = None,
+        source: str | None = None,
+    ) -> int:
+        """`save_rounds` of rounds already prepared (storage/prepared.py); `prepared` is not
+        changed, so a failed write can be tried again with it."""
+        if not prepared and batch_id is None:
             return 0
-        for r in rounds:
-            if r.started_at.utcoffset() is None:
-                raise ValueError(f"naive datetime {r.started_at!r}: started_at needs a timezone")
         async with self.engine.begin() as conn:
             batch_pk: int | None = None
             if batch_id is not None:
-                sender = source if source is not None else (rounds[0].source if rounds else "")
-                batch_pk = await self._claim_batch(conn, batch_id, sender, len(rounds))
+                sender = source if source is not None else _first_source(prepared)
+                batch_pk = await self._claim_batch(conn, batch_id, sender, len(prepared))
                 if batch_pk is None:
                     log.info("ingest batch %s was stored before: ignoring it", batch_id)
                     return 0
-            if not rounds:
+            if not prepared:
                 return 0
             new_sources, source_ids, sources_seen = await self._resolve_names(
-                conn, t.sources, self._source_ids, _seen(rounds, lambda r: r.source), {}
+                conn, t.sources, self._source_ids, prepared.sources, {}
             )
             new_targets, target_ids, targets_seen = await self._resolve_names(
                 conn,
                 t.targets,
                 self._target_ids,
-                _seen(rounds, lambda r: r.target),
+                prepared.targets,
                 {"role": Role.ENDPOINT.value, "active": True},
             )
             round_rows = [
@@ -112,33 +117,20 @@ class Store:
                     source_ids[r.source],
                     target_ids[r.target],
                     r.started_at,
-                    sum(s.duration_s for s in r.steps),
-                    _code(r.first_failing_step),
+                    r.duration_s,
+                    r.first_failing_step,
                     batch_pk,
                 )
-                for r in rounds
-            ]
-            step_rows = [
-                StepRow(
-                    position,
-                    s.step.value,
-                    s.status.value,
-                    _code(s.reason),
-                    s.duration_s,
-                    s.detail,
-                    s.evidence.to_json_text(),
-                )
-                for position, r in enumerate(rounds)
-                for s in r.steps
+                for r in prepared.rounds
             ]
             # Written before the rounds: on SQLite this takes the write lock bulk.py relies on.
-            await _mark_pending(conn, rounds)
-            await insert_rounds_and_steps(conn, round_rows, step_rows)
+            await _mark_pending(conn, prepared.buckets)
+            await insert_rounds_and_steps(conn, round_rows, prepared.steps)
         self._source_ids.update(new_sources)
         self._target_ids.update(new_targets)
         self._last_seen_written["sources"].update(sources_seen)
         self._last_seen_written["targets"].update(targets_seen)
-        return len(rounds)
+        return len(prepared)
 
     async def _claim_batch(
         self, conn: AsyncConnection, batch_id: str, source: str, rounds: int
@@ -321,27 +313,16 @@ class Store:
         return Timeline(target, start, end, resolution, tuple(points))
 
 
-def _code(value: StrEnum | None) -> str | None:
-    return value.value if value is not None else None
+def _first_source(prepared: PreparedRounds) -> str:
+    return prepared.rounds[0].source if prepared.rounds else ""
 
 
-def _seen(
-    rounds: Iterable[RoundResult], name_of: Callable[[RoundResult], str]
-) -> dict[str, tuple[datetime, datetime]]:
-    """Each name's earliest and latest round start in `rounds`."""
-    seen: dict[str, tuple[datetime, datetime]] = {}
-    for r in rounds:
-        name = name_of(r)
-        first, last = seen.get(name, (r.started_at, r.started_at))
-        seen[name] = (min(first, r.started_at), max(last, r.started_at))
-    return seen
+async def _mark_pending(conn: AsyncConnection, touched: Iterable[tuple[str, datetime]]) -> None:
+    """Mark these (resolution, bucket start) as needing (re)computation (tables.rollup_pending).
 
-
-async def _mark_pending(conn: AsyncConnection, rounds: Sequence[RoundResult]) -> None:
-    """Mark the rollup buckets of `rounds` as needing (re)computation (tables.rollup_pending)."""
-    buckets = sorted(
-        {(res.value, bucket_start(r.started_at, res)) for r in rounds for res in ROLLUP_RESOLUTIONS}
-    )
+    Sorted: concurrent transactions lock the rows in the same order (no deadlock).
+    """
+    buckets = sorted(touched)
     statement = upsert(conn, t.rollup_pending)
     statement = statement.on_conflict_do_update(
         index_elements=["resolution", "bucket_start"],
