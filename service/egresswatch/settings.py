@@ -489,8 +489,10 @@ class Settings(_Strict):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     detection: DetectionSettings = Field(default_factory=DetectionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    # 256: a TCP-only round holds its connection for a 150 ms read (a peer that accepts and
+    # resets), so 64 slots capped one process at about 420 TCP rounds/s (docs/performance.md).
     max_concurrent_rounds: int = Field(
-        64, ge=1, le=10000, description="rounds in flight at once in this process"
+        256, ge=1, le=10000, description="rounds in flight at once in this process"
     )
     agent_token_env: str | None = Field(
         None,
