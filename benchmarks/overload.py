@@ -92,7 +92,6 @@ def _settings(port: int, targets: int, folder: Path) -> Settings:
                 "trace_max_hops": 2,
                 "trace_hop_timeout": "100ms",
             },
-            "max_concurrent_rounds": 64,
             "targets": [{"name": f"t{i}", "address": f"127.0.0.1:{port}"} for i in range(targets)],
         }
     )
@@ -118,7 +117,8 @@ async def run_level(port: int, targets: int, seconds: float, folder: Path) -> Le
     lag.start()
     runner = RoundRunner(source="bench", sink=sink, stalls=lag.stalled)
     follow_config(runner, _settings(port, targets, folder))
-    scheduler = RoundScheduler(max_concurrent=64, on_shed=shed, on_skipped=skipped)
+    slots = Settings.model_fields["max_concurrent_rounds"].default  # what a process runs with
+    scheduler = RoundScheduler(max_concurrent=slots, on_shed=shed, on_skipped=skipped)
     scheduler.set_jobs(runner.jobs())
     scheduler.start()
     while scheduler.pending:  # bounded: the jobs go on their timers in slices
