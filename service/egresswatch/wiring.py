@@ -50,7 +50,7 @@ from egresswatch.kube.leader import LeaderElector, LeaseTiming, lease_identity, 
 from egresswatch.kube.policy_view import ClusterPolicies, CurrentPolicies
 from egresswatch.kube.tokenreview import review_token
 from egresswatch.logs import Sparse
-from egresswatch.looplag import LoopLag
+from egresswatch.looplag import LoopLag, period_for
 from egresswatch.metrics import Metrics, WriterMetrics
 from egresswatch.model import RoundResult, SourceKind
 from egresswatch.reload import ConfigReloader
@@ -123,7 +123,9 @@ class Service:
             version=__version__,
             per_source_kind=settings.metrics.detail == "source_kind",
         )
-        self.loop_lag = LoopLag()  # the prober's own lateness: overload is not an outage
+        # The prober's own lateness (overload is not an outage), sampled as rarely as the
+        # settings' step budgets allow: each wake-up costs CPU (looplag.period_for).
+        self.loop_lag = LoopLag(period_s=_loop_lag_period(settings))
         self.metrics.watch_loop_lag(self.loop_lag.recent_max)
         self._reloader = ConfigReloader(
             config_path,
@@ -674,6 +676,7 @@ class Service:
             # The watches are made once, at start: a new selector or namespace needs a restart.
             log.warning("the kubernetes block changed: it applies at the next restart")
         self.settings = new
+        self.loop_lag.set_period(_loop_lag_period(new))
         if self.local_agent:
             follow_config(self.runner, new)
         self.scheduler.set_jobs(self._jobs(new))
@@ -712,6 +715,13 @@ def _agents_access(settings: Settings) -> list[str]:
     if settings.kubernetes.enabled:
         ways.append("projected service-account token (TokenReview, own source only)")
     return ways
+
+
+def _loop_lag_period(settings: Settings) -> float:
+    """The loop-lag sampler's period for the settings' shortest step budget (the probes'
+    default when no target overrides it), as the agent does from its plan."""
+    budgets = [settings.timing(target)[2] for target in settings.targets]
+    return period_for(min(budgets, default=settings.probes.step_timeout))
 
 
 def _windows(settings: Settings) -> RetentionWindows:
