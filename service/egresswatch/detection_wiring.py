@@ -35,13 +35,8 @@ class Detection:
         on_round: Callable[[RoundResult], None] | None = None,
         on_incident: Callable[[IncidentEvent], None] | None = None,
     ) -> None:
-        self._settings = core.settings
-        self._store = core.store
-        self._history = core.history
+        self._core = core
         self._kube = kube
-        self._metrics = core.metrics
-        self._outage = core.outage
-        self._clock = core.clock
         self._local_agent = local_agent
         self._observer = on_round
         self._on_incident = on_incident
@@ -66,35 +61,36 @@ class Detection:
         """A new pipeline with every source's kind, then detection as the database left it
         (Pipeline.restore): the open incidents stay the same incidents."""
         pipeline = self._new()
-        for source in await self._store.sources():
+        for source in await self._core.store.sources():
             if source.kind:
                 pipeline.set_source_kind(source.name, SourceKind(source.kind), source.node)
         if self._local_agent:
-            local = self._settings().source
+            local = self._core.settings().source
             pipeline.set_source_kind(local.name, local.kind)
         await pipeline.restore()
         await pipeline.flush()
         return pipeline
 
     def _new(self) -> Pipeline:
+        core = self._core
         return Pipeline(
-            settings=self._settings,
-            history=self._history,
-            metrics=self._metrics,
-            clock=self._clock,
+            settings=core.settings,
+            history=core.history,
+            metrics=core.metrics,
+            clock=core.clock,
             on_incident=self._incident_event,
-            outage=self._outage,
+            outage=core.outage,
             policies=self._kube.policies,
         )
 
     def judge(self, rounds: Sequence[RoundResult]) -> None:
         """Stored rounds, local or an agent's: exported, judged, shown to the observer."""
-        settings = self._settings()
+        settings = self._core.settings()
         for result in rounds:
             # A round of a target that a reload removed is still stored (nothing is lost), but
             # its series stay gone from /metrics.
             if settings.target(result.target) is not None:
-                self._metrics.observe_round(result, self.pipeline.source_kind(result.source))
+                self._core.metrics.observe_round(result, self.pipeline.source_kind(result.source))
         self.pipeline.observe(rounds)
         self.pipeline.flush_soon()
         if self._observer is not None:

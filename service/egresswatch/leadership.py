@@ -185,15 +185,10 @@ class ClusterWork:
         pipeline: Callable[[], Pipeline],
         kube: KubeParts,
     ) -> None:
+        self._core = core
         self._leading = leading
-        self._settings = core.settings
         self._pipeline = pipeline
-        self._store = core.store
-        self._history = core.history
         self._kube = kube
-        self._metrics = core.metrics
-        self._outage = core.outage
-        self._clock = core.clock
         self._ticks = 0
 
     def jobs(self, settings: Settings) -> list[RoundJob]:
@@ -214,16 +209,16 @@ class ClusterWork:
             designated = self._kube.designated
             self._pipeline().tick(designated.is_retired if designated else None)
             try:
-                sources = await self._store.sources()
+                sources = await self._core.store.sources()
                 for source in sources:
                     if source.kind:
                         kind = SourceKind(source.kind)
                         self._pipeline().set_source_kind(source.name, kind, source.node)
-                await self._kube.count_designated(self._history, sources)
+                await self._kube.count_designated(self._core.history, sources)
             except Exception as error:
-                self._metrics.count_database_error()
+                self._core.metrics.count_database_error()
                 if is_unavailable(error):  # said once per outage, not every 5 s
-                    self._outage.failed(error, "detection")
+                    self._core.outage.failed(error, "detection")
                 else:
                     log.exception("could not read the sources' kinds")
         await self._pipeline().flush()
@@ -233,12 +228,13 @@ class ClusterWork:
         if not self._leading():
             return  # once per cluster: the leader's work
         # The windows are read at each run: a reload changes them without a restart.
+        core = self._core
         await run_retention(
-            self._store,
-            self._clock(),
-            retention_windows(self._settings()),
-            on_error=self._metrics.count_database_error,
-            outage=self._outage,
+            core.store,
+            core.clock(),
+            retention_windows(core.settings()),
+            on_error=core.metrics.count_database_error,
+            outage=core.outage,
         )
 
 
