@@ -10,20 +10,24 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from egresswatch.bench.blackbox import Answers
 from egresswatch.bench.flags import bench_options
 from egresswatch.bench.kinds import KINDS, NAME
 from egresswatch.bench.lab import Lab
-from egresswatch.bench.ours import counters, egresswatch_config, sample_of
+from egresswatch.bench.ours import SCRAPED, SHED, counters, egresswatch_config, sample_of
 from egresswatch.bench.procs import PACKAGES, BenchUsageError, find_tools
 from egresswatch.bench.report import HEADER, Row, Run, Sample, Spread
 from egresswatch.cli import _parser as build_parser
 from egresswatch.cli import main
 from egresswatch.localca import Leaf, LocalCa
+from egresswatch.metrics import Metrics
+from egresswatch.model import Reason, RoundResult, Status, Step, StepResult
 from egresswatch.settings import Use, load_settings
 
 
@@ -119,6 +123,23 @@ def test_a_window_counts_rounds_run_shed_and_failed_steps() -> None:
     assert sample.failed == 2  # status="fail" only: prober_overloaded is an error
     assert sample.cpu_ms_per_round == pytest.approx(1.0)
     assert sample.lateness_ms == pytest.approx(2.0)  # 2.008 s over 1,004 slots
+
+
+def test_the_filtered_scrape_counts_what_the_whole_page_does() -> None:
+    """The bench scrapes /metrics with `name[]=` filters (SCRAPED): what they keep of the real
+    registry must count the same rounds, failures, lateness and shedding as the whole page."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, version="0")
+    for status, reason in ((Status.OK, None), (Status.FAIL, Reason.CONN_REFUSED)):
+        step = StepResult(Step.TCP_CONNECT, status, reason, duration_s=0.01)
+        metrics.observe_round(RoundResult("t1", "bench", datetime.now(UTC), (step,)))
+    metrics.observe_lateness(0.25)
+    metrics.count_round_shed()
+    whole = counters(generate_latest(registry).decode())
+    restricted = registry.restricted_registry(name for _, name in SCRAPED)
+    filtered = counters(generate_latest(restricted).decode())
+    assert filtered == whole
+    assert (whole["rounds"], whole["failed"], whole[SHED]) == (2.0, 1.0, 1.0)
 
 
 def test_blackbox_answers_are_counted_in_the_window() -> None:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from egresswatch.looplag import period_for
 from egresswatch.model import Reason, Status, Step
 from egresswatch.settings import load_settings
 from egresswatch.storage import upgrade
@@ -320,3 +321,27 @@ async def test_the_command_line_overrides_the_file_and_stops_cleanly(
     assert any('"event": "egresswatch stopped"' in line for line in lines)
     assert any('"event": "config reloaded"' in line for line in lines)
     assert "Traceback" not in err.decode()
+
+
+@pytest.mark.parametrize("local_agent", [True, False], ids=["run", "controller"])
+async def test_the_loop_lag_sampler_follows_the_shortest_step_budget_across_reloads(
+    lab: Lab, local_servers: LocalServers, running: Callable[..., Any], local_agent: bool
+) -> None:
+    """As the agent's (tests/test_agent.py): its wake-ups cost CPU, so it samples as rarely
+    as the settings' step budgets allow (looplag.period_for), not every 50 ms."""
+    server = await local_servers.https(Reply(200))
+    url = f"https://{NAME}:{server.port}/"
+    slow = {"interval": "30s", "timeout": "10s", "step_timeout": "4s"}
+    path = lab.write([{"name": "one", "url": url, **slow}, {"name": "two", "url": url, **slow}])
+    service: Service = await running(
+        path, migrate=True, watch_config=False, local_agent=local_agent
+    )
+    assert service.loop_lag.period_s == period_for(4.0) == 0.2
+    lab.write(
+        [
+            {"name": "one", "url": url, **slow},
+            {"name": "two", "url": url, "interval": "30s", "timeout": "10s", "step_timeout": "2s"},
+        ]
+    )
+    assert await service.reload() is True
+    assert service.loop_lag.period_s == period_for(2.0) == 0.1

@@ -14,6 +14,9 @@ from egresswatch import __version__
 from egresswatch.controller.api import openapi_schemas as schemas
 from egresswatch.controller.api.query import LIMIT_DEFAULT, LIMIT_MAX, NAME_MAX, NAME_PATTERN
 from egresswatch.controller.ingest.batch_body import MAX_BODY_BYTES
+from egresswatch.health import METRIC_NAME
+
+METRIC_PATTERN = f"^{METRIC_NAME.pattern}$"  # /metrics?name[]=
 
 Doc = dict[str, Any]
 
@@ -185,11 +188,19 @@ def _paths() -> Doc:
                 "operationId": "metrics",
                 "summary": "Prometheus metrics (the read token, when one is configured)",
                 "security": READ_SECURITY,
+                "parameters": [
+                    _query(
+                        "name[]",
+                        {"type": "array", "items": {"type": "string", "pattern": METRIC_PATTERN}},
+                        "only these samples (e.g. `egresswatch_rounds_shed_total`); none: all",
+                    )
+                ],
                 "responses": {
                     "200": {
                         "description": "the Prometheus text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
                     },
+                    "400": _problem("a `name[]` that is not a metric name"),
                     "401": NO_TOKEN,
                     "403": _problem("the token is neither the read token nor the run token"),
                 },

@@ -1,0 +1,80 @@
+"""/metrics with `name[]=` filters, against the real route on loopback (egresswatch.health).
+
+A scrape that names its series gets those samples and no other, and collects only the
+collectors that own them: a benchmark reading three counters must not pay for the whole
+registry (service/egresswatch/bench/ours.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from egresswatch.health import add_health_routes
+
+
+class Expensive:
+    """A collector that counts how often it is collected: the many series a filter skips."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily("egresswatch_expensive", "many series")]
+
+    def collect(self) -> Iterator[Metric]:
+        self.collected += 1
+        family = GaugeMetricFamily("egresswatch_expensive", "many series", labels=["n"])
+        for n in range(100):
+            family.add_metric([str(n)], n)
+        yield family
+
+
+def _app(registry: CollectorRegistry) -> web.Application:
+    app = web.Application()
+    add_health_routes(app, registry=registry, readiness=dict)
+    return app
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_a_filtered_scrape_renders_only_the_named_samples() -> None:
+    registry = CollectorRegistry()
+    shed = Counter("egresswatch_shed", "shed", registry=registry)
+    late = Histogram("egresswatch_late_seconds", "late", registry=registry)
+    expensive = Expensive()
+    registry.register(expensive)
+    shed.inc(3)
+    late.observe(0.5)
+    async with TestClient(TestServer(_app(registry), host="127.0.0.1")) as client:
+        names = ["egresswatch_shed_total", "egresswatch_late_seconds_count"]
+        answer = await client.get("/metrics", params=[("name[]", n) for n in names])
+        assert answer.status == 200
+        assert _samples(await answer.text()) == {
+            "egresswatch_shed_total": 3.0,
+            "egresswatch_late_seconds_count": 1.0,
+        }
+        assert expensive.collected == 0  # the filter collected only the owners of the names
+
+        whole = await client.get("/metrics")
+        assert whole.status == 200
+        assert "egresswatch_expensive" in _samples(await whole.text())
+        assert expensive.collected == 1
+
+
+async def test_a_filter_that_is_not_a_metric_name_is_refused_naming_the_parameter() -> None:
+    async with TestClient(TestServer(_app(CollectorRegistry()), host="127.0.0.1")) as client:
+        answer = await client.get("/metrics", params={"name[]": "up{job}"})
+        assert answer.status == 400
+        assert "name[]" in await answer.text()
