@@ -22,6 +22,8 @@ Decisions:
   results counter carry ``source_kind`` (pod, node, or unknown) instead of ``source``. They are
   most of a scrape (a histogram is 17 lines a step): at 10,000 (source, target) pairs per
   source they made 157 MB and 10 CPU-seconds a scrape. The per-pair gauges stay per source.
+- The per-pair families are :mod:`egresswatch.compact_metrics` (an array of doubles per
+  series, not prometheus_client's objects and locks): 16 KB a target less with 5,000 targets.
 - No ``_created`` series: a counter's or histogram's creation time doubles the lines of the
   families that carry per-pair labels and no alert or dashboard reads it.
 """
@@ -40,8 +42,13 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.metrics import MetricWrapperBase
 
+from egresswatch.compact_metrics import (
+    CompactCounter,
+    CompactGauge,
+    CompactHistogram,
+    Family,
+)
 from egresswatch.model import RoundResult, SourceKind, Status, Step, Suspect
 
 __all__ = ["DURATION_BUCKETS", "LATENESS_BUCKETS", "NO_REASON", "Metrics", "WriterMetrics"]
@@ -57,10 +64,10 @@ LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 _PAIR = ("source", "target", "step")
 SOURCE_STATES = ("reporting", "unknown", "missing", "retired")  # controller/designated.py
-_M = TypeVar("_M", bound=MetricWrapperBase)
+_H = TypeVar("_H")
 
 
-class _Tracked(Generic[_M]):
+class _Tracked(Generic[_H]):
     """A labelled family plus the label values it holds, indexed by source and target, so the
     series of one name can be removed without scanning them all.
 
@@ -70,13 +77,13 @@ class _Tracked(Generic[_M]):
 
     _INDEXED = ("source", "target")
 
-    def __init__(self, family: _M, labelnames: tuple[str, ...]) -> None:
+    def __init__(self, family: Family[_H], labelnames: tuple[str, ...]) -> None:
         self.family = family
         self._positions = {n: labelnames.index(n) for n in self._INDEXED if n in labelnames}
         self._present: set[tuple[str, ...]] = set()
         self._index: dict[str, dict[str, set[tuple[str, ...]]]] = {n: {} for n in self._positions}
 
-    def labels(self, *values: str) -> _M:
+    def labels(self, *values: str) -> _H:
         if values not in self._present:
             self._present.add(values)
             for name, position in self._positions.items():
@@ -107,59 +114,60 @@ class Metrics:
         # of ours wants it.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         detailed = ("source_kind", "target", "step") if per_source_kind else _PAIR
+        # The per-pair families are compact (compact_metrics.py): thousands of series each.
         self._step_up = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_step_up",
                 "1 if the step's latest verdict was ok, 0 if fail (skipped and error leave it).",
                 _PAIR,
-                registry=r,
+                r,
             ),
             _PAIR,
         )
         self._duration = _Tracked(
-            Histogram(
+            CompactHistogram(
                 "egresswatch_step_duration_seconds",
                 "How long each step that ran took.",
                 detailed,
-                buckets=DURATION_BUCKETS,
-                registry=r,
+                DURATION_BUCKETS,
+                r,
             ),
             detailed,
         )
         results_labels = (*detailed, "status", "reason")
         self._results = _Tracked(
-            Counter(
-                "egresswatch_step_results_total",
+            CompactCounter(
+                "egresswatch_step_results",
                 'Step results by status and reason (reason "none" when there is none).',
                 results_labels,
-                registry=r,
+                r,
             ),
             results_labels,
         )
         self._first_failing = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_first_failing_step",
                 "1 on the current first failing step of a (source, target), 0 on earlier ones.",
                 _PAIR,
-                registry=r,
+                r,
             ),
             _PAIR,
         )
         self._incidents = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_incidents_open",
                 "Open incidents per target and suspect.",
                 ("target", "suspect"),
-                registry=r,
+                r,
             ),
             ("target", "suspect"),
         )
         self._last_change = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_step_last_change_timestamp_seconds",
                 "When the step's state last changed (after hysteresis), Unix time.",
                 _PAIR,
-                registry=r,
+                r,
             ),
             _PAIR,
         )
