@@ -27,10 +27,20 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["CompactCounter", "CompactGauge", "CompactHistogram", "Counting", "Family", "Observing"]
+__all__ = [
+    "CompactCounter",
+    "CompactGauge",
+    "CompactHistogram",
+    "CompactRegistry",
+    "Counting",
+    "Family",
+    "Observing",
+    "exposition",
+]
 
 Labels = tuple[str, ...]
 H = TypeVar("H")
@@ -65,6 +75,10 @@ class Family(Collector, Generic[H]):
     def labels(self, *values: str) -> H:
         raise NotImplementedError
 
+    def has(self, values: Labels) -> bool:
+        """Whether the series of `values` exists."""
+        return values in self._series
+
     def remove(self, *values: str) -> None:
         self._series.pop(values, None)
 
@@ -73,6 +87,26 @@ class Family(Collector, Generic[H]):
 
     def describe(self) -> Iterator[Metric]:
         yield self._empty()
+
+    def text(self) -> str:
+        """The family in the text exposition format, as generate_latest writes it, without
+        its objects: a label set is escaped once per series, not once per line."""
+        kind = self._empty().type
+        name = self._exposed_name()
+        doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        lines = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
+        order = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
+        for values, numbers in self.snapshot():
+            # Sorted by label name, as generate_latest writes them.
+            pairs = [(self.labelnames[i], _escape(values[i])) for i in order]
+            lines.append(self._lines(pairs, numbers))
+        return "".join(lines)
+
+    def _exposed_name(self) -> str:
+        return self.name
+
+    def _lines(self, pairs: list[tuple[str, str]], numbers: array[float]) -> str:
+        return f"{self._exposed_name()}{{{_joined(pairs)}}} {_number(numbers[0])}\n"
 
     def snapshot(self) -> list[tuple[Labels, array[float]]]:
         """Every series with a copy of its numbers (see the module docstring)."""
@@ -97,6 +131,9 @@ class CompactCounter(Family[Counting]):
 
     def labels(self, *values: str) -> Counting:
         return Counting(self._values(values))
+
+    def _exposed_name(self) -> str:
+        return self.name.removesuffix("_total") + "_total"
 
     def _empty(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
@@ -155,6 +192,19 @@ class CompactHistogram(Family[Observing]):
     def labels(self, *values: str) -> Observing:
         return Observing(self._bounds, self._values(values))
 
+    def _lines(self, pairs: list[tuple[str, str]], numbers: array[float]) -> str:
+        name, total, lines = self.name, 0.0, []
+        labels = _joined(pairs)
+        # `le` takes its place in the sorted label names, as generate_latest writes it.
+        before = "".join(f'{key}="{value}",' for key, value in pairs if key < "le")
+        after = "".join(f',{key}="{value}"' for key, value in pairs if key > "le")
+        for le, count in zip(self._le, numbers[:-1], strict=True):
+            total += count
+            lines.append(f'{name}_bucket{{{before}le="{le}"{after}}} {_number(total)}\n')
+        lines.append(f"{name}_count{{{labels}}} {_number(total)}\n")
+        lines.append(f"{name}_sum{{{labels}}} {_number(numbers[-1])}\n")
+        return "".join(lines)
+
     def _empty(self) -> HistogramMetricFamily:
         return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
@@ -167,3 +217,56 @@ class CompactHistogram(Family[Observing]):
                 cumulative.append((le, total))
             family.add_metric(values, cumulative, numbers[-1])
         yield family
+
+
+def _joined(pairs: list[tuple[str, str]]) -> str:
+    return ",".join(f'{key}="{value}"' for key, value in pairs)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _number(value: float) -> str:
+    return floatToGoString(value)  # type: ignore[no-untyped-call,no-any-return]
+
+
+class CompactRegistry(CollectorRegistry):
+    """A registry that keeps compact families beside its collectors: `collect()` (and so
+    generate_latest, get_sample_value) sees them all; :func:`exposition` writes the compact
+    ones without building a sample object per line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.compact: list[Family[object]] = []
+
+    def register(self, collector: Collector) -> None:
+        if isinstance(collector, Family):
+            self.compact.append(collector)
+        else:
+            super().register(collector)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from super().collect()
+        for family in self.compact:
+            yield from family.collect()
+
+    def _others(self) -> Iterator[Metric]:
+        yield from super().collect()
+
+
+class _Others:
+    def __init__(self, registry: CompactRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        return self._registry._others()
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """/metrics' body: generate_latest, with a CompactRegistry's families written directly
+    (a 5,000-target scrape took 1.3 CPU-seconds, most of it formatting their samples)."""
+    if not isinstance(registry, CompactRegistry):
+        return generate_latest(registry)
+    head = generate_latest(_Others(registry))
+    return head + "".join(family.text() for family in registry.compact).encode()

@@ -75,31 +75,45 @@ class _Tracked(Generic[_H]):
     is private.
     """
 
-    _INDEXED = ("source", "target")
-
     def __init__(self, family: Family[_H], labelnames: tuple[str, ...]) -> None:
         self.family = family
-        self._positions = {n: labelnames.index(n) for n in self._INDEXED if n in labelnames}
-        self._present: set[tuple[str, ...]] = set()
-        self._index: dict[str, dict[str, set[tuple[str, ...]]]] = {n: {} for n in self._positions}
+        self._source = labelnames.index("source") if "source" in labelnames else None
+        self._target = labelnames.index("target") if "target" in labelnames else None
+        # A set per source (few, each with many series), a list per target (thousands, each
+        # with a few series: a set of five is 700 bytes, a list 100).
+        self._by_source: dict[str, set[tuple[str, ...]]] = {}
+        self._by_target: dict[str, list[tuple[str, ...]]] = {}
 
     def labels(self, *values: str) -> _H:
-        if values not in self._present:
-            self._present.add(values)
-            for name, position in self._positions.items():
-                self._index[name].setdefault(values[position], set()).add(values)
+        if not self.family.has(values):
+            if self._source is not None:
+                self._by_source.setdefault(values[self._source], set()).add(values)
+            if self._target is not None:
+                self._by_target.setdefault(values[self._target], []).append(values)
         return self.family.labels(*values)
 
     def remove_where(self, label: str, value: str) -> None:
-        """Remove every series whose ``label`` (source or target) is ``value``."""
-        if label not in self._index:
-            return
-        for values in self._index[label].pop(value, set()):
-            self.family.remove(*values)
-            self._present.discard(values)
-            for name, position in self._positions.items():
-                if name != label:
-                    self._index[name].get(values[position], set()).discard(values)
+        """Remove every series whose ``label`` (source or target) is ``value``; linear in the
+        series removed (and, for a source, in its targets' few series each)."""
+        if label == "source" and self._source is not None:
+            removed = self._by_source.pop(value, set())
+            for values in removed:
+                self.family.remove(*values)
+            if self._target is not None:
+                for target in {values[self._target] for values in removed}:
+                    self._prune(target)
+        elif label == "target" and self._target is not None:
+            for values in self._by_target.pop(value, []):
+                self.family.remove(*values)
+                if self._source is not None:
+                    self._by_source.get(values[self._source], set()).discard(values)
+
+    def _prune(self, target: str) -> None:
+        kept = [values for values in self._by_target.get(target, []) if self.family.has(values)]
+        if kept:
+            self._by_target[target] = kept
+        else:
+            self._by_target.pop(target, None)
 
 
 class Metrics:

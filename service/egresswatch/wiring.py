@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
 from egresswatch.agent.config_file import follow_config
 from egresswatch.agent.runner import RoundRunner
+from egresswatch.compact_metrics import CompactRegistry
 from egresswatch.controller.api.agent_identity import AgentIdentities
 from egresswatch.controller.api.app import make_app
 from egresswatch.controller.api.auth import Right, Tokens, authorize
@@ -116,7 +116,7 @@ class Service:
         self._watch = watch_config
         self._migrate = migrate
         self._environ = environ
-        self.registry = CollectorRegistry()
+        self.registry = CompactRegistry()  # /metrics writes the per-pair families directly
         self._troubled = Sparse(log, "rounds cut at their timeout or skipped")
         self.metrics = Metrics(
             self.registry,
