@@ -73,6 +73,11 @@ class Family(Collector, Generic[H]):
         return found
 
     def labels(self, *values: str) -> H:
+        return self.handle(values)
+
+    def handle(self, values: Labels) -> H:
+        """The series of `values`, made if new; `values` itself is kept as its key (pass
+        the tuple an index already holds: one tuple a series, not two)."""
         raise NotImplementedError
 
     def has(self, values: Labels) -> bool:
@@ -129,7 +134,7 @@ class Counting:
 class CompactCounter(Family[Counting]):
     """A counter family (`name` without ``_total``; rendered with it)."""
 
-    def labels(self, *values: str) -> Counting:
+    def handle(self, values: Labels) -> Counting:
         return Counting(self._values(values))
 
     def _exposed_name(self) -> str:
@@ -148,7 +153,7 @@ class CompactCounter(Family[Counting]):
 class CompactGauge(Family[Counting]):
     """A gauge family: ``labels(...).set(value)``."""
 
-    def labels(self, *values: str) -> Counting:
+    def handle(self, values: Labels) -> Counting:
         return Counting(self._values(values))
 
     def _empty(self) -> GaugeMetricFamily:
@@ -189,7 +194,7 @@ class CompactHistogram(Family[Observing]):
         self.size = len(self._bounds) + 2  # the buckets, +Inf, the sum
         super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> Observing:
+    def handle(self, values: Labels) -> Observing:
         return Observing(self._bounds, self._values(values))
 
     def _lines(self, pairs: list[tuple[str, str]], numbers: array[float]) -> str:

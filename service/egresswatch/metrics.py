@@ -90,7 +90,7 @@ class _Tracked(Generic[_H]):
                 self._by_source.setdefault(values[self._source], set()).add(values)
             if self._target is not None:
                 self._by_target.setdefault(values[self._target], []).append(values)
-        return self.family.labels(*values)
+        return self.family.handle(values)
 
     def remove_where(self, label: str, value: str) -> None:
         """Remove every series whose ``label`` (source or target) is ``value``; linear in the
@@ -278,12 +278,13 @@ class Metrics:
     def set_first_failing_step(self, source: str, target: str, step: Step | None) -> None:
         """Mark ``step`` (None: no step fails) as the first failing step of (source, target)."""
         # An index per pair: this runs for every round, and scanning every series would not do.
-        steps = self._first_failing_steps.setdefault((source, target), set())
+        # No set for a pair that never failed: most pairs, and an empty set is 216 bytes.
+        steps = self._first_failing_steps.get((source, target), ())
         for other in steps:
             self._first_failing.labels(source, target, other).set(0)
         if step is not None:
             self._first_failing.labels(source, target, step.value).set(1)
-            steps.add(step.value)
+            self._first_failing_steps.setdefault((source, target), set()).add(step.value)
 
     def set_step_last_change(self, source: str, target: str, step: Step, at: datetime) -> None:
         """Record when a step's state last changed (``at`` must be timezone-aware)."""
