@@ -131,11 +131,24 @@ class Counting:
         self._numbers[0] = value
 
 
-class CompactCounter(Family[Counting]):
-    """A counter family (`name` without ``_total``; rendered with it)."""
+class _OneNumber(Family[Counting]):
+    """A family of one number a series (a counter or a gauge)."""
 
     def handle(self, values: Labels) -> Counting:
         return Counting(self._values(values))
+
+    def _empty(self) -> CounterMetricFamily | GaugeMetricFamily:
+        raise NotImplementedError
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._empty()
+        for values, numbers in self.snapshot():
+            family.add_metric(values, numbers[0])
+        yield family
+
+
+class CompactCounter(_OneNumber):
+    """A counter family: ``labels(...).inc()``; rendered with ``_total``."""
 
     def _exposed_name(self) -> str:
         return self.name.removesuffix("_total") + "_total"
@@ -143,27 +156,12 @@ class CompactCounter(Family[Counting]):
     def _empty(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
-    def collect(self) -> Iterator[Metric]:
-        family = self._empty()
-        for values, numbers in self.snapshot():
-            family.add_metric(values, numbers[0])
-        yield family
 
-
-class CompactGauge(Family[Counting]):
+class CompactGauge(_OneNumber):
     """A gauge family: ``labels(...).set(value)``."""
-
-    def handle(self, values: Labels) -> Counting:
-        return Counting(self._values(values))
 
     def _empty(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-
-    def collect(self) -> Iterator[Metric]:
-        family = self._empty()
-        for values, numbers in self.snapshot():
-            family.add_metric(values, numbers[0])
-        yield family
 
 
 class Observing:
