@@ -87,3 +87,20 @@ def test_the_side_by_side_script_is_egresswatch_bench() -> None:
     )
     assert done.returncode == 2
     assert "egresswatch bench: --kinds: unknown udp" in done.stderr
+
+
+def test_targets_scale_benchmark_runs() -> None:
+    """benchmarks/targets_scale.py with 20 TCP targets at 2 s for a short window: the lab and
+    `egresswatch run` start, one row is measured (lateness, CPU, RSS, scrape, status), and
+    nothing failed against the healthy loopback target."""
+    flags = ["--targets", "20", "--interval", "2", "--warmup", "2", "--window", "2"]
+    lines = bench("targets_scale", *flags)
+    assert lines[0].startswith("TCP targets, warm-up 2 s, window 2 s")
+    header = [cell.strip() for cell in lines[1].strip("|").split("|")]
+    (row,) = (line for line in lines if line.startswith("| 20 | 2 |"))
+    shown = dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
+    assert float(shown["rounds/s"]) > 0 and float(shown["CPU-ms/round"]) > 0
+    assert shown["lateness p50 / p99 / max"].startswith("<=")
+    assert shown["failed steps"] == "0" and shown["shed"] == "0"
+    assert float(shown["scrape MB"]) > 0 and float(shown["RSS MiB"]) > 0
+    assert lines[-1].startswith("load average at end")

@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from egresswatch.compact_metrics import exposition
 
 Readiness = Callable[[], Mapping[str, bool]]
 # A check that asks something (the database): None when fine, else the reason it is not.
@@ -57,9 +59,8 @@ def add_health_routes(
         if metrics_guard is not None:
             metrics_guard(request)
         names = metric_names(request)
-        chosen = registry.restricted_registry(names) if names else registry
         # Rendered off the event loop: thousands of series take long enough to stall rounds.
-        body = await asyncio.to_thread(generate_latest, chosen)
+        body = await asyncio.to_thread(exposition, registry, names)
         response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

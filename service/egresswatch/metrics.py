@@ -22,6 +22,8 @@ Decisions:
   results counter carry ``source_kind`` (pod, node, or unknown) instead of ``source``. They are
   most of a scrape (a histogram is 17 lines a step): at 10,000 (source, target) pairs per
   source they made 157 MB and 10 CPU-seconds a scrape. The per-pair gauges stay per source.
+- The per-pair families are :mod:`egresswatch.compact_metrics` (an array of doubles per
+  series, not prometheus_client's objects and locks): 16 KB a target less with 5,000 targets.
 - No ``_created`` series: a counter's or histogram's creation time doubles the lines of the
   families that carry per-pair labels and no alert or dashboard reads it.
 """
@@ -40,8 +42,13 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.metrics import MetricWrapperBase
 
+from egresswatch.compact_metrics import (
+    CompactCounter,
+    CompactGauge,
+    CompactHistogram,
+    Family,
+)
 from egresswatch.model import RoundResult, SourceKind, Status, Step, Suspect
 
 __all__ = ["DURATION_BUCKETS", "LATENESS_BUCKETS", "NO_REASON", "Metrics", "WriterMetrics"]
@@ -57,45 +64,56 @@ LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 
 _PAIR = ("source", "target", "step")
 SOURCE_STATES = ("reporting", "unknown", "missing", "retired")  # controller/designated.py
-_M = TypeVar("_M", bound=MetricWrapperBase)
+_H = TypeVar("_H")
 
 
-class _Tracked(Generic[_M]):
-    """A labelled family plus the series it holds, indexed by source and target, so the
+class _Tracked(Generic[_H]):
+    """A labelled family plus the label values it holds, indexed by source and target, so the
     series of one name can be removed without scanning them all.
 
     prometheus_client's ``remove()`` needs the exact label values, and its own record of them
-    is private. The series (children) are kept too: every round asks for about twenty, and
-    prometheus_client's ``labels()`` checks and converts the values and takes a lock each time.
-    Series leave only through ``remove_where``, so a kept child is always the registered one.
+    is private.
     """
 
-    _INDEXED = ("source", "target")
-
-    def __init__(self, family: _M, labelnames: tuple[str, ...]) -> None:
+    def __init__(self, family: Family[_H], labelnames: tuple[str, ...]) -> None:
         self.family = family
-        self._positions = {n: labelnames.index(n) for n in self._INDEXED if n in labelnames}
-        self._children: dict[tuple[str, ...], _M] = {}
-        self._index: dict[str, dict[str, set[tuple[str, ...]]]] = {n: {} for n in self._positions}
+        self._source = labelnames.index("source") if "source" in labelnames else None
+        self._target = labelnames.index("target") if "target" in labelnames else None
+        # A set per source (few, each with many series), a list per target (thousands, each
+        # with a few series: a set of five is 700 bytes, a list 100).
+        self._by_source: dict[str, set[tuple[str, ...]]] = {}
+        self._by_target: dict[str, list[tuple[str, ...]]] = {}
 
-    def labels(self, *values: str) -> _M:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self.family.labels(*values)
-            for name, position in self._positions.items():
-                self._index[name].setdefault(values[position], set()).add(values)
-        return child
+    def labels(self, *values: str) -> _H:
+        if not self.family.has(values):
+            if self._source is not None:
+                self._by_source.setdefault(values[self._source], set()).add(values)
+            if self._target is not None:
+                self._by_target.setdefault(values[self._target], []).append(values)
+        return self.family.handle(values)
 
     def remove_where(self, label: str, value: str) -> None:
-        """Remove every series whose ``label`` (source or target) is ``value``."""
-        if label not in self._index:
-            return
-        for values in self._index[label].pop(value, set()):
-            self.family.remove(*values)
-            del self._children[values]
-            for name, position in self._positions.items():
-                if name != label:
-                    self._index[name].get(values[position], set()).discard(values)
+        """Remove every series whose ``label`` (source or target) is ``value``; linear in the
+        series removed (and, for a source, in its targets' few series each)."""
+        if label == "source" and self._source is not None:
+            removed = self._by_source.pop(value, set())
+            for values in removed:
+                self.family.remove(*values)
+            if self._target is not None:
+                for target in {values[self._target] for values in removed}:
+                    self._prune(target)
+        elif label == "target" and self._target is not None:
+            for values in self._by_target.pop(value, []):
+                self.family.remove(*values)
+                if self._source is not None:
+                    self._by_source.get(values[self._source], set()).discard(values)
+
+    def _prune(self, target: str) -> None:
+        kept = [values for values in self._by_target.get(target, []) if self.family.has(values)]
+        if kept:
+            self._by_target[target] = kept
+        else:
+            self._by_target.pop(target, None)
 
 
 class Metrics:
@@ -110,59 +128,60 @@ class Metrics:
         # of ours wants it.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         detailed = ("source_kind", "target", "step") if per_source_kind else _PAIR
+        # The per-pair families are compact (compact_metrics.py): thousands of series each.
         self._step_up = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_step_up",
                 "1 if the step's latest verdict was ok, 0 if fail (skipped and error leave it).",
                 _PAIR,
-                registry=r,
+                r,
             ),
             _PAIR,
         )
         self._duration = _Tracked(
-            Histogram(
+            CompactHistogram(
                 "egresswatch_step_duration_seconds",
                 "How long each step that ran took.",
                 detailed,
-                buckets=DURATION_BUCKETS,
-                registry=r,
+                DURATION_BUCKETS,
+                r,
             ),
             detailed,
         )
         results_labels = (*detailed, "status", "reason")
         self._results = _Tracked(
-            Counter(
-                "egresswatch_step_results_total",
+            CompactCounter(
+                "egresswatch_step_results",
                 'Step results by status and reason (reason "none" when there is none).',
                 results_labels,
-                registry=r,
+                r,
             ),
             results_labels,
         )
         self._first_failing = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_first_failing_step",
                 "1 on the current first failing step of a (source, target), 0 on earlier ones.",
                 _PAIR,
-                registry=r,
+                r,
             ),
             _PAIR,
         )
         self._incidents = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_incidents_open",
                 "Open incidents per target and suspect.",
                 ("target", "suspect"),
-                registry=r,
+                r,
             ),
             ("target", "suspect"),
         )
         self._last_change = _Tracked(
-            Gauge(
+            CompactGauge(
                 "egresswatch_step_last_change_timestamp_seconds",
                 "When the step's state last changed (after hysteresis), Unix time.",
                 _PAIR,
-                registry=r,
+                r,
             ),
             _PAIR,
         )
@@ -259,12 +278,13 @@ class Metrics:
     def set_first_failing_step(self, source: str, target: str, step: Step | None) -> None:
         """Mark ``step`` (None: no step fails) as the first failing step of (source, target)."""
         # An index per pair: this runs for every round, and scanning every series would not do.
-        steps = self._first_failing_steps.setdefault((source, target), set())
+        # No set for a pair that never failed: most pairs, and an empty set is 216 bytes.
+        steps = self._first_failing_steps.get((source, target), ())
         for other in steps:
             self._first_failing.labels(source, target, other).set(0)
         if step is not None:
             self._first_failing.labels(source, target, step.value).set(1)
-            steps.add(step.value)
+            self._first_failing_steps.setdefault((source, target), set()).add(step.value)
 
     def set_step_last_change(self, source: str, target: str, step: Step, at: datetime) -> None:
         """Record when a step's state last changed (``at`` must be timezone-aware)."""

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
 from egresswatch.agent.config_file import follow_config
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.api_wiring import AppParts, OnDemand, access, controller_app
+from egresswatch.compact_metrics import CompactRegistry
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.controller.ingest.intake import Ingest
@@ -96,7 +96,7 @@ class Service:
         self._watch = watch_config
         self._migrate = migrate
         self._environ = environ
-        self.registry = CollectorRegistry()
+        self.registry = CompactRegistry()  # /metrics writes the per-pair families directly
         self._troubled = Sparse(log, "rounds cut at their timeout or skipped")
         self.metrics = Metrics(
             self.registry,

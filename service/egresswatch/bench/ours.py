@@ -49,7 +49,22 @@ def egresswatch_config(
     lab: Lab, kind: str, rate: int, directory: Path, port: int, max_concurrent: int
 ) -> Path:
     """The config of a run at `rate` rounds/s of `kind`, written into `directory`."""
+    return targets_config(lab, kind, rate * INTERVAL_S, INTERVAL_S, directory, port, max_concurrent)
+
+
+def targets_config(
+    lab: Lab,
+    kind: str,
+    count: int,
+    interval_s: int,
+    directory: Path,
+    port: int,
+    max_concurrent: int,
+) -> Path:
+    """The config of a run with `count` targets of `kind` every `interval_s` seconds, written
+    into `directory` (each round's budget is the interval, at most 10 s)."""
     key = "address" if kind == "tcp" else "url"
+    timeout = min(interval_s, 10)
     lines = [
         "source: {name: bench, kind: node}",
         f"listen: 127.0.0.1:{port}",
@@ -57,12 +72,12 @@ def egresswatch_config(
         f"dns: {{resolv_conf: {lab.resolv_conf}, upstream: '{lab.dns_address}'}}",
         "proxy_from_environment: false",
         f"max_concurrent_rounds: {max_concurrent}",
-        f"probes: {{interval: {INTERVAL_S}s, timeout: {INTERVAL_S}s, step_timeout: 1s,"
+        f"probes: {{interval: {interval_s}s, timeout: {timeout}s, step_timeout: 1s,"
         f" trace_every: 7d, ca_file: {lab.ca_file}}}",
         "targets:",
     ]
     target = lab.target(kind)
-    lines += [f"  - {{name: t{i:05d}, {key}: '{target}'}}" for i in range(rate * INTERVAL_S)]
+    lines += [f"  - {{name: t{i:05d}, {key}: '{target}'}}" for i in range(count)]
     config = directory / "egresswatch.yaml"
     config.write_text("\n".join(lines) + "\n")
     return config

@@ -148,7 +148,9 @@ class Detector:
         for step_result in result.steps:
             if step_result.step not in PROBE_STEPS:
                 continue
-            step = track.steps.setdefault(step_result.step, StepTrack())
+            step = track.steps.get(step_result.step)
+            if step is None:  # not setdefault: that builds a StepTrack every round
+                step = track.steps[step_result.step] = StepTrack()
             if step.judged_until is not None and result.started_at < step.judged_until:
                 continue  # a replayed round that the restored state already counts
             change = self._judge(result, step_result, step, policy, now)

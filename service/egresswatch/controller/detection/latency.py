@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -126,7 +125,9 @@ class LatencyShiftDetector:
 
     def __init__(self, params: ShiftParams | None = None) -> None:
         self.params = params or ShiftParams()
-        self._recent: deque[tuple[float, datetime]] = deque(maxlen=self.params.warmup)
+        # A list, not a deque: a few entries, and a deque is 600 bytes even empty (one of
+        # these per latency step per (source, target)).
+        self._recent: list[tuple[float, datetime]] = []
         self.reset()
 
     def reset(self) -> None:
@@ -158,6 +159,8 @@ class LatencyShiftDetector:
         x = math.log(max(value_s, self.params.floor_s))
         self._index += 1
         self._recent.append((x, at))
+        if len(self._recent) > self.params.warmup:
+            del self._recent[0]
         if self._baseline is None:
             if len(self._recent) == self.params.warmup:
                 self._learn()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -23,8 +23,12 @@ if TYPE_CHECKING:  # settings imports pydantic and YAML; the rules only read a f
     from egresswatch.settings import DetectionSettings
 
 
-@dataclass
+@dataclass(slots=True)
 class StepTrack:
+    """What detection keeps for one step of one (source, target). Thousands exist (5 a
+    target per source), so they are slotted and the M-of-K window exists only when
+    `fail_window` is set: an empty deque alone is about 600 bytes."""
+
     state: StepState = StepState.UNKNOWN
     since: datetime | None = None  # started_at of the run that set `state`
     reason: Reason | None = None  # of the latest failed result
@@ -32,7 +36,7 @@ class StepTrack:
     fail_start: datetime | None = None
     goods: int = 0  # good rounds in a row
     good_start: datetime | None = None
-    window: deque[tuple[bool, datetime]] = field(default_factory=lambda: deque(maxlen=0))
+    window: deque[tuple[bool, datetime]] | None = None  # the M-of-K window, when configured
     latency: LatencyShiftDetector | None = None
     normal_s: float | None = None  # the level a DEGRADED step is measured against
     judged_until: datetime | None = None  # restored: rounds before this are in `state` already
@@ -42,7 +46,16 @@ class StepTrack:
     def break_runs(self) -> None:
         self.fails = self.goods = 0
         self.fail_start = self.good_start = None
-        self.window.clear()
+        self.clear_window()
+
+    def clear_window(self) -> None:
+        if self.window is not None:
+            self.window.clear()
+
+    def judged(self, failed: bool, at: datetime) -> None:
+        """A failed or good round enters the M-of-K window (if there is one)."""
+        if self.window is not None:
+            self.window.append((failed, at))
 
     def flip(self, state: StepState, since: datetime) -> StepState:
         previous, self.state, self.since = self.state, state, since
@@ -54,8 +67,10 @@ ChangeOf = Callable[[StepState, str, "Reason | None"], Change]
 
 def fit_window(step: StepTrack, fail_window: tuple[int, int] | None) -> None:
     size = fail_window[1] if fail_window else 0
-    if step.window.maxlen != size:  # first use, or the config changed
-        step.window = deque(step.window, maxlen=size)
+    if size == 0:
+        step.window = None
+    elif step.window is None or step.window.maxlen != size:  # first use, or the config changed
+        step.window = deque(step.window or (), maxlen=size)
 
 
 def on_failed(
@@ -70,7 +85,7 @@ def on_failed(
     if step.fails == 1:
         step.fail_start = at
     step.reason = result.reason
-    step.window.append((True, at))
+    step.judged(True, at)
     if step.state is StepState.FAILING:
         return None
     starts: list[datetime] = []
@@ -78,7 +93,7 @@ def on_failed(
     if step.fails >= policy.fail_after and step.fail_start is not None:
         starts.append(step.fail_start)
         why = f"{step.fails} failed rounds in a row"
-    if policy.fail_window is not None:
+    if policy.fail_window is not None and step.window is not None:
         failed_at = [when for failed, when in step.window if failed]
         if len(failed_at) >= policy.fail_window[0]:
             starts.append(failed_at[0])
@@ -86,7 +101,7 @@ def on_failed(
     if not starts:
         return None
     previous = step.flip(StepState.FAILING, min(starts))
-    step.window.clear()
+    step.clear_window()
     # The latency seen before a failure says nothing about the path after it.
     step.latency, step.normal_s, step.came_down = None, None, None
     detail = f"{why}: {result.detail}" if result.detail else why
@@ -100,14 +115,14 @@ def on_good(
     step.goods += 1
     if step.goods == 1:
         step.good_start = at
-    step.window.append((False, at))
+    step.judged(False, at)
     if step.state is StepState.UNKNOWN:
         step.flip(StepState.OK, at)  # the first good round sets a baseline: no change
         return None
     if step.state is not StepState.FAILING or step.goods < policy.recover_after:
         return None
     previous = step.flip(StepState.OK, step.good_start or at)
-    step.window.clear()  # or the failures before would fail it again at once
+    step.clear_window()  # or the failures before would fail it again at once
     return change(previous, f"{step.goods} good rounds in a row", None)
 
 
