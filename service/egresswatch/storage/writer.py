@@ -374,11 +374,19 @@ class BatchedWriter:
                     round_result.started_at.isoformat(),
                     type(error).__name__,
                 )
+                self._landed(1)
                 self._drop(1, "rejected")
             else:
                 self._written([round_result])
 
+    def _landed(self, count: int) -> None:
+        """`count` rounds at the head of the batch in flight are settled (stored or dropped):
+        `depth` drops with `written`, in the same turn of the loop, not when the write's task
+        is awaited (a new list: the batch being written is not changed under its loop)."""
+        self._in_flight = self._in_flight[count:]
+
     def _written(self, batch: Sequence[RoundResult]) -> None:
+        self._landed(len(batch))
         self.written += len(batch)
         self._hooks.batch_written(True, len(batch))
         self._hooks.rows_written(len(batch), sum(len(r.steps) for r in batch))
