@@ -48,6 +48,7 @@ from egresswatch.bench.procs import (
     rss_mib,
     wait_port,
 )
+from egresswatch.bench.profile import find_py_spy, record_argv
 
 TOKEN_ENV = "EGRESSWATCH_BENCH_AGENT_TOKEN"
 TOKEN = "bench-agent-token-0123456789abcdef"  # a loopback benchmark's own, never a secret
@@ -213,17 +214,9 @@ def profiled(pid: int, out: Path | None, seconds: float, directory: Path) -> Ite
     if out is None:
         yield
         return
-    beside = Path(sys.executable).with_name("py-spy")  # `pip install py-spy`: a dev tool
-    spy = [
-        str(beside) if beside.exists() else "py-spy",
-        "record",
-        "--nonblocking",
-        "--rate",
-        "200",
-        "--format",
-        "raw",
-    ]
-    spy += ["--pid", str(pid), "--duration", str(int(seconds)), "--output", str(out)]
+    # The venv's own bin first: `pip install py-spy` (a dev tool) puts it there.
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    spy = record_argv(find_py_spy(search), pid, seconds, out, fmt="raw")
     with process(spy, directory / "py-spy.log") as sampler:
         yield
         sampler.wait(timeout=30)

@@ -30,6 +30,16 @@ def find_py_spy(search_path: str) -> str:
     return found
 
 
+def record_argv(
+    py_spy: str, pid: int, seconds: float, output: Path, *, fmt: str = "flamegraph"
+) -> list[str]:
+    """py-spy sampling process `pid` for `seconds` (rounded up) without stopping it, into
+    `output` in py-spy's format `fmt` (flamegraph: an SVG; raw: collapsed stacks)."""
+    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking"]
+    argv += ["--duration", str(math.ceil(seconds)), "--rate", str(SAMPLES_PER_S)]
+    return [*argv, "--format", fmt, "--output", str(output)]
+
+
 class Profiler:
     """py-spy at `py_spy`, writing its flame graphs into `directory`."""
 
@@ -45,10 +55,7 @@ class Profiler:
         """py-spy samples process `pid` for `seconds` (rounded up) while the block runs; the
         flame graph is in `output` when the block is left, else BenchError with py-spy's log."""
         log = output.with_suffix(".log")
-        argv = [self.py_spy, "record", "--pid", str(pid), "--nonblocking"]
-        argv += ["--duration", str(math.ceil(seconds)), "--rate", str(SAMPLES_PER_S)]
-        argv += ["--format", "flamegraph", "--output", str(output)]
-        with process(argv, log) as spy:
+        with process(record_argv(self.py_spy, pid, seconds, output), log) as spy:
             yield
             # It stops by itself after --duration and then writes the graph; if it hangs,
             # process() stops it by its PID.
