@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import replace
+from datetime import timedelta, timezone
 
 import sqlalchemy as sa
 
 from egresswatch.model import RoundResult
 from egresswatch.storage import BatchedWriter, Store
 from egresswatch.storage import tables as t
+from egresswatch.storage.policy import ROLLUP_RESOLUTIONS, bucket_start
 from egresswatch.storage.prepared import PreparedRounds, prepare_rounds
 from tests.support.databases import store_fixture  # noqa: F401
 from tests.test_storage import T0, eventually, make_round
@@ -119,3 +121,21 @@ async def test_ids_and_judging_keep_the_submission_order(store: Store) -> None:
     async with store.engine.connect() as conn:
         by_id = list((await conn.execute(query)).scalars())
     assert by_id == [r.started_at for r in rounds]
+
+
+def test_prepared_buckets_are_every_rounds_own_in_any_order_and_zone() -> None:
+    # Buckets are computed once per finest bucket and reused for the rounds inside it: rounds
+    # that leave it and come back, cross an hour, or carry another zone must still count.
+    offsets = [0, 59, 61, 30, 3599, 3600, 7260, 45, 7261, -1, 86_400]
+    rounds = [make_round(i) for i in offsets]
+    shifted = make_round(3 * 3600 + 125)
+    rounds.append(
+        replace(shifted, started_at=shifted.started_at.astimezone(timezone(timedelta(hours=-5))))
+    )
+    expected = {
+        (resolution.value, bucket_start(r.started_at, resolution))
+        for r in rounds
+        for resolution in ROLLUP_RESOLUTIONS
+    }
+    assert prepare_rounds(rounds).buckets == expected
+    assert len(expected) == 14  # 8 minutes in 6 hours (see offsets)
