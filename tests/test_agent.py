@@ -42,6 +42,7 @@ from egresswatch.looplag import period_for
 from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
 from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
+from tests.support.agent_http import controller_client
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_servers, pki
 from tests.support.service import free_port, wait_for
@@ -452,13 +453,12 @@ async def test_refused_rounds_are_dropped_alone_and_a_bad_token_loses_nothing(
     controller = await controllers()
     token = {"value": "wrong"}
     now = datetime.now(UTC).replace(microsecond=0)
-    async with aiohttp.ClientSession() as session:
+    async with controller_client(world.url) as client:
         sink = HttpSink(
-            world.url,
+            client,
             source="node-d",
             source_kind=SourceKind.NODE,
             token=lambda: token["value"],
-            session=session,
             tuning=SinkTuning(
                 batch_interval_s=0.1, auth_retry_s=0.1, backoff_initial_s=0.1, backoff_max_s=0.3
             ),
@@ -497,13 +497,12 @@ async def test_refused_rounds_are_dropped_alone_and_a_bad_token_loses_nothing(
 async def test_the_buffer_is_bounded_and_close_gives_up_in_time(world: World) -> None:
     now = datetime.now(UTC)
     cost = round_cost(Round("shop", encode_round(a_round("shop", "node-e", now))))
-    async with aiohttp.ClientSession() as session:
+    async with controller_client(world.url) as client:  # nothing listens there
         sink = HttpSink(
-            world.url,  # nothing listens there
+            client,
             source="node-e",
             source_kind=None,
             token=lambda: TOKEN,
-            session=session,
             tuning=SinkTuning(
                 batch_max_rounds=2,
                 buffer_max_bytes=MIN_BUFFER_BYTES,

@@ -25,6 +25,7 @@ __all__ = [
     "AcceptErrors",
     "ConnectionGuard",
     "Held",
+    "ListenError",
     "ListenerMetrics",
     "Refusal",
     "RefusalLog",
@@ -44,6 +45,10 @@ Refusal = Literal[
 ]
 REFUSALS: tuple[Refusal, ...] = get_args(Refusal)
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"  # asyncio's message
+
+
+class ListenError(Exception):
+    """The listen address cannot be bound; the message is `cannot listen on ADDRESS: why`."""
 
 
 class ListenerMetrics:

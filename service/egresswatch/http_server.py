@@ -17,15 +17,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch.addresses import parse_listen
-from egresswatch.http_guard import AcceptErrors, ConnectionGuard, ListenerMetrics, RefusalLog
+from egresswatch.http_guard import (
+    AcceptErrors,
+    ConnectionGuard,
+    ListenerMetrics,
+    ListenError,
+    RefusalLog,
+)
 from egresswatch.http_limits import CONTROLLER_LIMITS, ListenerLimits, nofile_soft
 from egresswatch.http_protocol import GuardedRunner, GuardedSite, guard_requests
 
 __all__ = ["ListenError", "Serving", "serve"]
-
-
-class ListenError(Exception):
-    """The listen address cannot be bound; the message is `cannot listen on ADDRESS: why`."""
 
 
 class Serving(NamedTuple):
