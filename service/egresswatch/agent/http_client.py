@@ -233,6 +233,8 @@ class ControllerClient:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as exc:
+                if connection.reader.at_eof():
+                    raise HttpError("the connection was closed before the answer's end") from None
                 raise HttpError(f"the answer is not HTTP/1.1: {exc}") from None
             if event is h11.NEED_DATA:
                 if connection.reader.at_eof():  # h11 wants more, and there is no more

@@ -134,7 +134,7 @@ class Listener:
     async def bind(self, host: str, port: int) -> None:
         """Start accepting on (host, port); OSError when it cannot be bound."""
         server = await asyncio.start_server(
-            self._connection, host, port, limit=READ_SIZE, reuse_address=True
+            self._accept, host, port, limit=READ_SIZE, reuse_address=True
         )
         self._server = server
         bound = server.sockets[0].getsockname() if server.sockets else (host, port)
@@ -152,27 +152,35 @@ class Listener:
         self._accept_errors.uninstall()
         self._refusals.close()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection, from admission to close; never raises."""
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A new connection, admitted or refused at once, inside the protocol's
+        connection_made (a plain function: asyncio calls it there, before any byte is read, so
+        a refused connection is closed with nothing unread, not reset)."""
         held = _Held(writer, self._guard)
         peer = writer.get_extra_info("peername")
         if self._guard.admit(held, str(peer[0]) if peer else "") is not None:
             writer.transport.abort()  # refused (counted by the guard): nothing to send
             return
-        task = asyncio.current_task()
-        assert task is not None
+        task = asyncio.get_running_loop().create_task(
+            self._connection(held, reader), name="egresswatch-http-connection"
+        )
         self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, held: _Held, reader: asyncio.StreamReader) -> None:
+        """One admitted connection, to its close; never raises (its task is the listener's)."""
         try:
             await _Exchanges(held, reader, self._guard, self._limits, self._handler).run()
         except _Cut as cut:
             held.cut(cut.reason)
         except (OSError, asyncio.IncompleteReadError):
             pass  # the client went away: nothing to answer
+        except asyncio.CancelledError:
+            pass  # the listener is closing: the connection goes below
         finally:
-            self._connections.discard(task)
             self._guard.release(held)
             if not held.was_cut:
-                writer.close()
+                held.writer.close()
 
 
 class _Exchanges:
@@ -246,8 +254,6 @@ class _Exchanges:
                 raise _Cut(None)
             if not await self._receive():
                 raise _Cut(None)
-            if _not_http(self._http.trailing_data[0]):
-                raise _Refused(400, "not an HTTP request (TLS or another protocol sent here?)")
 
     async def _body(self) -> bytes:
         chunks: list[bytes] = []
@@ -301,7 +307,10 @@ class _Exchanges:
         if close:
             fields.append(("Connection", "close"))
         http = self._http
-        data = http.send(h11.Response(status_code=answer.status, headers=fields))
+        head = h11.Response(
+            status_code=answer.status, headers=fields, reason=HTTPStatus(answer.status).phrase
+        )
+        data = http.send(head)
         data += http.send(h11.Data(data=answer.body)) if answer.body else b""
         data += http.send(h11.EndOfMessage())
         self._guard.waiting(self._held)  # reading the answer counts as idle: idle_timeout_s
@@ -328,13 +337,6 @@ def _check_head(head: h11.Request) -> None:
         raise _Refused(400, f"the request line or a header field is longer than {LINE_MAX} bytes")
     if len(head.headers) > FIELDS_MAX:
         raise _Refused(400, f"more than {FIELDS_MAX} header fields")
-
-
-def _not_http(received: bytes) -> bool:
-    """A request begins with a method, a token: not a control byte (a TLS record, a binary
-    protocol). Checked at once, so such a client gets its answer without the head deadline."""
-    first = received.lstrip(b"\r\n")[:1]
-    return bool(first) and not (0x20 < first[0] < 0x7F)
 
 
 def problem_answer(status: int, detail: str) -> Answer:
