@@ -10,21 +10,14 @@ A neutral module (as health.py): the agent must not import the controller.
 
 from __future__ import annotations
 
-import asyncio
 from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch.addresses import parse_listen
-from egresswatch.http_guard import (
-    AcceptErrors,
-    ConnectionGuard,
-    ListenerMetrics,
-    ListenError,
-    RefusalLog,
-)
-from egresswatch.http_limits import CONTROLLER_LIMITS, ListenerLimits, nofile_soft
+from egresswatch.http_guard import ListenError, guarding
+from egresswatch.http_limits import CONTROLLER_LIMITS, ListenerLimits
 from egresswatch.http_protocol import GuardedRunner, GuardedSite, guard_requests
 
 __all__ = ["ListenError", "Serving", "serve"]
@@ -57,15 +50,8 @@ async def serve(
     ListenError naming the address.
     """
     host, port = parse_listen(listen)
-    loop = asyncio.get_running_loop()
-    refusals = RefusalLog(listen, loop)
-    guard = ConnectionGuard(
-        limits.connection_cap(nofile_soft()),
-        limits.max_per_peer,
-        ListenerMetrics(registry or CollectorRegistry()),
-        refusals,
-    )
-    accept_errors = AcceptErrors(loop, guard)
+    guarded = guarding(listen, limits, registry)
+    guard, refusals, accept_errors = guarded.guard, guarded.refusals, guarded.accept_errors
     runner = GuardedRunner(app, refusals=refusals, accept_errors=accept_errors)
     await runner.setup()
     assert runner.server is not None  # setup() made it

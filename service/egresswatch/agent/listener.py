@@ -26,15 +26,8 @@ import h11
 from prometheus_client import CollectorRegistry
 
 from egresswatch.addresses import parse_listen
-from egresswatch.http_guard import (
-    AcceptErrors,
-    ConnectionGuard,
-    ListenerMetrics,
-    ListenError,
-    Refusal,
-    RefusalLog,
-)
-from egresswatch.http_limits import AGENT_LIMITS, ListenerLimits, nofile_soft
+from egresswatch.http_guard import ConnectionGuard, Guarding, ListenError, Refusal, guarding
+from egresswatch.http_limits import AGENT_LIMITS, ListenerLimits
 from egresswatch.problem_body import PROBLEM, problem_document
 
 __all__ = ["Answer", "Handler", "Listener", "Request", "listen", "problem_answer"]
@@ -114,19 +107,12 @@ class Listener:
     """A bound listener; `address` is where (the kernel's port when 0 was asked).
     :meth:`close` stops accepting, closes every connection and stops the guard's timers."""
 
-    def __init__(
-        self,
-        handler: Handler,
-        guard: ConnectionGuard,
-        limits: ListenerLimits,
-        refusals: RefusalLog,
-        accept_errors: AcceptErrors,
-    ) -> None:
+    def __init__(self, handler: Handler, guarded: Guarding, limits: ListenerLimits) -> None:
         self._handler = handler
-        self._guard = guard
+        self._guard = guarded.guard
         self._limits = limits
-        self._refusals = refusals
-        self._accept_errors = accept_errors
+        self._refusals = guarded.refusals
+        self._accept_errors = guarded.accept_errors
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.address: tuple[str, int] = ("", 0)
@@ -358,20 +344,12 @@ async def listen(
     and raises ListenError naming the address. The caller stops it with `await close()`.
     """
     host, port = parse_listen(address)
-    loop = asyncio.get_running_loop()
-    refusals = RefusalLog(address, loop)
-    guard = ConnectionGuard(
-        limits.connection_cap(nofile_soft()),
-        limits.max_per_peer,
-        ListenerMetrics(registry or CollectorRegistry()),
-        refusals,
-    )
-    accept_errors = AcceptErrors(loop, guard)
-    listener = Listener(handler, guard, limits, refusals, accept_errors)
+    guarded = guarding(address, limits, registry)
+    listener = Listener(handler, guarded, limits)
     try:
         await listener.bind(host, port)
     except OSError as exc:
-        refusals.close()
+        guarded.refusals.close()
         raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
-    accept_errors.install()
+    guarded.accept_errors.install()
     return listener

@@ -159,9 +159,10 @@ class Agent:
             except SpillError as exc:
                 raise AgentStartupError(str(exc)) from None
             self._spill = spill
-        self._clients = [self._client(), self._client()]
+        sink_client, plan_client = self._client(), self._client()
+        self._clients = [sink_client, plan_client]
         self.sink = HttpSink(
-            self._clients[0],
+            sink_client,
             source=options.identity.name,
             source_kind=options.identity.kind,
             source_node=options.identity.node,
@@ -179,7 +180,7 @@ class Agent:
             on_shed=lambda _key: self.metrics.count_round_shed(),
         )
         self.plan = PlanFollower(
-            self._clients[1],
+            plan_client,
             source=options.identity.name,
             token=self._token,
             on_plan=self._apply_plan,
