@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from egresswatch.agent.health import health_handler
-from egresswatch.agent.http_client import ControllerClient, HttpError
+from egresswatch.agent.http_client import ControllerClient, HttpError, verified_context
 from egresswatch.agent.listener import listen
 from tests.support.https import HOST, LocalServer, Pki, pki
 
@@ -182,7 +182,7 @@ async def test_an_answer_that_stalls_times_out_and_the_next_request_starts_afres
 
 async def test_https_is_verified_with_the_agents_ca_file(pki: Pki) -> None:
     async with server(answer_every_request, pki.contexts["trusted"]) as local:
-        async with client_of(local, "https", ca_file=pki.ca_file) as client:
+        async with client_of(local, "https", tls=verified_context(pki.ca_file)) as client:
             assert (await get(client))[0] == 200
             assert (await get(client))[0] == 200
         assert local.connections == 1

@@ -1,11 +1,12 @@
 """Serve one aiohttp application on a `HOST:PORT` listen address, within limits.
 
-The controller's API and an agent's health endpoints both start here, so a taken or foreign
-address fails the same way in both, and both hold their connections to the same rules: a
-deadline for each request's head and body, caps on connections in total and per peer IP
-(http_limits.py), problem documents for heads the parser refuses, refusals counted on the
-process's registry and logged at a bounded rate (http_guard.py, http_protocol.py).
-A neutral module (as health.py): the agent must not import the controller.
+The controller's API (and `egresswatch run`'s) starts here; an agent serves its health
+endpoints on agent/listener.py instead (h11: an agent loads no aiohttp). Both hold their
+connections to the same rules, with the same parts: a deadline for each request's head and
+body, caps on connections in total and per peer IP (http_limits.py), problem documents for
+heads the parser refuses, refusals counted on the process's registry and logged at a bounded
+rate (http_guard.py; here through http_protocol.py), and a taken or foreign address fails the
+same way (ListenError). tests/test_http_limits.py runs the same cases against both.
 """
 
 from __future__ import annotations

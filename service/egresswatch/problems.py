@@ -1,8 +1,8 @@
 """Problem documents (RFC 9457): how every HTTP error of this service is answered.
 
-A neutral module: the controller's API and the listener that both processes share
-(http_protocol.py) answer errors the same way, and the agent must not import the controller.
-The body is problem_body.py's, which an agent's own listener uses without aiohttp.
+The controller's API and its listener (http_protocol.py) answer errors with it. The body is
+problem_body.py's, which an agent's own listener (agent/listener.py) uses without aiohttp, so
+both processes answer errors the same way.
 """
 
 from __future__ import annotations

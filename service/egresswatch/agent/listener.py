@@ -262,7 +262,7 @@ class _Exchanges:
         except h11.RemoteProtocolError as exc:
             if exc.error_status_hint == 431:
                 raise _Refused(400, f"the request head is longer than {HEAD_MAX} bytes") from None
-            raise _Refused(400, "malformed request head") from None
+            raise _Refused(400, "malformed request") from None
 
     async def _receive(self) -> bool:
         """Read what has come into h11; False when the client closed its side."""

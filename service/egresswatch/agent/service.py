@@ -20,16 +20,18 @@ import gc
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
 from egresswatch.agent.checklists import LocalSettings
 from egresswatch.agent.health import AgentMetrics, health_handler
-from egresswatch.agent.http_client import ControllerClient
+from egresswatch.agent.http_client import ControllerClient, verified_context
 from egresswatch.agent.identity import (
     SourceIdentity,
     TokenFile,
@@ -159,7 +161,10 @@ class Agent:
             except SpillError as exc:
                 raise AgentStartupError(str(exc)) from None
             self._spill = spill
-        sink_client, plan_client = self._client(), self._client()
+        tls = None
+        if urlsplit(options.controller).scheme == "https":  # one context, both connections
+            tls = verified_context(options.ca_file)
+        sink_client, plan_client = self._client(tls), self._client(tls)
         self._clients = [sink_client, plan_client]
         self.sink = HttpSink(
             sink_client,
@@ -259,13 +264,11 @@ class Agent:
 
     # -- wiring -----------------------------------------------------------------------------
 
-    def _client(self) -> ControllerClient:
-        """A connection to the controller, verified with the agent's CA file (and the system's
-        trust store) when it is https."""
+    def _client(self, tls: ssl.SSLContext | None) -> ControllerClient:
+        """A connection to the controller; `tls` verifies an https one (the system's trust
+        store and the agent's CA file)."""
         return ControllerClient(
-            self.options.controller,
-            user_agent=f"egresswatch-agent/{__version__}",
-            ca_file=self.options.ca_file,
+            self.options.controller, user_agent=f"egresswatch-agent/{__version__}", tls=tls
         )
 
     async def _close_clients(self) -> None:
