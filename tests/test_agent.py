@@ -45,6 +45,7 @@ from egresswatch.wiring import Service
 from tests.support.agent_http import controller_client
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_servers, pki
+from tests.support.relay import TcpRelay
 from tests.support.service import free_port, wait_for
 
 __all__ = ["dns_server", "local_servers", "pki"]  # fixtures, imported explicitly
@@ -283,6 +284,32 @@ async def test_a_new_plan_is_followed(
     assert agent.plan.current is not None
     planned = agent.plan.current.targets[1]
     assert (planned.interval_s, planned.timeout_s, planned.step_timeout_s) == (2.0, 0.9, 0.4)
+
+
+async def test_an_https_controller_is_verified_with_the_agents_ca_file(
+    world: World,
+    local_servers: LocalServers,
+    controllers: Callable[[], Awaitable[Service]],
+    agents: Callable[..., Awaitable[Agent]],
+) -> None:
+    """The controller behind TLS with a certificate of the test's CA (a cluster's own CA):
+    the agent trusts it through --ca-file, for its plan and its batches alike."""
+    endpoint = await local_servers.https(Reply(200))
+    world.write([{"name": "shop", "url": f"https://{NAME}:{endpoint.port}/"}])
+    controller = await controllers()
+    front = TcpRelay(HOST, world.port, tls=world.pki.contexts["trusted"])
+    await front.start()
+    try:
+        identity = SourceIdentity("node-tls", SourceKind.NODE)
+        ran = Ran()
+        options = world.options(identity, controller=f"https://{HOST}:{front.port}")
+        agent = await agents(options, on_round=ran)
+        await wait_for(lambda: len(ran.rounds) >= 2)
+        assert await agent.sink.drained(5.0)
+        await agent.stop()
+        assert len(await stored_rounds(controller, "shop", "node-tls")) == len(ran.rounds)
+    finally:
+        await front.close()
 
 
 async def test_the_loop_lag_sampler_follows_the_shortest_step_budget_of_the_plan(
