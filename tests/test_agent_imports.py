@@ -17,7 +17,7 @@ from tests.support.service import HOST, free_port
 # The controller's libraries; the config file's model and YAML reader (an agent reads no config
 # file: its plan comes from the controller); cryptography, loaded at the first certificate read;
 # aiohttp and its own dependencies (the agent's HTTP is agent/http_client.py and
-# agent/listener.py, on h11: 16 MiB less).
+# agent/listener.py, on h11: 10 MiB less).
 NOT_IN_AN_AGENT = (
     "aiohttp",
     "yarl",

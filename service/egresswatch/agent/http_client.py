@@ -2,9 +2,9 @@
 
 An agent talks to one controller, one request at a time per user (the plan follower, the
 result sink), so it needs one keep-alive connection, not a client library's pools, cookies
-and redirects; aiohttp cost the agent's process 16 MiB (docs/performance.md, "An agent's
-footprint"). h11 does the HTTP (framing, chunked bodies, keep-alive rules); this module
-moves the bytes.
+and redirects; aiohttp, for this and agent/listener.py, cost the agent's process 10 MiB of
+RSS (docs/performance.md, "An agent's footprint"). h11 does the HTTP (framing, chunked
+bodies, keep-alive rules); this module moves the bytes.
 
 Contract of :class:`ControllerClient`:
 

@@ -1,7 +1,8 @@
 """The agent's HTTP/1.1 listener: asyncio streams and h11, held to the controller's rules.
 
-An agent serves three routes to the kubelet and Prometheus (agent/health.py); aiohttp's server
-cost its process 16 MiB (docs/performance.md, "An agent's footprint"). h11 parses and frames
+An agent serves three routes to the kubelet and Prometheus (agent/health.py); aiohttp, for
+this and agent/http_client.py, cost its process 10 MiB of RSS (docs/performance.md, "An
+agent's footprint"). h11 parses and frames
 HTTP; this module moves the bytes and keeps every limit the controller's listener has
 (http_server.py): `ListenerLimits` deadlines per phase (a head from the connection's first
 byte, a body from its head, an idle keep-alive connection closed quietly), `ConnectionGuard`'s
