@@ -42,8 +42,10 @@ from egresswatch.looplag import period_for
 from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
 from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
+from tests.support.agent_http import controller_client
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_servers, pki
+from tests.support.relay import TcpRelay
 from tests.support.service import free_port, wait_for
 
 __all__ = ["dns_server", "local_servers", "pki"]  # fixtures, imported explicitly
@@ -284,6 +286,32 @@ async def test_a_new_plan_is_followed(
     assert (planned.interval_s, planned.timeout_s, planned.step_timeout_s) == (2.0, 0.9, 0.4)
 
 
+async def test_an_https_controller_is_verified_with_the_agents_ca_file(
+    world: World,
+    local_servers: LocalServers,
+    controllers: Callable[[], Awaitable[Service]],
+    agents: Callable[..., Awaitable[Agent]],
+) -> None:
+    """The controller behind TLS with a certificate of the test's CA (a cluster's own CA):
+    the agent trusts it through --ca-file, for its plan and its batches alike."""
+    endpoint = await local_servers.https(Reply(200))
+    world.write([{"name": "shop", "url": f"https://{NAME}:{endpoint.port}/"}])
+    controller = await controllers()
+    front = TcpRelay(HOST, world.port, tls=world.pki.contexts["trusted"])
+    await front.start()
+    try:
+        identity = SourceIdentity("node-tls", SourceKind.NODE)
+        ran = Ran()
+        options = world.options(identity, controller=f"https://{HOST}:{front.port}")
+        agent = await agents(options, on_round=ran)
+        await wait_for(lambda: len(ran.rounds) >= 2)
+        assert await agent.sink.drained(5.0)
+        await agent.stop()
+        assert len(await stored_rounds(controller, "shop", "node-tls")) == len(ran.rounds)
+    finally:
+        await front.close()
+
+
 async def test_the_loop_lag_sampler_follows_the_shortest_step_budget_of_the_plan(
     world: World,
     local_servers: LocalServers,
@@ -452,13 +480,12 @@ async def test_refused_rounds_are_dropped_alone_and_a_bad_token_loses_nothing(
     controller = await controllers()
     token = {"value": "wrong"}
     now = datetime.now(UTC).replace(microsecond=0)
-    async with aiohttp.ClientSession() as session:
+    async with controller_client(world.url) as client:
         sink = HttpSink(
-            world.url,
+            client,
             source="node-d",
             source_kind=SourceKind.NODE,
             token=lambda: token["value"],
-            session=session,
             tuning=SinkTuning(
                 batch_interval_s=0.1, auth_retry_s=0.1, backoff_initial_s=0.1, backoff_max_s=0.3
             ),
@@ -497,13 +524,12 @@ async def test_refused_rounds_are_dropped_alone_and_a_bad_token_loses_nothing(
 async def test_the_buffer_is_bounded_and_close_gives_up_in_time(world: World) -> None:
     now = datetime.now(UTC)
     cost = round_cost(Round("shop", encode_round(a_round("shop", "node-e", now))))
-    async with aiohttp.ClientSession() as session:
+    async with controller_client(world.url) as client:  # nothing listens there
         sink = HttpSink(
-            world.url,  # nothing listens there
+            client,
             source="node-e",
             source_kind=None,
             token=lambda: TOKEN,
-            session=session,
             tuning=SinkTuning(
                 batch_max_rounds=2,
                 buffer_max_bytes=MIN_BUFFER_BYTES,

@@ -15,8 +15,13 @@ from pathlib import Path
 from tests.support.service import HOST, free_port
 
 # The controller's libraries; the config file's model and YAML reader (an agent reads no config
-# file: its plan comes from the controller); cryptography, loaded at the first certificate read.
+# file: its plan comes from the controller); cryptography, loaded at the first certificate read;
+# aiohttp and its own dependencies (the agent's HTTP is agent/http_client.py and
+# agent/listener.py, on h11: 10 MiB less).
 NOT_IN_AN_AGENT = (
+    "aiohttp",
+    "yarl",
+    "multidict",
     "sqlalchemy",
     "alembic",
     "aiosqlite",
@@ -86,3 +91,4 @@ def test_a_running_agent_loads_no_controller_config_or_certificate_library(
     assert "egresswatch.agent.service" in loaded  # it did run the agent
     found = [m for m in loaded if m.startswith(NOT_IN_AN_AGENT)]
     assert found == []
+    assert "h11" in loaded  # it served /healthz with its own listener

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import random
 
-import aiohttp
 import pytest
 from aiohttp import web
 
+from egresswatch.agent.http_client import ControllerClient
 from egresswatch.agent.plan import PlanFollower
 from egresswatch.backoff import Backoff
+from tests.support.agent_http import controller_client
 from tests.support.service import free_port, wait_for
 
 
@@ -81,10 +82,10 @@ async def test_two_plan_followers_retry_a_missing_controller_at_different_moment
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     caplog.set_level(logging.WARNING, logger="egresswatch.agent.plan")
     waits = []
-    async with aiohttp.ClientSession() as session:
+    async with controller_client(url) as client:
         for name in ("node-a", "node-b"):
             caplog.clear()
-            await retries(url, name, session, Backoff(0.02, 0.08), caplog, 3)
+            await retries(client, name, Backoff(0.02, 0.08), caplog, 3)
             assert {r.getMessage() for r in caplog.records} == {"no plan yet: retrying"}
             waits.append([r.__dict__["in_s"] for r in caplog.records][:3])
     assert waits[0] != waits[1], waits
@@ -107,9 +108,8 @@ async def test_the_plan_follower_honours_retry_after(caplog: pytest.LogCaptureFi
     await web.TCPSite(runner, "127.0.0.1", port).start()
     caplog.set_level(logging.WARNING, logger="egresswatch.agent.plan")
     try:
-        async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{port}"
-            await retries(url, "node-a", session, Backoff(0.01, 1.0), caplog, 1)
+        async with controller_client(f"http://127.0.0.1:{port}") as client:
+            await retries(client, "node-a", Backoff(0.01, 1.0), caplog, 1)
     finally:
         await runner.cleanup()
     assert caplog.records[0].__dict__["in_s"] == 0.3
@@ -117,18 +117,16 @@ async def test_the_plan_follower_honours_retry_after(caplog: pytest.LogCaptureFi
 
 
 async def retries(
-    url: str,
+    client: ControllerClient,
     source: str,
-    session: aiohttp.ClientSession,
     backoff: Backoff,
     caplog: pytest.LogCaptureFixture,
     count: int,
 ) -> None:
     """Follow the plan at `url` until `count` retries were logged, then stop."""
     follower = PlanFollower(
-        url,
+        client,
         source=source,
-        session=session,
         token=lambda: None,
         on_plan=lambda plan: None,
         backoff=backoff,

@@ -104,3 +104,9 @@ def test_targets_scale_benchmark_runs() -> None:
     assert shown["failed steps"] == "0" and shown["shed"] == "0"
     assert float(shown["scrape MB"]) > 0 and float(shown["RSS MiB"]) > 0
     assert lines[-1].startswith("load average at end")
+
+
+def test_agent_http_benchmark_runs() -> None:
+    lines = bench("agent_http", "--requests", "5", "--batch-kib", "4", "--plan-kib", "4")
+    assert lines[0] == "5 requests of each, batch 4 KiB, plan 4 KiB"
+    assert [line.split()[0] for line in lines[2:]] == ["h11", "aiohttp"]

@@ -272,7 +272,7 @@ def test_every_container_is_locked_down(rendered: tuple[str, list[Obj]]) -> None
 
 # An agent with 50 targets at 30 s, HTTPS ones included (docs/performance.md, "An agent's
 # footprint", benchmarks/agent_footprint.py): RSS and CPU on average.
-AGENT_RSS_MIB, AGENT_MILLICORES = 63, 5
+AGENT_RSS_MIB, AGENT_MILLICORES = 53, 6
 
 
 def test_the_agent_requests_its_measured_footprint_and_its_buffer_fits_the_limit() -> None:

@@ -1,8 +1,11 @@
 """The listener's limits (http_limits, http_guard, http_protocol) against real loopback sockets.
 
-These also pin the aiohttp internals the listener leans on (a RequestHandler subclass, its
-handle_error, Server.request_handler, BaseSite._server): an aiohttp upgrade that changes them
-fails here. Deadlines are a fraction of a second; assertions on time are loose bounds.
+Each test runs against both listeners: the controller's (aiohttp, http_server.serve) and an
+agent's (h11, agent/listener.listen), which must hold connections to the same rules.
+These also pin the aiohttp internals the controller's listener leans on (a RequestHandler
+subclass, its handle_error, Server.request_handler, BaseSite._server): an aiohttp upgrade that
+changes them fails here. Deadlines are a fraction of a second; assertions on time are loose
+bounds.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from egresswatch.agent import listener as agent_listener
 from egresswatch.http_guard import (
     ACCEPT_OUT_OF_RESOURCES,
     REFUSALS,
@@ -102,8 +106,27 @@ def _app(release: asyncio.Event) -> web.Application:
     return app
 
 
+def _agent_handler(release: asyncio.Event) -> agent_listener.Handler:
+    """The routes of `_app`, for an agent's listener."""
+
+    def answer(body: object) -> agent_listener.Answer:
+        return agent_listener.Answer(200, json.dumps(body).encode())
+
+    async def handle(request: agent_listener.Request) -> agent_listener.Answer:
+        if request.path == "/echo":
+            return answer({"size": len(request.body)})
+        if request.path == "/wait":
+            await release.wait()
+            return answer({"waited": True})
+        if request.path == "/broken":
+            raise RuntimeError("a bug")
+        return answer({"hello": True})
+
+    return handle
+
+
 @asynccontextmanager
-async def listening(limits: ListenerLimits = FAST) -> AsyncIterator[Listener]:
+async def _controller(limits: ListenerLimits) -> AsyncIterator[Listener]:
     registry, release = CollectorRegistry(), asyncio.Event()
     runner, (_, port) = await serve(_app(release), f"{HOST}:0", limits=limits, registry=registry)
     try:
@@ -111,6 +134,33 @@ async def listening(limits: ListenerLimits = FAST) -> AsyncIterator[Listener]:
     finally:
         release.set()
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def _agent(limits: ListenerLimits) -> AsyncIterator[Listener]:
+    registry, release = CollectorRegistry(), asyncio.Event()
+    served = await agent_listener.listen(
+        _agent_handler(release), f"{HOST}:0", limits=limits, registry=registry
+    )
+    try:
+        yield Listener(served.address[1], registry, release)
+    finally:
+        release.set()
+        await served.close()
+
+
+Listening = Callable[..., AbstractAsyncContextManager[Listener]]
+
+
+@pytest.fixture(params=["controller", "agent"])
+def listening(request: pytest.FixtureRequest) -> Listening:
+    """`listening(limits=FAST)`: a listener of the kind the test is run for."""
+    kind = _controller if request.param == "controller" else _agent
+
+    def start(limits: ListenerLimits = FAST) -> AbstractAsyncContextManager[Listener]:
+        return kind(limits)
+
+    return start
 
 
 def _problem(answer: bytes) -> tuple[int, dict[str, Any]]:
@@ -128,6 +178,7 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 async def test_half_a_head_is_cut_at_the_head_deadline_and_counted(
     caplog: pytest.LogCaptureFixture,
+    listening: Listening,
 ) -> None:
     async with listening() as server:
         took, answer = await server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -138,7 +189,9 @@ async def test_half_a_head_is_cut_at_the_head_deadline_and_counted(
     assert not _errors(caplog)
 
 
-async def test_a_head_sent_in_time_is_answered_then_the_idle_connection_closes_quietly() -> None:
+async def test_a_head_sent_in_time_is_answered_then_the_idle_connection_closes_quietly(
+    listening: Listening,
+) -> None:
     async with listening() as server:
         took, answer = await server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 200 OK") and b'{"hello": true}' in answer
@@ -146,7 +199,7 @@ async def test_a_head_sent_in_time_is_answered_then_the_idle_connection_closes_q
         assert [server.refused(reason) for reason in REFUSALS] == [0] * len(REFUSALS)
 
 
-async def test_a_keep_alive_connection_serves_a_second_request() -> None:
+async def test_a_keep_alive_connection_serves_a_second_request(listening: Listening) -> None:
     async with listening() as server, aiohttp.ClientSession() as session:
         for _ in range(2):
             async with session.get(f"http://{HOST}:{server.port}/") as response:
@@ -156,6 +209,7 @@ async def test_a_keep_alive_connection_serves_a_second_request() -> None:
 
 async def test_a_slow_body_is_cut_at_the_body_deadline_without_a_traceback(
     caplog: pytest.LogCaptureFixture,
+    listening: Listening,
 ) -> None:
     async with listening() as server:
         head = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
@@ -174,7 +228,9 @@ async def test_a_slow_body_is_cut_at_the_body_deadline_without_a_traceback(
 # -- caps -----------------------------------------------------------------------------------------
 
 
-async def test_over_the_per_peer_cap_a_connection_is_closed_at_once_others_are_served() -> None:
+async def test_over_the_per_peer_cap_a_connection_is_closed_at_once_others_are_served(
+    listening: Listening,
+) -> None:
     async with listening() as server:
         held = [await server.connect("127.0.0.2") for _ in range(FAST.max_per_peer)]
         took, answer = await server.exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "127.0.0.2")
@@ -188,7 +244,9 @@ async def test_over_the_per_peer_cap_a_connection_is_closed_at_once_others_are_s
             writer.close()
 
 
-async def test_at_the_total_cap_the_oldest_waiting_connection_makes_room() -> None:
+async def test_at_the_total_cap_the_oldest_waiting_connection_makes_room(
+    listening: Listening,
+) -> None:
     limits = ListenerLimits(head_timeout_s=30, max_connections=4, max_per_peer=100)
     async with listening(limits) as server:
         silent = [await server.connect("127.0.0.2") for _ in range(4)]
@@ -203,7 +261,9 @@ async def test_at_the_total_cap_the_oldest_waiting_connection_makes_room() -> No
             writer.close()
 
 
-async def test_at_the_total_cap_with_every_connection_busy_a_new_one_is_refused() -> None:
+async def test_at_the_total_cap_with_every_connection_busy_a_new_one_is_refused(
+    listening: Listening,
+) -> None:
     limits = ListenerLimits(max_connections=2, max_per_peer=100)
     async with listening(limits) as server:
         busy = [await server.connect() for _ in range(2)]
@@ -256,7 +316,7 @@ BAD_HEADS = {
 
 @pytest.mark.parametrize("name", list(BAD_HEADS))
 async def test_a_head_the_parser_refuses_gets_a_problem_document_and_no_traceback(
-    name: str, caplog: pytest.LogCaptureFixture
+    name: str, caplog: pytest.LogCaptureFixture, listening: Listening
 ) -> None:
     async with listening() as server:
         took, answer = await server.exchange(BAD_HEADS[name])
@@ -272,6 +332,7 @@ async def test_a_head_the_parser_refuses_gets_a_problem_document_and_no_tracebac
 
 async def test_a_handler_bug_is_a_problem_document_and_its_traceback_is_logged(
     caplog: pytest.LogCaptureFixture,
+    listening: Listening,
 ) -> None:
     async with listening() as server:
         _, answer = await server.exchange(b"GET /broken HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -1,4 +1,5 @@
-"""http_server.serve: the controller's API and an agent's health endpoints bind through it."""
+"""http_server.serve: the controller's API binds through it (an agent's listener is
+agent/listener.py; both are held to the same limits in tests/test_http_limits.py)."""
 
 from __future__ import annotations
 

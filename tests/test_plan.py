@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -21,12 +20,14 @@ import egresswatch.agent.plan
 from egresswatch.addresses import Nameserver
 from egresswatch.agent.checklists import LocalSettings, checklist_plan
 from egresswatch.agent.config_file import checklist_for
+from egresswatch.agent.http_client import ControllerClient
 from egresswatch.agent.plan import PlanError, PlanFollower, parse_plan
 from egresswatch.model import StatusRanges
 from egresswatch.plan import Plan
 from egresswatch.plan_config import plan_from_settings
 from egresswatch.probes.checklist import TraceMode
 from egresswatch.settings import Settings, settings_from_dict
+from tests.support.agent_http import controller_client
 from tests.support.apiserver import PROXY_PASSWORD, PROXY_URL_PASSWORD, config
 
 NOW = datetime(2026, 11, 27, 7, 2, 11, tzinfo=UTC)
@@ -158,8 +159,8 @@ async def _serve_in_pieces(body: bytes) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-def _follower(url: str, session: aiohttp.ClientSession) -> PlanFollower:
-    return PlanFollower(url, source="n", session=session, token=lambda: None, on_plan=print)
+def _follower(client: ControllerClient) -> PlanFollower:
+    return PlanFollower(client, source="n", token=lambda: None, on_plan=print)
 
 
 async def test_a_plan_of_many_targets_is_read_whole(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,10 +172,10 @@ async def test_a_plan_of_many_targets_is_read_whole(monkeypatch: pytest.MonkeyPa
     assert len(body) > 150_000
     runner, url = await _serve_in_pieces(body)
     try:
-        async with aiohttp.ClientSession() as session:
-            assert await _follower(url, session).fetch() == plan
+        async with controller_client(url) as client:
+            assert await _follower(client).fetch() == plan
             monkeypatch.setattr(egresswatch.agent.plan, "_PLAN_MAX", 100_000)
             with pytest.raises(PlanError, match="answered more than 100000 bytes"):
-                await _follower(url, session).fetch()
+                await _follower(client).fetch()
     finally:
         await runner.cleanup()

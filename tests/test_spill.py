@@ -9,7 +9,6 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from egresswatch.agent.buffer import Round, RoundBuffer, round_cost
@@ -17,6 +16,7 @@ from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.agent.sink_types import DropReason
 from egresswatch.agent.spill import COMPACT_MIN_BYTES, MAGIC, SpillError, SpillFile
 from egresswatch.model import SourceKind
+from tests.support.agent_http import controller_client
 from tests.support.rounds import round_
 from tests.support.service import free_port, wait_for
 
@@ -279,13 +279,13 @@ async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_th
 ) -> None:
     path = tmp_path / "agent.spill"
     spill = spill_at(path)
-    async with aiohttp.ClientSession() as session:
+    # Nothing listens there.
+    async with controller_client(f"http://127.0.0.1:{free_port()}") as client:
         sink = HttpSink(
-            f"http://127.0.0.1:{free_port()}",  # nothing listens there
+            client,
             source=SOURCE,
             source_kind=SourceKind.NODE,
             token=lambda: None,
-            session=session,
             tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=0.05),
             spill=spill,
         )

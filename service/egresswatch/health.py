@@ -10,7 +10,6 @@ collected, so a scrape that wants three counters does not pay for thousands of s
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -18,13 +17,20 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from egresswatch.compact_metrics import exposition
+from egresswatch.health_answers import (
+    HEALTHY,
+    METRIC_NAME,
+    NAME_FILTER,
+    Readiness,
+    bad_metric_names,
+    readiness_answer,
+)
 
-Readiness = Callable[[], Mapping[str, bool]]
+__all__ = ["METRIC_NAME", "Guard", "Probe", "Readiness", "add_health_routes", "metric_names"]
+
 # A check that asks something (the database): None when fine, else the reason it is not.
 Probe = Callable[[], Awaitable[str | None]]
 Guard = Callable[[web.Request], None]  # returns, or raises the refusal
-NAME_FILTER = "name[]"
-METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")  # Prometheus' data model
 
 
 def add_health_routes(
@@ -39,7 +45,7 @@ def add_health_routes(
     503 with `reasons` naming why), /metrics (behind `metrics_guard`)."""
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response(HEALTHY)
 
     async def readyz(_: web.Request) -> web.Response:
         checks = dict(readiness())
@@ -49,11 +55,8 @@ def add_health_routes(
             checks[name] = reason is None
             if reason is not None:
                 reasons[name] = reason
-        ready = all(checks.values())
-        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
-        if reasons:
-            body["reasons"] = reasons
-        return web.json_response(body, status=200 if ready else 503)
+        status, body = readiness_answer(checks, reasons)
+        return web.json_response(body, status=status)
 
     async def metrics(request: web.Request) -> web.Response:
         if metrics_guard is not None:
@@ -74,10 +77,6 @@ def metric_names(request: web.Request) -> list[str]:
     """The sample names a scrape asks for with `name[]=` (none: everything); 400 naming the
     parameter when one is not a metric name."""
     names = request.query.getall(NAME_FILTER, [])
-    for name in names:
-        if METRIC_NAME.fullmatch(name) is None:
-            raise web.HTTPBadRequest(
-                text=f"{NAME_FILTER}: {name!r} is not a metric name "
-                f"(expected {METRIC_NAME.pattern})"
-            )
+    if (problem := bad_metric_names(names)) is not None:
+        raise web.HTTPBadRequest(text=problem)
     return names

@@ -16,18 +16,24 @@ import logging
 from collections import Counter as Tally
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from egresswatch.http_limits import ListenerLimits, nofile_soft
 
 __all__ = [
     "REFUSALS",
     "AcceptErrors",
     "ConnectionGuard",
+    "Guarding",
     "Held",
+    "ListenError",
     "ListenerMetrics",
     "Refusal",
     "RefusalLog",
+    "guarding",
 ]
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ Refusal = Literal[
 ]
 REFUSALS: tuple[Refusal, ...] = get_args(Refusal)
 ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"  # asyncio's message
+
+
+class ListenError(Exception):
+    """The listen address cannot be bound; the message is `cannot listen on ADDRESS: why`."""
 
 
 class ListenerMetrics:
@@ -208,3 +218,28 @@ class AcceptErrors:
             self._previous(loop, context)
         else:
             loop.default_exception_handler(context)
+
+
+@dataclass(frozen=True)
+class Guarding:
+    """What one listener holds its connections with: the caps (`guard`), the rate-limited log
+    of refusals (its timer stopped by `refusals.close()`) and the accept-error handler (not
+    installed yet: `accept_errors.install()` once bound)."""
+
+    guard: ConnectionGuard
+    refusals: RefusalLog
+    accept_errors: AcceptErrors
+
+
+def guarding(listen: str, limits: ListenerLimits, registry: CollectorRegistry | None) -> Guarding:
+    """The guard of a listener on `listen` within `limits` (the cap kept under this process's
+    soft RLIMIT_NOFILE), counting on `registry` (None: one of its own). Call in the loop."""
+    loop = asyncio.get_running_loop()
+    refusals = RefusalLog(listen, loop)
+    guard = ConnectionGuard(
+        limits.connection_cap(nofile_soft()),
+        limits.max_per_peer,
+        ListenerMetrics(registry or CollectorRegistry()),
+        refusals,
+    )
+    return Guarding(guard, refusals, AcceptErrors(loop, guard))

@@ -1,6 +1,6 @@
 """The listener's limits: how long a client may take to send a request, and how many
 connections it may hold. The controller and an agent each pass their own (CONTROLLER_LIMITS,
-AGENT_LIMITS) to `http_server.serve()`.
+AGENT_LIMITS) to their listener (`http_server.serve()`, `agent.listener.listen()`).
 
 A client that sends half a request head and then nothing holds a connection, and so a file
 descriptor, for as long as the server lets it. Without these limits 20,000 such clients took

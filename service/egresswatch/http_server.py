@@ -1,31 +1,27 @@
 """Serve one aiohttp application on a `HOST:PORT` listen address, within limits.
 
-The controller's API and an agent's health endpoints both start here, so a taken or foreign
-address fails the same way in both, and both hold their connections to the same rules: a
-deadline for each request's head and body, caps on connections in total and per peer IP
-(http_limits.py), problem documents for heads the parser refuses, refusals counted on the
-process's registry and logged at a bounded rate (http_guard.py, http_protocol.py).
-A neutral module (as health.py): the agent must not import the controller.
+The controller's API (and `egresswatch run`'s) starts here; an agent serves its health
+endpoints on agent/listener.py instead (h11: an agent loads no aiohttp). Both hold their
+connections to the same rules, with the same parts: a deadline for each request's head and
+body, caps on connections in total and per peer IP (http_limits.py), problem documents for
+heads the parser refuses, refusals counted on the process's registry and logged at a bounded
+rate (http_guard.py; here through http_protocol.py), and a taken or foreign address fails the
+same way (ListenError). tests/test_http_limits.py runs the same cases against both.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch.addresses import parse_listen
-from egresswatch.http_guard import AcceptErrors, ConnectionGuard, ListenerMetrics, RefusalLog
-from egresswatch.http_limits import CONTROLLER_LIMITS, ListenerLimits, nofile_soft
+from egresswatch.http_guard import ListenError, guarding
+from egresswatch.http_limits import CONTROLLER_LIMITS, ListenerLimits
 from egresswatch.http_protocol import GuardedRunner, GuardedSite, guard_requests
 
 __all__ = ["ListenError", "Serving", "serve"]
-
-
-class ListenError(Exception):
-    """The listen address cannot be bound; the message is `cannot listen on ADDRESS: why`."""
 
 
 class Serving(NamedTuple):
@@ -55,15 +51,8 @@ async def serve(
     ListenError naming the address.
     """
     host, port = parse_listen(listen)
-    loop = asyncio.get_running_loop()
-    refusals = RefusalLog(listen, loop)
-    guard = ConnectionGuard(
-        limits.connection_cap(nofile_soft()),
-        limits.max_per_peer,
-        ListenerMetrics(registry or CollectorRegistry()),
-        refusals,
-    )
-    accept_errors = AcceptErrors(loop, guard)
+    guarded = guarding(listen, limits, registry)
+    guard, refusals, accept_errors = guarded.guard, guarded.refusals, guarded.accept_errors
     runner = GuardedRunner(app, refusals=refusals, accept_errors=accept_errors)
     await runner.setup()
     assert runner.server is not None  # setup() made it

@@ -2,6 +2,7 @@
 
 `relay = TcpRelay(target_host, target_port); await relay.start()` listens on 127.0.0.1:PORT
 (`relay.port`, the same port across `cut()` and `restore()`) and copies bytes both ways.
+With `tls=` (a server context) it terminates TLS: an HTTPS front of a plain HTTP server.
 `cut()` closes the listener and every relayed connection (what a database restart or a lost
 network path looks like to the client: refused connections, reset sessions); `restore()`
 listens again. Other engineers share the PostgreSQL server: cutting the relay stops nothing
@@ -12,20 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from tests.support.service import HOST
 
 
 class TcpRelay:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._target = (target_host, target_port)
+        self._tls = tls
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, HOST, self.port)
+        self._server = await asyncio.start_server(self._accept, HOST, self.port, ssl=self._tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def cut(self) -> None:
@@ -65,7 +70,7 @@ class TcpRelay:
                 end.transport.abort()
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):  # ssl.SSLError too
             while chunk := await source.read(65536):
                 sink.write(chunk)
                 await sink.drain()

@@ -1,16 +1,27 @@
 """The agent's own health: the sink's hooks on its metrics registry, and the /healthz,
-/readyz and /metrics endpoints it serves."""
+/readyz and /metrics endpoints it serves (on agent/listener.py: an agent loads no aiohttp)."""
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge
+import asyncio
+import json
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from egresswatch.agent.listener import Answer, Handler, Request, problem_answer
 from egresswatch.agent.sink_types import DROP_REASONS, DropReason
-from egresswatch.health import Readiness, add_health_routes
+from egresswatch.compact_metrics import exposition
+from egresswatch.health_answers import (
+    HEALTHY,
+    NAME_FILTER,
+    Readiness,
+    bad_metric_names,
+    readiness_answer,
+)
 from egresswatch.metrics import Metrics
 
-__all__ = ["AgentMetrics", "health_app"]
+__all__ = ["AgentMetrics", "health_handler"]
 
 
 class AgentMetrics:
@@ -61,8 +72,32 @@ class AgentMetrics:
         self._dropped.labels(why).inc(rounds)
 
 
-def health_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:
-    """/healthz, /readyz and /metrics for the agent (egresswatch.health, as the controller)."""
-    app = web.Application()
-    add_health_routes(app, registry=registry, readiness=readiness)
-    return app
+def health_handler(registry: CollectorRegistry, readiness: Readiness) -> Handler:
+    """/healthz, /readyz and /metrics for the agent, answered as the controller's are
+    (health_answers.py): GET or HEAD; any other path 404, any other method 405, a bad
+    `name[]=` 400, each a problem document."""
+
+    async def metrics(request: Request) -> Answer:
+        names = request.params(NAME_FILTER)
+        if (problem := bad_metric_names(names)) is not None:
+            return problem_answer(400, problem)
+        # Rendered off the event loop, as the controller does: a scrape must not stall rounds.
+        body = await asyncio.to_thread(exposition, registry, names)
+        return Answer(200, body, CONTENT_TYPE_LATEST)
+
+    async def handle(request: Request) -> Answer:
+        if request.path not in ("/healthz", "/readyz", "/metrics"):
+            return problem_answer(404, "the agent serves /healthz, /readyz and /metrics")
+        if request.method not in ("GET", "HEAD"):
+            return problem_answer(405, f"{request.path} answers GET and HEAD only")
+        if request.path == "/healthz":
+            return _json(200, HEALTHY)
+        if request.path == "/readyz":
+            return _json(*readiness_answer(readiness(), {}))
+        return await metrics(request)
+
+    return handle
+
+
+def _json(status: int, body: object) -> Answer:
+    return Answer(status, json.dumps(body).encode())

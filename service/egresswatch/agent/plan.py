@@ -21,9 +21,9 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import aiohttp
 from pydantic import ValidationError
 
+from egresswatch.agent.http_client import ControllerClient, HttpError
 from egresswatch.backoff import Backoff, parse_retry_after
 from egresswatch.plan import Plan
 from egresswatch.validation import field_path
@@ -63,30 +63,29 @@ class PlanFollower:
 
     `on_plan(plan)` is called on the loop for the first plan and for every plan that asks
     for other rounds than the one before; an exception from it is logged and the plan counts
-    as applied. `session` is the caller's and is not closed here. `ready` is set once a first
-    plan was applied.
+    as applied. `client` (its own keep-alive connection to the controller) is the caller's
+    and is not closed here. `ready` is set once a first plan was applied.
     """
 
     def __init__(
         self,
-        controller: str,
+        client: ControllerClient,
         *,
         source: str,
-        session: aiohttp.ClientSession,
         token: Callable[[], str | None],
         on_plan: Callable[[Plan], None],
         refresh_s: float = 30.0,
         backoff: Backoff | None = None,
         request_timeout_s: float = 10.0,
     ) -> None:
-        self._url = controller.rstrip("/") + PLAN_PATH
+        self._url = client.url(PLAN_PATH)
         self._source = source
-        self._session = session
+        self._client = client
         self._token = token
         self._on_plan = on_plan
         self._refresh_s = refresh_s
         self._backoff = backoff or Backoff()
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._timeout_s = request_timeout_s
         self._task: asyncio.Task[None] | None = None
         self.current: Plan | None = None
         self.ready = asyncio.Event()
@@ -110,26 +109,29 @@ class PlanFollower:
         if token:  # the controller serves a plan to the agents' token only
             headers["Authorization"] = f"Bearer {token}"
         try:
-            async with self._session.get(
-                self._url,
-                params={"source": self._source},
+            # The whole body, read to its end (not what has arrived so far: a plan of a few
+            # hundred targets, past 64 KiB, once came cut short and was "not JSON").
+            answer = await self._client.request(
+                "GET",
+                PLAN_PATH,
+                query={"source": self._source},
                 headers=headers,
-                timeout=self._timeout,
-            ) as response:
-                body = await _whole_body(response.content, _PLAN_MAX)
-                if body is None:
-                    raise PlanError(f"GET {self._url} answered more than {_PLAN_MAX} bytes")
-                if response.status != 200:
-                    raise PlanError(
-                        f"GET {self._url} answered {response.status}: {_detail(body)}",
-                        parse_retry_after(response.headers.get("Retry-After")),
-                    )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                timeout_s=self._timeout_s,
+                max_body=_PLAN_MAX,
+            )
+        except (HttpError, TimeoutError, OSError) as exc:
             raise PlanError(
                 f"cannot reach the controller at {self._url}: {_describe(exc)}"
             ) from None
+        if answer.truncated:
+            raise PlanError(f"GET {self._url} answered more than {_PLAN_MAX} bytes")
+        if answer.status != 200:
+            raise PlanError(
+                f"GET {self._url} answered {answer.status}: {_detail(answer.body)}",
+                parse_retry_after(answer.headers.get("Retry-After")),
+            )
         try:
-            document = json.loads(body)
+            document = json.loads(answer.body)
         except ValueError:
             raise PlanError(f"GET {self._url} answered with something that is not JSON") from None
         return parse_plan(document)
@@ -185,18 +187,3 @@ def _detail(body: bytes) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def _whole_body(content: aiohttp.StreamReader, limit: int) -> bytes | None:
-    """The whole body, read to its end; None when it is longer than `limit` bytes.
-
-    Not `content.read(limit)`: that returns what has arrived so far, one chunk, and a plan of
-    a few hundred targets (past 64 KiB) then came cut short and was "not JSON".
-    """
-    chunks, size = [], 0
-    async for chunk in content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -20,17 +20,18 @@ import gc
 import logging
 import os
 import signal
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch import __version__
 from egresswatch.agent.checklists import LocalSettings
-from egresswatch.agent.health import AgentMetrics, health_app
+from egresswatch.agent.health import AgentMetrics, health_handler
+from egresswatch.agent.http_client import ControllerClient, verified_context
 from egresswatch.agent.identity import (
     SourceIdentity,
     TokenFile,
@@ -38,14 +39,15 @@ from egresswatch.agent.identity import (
     check_controller_url,
     resolve_identity,
 )
+from egresswatch.agent.listener import Listener, listen
 from egresswatch.agent.plan import PlanFollower
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.agent.sink_types import MIB
 from egresswatch.agent.spill import DEFAULT_SPILL_MIB, SpillError, SpillFile
 from egresswatch.backoff import Backoff
+from egresswatch.http_guard import ListenError
 from egresswatch.http_limits import AGENT_LIMITS
-from egresswatch.http_server import ListenError, serve
 from egresswatch.logs import Sparse
 from egresswatch.looplag import LoopLag, period_for
 from egresswatch.metrics import Metrics
@@ -63,7 +65,7 @@ __all__ = [
     "TokenFile",
     "UsageError",
     "check_controller_url",
-    "health_app",
+    "health_handler",
     "resolve_identity",
 ]
 
@@ -125,9 +127,10 @@ class Agent:
         self._token = TokenFile(options.token_file)
         self._stopping = asyncio.Event()
         self._stopped = False
-        self._session: aiohttp.ClientSession | None = None
+        # Each its own keep-alive connection: a slow batch does not hold up the plan.
+        self._clients: list[ControllerClient] = []
         self._spill: SpillFile | None = None
-        self._http: web.AppRunner | None = None
+        self._http: Listener | None = None
         self.listening: tuple[str, int] | None = None
         self.runner: RoundRunner | None = None
         self.sink: HttpSink
@@ -158,16 +161,17 @@ class Agent:
             except SpillError as exc:
                 raise AgentStartupError(str(exc)) from None
             self._spill = spill
-        self._session = aiohttp.ClientSession(
-            headers={"User-Agent": f"egresswatch-agent/{__version__}"}
-        )
+        tls = None
+        if urlsplit(options.controller).scheme == "https":  # one context, both connections
+            tls = verified_context(options.ca_file)
+        sink_client, plan_client = self._client(tls), self._client(tls)
+        self._clients = [sink_client, plan_client]
         self.sink = HttpSink(
-            options.controller,
+            sink_client,
             source=options.identity.name,
             source_kind=options.identity.kind,
             source_node=options.identity.node,
             token=self._token,
-            session=self._session,
             tuning=options.sink,
             hooks=self._hooks,
             spill=self._spill,
@@ -181,9 +185,8 @@ class Agent:
             on_shed=lambda _key: self.metrics.count_round_shed(),
         )
         self.plan = PlanFollower(
-            options.controller,
+            plan_client,
             source=options.identity.name,
-            session=self._session,
             token=self._token,
             on_plan=self._apply_plan,
             refresh_s=options.plan_refresh_s,
@@ -193,7 +196,7 @@ class Agent:
         try:
             await self._serve(options.listen)
         except BaseException:
-            await self._session.close()
+            await self._close_clients()
             if self._spill is not None:
                 self._spill.close()
             raise
@@ -247,11 +250,9 @@ class Agent:
             self._spill.close()
             self._spill = None
         if self._http is not None:
-            await self._http.cleanup()
+            await self._http.close()
             self._http = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._close_clients()
         log.info("egresswatch agent stopped")
 
     def readiness(self) -> dict[str, bool]:
@@ -262,6 +263,18 @@ class Agent:
         }
 
     # -- wiring -----------------------------------------------------------------------------
+
+    def _client(self, tls: ssl.SSLContext | None) -> ControllerClient:
+        """A connection to the controller; `tls` verifies an https one (the system's trust
+        store and the agent's CA file)."""
+        return ControllerClient(
+            self.options.controller, user_agent=f"egresswatch-agent/{__version__}", tls=tls
+        )
+
+    async def _close_clients(self) -> None:
+        for client in self._clients:
+            await client.close()
+        self._clients = []
 
     def _local_settings(self) -> LocalSettings:
         """What this agent keeps for itself: flags, and proxy credentials from its environment."""
@@ -308,11 +321,10 @@ class Agent:
         count()
         self._troubled.note(job=key)
 
-    async def _serve(self, listen: str) -> None:
-        app = health_app(self.registry, self.readiness)
+    async def _serve(self, address: str) -> None:
+        handler = health_handler(self.registry, self.readiness)
         try:
-            self._http, self.listening = await serve(
-                app, listen, limits=AGENT_LIMITS, registry=self.registry
-            )
+            self._http = await listen(handler, address, limits=AGENT_LIMITS, registry=self.registry)
         except ListenError as exc:
             raise AgentStartupError(str(exc)) from None
+        self.listening = self._http.address

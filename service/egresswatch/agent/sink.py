@@ -48,12 +48,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
 from egresswatch.agent.answers import ANSWER_MAX, Kind, Outcome, classify
 from egresswatch.agent.buffer import Batch, Round, RoundBuffer
 from egresswatch.agent.drops import Drops
 from egresswatch.agent.encode import batch_body, batch_head, encode_round
+from egresswatch.agent.http_client import ControllerClient, HttpError
 from egresswatch.agent.sink_types import DropReason, NoHooks, SinkHooks, SinkStats, SinkTuning
 from egresswatch.agent.spill import SpillFile
 from egresswatch.agent.spiller import Spiller
@@ -82,32 +81,30 @@ def _new_id() -> str:
 class HttpSink:
     """Rounds to the controller over HTTP; see the module docstring for the contract.
 
-    `token()` gives the bearer token for each attempt (None: send none). `session` is the
-    caller's and is not closed here. `spill` is an opened spill file of this source, or None
-    (then rounds past the memory bound are dropped); the sink does not close it. Call
-    :meth:`start` inside the running loop, once.
+    `token()` gives the bearer token for each attempt (None: send none). `client` (its own
+    keep-alive connection to the controller) is the caller's and is not closed here. `spill`
+    is an opened spill file of this source, or None (then rounds past the memory bound are
+    dropped); the sink does not close it. Call :meth:`start` inside the running loop, once.
     """
 
     def __init__(
         self,
-        controller: str,
+        client: ControllerClient,
         *,
         source: str,
         source_kind: SourceKind | None,
         source_node: str | None = None,
         token: Callable[[], str | None],
-        session: aiohttp.ClientSession,
         tuning: SinkTuning | None = None,
         hooks: SinkHooks | None = None,
         new_id: Callable[[], str] = _new_id,
         backoff: Backoff | None = None,
         spill: SpillFile | None = None,
     ) -> None:
-        self._url = controller.rstrip("/") + RESULTS_PATH
+        self._client = client
         self._source = source
         self._kind = source_kind
         self._token = token
-        self._session = session
         self._tuning = tuning or SinkTuning()
         self._hooks: SinkHooks = hooks or NoHooks()
         self._new_id = new_id
@@ -401,15 +398,18 @@ class HttpSink:
         token = self._token()
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        timeout = aiohttp.ClientTimeout(total=self._tuning.request_timeout_s)
         try:
-            async with self._session.post(
-                self._url, data=body, headers=headers, timeout=timeout
-            ) as response:
-                answer = await response.content.read(ANSWER_MAX)
-                return classify(response.status, answer, response.headers)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            answer = await self._client.request(
+                "POST",
+                RESULTS_PATH,
+                headers=headers,
+                body=body,
+                timeout_s=self._tuning.request_timeout_s,
+                max_body=ANSWER_MAX,
+            )
+        except (HttpError, TimeoutError, OSError) as exc:
             return Outcome(Kind.RETRY, type(exc).__name__, str(exc)[:200])
+        return classify(answer.status, answer.body, answer.headers)
 
     # -- helpers ----------------------------------------------------------------------------
 
