@@ -30,7 +30,7 @@ import ipaddress
 import math
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -64,6 +64,9 @@ def read(cls: type[T], data: object) -> T:
     return value
 
 
+Reader = Callable[[object, str], Any]  # (the JSON value, its path for errors) -> the field's value
+
+
 def _object(cls: Any, data: object, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise WireError(path, f"expected an object, got {json_kind(data)}")
@@ -73,90 +76,119 @@ def _object(cls: Any, data: object, path: str) -> Any:
             names = ", ".join(fields)
             raise WireError(json_path(path, str(key)), f"unknown key; {cls.__name__} has {names}")
     values: dict[str, Any] = {}
-    for name, (hint, required) in fields.items():
-        where = json_path(path, name)
-        if name not in data:
-            if required:
-                raise WireError(where, "missing")
-            continue
-        values[name] = _value(hint, data[name], where)
+    for name, (reader, required) in fields.items():
+        if name in data:
+            values[name] = reader(data[name], json_path(path, name))
+        elif required:
+            raise WireError(json_path(path, name), "missing")
     try:
         return cls(**values)
     except FieldProblem as exc:
         raise WireError(json_path(path, exc.field) if exc.field else path, exc.problem) from None
 
 
-# A plan of 10,000 targets reads PlanTarget 10,000 times: its fields' types are resolved once
-# (annotations are strings here). A memo: the classes never change.
+# A plan of 10,000 targets reads PlanTarget 10,000 times: each field's reader is chosen once
+# (annotations are strings here, resolved once too). Memos: the classes never change.
 @functools.cache
-def _fields(cls: Any) -> dict[str, tuple[Any, bool]]:
-    """Each field's name: (its type, whether it is required), in field order."""
+def _fields(cls: Any) -> dict[str, tuple[Reader, bool]]:
+    """Each field's name: (its reader, whether it is required), in field order."""
     hints = get_type_hints(cls)
-    return {item.name: (hints[item.name], _required(item)) for item in dataclasses.fields(cls)}
+    return {
+        item.name: (_reader(hints[item.name]), _required(item)) for item in dataclasses.fields(cls)
+    }
 
 
 def _required(item: dataclasses.Field[Any]) -> bool:
     return item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
 
 
+@functools.cache
+def _limits(cls: Any) -> tuple[tuple[str, Mapping[str, Any]], ...]:
+    """The fields with a bound or a pattern, and their metadata."""
+    keys = {"gt", "ge", "le", "pattern"}
+    return tuple((f.name, f.metadata) for f in dataclasses.fields(cls) if keys & f.metadata.keys())
+
+
 def check_fields(record: Any) -> None:
     """The bounds and pattern in the metadata of `record`'s fields (pydantic's `Field` keys,
     the same meaning); FieldProblem names the first field out of them. For `__post_init__`."""
-    for item in dataclasses.fields(record):
-        limits, value = item.metadata, getattr(record, item.name)
+    kind: Any = type(record)
+    for name, limits in _limits(kind):
+        value = getattr(record, name)
         if "gt" in limits and not value > limits["gt"]:
-            raise FieldProblem(item.name, f"should be greater than {limits['gt']}")
+            raise FieldProblem(name, f"should be greater than {limits['gt']}")
         if "ge" in limits and not value >= limits["ge"]:
-            raise FieldProblem(item.name, f"should be greater than or equal to {limits['ge']}")
+            raise FieldProblem(name, f"should be greater than or equal to {limits['ge']}")
         if "le" in limits and not value <= limits["le"]:
-            raise FieldProblem(item.name, f"should be less than or equal to {limits['le']}")
+            raise FieldProblem(name, f"should be less than or equal to {limits['le']}")
         if "pattern" in limits and not re.search(limits["pattern"], value):
-            raise FieldProblem(item.name, f"should match the pattern {limits['pattern']!r}")
+            raise FieldProblem(name, f"should match the pattern {limits['pattern']!r}")
 
 
-def _value(hint: Any, value: object, path: str) -> Any:
+@functools.cache
+def _reader(hint: Any) -> Reader:
+    """The function that reads a JSON value into `hint` (see the module for the types)."""
     origin = get_origin(hint)
     if hint == _IP:
-        return _address(value, path)
+        return _address
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in get_args(hint):
-            return None
         (inner,) = [arg for arg in get_args(hint) if arg is not type(None)]
-        return _value(inner, value, path)
+        return functools.partial(_optional, _reader(inner))
     if origin is tuple:
-        if not isinstance(value, list):
-            raise WireError(path, f"expected an array, got {json_kind(value)}")
-        item_hint = get_args(hint)[0]
-        return tuple(_value(item_hint, item, json_path(path, n)) for n, item in enumerate(value))
+        return functools.partial(_array, _reader(get_args(hint)[0]))
     if hasattr(hint, "from_wire"):  # before the dataclasses: such a class reads itself
-        return _parsed(hint.from_wire, value, path)
+        return functools.partial(_parsed, hint.from_wire)
     if dataclasses.is_dataclass(hint):
-        return _object(hint, value, path)
-    return _scalar(hint, value, path)
-
-
-def _scalar(hint: Any, value: object, path: str) -> Any:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise WireError(path, f"expected true or false, got {json_kind(value)}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
-            return value
-        raise WireError(path, f"expected an integer within 64 bits, got {json_kind(value)}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise WireError(path, f"expected a finite number, got {json_kind(value)}")
-    if not isinstance(value, str):
-        raise WireError(path, f"expected a string, got {json_kind(value)}")
-    if hint is str:
-        return value
+        return functools.partial(_object, hint)
+    if hint in _SCALARS:
+        return _SCALARS[hint]
     if hint is datetime:
-        return _parsed(_time, value, path)
+        return functools.partial(_parsed_text, _time)
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return _parsed(hint, value, path)
-    raise TypeError(f"field {path} has a type the reader does not know: {hint!r}")
+        return functools.partial(_parsed_text, hint)
+    raise TypeError(f"a field's type the reader does not know: {hint!r}")
+
+
+def _optional(inner: Reader, value: object, path: str) -> Any:
+    return None if value is None else inner(value, path)
+
+
+def _array(item: Reader, value: object, path: str) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise WireError(path, f"expected an array, got {json_kind(value)}")
+    return tuple(item(entry, json_path(path, n)) for n, entry in enumerate(value))
+
+
+def _bool(value: object, path: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise WireError(path, f"expected true or false, got {json_kind(value)}")
+
+
+def _int(value: object, path: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and INT_MIN <= value <= INT_MAX:
+        return value
+    raise WireError(path, f"expected an integer within 64 bits, got {json_kind(value)}")
+
+
+def _float(value: object, path: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise WireError(path, f"expected a finite number, got {json_kind(value)}")
+
+
+def _str(value: object, path: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise WireError(path, f"expected a string, got {json_kind(value)}")
+
+
+_SCALARS: Mapping[Any, Reader] = {bool: _bool, int: _int, float: _float, str: _str}
+
+
+def _parsed_text(parse: Any, value: object, path: str) -> Any:
+    """`parse` of a string value (an enum's, a time's)."""
+    return _parsed(parse, _str(value, path), path)
 
 
 def _parsed(parse: Any, value: object, path: str) -> Any:
