@@ -110,6 +110,7 @@ def test_the_plan_holds_no_secret() -> None:
         (lambda d: d["dns"].update(upstream=5353), "dns.upstream"),
         (lambda d: d.update(proxy={"url": "http://proxy:3128", "spare": 1}), "proxy.spare"),
         (lambda d: d.update(proxy={"no_proxy": []}), "proxy.url"),
+        (lambda d: d.update(__pydantic_config__={}), "__pydantic_config__"),  # a class's, no key
     ],
 )
 def test_an_unusable_plan_is_refused_naming_the_field(change: Any, named: str) -> None:
