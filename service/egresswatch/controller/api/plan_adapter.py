@@ -18,7 +18,7 @@ __all__ = ["PlanAdapter"]
 
 
 class PlanAdapter:
-    """Builds pydantic's validator and serializer for the plan once (about 20 ms); keep one."""
+    """Builds pydantic's validator and serializer for the plan once, at construction: keep one."""
 
     def __init__(self) -> None:
         self._adapter: TypeAdapter[Plan] = TypeAdapter(Plan)
