@@ -22,6 +22,8 @@ from egresswatch.agent.checklists import LocalSettings, checklist_plan
 from egresswatch.agent.config_file import checklist_for
 from egresswatch.agent.http_client import ControllerClient
 from egresswatch.agent.plan import PlanError, PlanFollower, parse_plan
+from egresswatch.controller.api.openapi import openapi_document
+from egresswatch.controller.api.plan_adapter import PlanAdapter
 from egresswatch.model import StatusRanges
 from egresswatch.plan import Plan
 from egresswatch.plan_config import plan_from_settings
@@ -54,7 +56,7 @@ def settings(**changes: Any) -> Settings:
 
 def served(plan: Plan) -> Any:
     """What the agent decodes: the controller's answer body (routes.py)."""
-    return json.loads(json.dumps(plan.model_dump(mode="json")))
+    return json.loads(json.dumps(PlanAdapter().to_json(plan)))
 
 
 def test_the_served_plan_parses_back_to_the_same_plan() -> None:
@@ -87,6 +89,29 @@ def test_the_plan_holds_no_secret() -> None:
         (lambda d: d["targets"][0].update(interval_s=0), "targets[0].interval_s"),
         (lambda d: d["dns"].update(upstream="resolver.local"), "dns.upstream"),
         (lambda d: d.update(proxy={"url": "http://u:p@proxy:3128"}), "proxy.url"),
+        # One per refusal class of wire.py and the plan's checks.
+        (lambda d: d.update(targets={}), "targets"),
+        (lambda d: d["targets"][0].update(name=7), "targets[0].name"),
+        (lambda d: d["targets"][0].update(use_proxy=1), "targets[0].use_proxy"),
+        (lambda d: d["targets"][0].update(trace_max_hops=3.0), "targets[0].trace_max_hops"),
+        (lambda d: d["targets"][0].update(trace_max_hops=True), "targets[0].trace_max_hops"),
+        (lambda d: d["targets"][0].update(trace_max_hops=65), "targets[0].trace_max_hops"),
+        (lambda d: d["targets"][0].update(recover_after=0), "targets[0].recover_after"),
+        (lambda d: d["targets"][0].update(timeout_s="5"), "targets[0].timeout_s"),
+        (lambda d: d["targets"][0].update(method="POST"), "targets[0].method"),
+        (lambda d: d["targets"][0].update(expect_status="600"), "targets[0].expect_status"),
+        (lambda d: d["targets"][0].update(expect_status=None), "targets[0].expect_status"),
+        (lambda d: d["targets"][0].update(role="spare"), "targets[0].role"),
+        (
+            lambda d: d["targets"][1].update(pinned_ips=["203.0.113"]),
+            r"targets\[1\].pinned_ips\[0\]",
+        ),
+        (lambda d: d.update(generated_at="2026-11-27T07:02:11"), "generated_at"),
+        (lambda d: d.update(generated_at="yesterday"), "generated_at"),
+        (lambda d: d["dns"].update(upstream=5353), "dns.upstream"),
+        (lambda d: d.update(proxy={"url": "http://proxy:3128", "spare": 1}), "proxy.spare"),
+        (lambda d: d.update(proxy={"no_proxy": []}), "proxy.url"),
+        (lambda d: d.update(__pydantic_config__={}), "__pydantic_config__"),  # a class's, no key
     ],
 )
 def test_an_unusable_plan_is_refused_naming_the_field(change: Any, named: str) -> None:
@@ -94,6 +119,50 @@ def test_an_unusable_plan_is_refused_naming_the_field(change: Any, named: str) -
     change(document)
     with pytest.raises(PlanError, match=f"not usable: {named}[:.]".replace("[0]", r"\[0\]")):
         parse_plan(document)
+
+
+def test_the_served_schemas_bounds_are_the_ones_the_agent_enforces() -> None:
+    """One declaration: every bound and pattern the OpenAPI document states for a target is
+    refused by the agent's reader just past it, and accepted at it."""
+    schema = openapi_document()["components"]["schemas"]["PlanTarget"]["properties"]
+    limits = {name: field for name, field in schema.items() if field.keys() & _LIMITS}
+    assert set(limits) == {
+        "interval_s", "timeout_s", "step_timeout_s", "trace_every_s",
+        "trace_hop_timeout_s", "trace_max_hops", "recover_after", "method",
+    }  # fmt: skip
+    for name, field in limits.items():
+        for value, usable in _edges(field):
+            document = served(plan_from_settings(settings(), source="n", now=NOW))
+            document["targets"][0][name] = value
+            if usable:
+                assert getattr(parse_plan(document).targets[0], name) == value
+            else:
+                with pytest.raises(PlanError, match=rf"targets\[0\]\.{name}: "):
+                    parse_plan(document)
+
+
+_LIMITS = {"exclusiveMinimum", "minimum", "maximum", "pattern"}
+
+
+def _edges(field: dict[str, Any]) -> list[tuple[Any, bool]]:
+    """Values at and just past each limit `field` states, and whether each is usable."""
+    found: list[tuple[Any, bool]] = []
+    if "exclusiveMinimum" in field:
+        found += [(field["exclusiveMinimum"], False), (field["exclusiveMinimum"] + 0.5, True)]
+    if "minimum" in field:
+        found += [(field["minimum"] - 1, False), (field["minimum"], True)]
+    if "maximum" in field:
+        found += [(field["maximum"] + 1, False), (field["maximum"], True)]
+    if "pattern" in field:
+        found += [("HEAD", True), ("head", False), ("GET ", False)]
+    return found
+
+
+def test_a_time_with_an_offset_is_read_as_utc() -> None:
+    document = served(plan_from_settings(settings(), source="n", now=NOW))
+    document["generated_at"] = "2026-11-27T09:02:11+02:00"
+    assert parse_plan(document).generated_at == NOW
+    assert parse_plan(document).generated_at.tzinfo is UTC
 
 
 def test_a_new_date_alone_is_the_same_work() -> None:

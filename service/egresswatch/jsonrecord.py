@@ -26,7 +26,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar, Union, get_args, get_origin, get_type_hints
 
-__all__ = ["OMITTED_BY_DEFAULT", "EvidenceError", "Record", "json_schema", "json_text"]
+__all__ = [
+    "OMITTED_BY_DEFAULT",
+    "EvidenceError",
+    "Record",
+    "json_kind",
+    "json_path",
+    "json_schema",
+    "json_text",
+]
 
 # Field metadata: the key is left out of the JSON while the field holds its default (the
 # probes wrote such keys only when they had something to say; the stored shape keeps that).
@@ -209,7 +217,8 @@ def _required(item: dataclasses.Field[Any]) -> bool:
     return item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
 
 
-def _join(path: str, key: str | int) -> str:
+def json_path(path: str, key: str | int) -> str:
+    """`key` of the value at `path`, as a JSON path: `attempts[0].ms`."""
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
@@ -217,19 +226,19 @@ def _join(path: str, key: str | int) -> str:
 
 def _record(cls: type[R], data: object, strict: bool, path: str) -> R:
     if not isinstance(data, Mapping):
-        raise EvidenceError(path, f"expected an object, got {_kind(data)}")
+        raise EvidenceError(path, f"expected an object, got {json_kind(data)}")
     hints = _hints(cls)
     fields = dataclasses.fields(cls)
     names = [item.name for item in fields]
     unknown = [key for key in data if key not in hints]
     if strict and unknown:
         key = unknown[0]
-        where = _join(path, str(key))
+        where = json_path(path, str(key))
         raise EvidenceError(where, f"unknown key; {cls.__name__} has {', '.join(names)}")
     values: dict[str, Any] = {}
     for item in fields:
         required = _required(item)
-        where = _join(path, item.name)
+        where = json_path(path, item.name)
         if item.name not in data:
             if required:
                 raise EvidenceError(where, "missing")
@@ -252,12 +261,12 @@ def _value(hint: Any, value: object, strict: bool, path: str) -> Any:
         return _value(inner, value, strict, path)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise EvidenceError(path, f"expected an array, got {_kind(value)}")
+            raise EvidenceError(path, f"expected an array, got {json_kind(value)}")
         item_hint = get_args(hint)[0]
         items = []
         for index, item in enumerate(value):
             try:
-                items.append(_value(item_hint, item, strict, _join(path, index)))
+                items.append(_value(item_hint, item, strict, json_path(path, index)))
             except EvidenceError:
                 if strict:
                     raise
@@ -272,28 +281,28 @@ def _scalar(hint: Any, value: object, path: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise EvidenceError(path, f"expected true or false, got {_kind(value)}")
+        raise EvidenceError(path, f"expected true or false, got {json_kind(value)}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             # Past 64 bits no database column, index or JSON reader holds it the same way.
             if not INT_MIN <= value <= INT_MAX:
                 raise EvidenceError(path, "expected an integer within 64 bits")
             return value
-        raise EvidenceError(path, f"expected an integer, got {_kind(value)}")
+        raise EvidenceError(path, f"expected an integer, got {json_kind(value)}")
     if hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):
                 raise EvidenceError(path, "expected a finite number")
             return float(value)
-        raise EvidenceError(path, f"expected a number, got {_kind(value)}")
+        raise EvidenceError(path, f"expected a number, got {json_kind(value)}")
     if hint is str:
         if isinstance(value, str):
             return value
-        raise EvidenceError(path, f"expected a string, got {_kind(value)}")
+        raise EvidenceError(path, f"expected a string, got {json_kind(value)}")
     raise TypeError(f"evidence field {path} has a type the codec does not know: {hint!r}")
 
 
-def _kind(value: object) -> str:
+def json_kind(value: object) -> str:
     """The JSON name of a value's type, for error messages."""
     if value is None:
         return "null"

@@ -302,6 +302,41 @@ class StatusRanges:
             ranges.append((lo, hi))
         return cls(tuple(ranges))
 
+    @classmethod
+    def from_wire(cls, value: object) -> StatusRanges:
+        """What a config or a plan may give: `"200-399"`, `200`, `[200, 204]` or the value
+        itself; ValueError says what is wrong (wire.py's readers call this by name)."""
+        if isinstance(value, StatusRanges):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        if not isinstance(value, str):
+            raise ValueError("expect_status is a string like '200-399' or '200,204'")
+        return cls.parse(value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: object, handler: object) -> Any:
+        """pydantic's schema (the config and the controller's plan): read by `from_wire`,
+        written as its text. Imported here: an agent, which uses no pydantic, never calls it."""
+        from pydantic_core import core_schema
+
+        given = core_schema.union_schema(
+            [
+                core_schema.str_schema(),
+                core_schema.int_schema(),
+                core_schema.list_schema(core_schema.int_schema()),
+            ]
+        )
+        return core_schema.no_info_plain_validator_function(
+            cls.from_wire,
+            json_schema_input_schema=given,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                str, return_schema=core_schema.str_schema()
+            ),
+        )
+
 
 class StepState(StrEnum):
     """A step's state for one (source, target) after hysteresis: what changes flip between."""

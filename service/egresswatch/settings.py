@@ -31,10 +31,10 @@ from pydantic import (
 )
 
 from egresswatch.addresses import Nameserver, ProxyRoute, parse_listen
-from egresswatch.model import Endpoint, Role, SourceKind
+from egresswatch.model import Endpoint, Role, SourceKind, StatusRanges
 from egresswatch.settings_yaml import ConfigFileError, read_config_data
 from egresswatch.validation import ConfigError as ConfigError  # re-exported: validation.py
-from egresswatch.validation import ExpectStatus, field_path
+from egresswatch.validation import field_path
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -181,7 +181,7 @@ class ProbeSettings(_Strict):
     step_timeout: RoundTimeout = Field(
         "5s", validate_default=True, description="limit for one step of a round"
     )
-    expect_status: ExpectStatus = Field(
+    expect_status: StatusRanges = Field(
         "200-399", validate_default=True, description="HTTP codes that mean ok"
     )
     method: str = Field("GET", pattern=r"^(GET|HEAD)$")
@@ -280,7 +280,7 @@ class TargetSettings(_Strict):
     interval: RoundInterval | None = None
     timeout: RoundTimeout | None = None
     step_timeout: RoundTimeout | None = None
-    expect_status: ExpectStatus | None = None
+    expect_status: StatusRanges | None = None
     method: str | None = Field(None, pattern=r"^(GET|HEAD)$")
     pinned_ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = Field(
         default_factory=list,

@@ -1,22 +1,19 @@
-"""What the config (settings.py) and the plan (plan.py) share: the field types both validate,
-how a validation error names its field, and the error a command reports for bad input.
+"""What the config (settings.py) and the command line share: how a validation error names its
+field, and the error a command reports for bad input. The field type the config and the plan
+both validate, an expected status, is `StatusRanges` itself (model.py; its pydantic schema is
+its own, so that the plan, which an agent reads without pydantic, can use it too).
 
-Here, not in settings.py, so that the plan's model, which an agent parses, and the command
-line do not build the whole config model on import: `egresswatch agent` never reads a config
-file, and the config's validators and YAML reader cost it about 6 MiB of RSS
-(docs/performance.md, "An agent's footprint"; tests/test_agent_imports.py).
+Here, not in settings.py, so that the command line does not build the whole config model on
+import: `egresswatch agent` never reads a config file, and the config's validators and YAML
+reader cost it about 6 MiB of RSS (docs/performance.md, "An agent's footprint";
+tests/test_agent_imports.py).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer
-
-from egresswatch.model import StatusRanges
-
-__all__ = ["ConfigError", "ExpectStatus", "field_path"]
+__all__ = ["ConfigError", "field_path"]
 
 
 class ConfigError(Exception):
@@ -25,25 +22,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def _parse_status(value: object) -> StatusRanges:
-    if isinstance(value, StatusRanges):
-        return value
-    if isinstance(value, int):
-        value = str(value)
-    if isinstance(value, list):
-        value = ",".join(str(v) for v in value)
-    if not isinstance(value, str):
-        raise ValueError("expect_status is a string like '200-399' or '200,204'")
-    return StatusRanges.parse(value)
-
-
-ExpectStatus = Annotated[
-    StatusRanges,
-    BeforeValidator(_parse_status, json_schema_input_type=str | int | list[int]),
-    PlainSerializer(str, return_type=str),
-]
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

@@ -21,12 +21,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from egresswatch.agent.http_client import ControllerClient, HttpError
 from egresswatch.backoff import Backoff, parse_retry_after
 from egresswatch.plan import Plan
-from egresswatch.validation import field_path
+from egresswatch.wire import WireError, read
 
 __all__ = ["PLAN_PATH", "PlanError", "PlanFollower", "parse_plan"]
 
@@ -47,15 +45,13 @@ class PlanError(ValueError):
 
 
 def parse_plan(document: Any) -> Plan:
-    """The plan in a decoded JSON document; PlanError names the fields when it is not usable."""
+    """The plan in a decoded JSON document; PlanError names the field when it is not usable
+    (the first problem found; wire.py reads it, without pydantic)."""
     try:
-        return Plan.model_validate(document)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{field_path(e['loc']) or 'plan'}: {str(e['msg']).removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)[:10]
-        )
-        raise PlanError(f"the controller's plan is not usable: {problems}") from None
+        return read(Plan, document)
+    except WireError as exc:
+        where = exc.field or "plan"
+        raise PlanError(f"the controller's plan is not usable: {where}: {exc.problem}") from None
 
 
 class PlanFollower:

@@ -7,7 +7,6 @@ connection it runs on is probes/connection.py's.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import os
 import ssl
@@ -21,6 +20,7 @@ from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import NotRun, TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.base import describe, fail, ok, skipped
+from egresswatch.probes.certnames import certificate_fields
 from egresswatch.probes.connection import (
     Dialed,
     Phases,
@@ -119,7 +119,7 @@ def certificate_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return {}
-    issuer, subject, not_after = _certificate_fields(der)
+    issuer, subject, not_after = certificate_fields(der, ssl_object.getpeercert())
     days_left = math.floor((not_after - datetime.now(UTC)).total_seconds() / 86400)
     return {
         "issuer": issuer,
@@ -127,20 +127,6 @@ def certificate_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
         "not_after": not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "days_left": days_left,
     }
-
-
-# A target presents the same certificate round after round: parsing it is a tenth of an HTTPS
-# round's Python time, so the parse is kept per certificate (its DER bytes are the key, so a
-# renewed or substituted certificate is parsed afresh).
-@functools.lru_cache(maxsize=256)
-def _certificate_fields(der: bytes) -> tuple[str, str, datetime]:
-    """(issuer, subject, not_after) of a DER certificate."""
-    # Imported at the first certificate read: an agent with no HTTPS target never pays the
-    # 8 MiB of RSS cryptography's bindings take (docs/performance.md, the agent's footprint).
-    from cryptography import x509
-
-    cert = x509.load_der_x509_certificate(der)
-    return cert.issuer.rfc4514_string(), cert.subject.rfc4514_string(), cert.not_valid_after_utc
 
 
 # --- the step ---------------------------------------------------------------------------------

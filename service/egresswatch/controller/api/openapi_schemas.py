@@ -11,9 +11,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
-
+from egresswatch.controller.api.plan_adapter import PlanAdapter
 from egresswatch.controller.api.query import NAME_MAX, NAME_PATTERN
 from egresswatch.controller.ingest.batch_body import (
     BATCH_ID_MAX,
@@ -31,7 +29,6 @@ from egresswatch.model import (
     StepState,
     Suspect,
 )
-from egresswatch.plan import Plan
 from egresswatch.steps import evidence_schemas
 from egresswatch.storage import Resolution
 
@@ -369,26 +366,21 @@ def _agents() -> dict[str, Schema]:
         "IngestBatch": batch,
         "IngestResult": obj({"stored": COUNT, "duplicate": BOOLEAN}),
         # The plan's schemas are its model's (egresswatch/plan.py), so that they cannot drift.
-        **served_schemas(Plan, vocabularies=_vocabularies()),
+        **served_schemas(PlanAdapter(), vocabularies=_vocabularies()),
     }
 
 
-def served_schemas(
-    model: type[BaseModel], *, vocabularies: Mapping[str, Schema]
-) -> dict[str, Schema]:
-    """`model` and the models it holds, as served (`model_dump(mode="json")`), by name.
+def served_schemas(plan: PlanAdapter, *, vocabularies: Mapping[str, Schema]) -> dict[str, Schema]:
+    """The plan and the types it holds, as served (`PlanAdapter.to_json`), by name.
 
     A vocabulary it refers to is the one in `vocabularies` (checked to have the same values),
     and pydantic's generated titles are left out: the names say it.
     """
-    _, top = models_json_schema(
-        [(model, "serialization")], ref_template="#/components/schemas/{model}"
-    )
     schemas: dict[str, Schema] = {}
-    for name, schema in top["$defs"].items():
+    for name, schema in plan.schemas("#/components/schemas/{model}").items():
         if name in vocabularies:
             if schema.get("enum") != vocabularies[name]["enum"]:
-                raise ValueError(f"{model.__name__} uses a {name} that is not the vocabulary's")
+                raise ValueError(f"the plan uses a {name} that is not the vocabulary's")
             continue
         schemas[name] = _untitled(schema)
     return schemas

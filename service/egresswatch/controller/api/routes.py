@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from egresswatch.controller.api.app import problem, problem_of
 from egresswatch.controller.api.auth import Right, Tokens, agent_source, authorize, may_act_for
 from egresswatch.controller.api.diagnosis_document import TargetCatalog, diagnosis_document
 from egresswatch.controller.api.openapi import openapi_document
+from egresswatch.controller.api.plan_adapter import PlanAdapter
 from egresswatch.controller.api.query import (
     ApiError,
     InvalidParam,
@@ -171,6 +172,7 @@ class _Api:
         # The last config's plan: every agent asks every 30 s, and building 10,000 targets
         # takes a quarter of a second; a reload gives a new Settings object, so a new plan.
         self._plan: tuple[Settings, Plan] | None = None
+        self._plan_adapter = PlanAdapter()
         self._cluster_changes = ClusterChanges(deps.store.engine)  # attached to incidents
 
     # -- reading ----------------------------------------------------------------------------
@@ -292,10 +294,8 @@ class _Api:
         settings = self.deps.settings()
         if self._plan is None or self._plan[0] is not settings:
             self._plan = (settings, plan_from_settings(settings, source=source))
-        plan = self._plan[1].model_copy(
-            update={"source": source, "generated_at": self._now().astimezone(UTC)}
-        )
-        return _json(plan.model_dump(mode="json"))
+        plan = replace(self._plan[1], source=source, generated_at=self._now().astimezone(UTC))
+        return _json(self._plan_adapter.to_json(plan))
 
     # -- acting -----------------------------------------------------------------------------
 
