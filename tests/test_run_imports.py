@@ -48,3 +48,14 @@ def test_run_without_kubernetes_loads_no_kubernetes_client(tmp_path: Path) -> No
     loaded = modules_at_exit(["run", "--config", str(config), "--migrate"], port, tmp_path)
     assert "egresswatch.wiring" in loaded  # it did run the service
     assert [m for m in loaded if m.startswith(KUBERNETES_CLIENT)] == []
+
+
+def test_run_on_a_current_database_loads_no_alembic(tmp_path: Path) -> None:
+    # The first start migrates (Alembic runs); the second finds the schema current, which the
+    # scripts' revision ids read as text tell without Alembic (storage/schema.py).
+    port = free_port()
+    config = _config(tmp_path, port)
+    modules_at_exit(["run", "--config", str(config), "--migrate"], port, tmp_path)
+    loaded = modules_at_exit(["run", "--config", str(config)], port, tmp_path)
+    assert "egresswatch.wiring" in loaded
+    assert [m for m in loaded if m.startswith(("alembic", "mako", "pygments"))] == []
