@@ -632,6 +632,8 @@ class Settings(_Strict):
             for name in type(overrides).model_fields
             if getattr(overrides, name) is not None
         }
+        if not chosen:  # the usual case: one shared model, not a copy a target (issue 14)
+            return self.detection
         return self.detection.model_copy(update=chosen)
 
     def timing(self, target: TargetSettings) -> tuple[float, float, float]:
