@@ -50,6 +50,8 @@ __all__ = ["BadCursor", "History", "IncidentRecord", "Page", "StateRecord"]
 T = TypeVar("T")
 
 # Targets first seen through a change or an incident are created like Store.save_rounds does.
+# A step's text as one string each (the whole pair's is empty): what states() keys by.
+_STEP_TEXT = {"": "", **{step.value: step.value for step in Step}}
 _NEW_TARGET = {"role": Role.ENDPOINT.value, "active": True}
 
 
@@ -335,7 +337,9 @@ class History:
             key = row[:3]  # source, target, step: the primary key
             before = seen.get(key)
             record = before[1] if before is not None and before[0] == printed else state_of(row)
-            read[key] = (printed, record)
+            # Kept under the record's own names (and one text a step): the row's are new
+            # strings at every call, 170 bytes a state held twice.
+            read[(record.source, record.target, _STEP_TEXT.get(key[2], key[2]))] = (printed, record)
             records.append(record)
         records.sort(
             key=lambda r: (r.target, r.source, -1 if r.step is None else STEP_ORDER[r.step])
