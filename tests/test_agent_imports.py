@@ -10,8 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from egresswatch.evidence import TlsEvidence
 from egresswatch.model import Status, Step
 from egresswatch.wiring import Service
 from tests.support.https import NAME, LocalServers, Reply
+from tests.support.process_modules import RUN_AND_LIST, modules_at_exit
 from tests.support.service import HOST, free_port, poll
 from tests.test_agent import (
     World,
@@ -57,56 +56,18 @@ NOT_IN_AN_AGENT = (
     "egresswatch.kube",
 )
 
-# Runs the command line as the console script does, and writes sys.modules at exit (the agent
-# exits normally on SIGTERM).
-RUN_AND_LIST = """
-import atexit, json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-atexit.register(lambda: out.write_text(json.dumps(sorted(sys.modules))))
-from egresswatch.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def _wait_ready(port: int, process: subprocess.Popen[bytes], limit_s: float = 30.0) -> None:
-    """Until the agent's /healthz answers (bounded); fails with its output if it exits."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1].decode()
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"the agent did not answer /healthz within {limit_s} s")
-
 
 def test_a_running_agent_loads_no_controller_config_or_certificate_library(
     tmp_path: Path,
 ) -> None:
     token = tmp_path / "token"
     token.write_text("agent-token-of-this-test-0123456789\n")
-    modules, port = tmp_path / "modules.json", free_port()
+    port = free_port()
     # The controller's address is a closed loopback port: the agent starts, serves its health
     # endpoints and retries its plan; that is the whole start of its process.
     args = ["agent", "--controller", f"http://{HOST}:{free_port()}", "--token-file", str(token)]
     args += ["--source", "node-1", "--source-kind", "node", "--listen", f"{HOST}:{port}"]
-    process = subprocess.Popen(
-        [sys.executable, "-c", RUN_AND_LIST, str(modules), *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_ready(port, process)
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=5)
-    assert process.returncode == 0, err.decode()
-    loaded = json.loads(modules.read_text())
+    loaded = modules_at_exit(args, port, tmp_path)
     assert "egresswatch.agent.service" in loaded  # it did run the agent
     found = [m for m in loaded if m.startswith(NOT_IN_AN_AGENT)]
     assert found == []

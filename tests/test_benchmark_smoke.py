@@ -92,8 +92,10 @@ def test_the_side_by_side_script_is_egresswatch_bench() -> None:
 def test_targets_scale_benchmark_runs() -> None:
     """benchmarks/targets_scale.py with 20 TCP targets at 2 s for a short window: the lab and
     `egresswatch run` start, one row is measured (lateness, CPU, RSS, scrape, status), and
-    nothing failed against the healthy loopback target."""
+    nothing failed against the healthy loopback target. The database is migrated first, by
+    `egresswatch db upgrade`, as the chart's Job does (`run --migrate` is test_run_imports')."""
     flags = ["--targets", "20", "--interval", "2", "--warmup", "2", "--window", "2"]
+    flags.append("--migrate-first")
     lines = bench("targets_scale", *flags)
     assert lines[0].startswith("TCP targets, warm-up 2 s, window 2 s")
     header = [cell.strip() for cell in lines[1].strip("|").split("|")]

@@ -500,3 +500,21 @@ async def test_latest_rounds_at_a_moment(history: History) -> None:
     assert await history.latest_rounds(at(100), target="https://unknown.test/") == []
     with pytest.raises(ValueError, match="lookback"):
         await history.latest_rounds(at(100), lookback_s=0)
+
+
+async def test_states_reuses_unchanged_records_and_sees_a_change(history: History) -> None:
+    """An unchanged state comes back as the same record object (the status reuses what it
+    derived from it), a changed one as a new record; what is kept between calls is a
+    fingerprint of each row, not the row (issue 14)."""
+    await history.save_changes([change(0, 60), change(0, 30, step=Step.DNS_CLUSTER)])
+    first = await history.states()
+    again = await history.states()
+    assert [a is b for a, b in zip(first, again, strict=True)] == [True, True]
+    await history.save_changes(
+        [change(100, 160, previous=StepState.FAILING, current=StepState.OK, reason=None)]
+    )
+    changed = await history.states()
+    assert changed[0] is first[0]  # dns_cluster: unchanged
+    assert changed[1] is not first[1] and changed[1].state is StepState.OK
+    kept = [held for held, _ in history._states_read.values()]
+    assert all(isinstance(held, int) for held in kept)

@@ -16,18 +16,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from egresswatch.model import RoundResult
 from egresswatch.storage import (
+    DatabaseNotReady,
     SchemaState,
     SchemaStatus,
     Store,
     alembic_config,
     downgrade,
+    ensure_schema,
     make_engine,
     normalize_url,
     schema_state,
     upgrade,
 )
 from egresswatch.storage.rows import read_rounds
-from egresswatch.storage.schema import head_revision, migrations_dir
+from egresswatch.storage.schema import head_revision, migrations_dir, packaged_head
 from egresswatch.storage.tables import metadata
 from tests.support.databases import db_url_fixture  # noqa: F401
 from tests.test_ingest_copy import awkward_rounds
@@ -239,3 +241,35 @@ def test_plain_urls_get_the_async_drivers() -> None:
     )
     assert normalize_url("sqlite:///x.db").drivername == "sqlite+aiosqlite"
     assert normalize_url("postgresql+asyncpg://u@h/db").drivername == "postgresql+asyncpg"
+
+
+def test_the_head_read_as_text_is_alembics(tmp_path: Path) -> None:
+    """ensure_schema recognises a current database without loading Alembic, from the scripts'
+    revision ids read as text: they must name the head Alembic names, and step aside (None)
+    when the graph is not a plain line."""
+    assert packaged_head() == head_revision()
+    versions = _migrations_with_a_newer_revision(tmp_path) / "versions"
+    assert packaged_head(versions) == "9999"
+    (versions / "9998_branch.py").write_text(
+        f'revision = "9998"\ndown_revision = "{head_revision()}"\n'
+    )
+    assert packaged_head(versions) is None  # two heads: Alembic says what the database holds
+    (versions / "9998_branch.py").write_text('revision = "9998"\ndown_revision = ("9999", "x")\n')
+    assert packaged_head(versions) is None  # a merge
+
+
+async def test_ensure_schema_refuses_what_the_text_check_does_not_recognise(
+    db_url: URL, tmp_path: Path
+) -> None:
+    """The quick check only ever says "current": a database ahead of this code is still
+    refused, and one at the head passes."""
+    engine = make_engine(db_url)
+    try:
+        await asyncio.to_thread(upgrade, db_url)
+        await ensure_schema(engine, db_url)  # current: passes
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("UPDATE alembic_version SET version_num = 'f00dcafe'"))
+        with pytest.raises(DatabaseNotReady, match="f00dcafe"):
+            await ensure_schema(engine, db_url)
+    finally:
+        await engine.dispose()

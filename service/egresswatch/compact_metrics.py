@@ -9,8 +9,9 @@ library (a custom collector), so /metrics reads the same.
 
 Contract: ``labels(*values)`` returns a handle with the family's operation (``observe``,
 ``inc``, ``set``); ``remove(*values)`` forgets a series. Writes happen on the event loop and a
-scrape may render in another thread: it copies the table and each array (C-level copies, whole
-under the GIL), so a series is never read half-written.
+scrape may render in another thread: it copies the table, then each array as it writes it
+(C-level copies, whole under the GIL), so a series is never read half-written. A scrape is
+streamed in pieces of about CHUNK_CHARS characters (:func:`exposition_chunks`), never held whole.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ __all__ = [
     "Observing",
     "exposition",
 ]
+
+# The text a piece of a streamed scrape holds, at least (it ends with a whole series). Small
+# enough that a piece is never a large allocation: the allocator keeps those, one set per
+# rendering thread (1 MB pieces left 20 MiB behind after a scrape at 5,000 targets).
+CHUNK_CHARS = 64 * 1024
 
 Labels = tuple[str, ...]
 H = TypeVar("H")
@@ -96,16 +102,30 @@ class Family(Collector, Generic[H]):
     def text(self) -> str:
         """The family in the text exposition format, as generate_latest writes it, without
         its objects: a label set is escaped once per series, not once per line."""
+        return "".join(self.chunks(CHUNK_CHARS))
+
+    def chunks(self, chars: int) -> Iterator[str]:
+        """:meth:`text` in pieces of whole series, each ending once it holds `chars`
+        characters or more (the first also holds HELP and TYPE): a scrape streams them, and
+        never holds the whole family's text (with 5,000 targets a whole scrape held at once
+        raised the RSS by 100 MiB, and kept a quarter of it). The table is copied first; each
+        series' numbers when written."""
         kind = self._empty().type
         name = self._exposed_name()
         doc = self.documentation.replace("\\", r"\\").replace("\n", r"\n")
         lines = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
         order = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
-        for values, numbers in self.snapshot():
+        held = len(lines[0])
+        for values, numbers in dict(self._series).items():
             # Sorted by label name, as generate_latest writes them.
             pairs = [(self.labelnames[i], _escape(values[i])) for i in order]
-            lines.append(self._lines(pairs, numbers))
-        return "".join(lines)
+            lines.append(self._lines(pairs, numbers[:]))
+            held += len(lines[-1])
+            if held >= chars:
+                yield "".join(lines)
+                lines, held = [], 0
+        if lines:
+            yield "".join(lines)
 
     def _exposed_name(self) -> str:
         return self.name
@@ -272,19 +292,30 @@ class _Others:
 
 
 def exposition(registry: CollectorRegistry, names: Sequence[str] = ()) -> bytes:
-    """/metrics' body: generate_latest, with a CompactRegistry's families written directly
-    (a 5,000-target scrape took 1.3 CPU-seconds, most of it formatting their samples).
+    """/metrics' body whole: :func:`exposition_chunks` joined."""
+    return b"".join(exposition_chunks(registry, names))
+
+
+def exposition_chunks(registry: CollectorRegistry, names: Sequence[str] = ()) -> Iterator[bytes]:
+    """/metrics' body in pieces (the collectors' samples, then each compact family in pieces
+    of about CHUNK_CHARS characters): generate_latest, with a CompactRegistry's families written
+    directly (a 5,000-target scrape took 1.3 CPU-seconds, most of it formatting their
+    samples). Each piece may be made in another thread than the one before it.
 
     With `names` (`name[]=` of a scrape), only the samples so named, as prometheus_client's
     `restricted_registry` gives them; a compact family is written whole when one of its
     sample names (`NAME`, `NAME_total`, `NAME_bucket`, ...) is asked for.
     """
     if not isinstance(registry, CompactRegistry):
-        return generate_latest(registry.restricted_registry(names) if names else registry)
+        yield generate_latest(registry.restricted_registry(names) if names else registry)
+        return
     others: _Others | RestrictedRegistry = _Others(registry)
     compact = registry.compact
     if names:
         others = registry.restricted_registry(names)
         asked = set(names)
         compact = [f for f in compact if asked & f.sample_names()]
-    return generate_latest(others) + "".join(family.text() for family in compact).encode()
+    yield generate_latest(others)
+    for family in compact:
+        for text in family.chunks(CHUNK_CHARS):
+            yield text.encode()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from egresswatch.jsonrecord import OMITTED_BY_DEFAULT, EvidenceError, Record, json_schema
 
 __all__ = [
+    "NOT_RUN",
     "DnsEvidence",
     "DnsTry",
     "Evidence",
@@ -54,6 +55,11 @@ class NotRun(Evidence):
     exception: str | None = field(default=None, metadata=OMITTED_BY_DEFAULT)  # the probe broke
     ca_file: str | None = field(default=None, metadata=OMITTED_BY_DEFAULT)  # did not load
     resolv_conf: str | None = field(default=None, metadata=OMITTED_BY_DEFAULT)  # unreadable
+
+
+# A step that did not run and has nothing to say: one shared value (it is frozen), not one
+# object a skipped step; detection keeps the latest round of every pair (issue 14).
+NOT_RUN = NotRun()
 
 
 # --- dns_cluster and dns_upstream ------------------------------------------------------------

@@ -7,6 +7,9 @@ designated sources (controller/designated.py), the agents' identities checked by
 (controller/cluster_changes.py). The controller may not import the API client or the watches
 (pyproject.toml's layers): this module, beside wiring.py, connects them.
 
+The Kubernetes client is imported only by the methods that run with `kubernetes.enabled`, so a
+process without it never loads it (tests/test_run_imports.py).
+
 Contract: :class:`KubeParts` makes nothing until asked; :meth:`KubeParts.start_discovery` raises
 KubeClientError when the API server cannot be reached (wiring.py turns it into a StartupError);
 :meth:`KubeParts.stop_discovery` is idempotent. Without `kubernetes.enabled` every attribute stays
@@ -18,18 +21,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from egresswatch.controller.api.agent_identity import AgentIdentities
 from egresswatch.controller.cluster_changes import ChangeAttacher
 from egresswatch.controller.designated import Designated, standings
 from egresswatch.controller.detection.incidents import IncidentEvent
-from egresswatch.kube.discovery import Discovery, start_discovery
 from egresswatch.kube.identity import ReviewedToken, ReviewUnavailable
-from egresswatch.kube.leader import LeaderElector
 from egresswatch.kube.policy_view import ClusterPolicies
-from egresswatch.kube.tokenreview import review_token
 from egresswatch.parts import Core
 from egresswatch.storage import ClusterChanges, History, SourceRecord, is_unavailable
+
+if TYPE_CHECKING:  # these load the Kubernetes client: imported where they run (enabled only)
+    from egresswatch.kube.discovery import Discovery
+    from egresswatch.kube.leader import LeaderElector
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class KubeParts:
         server); nothing without `kubernetes.enabled`."""
         if not self.enabled:
             return
+        from egresswatch.kube.discovery import start_discovery  # the client: enabled only
+
         self.cluster_changes = attacher = ChangeAttacher(
             ClusterChanges(self._store.engine),
             window=lambda: timedelta(seconds=self._settings().kubernetes.changes_window),
@@ -108,6 +115,8 @@ class KubeParts:
         replica has: the discovery's while it runs, else the elector's. A replica that does not
         lead runs no discovery, so it knows no designated source and answers 503: the agent
         keeps its rounds and retries (through the Service, often reaching the leader)."""
+
+        from egresswatch.kube.tokenreview import review_token  # the client: enabled only
 
         async def review(token: str) -> ReviewedToken:
             if self.discovery is not None:

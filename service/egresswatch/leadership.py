@@ -6,8 +6,11 @@ With `kubernetes.leader_election`, wiring.py's Service makes a :class:`Leadershi
 the named task ``egresswatch-leader-work``: discovery, then detection rebuilt from the database,
 then the rounds every replica stored, followed from the rounds table. Losing the Lease cancels
 that work at once and drops what detection held (the next leader rebuilds it from the database).
-The once-per-cluster work on the scheduler's timers (:class:`ClusterWork`: detection's writes,
-the staleness sweep, retention) runs only while this replica leads, always without a Lease.
+The once-per-cluster work on the scheduler's timers (cluster_work.py: detection's writes, the
+staleness sweep, retention) runs only while this replica leads, always without a Lease.
+
+wiring.py imports this module only when a Lease elects the leader: it loads the Kubernetes
+client, which a process without `kubernetes.enabled` never needs (tests/test_run_imports.py).
 
 The work drives the parts wiring.py made and hands in: the Kubernetes parts (kube_wiring.py)
 and detection (detection_wiring.py).
@@ -19,35 +22,23 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from egresswatch.controller.detection.follow import RoundFollower
-from egresswatch.controller.detection.pipeline import Pipeline
 from egresswatch.detection_wiring import Detection
 from egresswatch.kube.client import KubeClientError, close_client, open_client
 from egresswatch.kube.leader import LeaderElector, LeaseTiming, lease_identity, lease_namespace
 from egresswatch.kube_wiring import KubeParts
-from egresswatch.model import SourceKind
 from egresswatch.parts import Core
-from egresswatch.schedule import RoundJob
-from egresswatch.settings import KubernetesSettings, Settings
-from egresswatch.storage import (
-    RetentionWindows,
-    RoundFeed,
-    is_unavailable,
-    run_retention,
-)
+from egresswatch.settings import KubernetesSettings
+from egresswatch.storage import RoundFeed
 
 log = logging.getLogger(__name__)
 
 FOLLOW_PERIOD_S = 0.5  # the leader reads the rounds every replica stored this often
 LEAD_RETRY_S = 2.0  # a new leader that cannot read its past yet tries again this often
 REREAD_IDS = 5000  # a new leader reads this many round ids again: transactions in flight
-RETENTION_JOB = "retention"
-CONTROLLER_JOB = "controller"
-CONTROLLER_TICK_S = 0.25  # how often detection's results are written (nothing pending: no work)
-STALENESS_EVERY_TICKS = 20  # silent sources are looked for every 20 controller ticks (5 s)
 
 
 class Leadership:
@@ -170,78 +161,3 @@ class Leadership:
             await election
         await elector.release()
         await close_client(elector.api)
-
-
-class ClusterWork:
-    """The once-per-cluster work on the scheduler's timers, done only while `leading()`:
-    detection's writes every tick, the staleness sweep every STALENESS_EVERY_TICKS ticks, and
-    retention. Neither method raises: a database away is counted and said once per outage."""
-
-    def __init__(
-        self,
-        core: Core,
-        *,
-        leading: Callable[[], bool],
-        pipeline: Callable[[], Pipeline],
-        kube: KubeParts,
-    ) -> None:
-        self._core = core
-        self._leading = leading
-        self._pipeline = pipeline
-        self._kube = kube
-        self._ticks = 0
-
-    def jobs(self, settings: Settings) -> list[RoundJob]:
-        """Retention and the controller tick, as the scheduler's jobs."""
-        every = settings.retention.every
-        return [
-            RoundJob(RETENTION_JOB, every, max(every, 1.0), self.retention),
-            RoundJob(CONTROLLER_JOB, CONTROLLER_TICK_S, 30.0, self.tick),
-        ]
-
-    async def tick(self) -> None:
-        """Write what detection produced; every few ticks, look for silent sources."""
-        self._ticks += 1
-        if not self._leading():
-            return
-        # The pipeline is read at each use: a hand-over may replace it during an await.
-        if self._ticks % STALENESS_EVERY_TICKS == 0:
-            designated = self._kube.designated
-            self._pipeline().tick(designated.is_retired if designated else None)
-            try:
-                sources = await self._core.store.sources()
-                for source in sources:
-                    if source.kind:
-                        kind = SourceKind(source.kind)
-                        self._pipeline().set_source_kind(source.name, kind, source.node)
-                await self._kube.count_designated(self._core.history, sources)
-            except Exception as error:
-                self._core.metrics.count_database_error()
-                if is_unavailable(error):  # said once per outage, not every 5 s
-                    self._core.outage.failed(error, "detection")
-                else:
-                    log.exception("could not read the sources' kinds")
-        await self._pipeline().flush()
-        await self._kube.flush_changes()
-
-    async def retention(self) -> None:
-        if not self._leading():
-            return  # once per cluster: the leader's work
-        # The windows are read at each run: a reload changes them without a restart.
-        core = self._core
-        await run_retention(
-            core.store,
-            core.clock(),
-            retention_windows(core.settings()),
-            on_error=core.metrics.count_database_error,
-            outage=core.outage,
-        )
-
-
-def retention_windows(settings: Settings) -> RetentionWindows:
-    retention = settings.retention
-    return RetentionWindows(
-        raw_s=retention.raw,
-        minute_rollups_s=retention.minute_rollups,
-        rollups_s=retention.rollups,
-    )

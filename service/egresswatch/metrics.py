@@ -68,52 +68,49 @@ _H = TypeVar("_H")
 
 
 class _Tracked(Generic[_H]):
-    """A labelled family plus the label values it holds, indexed by source and target, so the
-    series of one name can be removed without scanning them all.
+    """A labelled family plus the label values it holds, indexed by target, so the series of
+    one name can be removed without scanning them all.
 
     prometheus_client's ``remove()`` needs the exact label values, and its own record of them
-    is private.
+    is private. A family with a `source` label has a `target` label too (ValueError if not):
+    a source's series are found through the target index.
     """
 
     def __init__(self, family: Family[_H], labelnames: tuple[str, ...]) -> None:
         self.family = family
         self._source = labelnames.index("source") if "source" in labelnames else None
         self._target = labelnames.index("target") if "target" in labelnames else None
-        # A set per source (few, each with many series), a list per target (thousands, each
-        # with a few series: a set of five is 700 bytes, a list 100).
-        self._by_source: dict[str, set[tuple[str, ...]]] = {}
+        if self._source is not None and self._target is None:
+            raise ValueError(f"{labelnames}: a family with a source label needs a target label")
+        # A list per target (thousands, each with a few series: a set of five is 700 bytes, a
+        # list 100). No index by source: one set of every series of a source was 600 bytes a
+        # target, for a removal that happens when the cluster retires a source.
         self._by_target: dict[str, list[tuple[str, ...]]] = {}
 
     def labels(self, *values: str) -> _H:
-        if not self.family.has(values):
-            if self._source is not None:
-                self._by_source.setdefault(values[self._source], set()).add(values)
-            if self._target is not None:
-                self._by_target.setdefault(values[self._target], []).append(values)
+        if self._target is not None and not self.family.has(values):
+            self._by_target.setdefault(values[self._target], []).append(values)
         return self.family.handle(values)
 
     def remove_where(self, label: str, value: str) -> None:
-        """Remove every series whose ``label`` (source or target) is ``value``; linear in the
-        series removed (and, for a source, in its targets' few series each)."""
-        if label == "source" and self._source is not None:
-            removed = self._by_source.pop(value, set())
-            for values in removed:
-                self.family.remove(*values)
-            if self._target is not None:
-                for target in {values[self._target] for values in removed}:
-                    self._prune(target)
-        elif label == "target" and self._target is not None:
+        """Remove every series whose ``label`` (source or target) is ``value``: for a target,
+        linear in its series; for a source (rare), one pass over the index."""
+        if label == "target" and self._target is not None:
             for values in self._by_target.pop(value, []):
                 self.family.remove(*values)
-                if self._source is not None:
-                    self._by_source.get(values[self._source], set()).discard(values)
-
-    def _prune(self, target: str) -> None:
-        kept = [values for values in self._by_target.get(target, []) if self.family.has(values)]
-        if kept:
-            self._by_target[target] = kept
-        else:
-            self._by_target.pop(target, None)
+        elif label == "source" and self._source is not None:
+            where = self._source
+            for target, held in list(self._by_target.items()):
+                kept = [values for values in held if values[where] != value]
+                if len(kept) == len(held):
+                    continue
+                for values in held:
+                    if values[where] == value:
+                        self.family.remove(*values)
+                if kept:
+                    self._by_target[target] = kept
+                else:
+                    del self._by_target[target]
 
 
 class Metrics:

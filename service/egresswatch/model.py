@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from egresswatch.evidence import Evidence, NotRun
+from egresswatch.evidence import NOT_RUN, Evidence
 
 
 class Step(StrEnum):
@@ -216,7 +216,9 @@ def _check_host(host: str) -> str:
     return host.lower()
 
 
-@dataclass(frozen=True)
+# Slotted: detection keeps the latest round of every (source, target) with its steps, and a
+# __dict__ each was a quarter of a round's memory (docs/performance.md, issue 14).
+@dataclass(frozen=True, slots=True)
 class StepResult:
     """One step of one round: what happened, why, how long it took, and the evidence.
 
@@ -229,7 +231,7 @@ class StepResult:
     reason: Reason | None = None
     duration_s: float = 0.0
     detail: str = ""
-    evidence: Evidence = field(default_factory=NotRun)
+    evidence: Evidence = NOT_RUN
 
     @property
     def failed(self) -> bool:
@@ -246,7 +248,7 @@ def evidence_of(result: StepResult | None, kind: type[E]) -> E | None:
     return result.evidence
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RoundResult:
     """One run of the checklist for one (source, target)."""
 

@@ -240,6 +240,11 @@ class DetectionOverrides(_Strict):
     latency_min_change: LatencyChange | None = None
 
 
+# What a target without `detection:` holds: one shared (frozen) value, not a model each; 5,000
+# targets made 5,000 of them (issue 14, docs/performance.md "How cost grows with targets").
+NO_OVERRIDES = DetectionOverrides()
+
+
 class MetricsSettings(_Strict):
     """How much /metrics says (DESIGN.md §4 names the families)."""
 
@@ -288,7 +293,7 @@ class TargetSettings(_Strict):
     )
     ca_file: Path | None = None
     use_proxy: bool = Field(True, description="false: always go direct for this target")
-    detection: DetectionOverrides = Field(default_factory=DetectionOverrides)
+    detection: DetectionOverrides = Field(default_factory=lambda: NO_OVERRIDES)
 
     @field_validator("url")
     @classmethod
@@ -632,6 +637,8 @@ class Settings(_Strict):
             for name in type(overrides).model_fields
             if getattr(overrides, name) is not None
         }
+        if not chosen:  # the usual case: one shared model, not a copy a target (issue 14)
+            return self.detection
         return self.detection.model_copy(update=chosen)
 
     def timing(self, target: TargetSettings) -> tuple[float, float, float]:

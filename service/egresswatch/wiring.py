@@ -8,8 +8,13 @@ metrics registry, the scheduler, the round runner, the HTTP server. Nothing is g
 parts do lives in modules named for it: the schema check (storage/schema.py), ingest
 (controller/ingest/intake.py), detection (detection_wiring.py), retention
 (storage/retention.py), the config reload (reload.py), the HTTP server (http_server.py) and
-the application it serves (api_wiring.py), the Kubernetes parts (kube_wiring.py) and the
-once-per-cluster work, on the holder of a Lease when several replicas run (leadership.py).
+the application it serves (api_wiring.py), the Kubernetes parts (kube_wiring.py), the
+once-per-cluster work (cluster_work.py), on the holder of a Lease when several replicas run
+(leadership.py).
+
+The Kubernetes client (and leadership.py, the watches, the elector) is imported only in the
+branches that run with `kubernetes.enabled`: `egresswatch run` without it never loads it
+(tests/test_run_imports.py; docs/performance.md, "How cost grows with targets").
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,6 +35,7 @@ from egresswatch import __version__
 from egresswatch.agent.config_file import follow_config
 from egresswatch.agent.runner import RoundRunner
 from egresswatch.api_wiring import AppParts, OnDemand, access, controller_app
+from egresswatch.cluster_work import CONTROLLER_TICK_S, ClusterWork, retention_windows
 from egresswatch.compact_metrics import CompactRegistry
 from egresswatch.controller.detection.incidents import IncidentEvent
 from egresswatch.controller.detection.pipeline import Pipeline
@@ -37,10 +43,7 @@ from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.detection_wiring import Detection
 from egresswatch.http_limits import CONTROLLER_LIMITS
 from egresswatch.http_server import ListenError, serve
-from egresswatch.kube.client import KubeClientError
-from egresswatch.kube.discovery import Discovery
 from egresswatch.kube_wiring import KubeParts
-from egresswatch.leadership import CONTROLLER_TICK_S, ClusterWork, Leadership, retention_windows
 from egresswatch.logs import Sparse
 from egresswatch.looplag import LoopLag, period_for
 from egresswatch.metrics import Metrics, WriterMetrics
@@ -58,6 +61,10 @@ from egresswatch.storage import (
     make_engine,
     redact,
 )
+
+if TYPE_CHECKING:  # the Kubernetes client: loaded only when the config asks for Kubernetes
+    from egresswatch.kube.discovery import Discovery
+    from egresswatch.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +290,10 @@ class Service:
 
     async def _start_election(self) -> None:
         """The elector on its own client, campaigning (leadership.py)."""
+        # Here, not at the top: it loads the Kubernetes client (tests/test_run_imports.py).
+        from egresswatch.kube.client import KubeClientError
+        from egresswatch.leadership import Leadership
+
         self.leadership = Leadership(
             self.core, kube=self.kube, detection=self.detection, environ=self._environ
         )
@@ -293,6 +304,10 @@ class Service:
 
     async def _start_discovery(self) -> None:
         """With `kubernetes.enabled`: the reflectors and the designated sources they give."""
+        if not self.kube.enabled:
+            return
+        from egresswatch.kube.client import KubeClientError  # the client: only with Kubernetes
+
         try:
             await self.kube.start_discovery()
         except KubeClientError as exc:

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from egresswatch.kube.netpol import NetworkPolicy, PodRef, PolicySnapshot, PolicyView, SpecError
 from egresswatch.kube.sources import ExpectedSource
 from egresswatch.kube.views import NodeView, PodView
-from egresswatch.kube.watch import Reflector
 from egresswatch.model import SourceKind
+
+if TYPE_CHECKING:  # the watches load the Kubernetes client; this view reads only their caches
+    from egresswatch.kube.watch import Reflector
 
 __all__ = ["ClusterPolicies", "WatchedCluster"]
 

@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 
-from egresswatch.evidence import Evidence, NotRun
+from egresswatch.evidence import NOT_RUN, Evidence, NotRun
 from egresswatch.model import Reason, Status, Step, StepResult
 
 log = logging.getLogger(__name__)
@@ -113,8 +113,8 @@ def fail(
 def skipped(
     step: Step, reason: Reason, detail: str, evidence: Evidence | None = None
 ) -> StepResult:
-    """A step that did not run; `evidence` defaults to `NotRun()` (nothing to say)."""
-    found = evidence if evidence is not None else NotRun()
+    """A step that did not run; `evidence` defaults to `NOT_RUN` (nothing to say)."""
+    found = evidence if evidence is not None else NOT_RUN
     return StepResult(step, Status.SKIPPED, reason, 0.0, detail, found)
 
 

@@ -50,6 +50,8 @@ __all__ = ["BadCursor", "History", "IncidentRecord", "Page", "StateRecord"]
 T = TypeVar("T")
 
 # Targets first seen through a change or an incident are created like Store.save_rounds does.
+# A step's text as one string each (the whole pair's is empty): what states() keys by.
+_STEP_TEXT = {"": "", **{step.value: step.value for step in Step}}
 _NEW_TARGET = {"role": Role.ENDPOINT.value, "active": True}
 
 
@@ -69,10 +71,12 @@ class History:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        # What the last `states()` of all targets read: its rows, as read; per state
-        # (source, target, step), its row and its record; and the records in order.
-        self._states_rows: list[tuple[Any, ...]] = []
-        self._states_read: dict[tuple[Any, ...], tuple[tuple[Any, ...], StateRecord]] = {}
+        # What the last `states()` of all targets read: a fingerprint of all its rows; per
+        # state (source, target, step), its row's fingerprint and its record; and the records
+        # in order. Fingerprints, not the rows: the rows' text was 3 KB a target, held for as
+        # long as the process runs (issue 14, docs/performance.md "How cost grows with targets").
+        self._states_print: tuple[int, int] = (-1, 0)
+        self._states_read: dict[tuple[Any, ...], tuple[int, StateRecord]] = {}
         self._states_sorted: list[StateRecord] = []
 
     # -- writing ---------------------------------------------------------------------------
@@ -313,7 +317,8 @@ class History:
         same (immutable) record object, not converted again: the API's status reads every state
         on each request, and converting thousands of rows costs more than reading them. A
         caller may reuse what it derived from a record it saw before (the status document
-        does).
+        does). Unchanged means the same 64-bit fingerprint (`hash`) of the row: two different
+        rows of one state sharing one is a chance of 2^-64 a change.
         """
         query = states_query()
         if target is not None:
@@ -321,22 +326,26 @@ class History:
         async with self.engine.connect() as conn:
             rows = [tuple(row) for row in (await conn.execute(query)).all()]
             state_of = state_reader(conn.dialect.name)
-        if target is None and rows == self._states_rows:
+        prints = [hash(row) for row in rows]
+        whole = (len(prints), hash(tuple(prints)))
+        if target is None and whole == self._states_print:
             return list(self._states_sorted)  # nothing changed
         seen = self._states_read
-        read: dict[tuple[Any, ...], tuple[tuple[Any, ...], StateRecord]] = {}
+        read: dict[tuple[Any, ...], tuple[int, StateRecord]] = {}
         records = []
-        for row in rows:
+        for row, printed in zip(rows, prints, strict=True):
             key = row[:3]  # source, target, step: the primary key
             before = seen.get(key)
-            record = before[1] if before is not None and before[0] == row else state_of(row)
-            read[key] = (row, record)
+            record = before[1] if before is not None and before[0] == printed else state_of(row)
+            # Kept under the record's own names (and one text a step): the row's are new
+            # strings at every call, 170 bytes a state held twice.
+            read[(record.source, record.target, _STEP_TEXT.get(key[2], key[2]))] = (printed, record)
             records.append(record)
         records.sort(
             key=lambda r: (r.target, r.source, -1 if r.step is None else STEP_ORDER[r.step])
         )
         if target is None:  # the states that exist now, no more
-            self._states_rows, self._states_read = rows, read
+            self._states_print, self._states_read = whole, read
             self._states_sorted = list(records)
         return records
 

@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -296,9 +297,11 @@ def state_reader(dialect: str) -> Callable[[Sequence[Any]], StateRecord]:
 
     def state_of(row: Sequence[Any]) -> StateRecord:
         source, target, step, state, since, reason, updated_at = row
+        # Interned: a source's name is in every one of its states, a target's in seven, and
+        # History keeps them all (issue 14).
         return StateRecord(
-            source=source,
-            target=target,
+            source=sys.intern(source),
+            target=sys.intern(target),
             step=steps[step],
             state=states[state],
             since=utc(since),

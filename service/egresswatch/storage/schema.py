@@ -10,30 +10,33 @@ async drivers: call them from a thread (`await asyncio.to_thread(upgrade, url)`)
 running event loop.
 
 `ensure_schema` is the check a service makes before it uses a database: refuse one that is
-unreachable, not migrated, or newer than this code, with what to run (or migrate it).
+unreachable, not migrated, or newer than this code, with what to run (or migrate it). A
+database already at the newest revision is recognised without Alembic (the scripts' revision
+ids read as text, the version table with one query): Alembic, Mako and Pygments are 11 MiB a
+long-running process then never loads (docs/performance.md, "How cost grows with targets").
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.resources
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from egresswatch.jsonrecord import json_text
+
+if TYPE_CHECKING:  # Alembic is imported where it runs (see the module docstring)
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,8 @@ def alembic_config(url: str | URL | None = None, script_location: Path | None = 
     The URL travels in `config.attributes["url"]` (not the ini options, which would interpolate
     a `%` in a password); the migrations' env.py reads it from there.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(script_location or migrations_dir()))
     if url is not None:
@@ -131,6 +136,8 @@ def _check_no_running_loop(what: str) -> None:
 def upgrade(url: str | URL, revision: str = "head") -> None:
     """Migrate the database at `url` up to `revision` (default: the newest). Synchronous."""
     _check_no_running_loop("upgrade")
+    from alembic import command
+
     log.info("upgrading database %s to %s", redact(url), revision)
     command.upgrade(alembic_config(url), revision)
 
@@ -138,12 +145,16 @@ def upgrade(url: str | URL, revision: str = "head") -> None:
 def downgrade(url: str | URL, revision: str) -> None:
     """Migrate the database at `url` down to `revision` (`base` removes everything)."""
     _check_no_running_loop("downgrade")
+    from alembic import command
+
     log.info("downgrading database %s to %s", redact(url), revision)
     command.downgrade(alembic_config(url), revision)
 
 
 def head_revision() -> str:
     """The newest revision this code knows."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the package always ships migrations
         raise RuntimeError(f"no migrations found in {migrations_dir()}")
@@ -196,6 +207,9 @@ async def schema_state(engine: AsyncEngine, config: Config | None = None) -> Sch
 
     Reads only. MISSING also covers a database holding other tables but no egresswatch revision.
     """
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(config or alembic_config())
     head = script.get_current_head()
     assert head is not None
@@ -227,6 +241,8 @@ async def ensure_schema(engine: AsyncEngine, url: str | URL, *, migrate: bool = 
     never is, since this code cannot know what it holds.
     """
     try:
+        if await _is_current(engine):
+            return
         state = await schema_state(engine)
     except Exception as exc:
         await engine.dispose()
@@ -241,3 +257,55 @@ async def ensure_schema(engine: AsyncEngine, url: str | URL, *, migrate: bool = 
         )
     log.info("migrating the database", extra={"from": state.current, "to": state.head})
     await asyncio.to_thread(upgrade, url)
+
+
+async def _is_current(engine: AsyncEngine) -> bool:
+    """Whether the database holds exactly the packaged migrations' head, read without Alembic
+    (its version table, `alembic_version`, the default of migrations/env.py). False whenever
+    it is not plainly so (no version table, another revision, no single head): Alembic then
+    says what the database holds. Raises the database's errors."""
+    head = packaged_head()
+    if head is None:
+        return False
+    async with engine.connect() as connection:
+        if not await connection.run_sync(lambda sync: inspect(sync).has_table("alembic_version")):
+            return False
+        rows = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+    return [row[0] for row in rows] == [head]
+
+
+def packaged_head(directory: Path | None = None) -> str | None:
+    """The head of the migrations in `directory` (default: the packaged versions/), from the
+    scripts' `revision` and `down_revision` read as text, not run: the one revision no other
+    one follows. None when that is not plain (a merge, a computed id, several heads); the
+    callers then ask Alembic. tests/test_migrations.py checks it against Alembic's head."""
+    revisions: dict[str, object] = {}
+    for script in sorted((directory or migrations_dir() / "versions").glob("*.py")):
+        ids = _revision_ids(ast.parse(script.read_text()))
+        if "revision" not in ids:
+            continue  # not a migration (an __init__.py)
+        if not isinstance(ids["revision"], str):
+            return None
+        revisions[ids["revision"]] = ids.get("down_revision")
+    followed = set(revisions.values())
+    if not all(down is None or isinstance(down, str) for down in followed):
+        return None
+    heads = [revision for revision in revisions if revision not in followed]
+    return heads[0] if len(heads) == 1 else None
+
+
+def _revision_ids(module: ast.Module) -> dict[str, object]:
+    """The module-level `revision` and `down_revision`: their values when constants, else
+    their expressions (which no caller takes for an id)."""
+    found: dict[str, object] = {}
+    for node in module.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name, value = node.target.id, node.value
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            name, value = (target.id if isinstance(target, ast.Name) else ""), node.value
+        else:
+            continue
+        if name in ("revision", "down_revision") and value is not None:
+            found[name] = value.value if isinstance(value, ast.Constant) else value
+    return found

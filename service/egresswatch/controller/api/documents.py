@@ -198,13 +198,15 @@ class StatusDocuments:
     `History.states()` gives the same (immutable) record for a state unchanged since its
     previous call, and a source's part depends only on its name and its records, so between two
     requests only the sources whose states changed are rendered and encoded again: rendering
-    and encoding thousands of step states costs more than reading them. The parts are shared
-    by the documents built, so a document must not be changed once built.
+    and encoding thousands of step states costs more than reading them. What is kept of a part
+    is its JSON and whether it is healthy, not its objects: seven dicts a (source, target)
+    were 2 KB a target, held between requests (docs/performance.md, "How cost grows with
+    targets"); :meth:`document` reads the JSON back.
     """
 
     def __init__(self) -> None:
-        # (target, source) -> (its records, its part, the part as JSON), of the last document.
-        self._parts: dict[tuple[str, str], tuple[Sequence[StateRecord], Document, str]] = {}
+        # (target, source) -> (its records, healthy, the part as JSON), of the last document.
+        self._parts: dict[tuple[str, str], tuple[Sequence[StateRecord], bool, str]] = {}
         # A target's url or address -> its endpoint's URL (parsing it costs ~40 us a target).
         self._urls: dict[str, str] = {}
 
@@ -218,46 +220,8 @@ class StatusDocuments:
     ) -> Document:
         """`status_document(settings, states, sources, now)`, with `extra`'s entries (the
         designated sources) before the targets."""
-        by_target: dict[str, dict[str, list[StateRecord]]] = {}
-        for record in states:
-            by_target.setdefault(record.target, {}).setdefault(record.source, []).append(record)
-        before, urls_before = self._parts, self._urls
-        parts: dict[tuple[str, str], tuple[Sequence[StateRecord], Document, str]] = {}
-        urls: dict[str, str] = {}
-        targets = []
-        for target in settings.targets:
-            location = target.url or target.address or ""
-            url = urls_before.get(location)
-            if url is None:
-                url = target.endpoint.url
-            urls[location] = url
-            pairs = by_target.get(target.name, {})
-            documents = []
-            for name in sorted({*sources, *pairs}):
-                key = (target.name, name)
-                records: Sequence[StateRecord] = pairs.get(name, ())
-                seen = before.get(key)
-                if seen is None or not _same(seen[0], records):
-                    part = source_status_document(name, records)
-                    seen = (records, part, json.dumps(part))
-                parts[key] = seen
-                documents.append(seen[1])
-            targets.append(
-                {
-                    "target": target.name,
-                    "role": target.role.value,
-                    "url": url,
-                    "healthy": all(d["healthy"] for d in documents),
-                    "sources": documents,
-                }
-            )
-        self._parts, self._urls = parts, urls
-        return {
-            "generated_at": iso(now),
-            "healthy": all(t["healthy"] for t in targets),
-            **(extra or {}),
-            "targets": targets,
-        }
+        found: Document = json.loads(self.json_text(settings, states, sources, now, extra))
+        return found
 
     def json_text(
         self,
@@ -267,14 +231,45 @@ class StatusDocuments:
         now: datetime,
         extra: Document | None = None,
     ) -> str:
-        """`json.dumps(self.document(...))`, the same text, with each source's part encoded
-        only when it was rendered."""
-        document = self.document(settings, states, sources, now, extra)
-        targets = []
-        for target in document["targets"]:
-            texts = [self._parts[(target["target"], s["source"])][2] for s in target["sources"]]
-            targets.append(_json_ending_with_list(target, "sources", texts))
-        return _json_ending_with_list(document, "targets", targets)
+        """The status document as JSON (:meth:`document` reads it), each source's part
+        encoded only when its records changed."""
+        by_target: dict[str, dict[str, list[StateRecord]]] = {}
+        for record in states:
+            by_target.setdefault(record.target, {}).setdefault(record.source, []).append(record)
+        before, urls_before = self._parts, self._urls
+        parts: dict[tuple[str, str], tuple[Sequence[StateRecord], bool, str]] = {}
+        urls: dict[str, str] = {}
+        targets, healthy = [], True
+        for target in settings.targets:
+            location = target.url or target.address or ""
+            url = urls_before.get(location)
+            if url is None:
+                url = target.endpoint.url
+            urls[location] = url
+            pairs = by_target.get(target.name, {})
+            texts, all_healthy = [], True
+            for name in sorted({*sources, *pairs}):
+                key = (target.name, name)
+                records: Sequence[StateRecord] = pairs.get(name, ())
+                seen = before.get(key)
+                if seen is None or not _same(seen[0], records):
+                    part = source_status_document(name, records)
+                    seen = (records, bool(part["healthy"]), json.dumps(part))
+                parts[key] = seen
+                texts.append(seen[2])
+                all_healthy = all_healthy and seen[1]
+            healthy = healthy and all_healthy
+            document: Document = {
+                "target": target.name,
+                "role": target.role.value,
+                "url": url,
+                "healthy": all_healthy,
+                "sources": [],
+            }
+            targets.append(_json_ending_with_list(document, "sources", texts))
+        self._parts, self._urls = parts, urls
+        head = {"generated_at": iso(now), "healthy": healthy, **(extra or {}), "targets": []}
+        return _json_ending_with_list(head, "targets", targets)
 
 
 def _json_ending_with_list(document: Document, key: str, items: Sequence[str]) -> str:
