@@ -31,8 +31,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from dnslib import DNSRecord
-
 from egresswatch.addresses import Nameserver
 from egresswatch.evidence import DnsEvidence, DnsTry
 from egresswatch.model import Reason, Status, Step, StepResult
@@ -40,6 +38,8 @@ from egresswatch.probes import base
 from egresswatch.probes.dnsclient import (
     Answer,
     MalformedReply,
+    Query,
+    SharedUdp,
     ask_tcp,
     ask_udp,
     is_valid_name,
@@ -185,29 +185,39 @@ class _Search:
         return self.deadline - time.monotonic()
 
     async def name(self, name: str) -> _NameResult:
-        """A and AAAA concurrently, as glibc's getaddrinfo sends them; A's task starts first."""
-        async with asyncio.TaskGroup() as group:  # a bug in one cancels the other: no orphans
-            a = group.create_task(self.lookup(name, "A"), name=f"dns-a-{name}")
-            aaaa = group.create_task(self.lookup(name, "AAAA"), name=f"dns-aaaa-{name}")
+        """A and AAAA concurrently, as glibc's getaddrinfo sends them; A's task starts first.
+        Their first tries share one socket to the first nameserver (dnsclient.SharedUdp)."""
+        first = SharedUdp(self.resolv.nameservers[0])
+        try:
+            async with asyncio.TaskGroup() as group:  # a bug in one cancels the other
+                a = group.create_task(self.lookup(name, "A", first), name=f"dns-a-{name}")
+                aaaa = group.create_task(self.lookup(name, "AAAA", first), name=f"dns-aaaa-{name}")
+        finally:
+            first.close()
         return _NameResult(name, a.result(), aaaa.result())
 
-    async def lookup(self, name: str, qtype: str) -> _Lookup:
-        """Ask the nameservers in order, `attempts` rounds, until an answer settles it."""
+    async def lookup(self, name: str, qtype: str, first: SharedUdp | None = None) -> _Lookup:
+        """Ask the nameservers in order, `attempts` rounds, until an answer settles it; the
+        first try over `first` when given."""
         failures: list[Reason] = []
         for _ in range(self.resolv.attempts):
             for server in self.resolv.nameservers:
                 if self.remaining() <= 0:
                     return _Lookup(None, None, (*failures, Reason.DNS_TIMEOUT))
-                outcome = await self.ask(name, qtype, server)
+                outcome = await self.ask(name, qtype, server, first)
+                first = None
                 if isinstance(outcome, Answer):
                     return _Lookup(outcome, server, tuple(failures))
                 failures.append(outcome)
         return _Lookup(None, None, tuple(failures))
 
-    async def ask(self, name: str, qtype: str, server: Nameserver) -> Answer | Reason:
-        """One question to one server: UDP, then TCP when truncated. Settled answer or why not."""
+    async def ask(
+        self, name: str, qtype: str, server: Nameserver, shared: SharedUdp | None = None
+    ) -> Answer | Reason:
+        """One question to one server: UDP (over `shared` when given), then TCP when
+        truncated. Settled answer or why not."""
         query = make_query(name, qtype)
-        outcome = await self.send(query, name, qtype, server, "udp")
+        outcome = await self.send(query, name, qtype, server, "udp", shared)
         if isinstance(outcome, Answer) and outcome.truncated:
             if self.remaining() <= 0:
                 return Reason.DNS_TIMEOUT
@@ -217,7 +227,13 @@ class _Search:
         return _RCODE_REASONS.get(outcome.rcode, Reason.DNS_ERROR)
 
     async def send(
-        self, query: DNSRecord, name: str, qtype: str, server: Nameserver, proto: str
+        self,
+        query: Query,
+        name: str,
+        qtype: str,
+        server: Nameserver,
+        proto: str,
+        shared: SharedUdp | None = None,
     ) -> Answer | Reason:
         """Send once and record the try; socket trouble becomes a reason, never an exception."""
         record = _Try(name, qtype, server, proto)
@@ -225,8 +241,11 @@ class _Search:
         timeout = min(self.resolv.timeout_s, self.remaining())
         started = time.monotonic()
         try:
-            ask = ask_tcp if proto == "tcp" else ask_udp
-            answer = await ask(query, server, timeout)
+            if shared is not None:
+                answer = await shared.ask(query, timeout)
+            else:
+                ask = ask_tcp if proto == "tcp" else ask_udp
+                answer = await ask(query, server, timeout)
         except MalformedReply as exc:
             record.rcode, record.error = "MALFORMED", base.describe(exc)
             return Reason.DNS_ERROR
