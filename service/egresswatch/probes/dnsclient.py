@@ -214,6 +214,12 @@ def read_reply(query: Query, data: bytes) -> Answer | None:
     common = read_common(query, data)
     if not isinstance(common, Uncommon):
         return common
+    return read_with_dnslib(query, data)
+
+
+def read_with_dnslib(query: Query, data: bytes) -> Answer | None:
+    """`read_reply` by dnslib's parse alone, for a reply with our id: every shape, the
+    reference `dnswire.read_common` is checked against."""
     try:
         reply = DNSRecord.parse(data)
     except Exception as exc:  # dnslib raises DNSError and others on garbage; all mean the same

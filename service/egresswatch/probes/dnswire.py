@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from dnslib import AAAA, QTYPE, RCODE, DNSRecord
+from dnslib import AAAA, QTYPE, RCODE, DNSHeader, DNSQuestion, DNSRecord
 from dnslib.label import LDH
 
 
@@ -78,7 +78,9 @@ def query(name: str, qtype: str, query_id: int) -> Query:
 
 @functools.lru_cache(maxsize=4096)  # rounds ask the same few names; a template is ~50 bytes
 def _template(name: str, qtype: str) -> bytes:
-    return bytes(DNSRecord.question(name, qtype).pack())
+    # DNSRecord.question's packet (rd set), with id 0 rather than a draw from `random`.
+    question = DNSQuestion(name, getattr(QTYPE, qtype))
+    return bytes(DNSRecord(DNSHeader(id=0), q=question).pack())
 
 
 def rcode_name(code: int) -> str:
