@@ -26,14 +26,13 @@ Probes report, they do not raise: every outcome is a StepResult.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from egresswatch.addresses import Nameserver
 from egresswatch.evidence import DnsEvidence, DnsTry
-from egresswatch.model import Reason, Status, Step, StepResult
+from egresswatch.model import Reason, Status, Step, StepResult, is_ip_address
 from egresswatch.probes import base
 from egresswatch.probes.dnsclient import (
     Answer,
@@ -78,7 +77,7 @@ async def dns_cluster(host: str, resolv: ResolvConf, *, timeout_s: float) -> Ste
     otherwise; `skipped` (not_applicable) for an IP literal. Takes at most about `timeout_s`.
     """
     step = Step.DNS_CLUSTER
-    if _is_ip(host):
+    if is_ip_address(host):
         return base.skipped(step, Reason.NOT_APPLICABLE, f"{host} is an IP address")
     if not resolv.nameservers:
         return base.skipped(step, Reason.NOT_CONFIGURED, "no nameserver in resolv.conf")
@@ -91,7 +90,7 @@ async def dns_upstream(host: str, server: Nameserver, *, timeout_s: float) -> St
     Two tries per question, each with half of `timeout_s`; classified like `dns_cluster`.
     """
     step = Step.DNS_UPSTREAM
-    if _is_ip(host):
+    if is_ip_address(host):
         return base.skipped(step, Reason.NOT_APPLICABLE, f"{host} is an IP address")
     name = host if host.endswith(".") else f"{host}."
     resolv = ResolvConf(
@@ -373,11 +372,3 @@ def _names_showing(reason: Reason, search: _Search, results: list[_NameResult]) 
 
 def _ms_text(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
