@@ -184,16 +184,21 @@ class _Search:
         return self.deadline - time.monotonic()
 
     async def name(self, name: str) -> _NameResult:
-        """A and AAAA concurrently, as glibc's getaddrinfo sends them; A's task starts first.
-        Their first tries share one socket to the first nameserver (dnsclient.SharedUdp)."""
+        """A and AAAA concurrently, as glibc's getaddrinfo sends them: A in this task, sent
+        first, and AAAA in a task of its own (one task a name, not two and a TaskGroup). Their
+        first tries share one socket to the first nameserver (dnsclient.SharedUdp)."""
         first = SharedUdp(self.resolv.nameservers[0])
+        aaaa = asyncio.get_running_loop().create_task(
+            self.lookup(name, "AAAA", first), name=f"dns-aaaa-{name}"
+        )
         try:
-            async with asyncio.TaskGroup() as group:  # a bug in one cancels the other
-                a = group.create_task(self.lookup(name, "A", first), name=f"dns-a-{name}")
-                aaaa = group.create_task(self.lookup(name, "AAAA", first), name=f"dns-aaaa-{name}")
+            a = await self.lookup(name, "A", first)
+            return _NameResult(name, a, await aaaa)
         finally:
+            if not aaaa.done():  # A broke or we were cancelled: no orphan, as a TaskGroup
+                aaaa.cancel()
+                await asyncio.wait([aaaa])
             first.close()
-        return _NameResult(name, a.result(), aaaa.result())
 
     async def lookup(self, name: str, qtype: str, first: SharedUdp | None = None) -> _Lookup:
         """Ask the nameservers in order, `attempts` rounds, until an answer settles it; the

@@ -146,15 +146,16 @@ class SharedUdp:
         return sock
 
     def _readable(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                data = sock.recv(_MAX_UDP)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ConnectionRefusedError and the like: the server's port
-                self._fail(exc)
-                return
-            self._deliver(data)
+        # One datagram a call: epoll is level-triggered, so the loop calls again while more
+        # waits, and no call ends in a failed recv and its exception.
+        try:
+            data = sock.recv(_MAX_UDP)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # ConnectionRefusedError and the like: the server's port
+            self._fail(exc)
+            return
+        self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
         for query, future in self._waiting:

@@ -46,12 +46,15 @@ _TYPE_A, _TYPE_AAAA, _TYPE_CNAME = int(QTYPE.A), int(QTYPE.AAAA), int(QTYPE.CNAM
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    """One question as sent: its id, the name and type asked, and the packet."""
+    """One question as sent: its id, the name and type asked, and the packet; `owner` and
+    `owner_text` are the name as `read_common` compares and prints it (None: not plain)."""
 
     id: int
     name: str
     qtype: int
     wire: bytes
+    owner: tuple[bytes, ...] | None = None
+    owner_text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +75,19 @@ class Answer:
 
 def query(name: str, qtype: str, query_id: int) -> Query:
     """The recursive query for (name, qtype) with `query_id`: dnslib's packet, id replaced."""
-    template = _template(name, qtype)
-    return Query(query_id, name, QTYPE.reverse[qtype], query_id.to_bytes(2, "big") + template[2:])
+    template, owner, owner_text = _template(name, qtype)
+    wire = query_id.to_bytes(2, "big") + template[2:]
+    return Query(query_id, name, QTYPE.reverse[qtype], wire, owner, owner_text)
 
 
 @functools.lru_cache(maxsize=4096)  # rounds ask the same few names; a template is ~50 bytes
-def _template(name: str, qtype: str) -> bytes:
-    # DNSRecord.question's packet (rd set), with id 0 rather than a draw from `random`.
+def _template(name: str, qtype: str) -> tuple[bytes, tuple[bytes, ...] | None, str]:
+    """The packet with id 0, and its question's name as `_name` reads it (once, not per reply).
+    DNSRecord.question's packet (rd set), with id 0 rather than a draw from `random`."""
     question = DNSQuestion(name, getattr(QTYPE, qtype))
-    return bytes(DNSRecord(DNSHeader(id=0), q=question).pack())
+    wire = bytes(DNSRecord(DNSHeader(id=0), q=question).pack())
+    owner, owner_text, _after = _name(wire, _HEADER.size)
+    return wire, owner, owner_text
 
 
 def rcode_name(code: int) -> str:
@@ -98,12 +105,11 @@ def read_common(sent: Query, data: bytes) -> Answer | Uncommon | None:
     if questions != 1 or authority or additional or data[12:end] != sent.wire[12:]:
         return UNCOMMON
     records = _answer_section(data, end, answers)
-    owner, owner_text, _after = _name(sent.wire, 12)
-    if records is None or owner is None:
+    if records is None or sent.owner is None:
         return UNCOMMON
     if not flags & _QR:
         return None
-    return _follow(records, owner, owner_text, sent.qtype, flags)
+    return _follow(records, sent.owner, sent.owner_text, sent.qtype, flags)
 
 
 @dataclass(frozen=True, slots=True)
