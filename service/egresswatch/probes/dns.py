@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from egresswatch.addresses import Nameserver
 from egresswatch.evidence import DnsEvidence, DnsTry
@@ -292,23 +292,23 @@ def _report(
     results: list[_NameResult],
     duration_s: float,
 ) -> StepResult:
-    evidence = DnsEvidence(
-        resolver=str(search.resolv.nameservers[0]),
-        candidates=tuple(names),
-        tried=tuple(t.evidence() for t in search.tries),
-    )
+    resolver = str(search.resolv.nameservers[0])
+    tried = tuple(t.evidence() for t in search.tries)
     last = results[-1]
     winner = last.winner
     if winner is not None and winner.answer is not None:
         addresses = [*_addresses(last.a), *_addresses(last.aaaa)]
-        evidence = replace(
-            evidence,
+        found = DnsEvidence(  # built once, not built and then replaced: every good round
+            resolver=resolver,
+            candidates=tuple(names),
+            tried=tried,
             addresses=tuple(dict.fromkeys(addresses)),
             name=last.name,
             cname=tuple(winner.answer.cnames),
         )
         detail = _ok_detail(winner, last, duration_s)
-        return base.ok(step, duration_s, detail, evidence)
+        return base.ok(step, duration_s, detail, found)
+    evidence = DnsEvidence(resolver=resolver, candidates=tuple(names), tried=tried)
     reason = _step_reason(search, results)
     detail = _fail_detail(reason, search, names, results, duration_s)
     return base.fail(step, reason, duration_s, detail, evidence)
