@@ -31,11 +31,18 @@ def find_py_spy(search_path: str) -> str:
 
 
 def record_argv(
-    py_spy: str, pid: int, seconds: float, output: Path, *, fmt: str = "flamegraph"
+    py_spy: str,
+    pid: int,
+    seconds: float,
+    output: Path,
+    *,
+    fmt: str = "flamegraph",
+    gil: bool = False,
 ) -> list[str]:
     """py-spy sampling process `pid` for `seconds` (rounded up) without stopping it, into
-    `output` in py-spy's format `fmt` (flamegraph: an SVG; raw: collapsed stacks)."""
-    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking"]
+    `output` in py-spy's format `fmt` (flamegraph: an SVG; raw: collapsed stacks); with `gil`,
+    only the thread holding the GIL is sampled (without it, time blocked in epoll counts)."""
+    argv = [py_spy, "record", "--pid", str(pid), "--nonblocking", *(["--gil"] if gil else [])]
     argv += ["--duration", str(math.ceil(seconds)), "--rate", str(SAMPLES_PER_S)]
     return [*argv, "--format", fmt, "--output", str(output)]
 
@@ -55,7 +62,9 @@ class Profiler:
         """py-spy samples process `pid` for `seconds` (rounded up) while the block runs; the
         flame graph is in `output` when the block is left, else BenchError with py-spy's log."""
         log = output.with_suffix(".log")
-        with process(record_argv(self.py_spy, pid, seconds, output), log) as spy:
+        # --gil: what holds the interpreter; time in epoll or in aiosqlite's queue is not work.
+        argv = record_argv(self.py_spy, pid, seconds, output, gil=True)
+        with process(argv, log) as spy:
             yield
             # It stops by itself after --duration and then writes the graph; if it hangs,
             # process() stops it by its PID.

@@ -8,7 +8,6 @@ cannot run because an earlier one failed is `skipped` with `dependency_failed`, 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Callable, Coroutine, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from egresswatch.model import (
     Step,
     StepResult,
     evidence_of,
+    is_ip_address,
 )
 from egresswatch.probes.base import blocked_by, guarded, skipped
 from egresswatch.probes.dns import dns_cluster, dns_upstream
@@ -191,7 +191,7 @@ def _resolved_name(plan: ChecklistPlan) -> str:
 def _literal(plan: ChecklistPlan, step: Step) -> StepResult | None:
     """Skipped when the name to resolve is an IP address already."""
     if plan.proxy is not None:
-        if _is_ip(plan.proxy.host):
+        if is_ip_address(plan.proxy.host):
             proxy, host = plan.proxy.host, plan.endpoint.host
             why = f"the proxy is an IP address ({proxy}); the proxy resolves {host}"
             return skipped(step, Reason.NOT_APPLICABLE, why)
@@ -237,7 +237,7 @@ async def _addresses(
 ) -> tuple[list[str], str]:
     """The IPs tcp_connect tries, and where they came from (DESIGN.md §1, step 3). Through a
     proxy they are the proxy's, resolved by the DNS steps like any name on the path."""
-    if plan.proxy is not None and _is_ip(plan.proxy.host):
+    if plan.proxy is not None and is_ip_address(plan.proxy.host):
         return [plan.proxy.host], "proxy"
     if plan.proxy is None and plan.endpoint.is_ip_literal:
         return [plan.endpoint.host], "literal"
@@ -252,14 +252,6 @@ async def _addresses(
     if plan.pinned_ips:
         return list(plan.pinned_ips), "pinned"
     return [], "none"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def _tcp(

@@ -26,20 +26,19 @@ Probes report, they do not raise: every outcome is a StepResult.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
-
-from dnslib import DNSRecord
+from dataclasses import dataclass, field
 
 from egresswatch.addresses import Nameserver
 from egresswatch.evidence import DnsEvidence, DnsTry
-from egresswatch.model import Reason, Status, Step, StepResult
+from egresswatch.model import Reason, Status, Step, StepResult, is_ip_address
 from egresswatch.probes import base
 from egresswatch.probes.dnsclient import (
     Answer,
     MalformedReply,
+    Query,
+    SharedUdp,
     ask_tcp,
     ask_udp,
     is_valid_name,
@@ -78,7 +77,7 @@ async def dns_cluster(host: str, resolv: ResolvConf, *, timeout_s: float) -> Ste
     otherwise; `skipped` (not_applicable) for an IP literal. Takes at most about `timeout_s`.
     """
     step = Step.DNS_CLUSTER
-    if _is_ip(host):
+    if is_ip_address(host):
         return base.skipped(step, Reason.NOT_APPLICABLE, f"{host} is an IP address")
     if not resolv.nameservers:
         return base.skipped(step, Reason.NOT_CONFIGURED, "no nameserver in resolv.conf")
@@ -91,7 +90,7 @@ async def dns_upstream(host: str, server: Nameserver, *, timeout_s: float) -> St
     Two tries per question, each with half of `timeout_s`; classified like `dns_cluster`.
     """
     step = Step.DNS_UPSTREAM
-    if _is_ip(host):
+    if is_ip_address(host):
         return base.skipped(step, Reason.NOT_APPLICABLE, f"{host} is an IP address")
     name = host if host.endswith(".") else f"{host}."
     resolv = ResolvConf(
@@ -185,29 +184,44 @@ class _Search:
         return self.deadline - time.monotonic()
 
     async def name(self, name: str) -> _NameResult:
-        """A and AAAA concurrently, as glibc's getaddrinfo sends them; A's task starts first."""
-        async with asyncio.TaskGroup() as group:  # a bug in one cancels the other: no orphans
-            a = group.create_task(self.lookup(name, "A"), name=f"dns-a-{name}")
-            aaaa = group.create_task(self.lookup(name, "AAAA"), name=f"dns-aaaa-{name}")
-        return _NameResult(name, a.result(), aaaa.result())
+        """A and AAAA concurrently, as glibc's getaddrinfo sends them: A in this task, sent
+        first, and AAAA in a task of its own (one task a name, not two and a TaskGroup). Their
+        first tries share one socket to the first nameserver (dnsclient.SharedUdp)."""
+        first = SharedUdp(self.resolv.nameservers[0])
+        aaaa = asyncio.get_running_loop().create_task(
+            self.lookup(name, "AAAA", first), name=f"dns-aaaa-{name}"
+        )
+        try:
+            a = await self.lookup(name, "A", first)
+            return _NameResult(name, a, await aaaa)
+        finally:
+            if not aaaa.done():  # A broke or we were cancelled: no orphan, as a TaskGroup
+                aaaa.cancel()
+                await asyncio.wait([aaaa])
+            first.close()
 
-    async def lookup(self, name: str, qtype: str) -> _Lookup:
-        """Ask the nameservers in order, `attempts` rounds, until an answer settles it."""
+    async def lookup(self, name: str, qtype: str, first: SharedUdp | None = None) -> _Lookup:
+        """Ask the nameservers in order, `attempts` rounds, until an answer settles it; the
+        first try over `first` when given."""
         failures: list[Reason] = []
         for _ in range(self.resolv.attempts):
             for server in self.resolv.nameservers:
                 if self.remaining() <= 0:
                     return _Lookup(None, None, (*failures, Reason.DNS_TIMEOUT))
-                outcome = await self.ask(name, qtype, server)
+                outcome = await self.ask(name, qtype, server, first)
+                first = None
                 if isinstance(outcome, Answer):
                     return _Lookup(outcome, server, tuple(failures))
                 failures.append(outcome)
         return _Lookup(None, None, tuple(failures))
 
-    async def ask(self, name: str, qtype: str, server: Nameserver) -> Answer | Reason:
-        """One question to one server: UDP, then TCP when truncated. Settled answer or why not."""
+    async def ask(
+        self, name: str, qtype: str, server: Nameserver, shared: SharedUdp | None = None
+    ) -> Answer | Reason:
+        """One question to one server: UDP (over `shared` when given), then TCP when
+        truncated. Settled answer or why not."""
         query = make_query(name, qtype)
-        outcome = await self.send(query, name, qtype, server, "udp")
+        outcome = await self.send(query, name, qtype, server, "udp", shared)
         if isinstance(outcome, Answer) and outcome.truncated:
             if self.remaining() <= 0:
                 return Reason.DNS_TIMEOUT
@@ -217,7 +231,13 @@ class _Search:
         return _RCODE_REASONS.get(outcome.rcode, Reason.DNS_ERROR)
 
     async def send(
-        self, query: DNSRecord, name: str, qtype: str, server: Nameserver, proto: str
+        self,
+        query: Query,
+        name: str,
+        qtype: str,
+        server: Nameserver,
+        proto: str,
+        shared: SharedUdp | None = None,
     ) -> Answer | Reason:
         """Send once and record the try; socket trouble becomes a reason, never an exception."""
         record = _Try(name, qtype, server, proto)
@@ -225,8 +245,11 @@ class _Search:
         timeout = min(self.resolv.timeout_s, self.remaining())
         started = time.monotonic()
         try:
-            ask = ask_tcp if proto == "tcp" else ask_udp
-            answer = await ask(query, server, timeout)
+            if shared is not None:
+                answer = await shared.ask(query, timeout)
+            else:
+                ask = ask_tcp if proto == "tcp" else ask_udp
+                answer = await ask(query, server, timeout)
         except MalformedReply as exc:
             record.rcode, record.error = "MALFORMED", base.describe(exc)
             return Reason.DNS_ERROR
@@ -269,23 +292,23 @@ def _report(
     results: list[_NameResult],
     duration_s: float,
 ) -> StepResult:
-    evidence = DnsEvidence(
-        resolver=str(search.resolv.nameservers[0]),
-        candidates=tuple(names),
-        tried=tuple(t.evidence() for t in search.tries),
-    )
+    resolver = str(search.resolv.nameservers[0])
+    tried = tuple(t.evidence() for t in search.tries)
     last = results[-1]
     winner = last.winner
     if winner is not None and winner.answer is not None:
         addresses = [*_addresses(last.a), *_addresses(last.aaaa)]
-        evidence = replace(
-            evidence,
+        found = DnsEvidence(  # built once, not built and then replaced: every good round
+            resolver=resolver,
+            candidates=tuple(names),
+            tried=tried,
             addresses=tuple(dict.fromkeys(addresses)),
             name=last.name,
             cname=tuple(winner.answer.cnames),
         )
         detail = _ok_detail(winner, last, duration_s)
-        return base.ok(step, duration_s, detail, evidence)
+        return base.ok(step, duration_s, detail, found)
+    evidence = DnsEvidence(resolver=resolver, candidates=tuple(names), tried=tried)
     reason = _step_reason(search, results)
     detail = _fail_detail(reason, search, names, results, duration_s)
     return base.fail(step, reason, duration_s, detail, evidence)
@@ -354,11 +377,3 @@ def _names_showing(reason: Reason, search: _Search, results: list[_NameResult]) 
 
 def _ms_text(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
