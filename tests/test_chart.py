@@ -271,8 +271,9 @@ def test_every_container_is_locked_down(rendered: tuple[str, list[Obj]]) -> None
 
 
 # An agent with 50 targets at 30 s, HTTPS ones included (docs/performance.md, "An agent's
-# footprint", benchmarks/agent_footprint.py): RSS and CPU on average.
-AGENT_RSS_MIB, AGENT_MILLICORES = 53, 6
+# footprint", benchmarks/agent_footprint.py): RSS (34.5 MiB, 42 once a certificate failed
+# verification and cryptography is loaded: the request covers that) and CPU on average.
+AGENT_RSS_MIB, AGENT_MILLICORES = 42, 6
 
 
 def test_the_agent_requests_its_measured_footprint_and_its_buffer_fits_the_limit() -> None:
@@ -280,7 +281,7 @@ def test_the_agent_requests_its_measured_footprint_and_its_buffer_fits_the_limit
     resources = values["agent"]["resources"]
     request, limit = resources["requests"]["memory"], resources["limits"]["memory"]
     assert request.endswith("Mi") and limit.endswith("Mi")
-    assert int(request[:-2]) >= AGENT_RSS_MIB
+    assert int(request[:-2]) >= AGENT_RSS_MIB + values["agent"]["bufferMiB"]
     assert AGENT_RSS_MIB + values["agent"]["bufferMiB"] <= int(limit[:-2])
     cpu = resources["requests"]["cpu"]
     assert cpu.endswith("m") and int(cpu[:-1]) >= AGENT_MILLICORES
