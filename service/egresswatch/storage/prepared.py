@@ -21,6 +21,7 @@ from egresswatch.storage.bulk import StepRow
 from egresswatch.storage.policy import ROLLUP_RESOLUTIONS, bucket_start
 
 _ORDER = {step: number for number, step in enumerate(Step)}  # table order (DESIGN.md §1)
+_FINEST = min(ROLLUP_RESOLUTIONS, key=lambda resolution: resolution.bucket)
 
 
 class RoundParts(NamedTuple):
@@ -103,9 +104,6 @@ def prepare_rounds(rounds: Sequence[RoundResult], first: int = 0) -> PreparedRou
             start = bucket_start(when, _FINEST)
             finest = (start, start + _FINEST.bucket)
     return prepared
-
-
-_FINEST = min(ROLLUP_RESOLUTIONS, key=lambda resolution: resolution.bucket)
 
 
 def _code(value: StrEnum | None) -> str | None:
