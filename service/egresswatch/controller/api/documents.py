@@ -184,13 +184,6 @@ def source_status_document(source: str, states: Sequence[StateRecord]) -> Docume
     }
 
 
-def status_document(
-    settings: Settings, states: Sequence[StateRecord], sources: Sequence[str], now: datetime
-) -> Document:
-    """Per configured target, per source seen: healthy or not, first failing step, since."""
-    return StatusDocuments().document(settings, states, sources, now)
-
-
 class StatusDocuments:
     """Builds status documents (and their JSON), reusing each source's part of the previous
     one when its step states are the very same record objects as then.
@@ -210,19 +203,6 @@ class StatusDocuments:
         # A target's url or address -> its endpoint's URL (parsing it costs ~40 us a target).
         self._urls: dict[str, str] = {}
 
-    def document(
-        self,
-        settings: Settings,
-        states: Sequence[StateRecord],
-        sources: Sequence[str],
-        now: datetime,
-        extra: Document | None = None,
-    ) -> Document:
-        """`status_document(settings, states, sources, now)`, with `extra`'s entries (the
-        designated sources) before the targets."""
-        found: Document = json.loads(self.json_text(settings, states, sources, now, extra))
-        return found
-
     def json_text(
         self,
         settings: Settings,
@@ -231,8 +211,9 @@ class StatusDocuments:
         now: datetime,
         extra: Document | None = None,
     ) -> str:
-        """The status document as JSON (:meth:`document` reads it), each source's part
-        encoded only when its records changed."""
+        """The status document as JSON (per configured target, per source seen: healthy or
+        not, first failing step, since; `extra`'s entries, the designated sources, before the
+        targets), each source's part encoded only when its records changed."""
         by_target: dict[str, dict[str, list[StateRecord]]] = {}
         for record in states:
             by_target.setdefault(record.target, {}).setdefault(record.source, []).append(record)
