@@ -22,6 +22,7 @@ from egresswatch.compact_metrics import (
     exposition,
     exposition_chunks,
 )
+from egresswatch.controller.api.app import PROBLEM, make_app
 from egresswatch.health import add_health_routes
 
 
@@ -85,6 +86,19 @@ async def test_a_filter_that_is_not_a_metric_name_is_refused_naming_the_paramete
         answer = await client.get("/metrics", params={"name[]": "up{job}"})
         assert answer.status == 400
         assert "name[]" in await answer.text()
+
+
+async def test_the_controller_refuses_a_bad_filter_with_a_problem_document() -> None:
+    # The controller's application (make_app) answers every error as a problem document, as
+    # an agent's own listener does (tests/test_agent_http.py): the same refusal from both.
+    app = make_app(registry=CollectorRegistry(), readiness=dict)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        answer = await client.get("/metrics", params={"name[]": "up{job}"})
+        assert answer.status == 400
+        assert answer.content_type == PROBLEM
+        document = await answer.json(content_type=PROBLEM)
+        assert document["status"] == 400
+        assert document["detail"].startswith("name[]: 'up{job}' is not a metric name")
 
 
 async def test_a_large_scrape_is_streamed_in_pieces_and_reads_as_the_whole() -> None:
