@@ -311,3 +311,19 @@ async def test_the_trace_mode_given_overrides_the_plans(
     never = replace(always, trace=TraceMode.NEVER)
     traced = await run_checklist(never, source="n", trace=TraceMode.ALWAYS)
     assert step(traced.steps, Step.PATH_TRACE).status is Status.OK
+
+
+async def test_steps_skipped_alike_are_one_object(
+    tmp_path: Path, local_servers: LocalServers, pki: Pki
+) -> None:
+    """A step skipped the same way round after round (an IP target's DNS steps, the trace
+    when not due) is one frozen result, not a new one a round."""
+    server = await local_servers.https(Reply(200))
+    the_plan = plan(f"https://{HOST}:{server.port}/", tmp_path / "unread.conf", pki)
+    first, second = [
+        await run_checklist(the_plan, source="n", trace=TraceMode.ON_FAILURE) for _ in range(2)
+    ]
+    for which in (Step.DNS_CLUSTER, Step.DNS_UPSTREAM, Step.PATH_TRACE):
+        assert step(first.steps, which).status is Status.SKIPPED
+        assert step(first.steps, which) is step(second.steps, which), which
+    assert step(first.steps, Step.TCP_CONNECT) is not step(second.steps, Step.TCP_CONNECT)
