@@ -27,7 +27,6 @@ STEPS = (
     # The agent's HTTP (agent/http_client.py, agent/listener.py); it was aiohttp, +15.9 MiB.
     ("h11 (the agent's HTTP client and listener)", "import h11"),
     ("prometheus_client", "import prometheus_client"),
-    ("APScheduler", "import apscheduler.schedulers.asyncio, apscheduler.triggers.interval"),
     ("dnslib", "import dnslib"),
     ("egresswatch's agent modules", "import egresswatch.cli, egresswatch.agent.service"),
 )

@@ -158,8 +158,8 @@ async def main(args: argparse.Namespace, port: int) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """The loopback server in its own process (killed by PID at the end), then the levels."""
-    # APScheduler warns once per skipped run: print numbers only.
-    logging.getLogger("egresswatch.schedule.apscheduler").setLevel(logging.ERROR)
+    # The scheduler warns once per skipped run: print numbers only.
+    logging.getLogger("egresswatch.schedule").setLevel(logging.ERROR)
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

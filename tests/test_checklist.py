@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from egresswatch.evidence import DnsEvidence, HttpEvidence, TcpEvidence, TraceEvidence
 from egresswatch.model import Endpoint, Reason, Status, Step, StepResult
@@ -17,6 +19,9 @@ from tests.support.https import HOST, NAME, LocalServers, Pki, Reply, local_serv
 from tests.support.tinyproxy import TinyProxy, tinyproxy
 
 __all__ = ["dns_server", "local_servers", "pki", "tinyproxy"]  # fixtures, imported explicitly
+
+
+NEVER = TraceMode.NEVER
 
 
 def plan(url: str, resolv: Path, pki: Pki, **overrides: object) -> ChecklistPlan:
@@ -258,3 +263,67 @@ async def test_when_the_clusters_answer_fails_the_upstreams_is_tried(
     assert tcp.other_source == "dns_upstream"
     assert [(a.address, a.outcome) for a in tcp.other_answers] == [(HOST, "ok")]
     assert f"dns_upstream's answer {HOST} connects" in tcp_step.detail
+
+
+async def test_an_ip_targets_round_makes_no_task_for_its_dns_steps(
+    tmp_path: Path, local_servers: LocalServers, pki: Pki
+) -> None:
+    """Both DNS steps of an IP target are skipped at once, as their probes say, without the
+    pair of tasks a name's round runs them in (about 5 % of an IP round's interpreter time)."""
+    server = await local_servers.https(Reply(200))
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+    default = loop.get_task_factory()
+
+    def counting(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **kwargs: Any
+    ) -> asyncio.Future[Any]:
+        made.append(getattr(coro, "__qualname__", ""))
+        if default is not None:
+            return default(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]  # typeshed: no **kwargs
+    try:
+        result = await run_checklist(
+            plan(f"https://{HOST}:{server.port}/", tmp_path / "unread.conf", pki, trace=NEVER),
+            source="n",
+        )
+    finally:
+        loop.set_task_factory(default)
+    assert result.first_failing_step is None
+    for which in (Step.DNS_CLUSTER, Step.DNS_UPSTREAM):
+        dns = step(result.steps, which)
+        assert dns.status is Status.SKIPPED and dns.reason is Reason.NOT_APPLICABLE
+    assert not [name for name in made if name.startswith("_Budget")], made
+
+
+async def test_the_trace_mode_given_overrides_the_plans(
+    tmp_path: Path, local_servers: LocalServers, pki: Pki
+) -> None:
+    """A runner decides the trace each round without a copy of its plan: `trace=` wins over
+    `plan.trace`, both ways."""
+    server = await local_servers.https(Reply(200))
+    url = f"https://{HOST}:{server.port}/"
+    always = plan(url, tmp_path / "unread.conf", pki, trace=TraceMode.ALWAYS)
+    quiet = await run_checklist(always, source="n", trace=TraceMode.ON_FAILURE)
+    assert step(quiet.steps, Step.PATH_TRACE).reason is Reason.NOT_DUE
+    never = replace(always, trace=TraceMode.NEVER)
+    traced = await run_checklist(never, source="n", trace=TraceMode.ALWAYS)
+    assert step(traced.steps, Step.PATH_TRACE).status is Status.OK
+
+
+async def test_steps_skipped_alike_are_one_object(
+    tmp_path: Path, local_servers: LocalServers, pki: Pki
+) -> None:
+    """A step skipped the same way round after round (an IP target's DNS steps, the trace
+    when not due) is one frozen result, not a new one a round."""
+    server = await local_servers.https(Reply(200))
+    the_plan = plan(f"https://{HOST}:{server.port}/", tmp_path / "unread.conf", pki)
+    first, second = [
+        await run_checklist(the_plan, source="n", trace=TraceMode.ON_FAILURE) for _ in range(2)
+    ]
+    for which in (Step.DNS_CLUSTER, Step.DNS_UPSTREAM, Step.PATH_TRACE):
+        assert step(first.steps, which).status is Status.SKIPPED
+        assert step(first.steps, which) is step(second.steps, which), which
+    assert step(first.steps, Step.TCP_CONNECT) is not step(second.steps, Step.TCP_CONNECT)

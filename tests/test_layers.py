@@ -2,7 +2,7 @@
 
 The contracts (DESIGN.md §5): the model and addresses at the bottom; settings above them alone;
 probes and storage unaware of each other and of the config; the agent never importing storage
-or the controller; the controller never importing probes; APScheduler in one module. CI runs
+or the controller; the controller never importing probes; the kubernetes client in kube/. CI runs
 `lint-imports` too; this test makes the README's test command check them as well.
 """
 

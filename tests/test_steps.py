@@ -30,7 +30,15 @@ from egresswatch.evidence import (
     TraceEvidence,
     TraceHop,
 )
-from egresswatch.model import PROBE_STEPS, Endpoint, Step
+from egresswatch.model import (
+    PROBE_STEPS,
+    Endpoint,
+    Reason,
+    Status,
+    Step,
+    StepResult,
+    first_failing_step,
+)
 from egresswatch.report import next_command
 from egresswatch.steps import (
     STEPS,
@@ -361,3 +369,25 @@ def test_descriptions_are_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         describe(Step.DNS_CLUSTER).number = 3  # type: ignore[misc]
     assert isinstance(describe(Step.TCP_CONNECT), StepDescription)
+
+
+@pytest.mark.parametrize(
+    ("failing", "first"),
+    [
+        ((), None),
+        ((Step.PATH_TRACE,), Step.PATH_TRACE),
+        ((Step.PATH_TRACE, Step.TCP_CONNECT, Step.DNS_UPSTREAM), Step.DNS_UPSTREAM),
+        ((Step.HTTP_RESPONSE, Step.DNS_CLUSTER), Step.DNS_CLUSTER),
+    ],
+)
+def test_the_first_failing_step_is_first_in_table_order(
+    failing: tuple[Step, ...], first: Step | None
+) -> None:
+    """Whatever order the steps come in, and whatever else did not fail."""
+    steps = [StepResult(step, Status.FAIL, Reason.TIMEOUT) for step in failing]
+    steps += [
+        StepResult(Step.TLS_HANDSHAKE, Status.OK),
+        StepResult(Step.SOURCE_COMPARE, Status.SKIPPED),
+    ]
+    assert first_failing_step(steps) is first
+    assert first_failing_step(list(reversed(steps))) is first

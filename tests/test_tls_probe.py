@@ -12,6 +12,7 @@ import pytest
 from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
+from egresswatch.probes.certnames import Leaves
 from egresswatch.probes.tls import TlsContexts, TlsOptions, tls_handshake
 from tests.support.evidence import written
 from tests.support.https import (
@@ -280,3 +281,46 @@ async def test_an_unreadable_ca_file_is_not_cached(tmp_path: Path, pki: Pki) -> 
         contexts.get(missing, True)
     missing.write_bytes(pki.ca_file.read_bytes())
     assert contexts.get(missing, True).get_ca_certs() and contexts.built == 1
+
+
+async def test_a_certificate_seen_before_is_not_decoded_again(
+    pki: Pki, local_servers: LocalServers
+) -> None:
+    """A target presents the same certificate every round: its fields are read once per
+    certificate (`TlsContexts.leaves`), and the evidence is the same as without the cache."""
+    contexts = TlsContexts()
+    cached = TlsOptions(ca_file=pki.ca_file, contexts=contexts)
+    trusted, expired = await local_servers.https(), await local_servers.https(cert="expired")
+    plain = written(await handshake(pki, trusted.port), TlsEvidence)
+    for _ in range(3):
+        result = await handshake(pki, trusted.port, tls=cached)
+        assert result.status is Status.OK
+        again = written(result, TlsEvidence)
+        for key in ("issuer", "subject", "not_after", "days_left", "version", "cipher"):
+            assert again[key] == plain[key], key
+    assert contexts.leaves.decoded == 1
+    # Another certificate is another entry, read once too (unverified: a session all the same).
+    unverified = TlsOptions(ca_file=pki.ca_file, verify=False, contexts=contexts)
+    for _ in range(2):
+        assert (await handshake(pki, expired.port, tls=unverified)).status is Status.OK
+    assert contexts.leaves.decoded == 2
+
+
+def test_leaves_keep_at_most_their_limit() -> None:
+    """The oldest certificate goes first once `limit` are held; it is read again if seen."""
+    leaves = Leaves(limit=2)
+    read: list[bytes] = []
+
+    def reader(der: bytes) -> Callable[[], dict[str, object]]:
+        def decoded() -> dict[str, object]:
+            read.append(der)
+            issuer = ((("commonName", der.decode()),),)
+            return {"issuer": issuer, "subject": issuer, "notAfter": "Jan  1 00:00:00 2030 GMT"}
+
+        return decoded
+
+    for der in (b"a", b"b", b"a", b"c", b"b", b"a"):
+        assert leaves.fields(der, reader(der))[0] == f"CN={der.decode()}"
+    assert read == [b"a", b"b", b"c", b"a"]  # the first in goes first: a for c, then b for a
+    with pytest.raises(ValueError, match="limit"):
+        Leaves(limit=0)

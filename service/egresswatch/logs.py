@@ -48,8 +48,7 @@ def setup_logging(level: str, *, json_lines: bool, stream: TextIO | None = None)
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # APScheduler and aiohttp's access log are chatty at info; their warnings still show.
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # aiohttp's access log is chatty at info; its warnings still show.
     logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, root.level))
 
 

@@ -1,4 +1,8 @@
-"""Jobs on a timer. The only module that imports APScheduler (3.x, ``AsyncIOScheduler``).
+"""Jobs on a timer: one event-loop timer (``loop.call_at``) per job, re-armed after each run.
+
+APScheduler 3.x did this until issue 14: its bookkeeping (datetimes, a sorted job store, an
+event object per run, a lock) cost about 120 µs of CPU a round, a sixth of a TCP round's whole
+cost; a loop timer a job does the same for a fraction (docs/performance.md).
 
 Not the agent's alone: agents run their rounds on it, and the controller process its own
 jobs (retention, the controller tick), so it sits beside the layers that use it.
@@ -11,8 +15,8 @@ Contract of :class:`RoundScheduler`:
 - A job never runs twice at once: a run that comes due while the previous one is still going
   (running, or waiting for a slot) is skipped and counted (``on_skipped``).
 - After a stall (blocked event loop, suspended machine) a job runs once, not once per missed
-  interval (APScheduler's ``coalesce``), however late it is (no misfire window: a late round is
-  better than a hole).
+  interval (it is coalesced), however late it is (no misfire window: a late round is better
+  than a hole); the time it was due is then the latest grid time past.
 - At most ``max_concurrent`` rounds run at once over all jobs.
 - Each round is cut at ``timeout_s`` (counted, ``on_timeout``), measured from when it got its
   slot, so a hanging round never delays the others. ``run`` must let cancellation through.
@@ -30,10 +34,8 @@ Contract of :class:`RoundScheduler`:
   flight (scheduled or on demand) instead of starting a second; a run that comes due meanwhile
   is skipped as usual. Its lateness is not reported (it was never scheduled).
 - :meth:`RoundScheduler.set_jobs` is how a config reload lands: removals are immediate, new
-  and changed jobs are handed to APScheduler by a named background task in slices, so that
+  and changed jobs are put on their timers by a named background task in slices, so that
   thousands of jobs never stall the event loop.
-
-APScheduler's own log lines go to ``<logger>.apscheduler``, at WARNING unless configured.
 """
 
 from __future__ import annotations
@@ -43,27 +45,22 @@ import dataclasses
 import hashlib
 import itertools
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES  # type: ignore[import-untyped]
-from apscheduler.executors.base import (  # type: ignore[import-untyped]
-    BaseExecutor,
-    MaxInstancesReachedError,
-)
-from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
-from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+from datetime import timedelta
+from typing import TypeVar
 
 __all__ = ["TASK_PREFIX", "RoundJob", "RoundScheduler", "SchedulerStats", "phase_offset"]
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 TASK_PREFIX = "egresswatch-round:"
-_SLICE = 50  # jobs handed to APScheduler per loop iteration: ~5 ms of work
+_SLICE = 50  # jobs put on their timers per loop iteration
+# A loop timer may fire a hair before the wall clock says the job is due (the loop's clock is
+# monotonic, the grid is Unix time): within this, the run is the one due, not the one before.
+_EARLY_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -84,7 +81,7 @@ class RoundJob:
     def __post_init__(self) -> None:
         if not self.key:
             raise ValueError("a round job needs a key")
-        # APScheduler keeps intervals as timedelta (microseconds) and turns 0 into 1 s.
+        # Less than a microsecond is no interval (the grid is kept in float seconds).
         if timedelta(seconds=self.interval_s) <= timedelta(0):
             raise ValueError(f"{self.key}: interval must be positive, got {self.interval_s}")
         if not self.timeout_s > 0:
@@ -115,45 +112,15 @@ def phase_offset(key: str, interval_s: float) -> float:
     return (fraction * interval_s) % interval_s
 
 
-def _trigger(job: RoundJob) -> Any:
-    # Anchor the grid at the Unix epoch plus the phase: the same key and interval give the
-    # same start times in every process, whenever the job was added.
-    anchor = datetime.fromtimestamp(phase_offset(job.key, job.interval_s), UTC)
-    return IntervalTrigger(seconds=job.interval_s, start_date=anchor, timezone=UTC)
+def next_due(key: str, interval_s: float, now: float) -> float:
+    """The job's first grid time at or after `now` (Unix time): ``phase + k * interval_s``.
+    The same key and interval give the same times in every process, whenever it was added."""
+    phase = phase_offset(key, interval_s)
+    return phase + math.ceil((now - phase) / interval_s) * interval_s
 
 
 def _ignore(_: object) -> None:
     return None
-
-
-def _apscheduler_logger(parent: logging.Logger) -> logging.Logger:
-    """APScheduler's own logger, under ours. Its INFO says one line per job added and per
-    pause, thousands at startup, so it starts at WARNING unless configured otherwise."""
-    logger = parent.getChild("apscheduler")
-    if logger.level == logging.NOTSET:
-        logger.setLevel(logging.WARNING)
-    return logger
-
-
-class _RoundExecutor(BaseExecutor):  # type: ignore[misc]
-    """Hands each due run, with the time it was scheduled for, to the RoundScheduler.
-
-    APScheduler's own AsyncIOExecutor neither names its tasks nor tells the job when it was due.
-    ``_do_submit_job`` is the executor extension point; BaseExecutor keeps the max_instances
-    bookkeeping, which we release when the task ends.
-    """
-
-    def __init__(self, launch: Callable[[RoundJob, datetime], asyncio.Task[object] | None]) -> None:
-        super().__init__()
-        self._launch = launch
-
-    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        # coalesce=True: run_times holds one time, the latest that came due.
-        task = self._launch(job.args[0], run_times[-1])
-        if task is None:
-            raise MaxInstancesReachedError(job)  # the scheduler counts it as skipped
-        job_id = job.id
-        task.add_done_callback(lambda _: self._run_job_success(job_id, []))
 
 
 class RoundScheduler:
@@ -186,19 +153,13 @@ class RoundScheduler:
         self._log = logger
         self._slots = asyncio.Semaphore(max_concurrent)
         self._jobs: dict[str, RoundJob] = {}  # wanted
-        self._pending: dict[str, RoundJob] = {}  # wanted, not yet handed to APScheduler
-        self._applied: set[str] = set()  # keys APScheduler holds
+        self._pending: dict[str, RoundJob] = {}  # wanted, not yet on their timers
+        self._timers: dict[str, asyncio.TimerHandle] = {}  # jobs on their timers, by key
         self._changed = asyncio.Event()
         self._applier: asyncio.Task[None] | None = None
         self._tasks: dict[str, asyncio.Task[object]] = {}  # rounds in flight, one per key at most
         self._stats = SchedulerStats()
         self._started = self._stopped = False
-        self._aps = AsyncIOScheduler(
-            timezone=UTC,
-            executors={"default": _RoundExecutor(self._launch)},
-            logger=_apscheduler_logger(logger),
-        )
-        self._aps.add_listener(self._skipped, EVENT_JOB_MAX_INSTANCES)
 
     @property
     def running(self) -> bool:
@@ -222,7 +183,6 @@ class RoundScheduler:
         if self._started:
             raise RuntimeError("the round scheduler was already started")
         self._started = True
-        self._aps.start()
         self._applier = asyncio.get_running_loop().create_task(
             self._apply_pending(), name="egresswatch-round-scheduler:apply"
         )
@@ -233,8 +193,8 @@ class RoundScheduler:
         Unchanged jobs are not touched. Removal is immediate, and a removed job's running round
         is cancelled, so no result for a target that has left the config turns up afterwards.
         New and changed jobs go onto their timers in the background (once started), in slices,
-        because APScheduler spends ~0.1 ms per job and 5,000 at once would stall the event loop
-        (and every probe timing on it) for half a second; :attr:`pending` counts those left. A
+        so that a reload of thousands never stalls the event loop (and every probe timing on
+        it) in one go; :attr:`pending` counts those left. A
         replaced job keeps its phase (key and interval fix it); its running round, if any,
         finishes under the old settings and the next run waits for it. ValueError on
         duplicate keys, before anything changes.
@@ -248,9 +208,8 @@ class RoundScheduler:
         changed = [job for key, job in wanted.items() if self._jobs.get(key) != job]
         for key in removed:
             self._pending.pop(key, None)
-            if key in self._applied:
-                self._applied.discard(key)
-                self._aps.remove_job(key)
+            if timer := self._timers.pop(key, None):
+                timer.cancel()
             if task := self._tasks.get(key):
                 task.cancel()
         for job in changed:
@@ -271,9 +230,9 @@ class RoundScheduler:
         if self._stopped:
             return
         self._stopped = True
-        if self._started:
-            self._aps.pause()  # synchronous: nothing is submitted from here on
-            self._aps.shutdown(wait=False)  # AsyncIOScheduler defers this to a loop callback
+        for timer in self._timers.values():
+            timer.cancel()  # nothing is started from here on
+        self._timers.clear()
         tasks = list(self._tasks.values())
         if self._applier is not None:
             tasks.append(self._applier)
@@ -281,15 +240,9 @@ class RoundScheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._pending.clear()  # a later set_jobs only records
-        self._applied.clear()  # APScheduler holds nothing once shut down
-        # Let the deferred shutdown run (it cancels APScheduler's timer) before we return.
-        for _ in range(100):
-            if not self._aps.running:
-                break
-            await asyncio.sleep(0)
 
     async def _apply_pending(self) -> None:
-        """Hand pending jobs to APScheduler, a slice per loop iteration, for ever."""
+        """Put pending jobs on their timers, a slice per loop iteration, for ever."""
         while True:
             await self._changed.wait()
             self._changed.clear()
@@ -299,37 +252,35 @@ class RoundScheduler:
 
     def _add_slice(self) -> None:
         keys = list(itertools.islice(self._pending, _SLICE))
-        # Paused while adding, so a slice costs one scheduler wakeup, not one per job.
-        with self._paused():
-            for key in keys:
-                job = self._pending.pop(key)
-                try:
-                    self._add(job)
-                except Exception:  # keep applying the others; the job stays off its timer
-                    self._log.exception("round %s could not be scheduled", key)
-                    continue
-                self._applied.add(key)
+        for key in keys:
+            job = self._pending.pop(key)
+            self._arm(job, next_due(key, job.interval_s, time.time()))
 
-    @contextmanager
-    def _paused(self) -> Iterator[None]:
-        self._aps.pause()
-        try:
-            yield
-        finally:
-            self._aps.resume()
+    def _arm(self, job: RoundJob, due: float) -> None:
+        """Put `job` on a loop timer for Unix time `due` (replacing its timer, if any)."""
+        if old := self._timers.get(job.key):
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        when = loop.time() + (due - time.time())
+        self._timers[job.key] = loop.call_at(when, self._due, job, due)
 
-    def _add(self, job: RoundJob) -> None:
-        self._aps.add_job(
-            self._run_round,
-            trigger=_trigger(job),
-            args=(job,),
-            id=job.key,
-            name=job.key,
-            replace_existing=True,
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=None,
-        )
+    def _due(self, job: RoundJob, due: float) -> None:
+        """A job's timer fired: run it (or count it skipped), and arm the next run. A removed
+        or replaced job's timer was cancelled, so this is the job as wanted now."""
+        now = time.time()
+        if now + _EARLY_S < due:  # the wall clock went back: wait for the time itself
+            self._arm(job, due)
+            return
+        if now - due >= job.interval_s:  # late by whole intervals: run once, for the latest
+            due += math.floor((now + _EARLY_S - due) / job.interval_s) * job.interval_s
+        if job.key in self._tasks:
+            # The previous run (scheduled or on demand) is still going: never two at once.
+            self._stats.skipped += 1
+            self._log.warning("round %s skipped: its previous run is still going", job.key)
+            self._call(self._on_skipped, job.key)
+        else:
+            self._start(job, due)
+        self._arm(job, due + job.interval_s)
 
     def run_now(self, key: str) -> asyncio.Task[object] | None:
         """The round of job `key` in flight, else one started now, off the timer (see the
@@ -342,15 +293,8 @@ class RoundScheduler:
             return None
         return self._tasks.get(key) or self._start(job, None)
 
-    def _launch(self, job: RoundJob, scheduled_for: datetime) -> asyncio.Task[object] | None:
-        """Start a run as an owned, named task; None if the previous run is still going."""
-        # APScheduler's max_instances already guards this; the check keeps the invariant local
-        # (and covers a round run_now started).
-        if job.key in self._tasks:
-            return None
-        return self._start(job, scheduled_for)
-
-    def _start(self, job: RoundJob, scheduled_for: datetime | None) -> asyncio.Task[object]:
+    def _start(self, job: RoundJob, scheduled_for: float | None) -> asyncio.Task[object]:
+        """Start a run as an owned, named task (`scheduled_for`: the Unix time it was due)."""
         task = asyncio.get_running_loop().create_task(
             self._run_round(job, scheduled_for, on_demand=scheduled_for is None),
             name=f"{TASK_PREFIX}{job.key}",
@@ -363,14 +307,8 @@ class RoundScheduler:
         if self._tasks.get(key) is task:
             del self._tasks[key]
 
-    def _skipped(self, event: Any) -> None:
-        # APScheduler has already logged a warning naming the job.
-        key: str = event.job_id
-        self._stats.skipped += 1
-        self._call(self._on_skipped, key)
-
     async def _run_round(
-        self, job: RoundJob, scheduled_for: datetime | None = None, *, on_demand: bool = False
+        self, job: RoundJob, scheduled_for: float | None = None, *, on_demand: bool = False
     ) -> object:
         """One round: wait for a slot, report lateness, run under the hard timeout; what the
         job's run returned, None when it was cut or raised.
@@ -380,7 +318,7 @@ class RoundScheduler:
         round reports no lateness.
         """
         async with self._slots:
-            due = time.time() if scheduled_for is None else scheduled_for.timestamp()
+            due = time.time() if scheduled_for is None else scheduled_for
             if not on_demand:
                 late = max(0.0, time.time() - due)
                 self._call(self._on_lateness, late)

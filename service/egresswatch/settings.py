@@ -623,8 +623,10 @@ class Settings(_Strict):
         # A name is looked up several times a round and once per target in every staleness
         # sweep: a scan made that sweep quadratic (1.1 s at 5,000 targets). Built at first use
         # for this targets list; a model_copy with other targets has another list, so another
-        # lookup.
-        held = self._held_lookup
+        # lookup. Read from pydantic's private dict, not as `self._held_lookup`: that goes
+        # through BaseModel.__getattr__, 3 µs, and a round asks three times.
+        private = self.__pydantic_private__
+        held: _Lookup | None = private.get("_held_lookup") if private is not None else None
         if held is None or held.of is not self.targets:
             held = self._held_lookup = _Lookup(self.targets, {t.name: t for t in self.targets})
         return held

@@ -133,19 +133,18 @@ class RoundRunner:
         target = self._targets.get(name)
         if target is None:
             return None
-        plan = target.plan
         now = self._clock()
         due = now - self._last_trace.get(name, float("-inf")) >= target.trace_every_s
         # After a failed trace, trace every round until as many traces worked as recover a
         # step: else, once the other steps recover, the trace's failure would stand until
         # trace_every, and so would the incident.
         due = due or name in self._traces_owed
-        mode = TraceMode.ALWAYS if due else TraceMode.ON_FAILURE
         result = await run_checklist(
-            _with_trace(plan, mode),
+            target.plan,
             source=self._source,
             known_good=self._known_good,
             stalls=self._stalls,
+            trace=TraceMode.ALWAYS if due else TraceMode.ON_FAILURE,  # no plan copy a round
         )
         trace = result.step(Step.PATH_TRACE)
         if trace is not None and trace.status is not Status.SKIPPED:
@@ -174,7 +173,3 @@ def _owed_after(owed: int | None, confirm: int, *, failed: bool) -> int:
 
 def _with_budget(plan: ChecklistPlan, timeout_s: float) -> ChecklistPlan:
     return replace(plan, round_timeout_s=timeout_s)
-
-
-def _with_trace(plan: ChecklistPlan, mode: TraceMode) -> ChecklistPlan:
-    return replace(plan, trace=mode)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import ssl
 import time
@@ -113,9 +114,20 @@ def fail(
 def skipped(
     step: Step, reason: Reason, detail: str, evidence: Evidence | None = None
 ) -> StepResult:
-    """A step that did not run; `evidence` defaults to `NOT_RUN` (nothing to say)."""
-    found = evidence if evidence is not None else NOT_RUN
-    return StepResult(step, Status.SKIPPED, reason, 0.0, detail, found)
+    """A step that did not run; `evidence` defaults to `NOT_RUN` (nothing to say). Without
+    evidence, the same (step, reason, detail) gives the same frozen result object."""
+    if evidence is None:
+        return _skipped_alike(step, reason, detail)
+    return StepResult(step, Status.SKIPPED, reason, 0.0, detail, evidence)
+
+
+# Most rounds skip the same steps the same way (an IP target's DNS steps, a TCP target's TLS and
+# HTTP, the trace when not due): one shared result each, not a new object a round (a frozen
+# dataclass's __init__ is about 2 µs, and detection keeps every pair's latest round). The
+# details are fixed texts or a target's own, so the cache stays small; it is bounded anyway.
+@functools.lru_cache(maxsize=1024)
+def _skipped_alike(step: Step, reason: Reason, detail: str) -> StepResult:
+    return StepResult(step, Status.SKIPPED, reason, 0.0, detail, NOT_RUN)
 
 
 def blocked_by(step: Step, earlier: StepResult) -> StepResult:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["certificate_fields"]
+__all__ = ["Leaves", "certificate_fields"]
 
 # OpenSSL's long names (what getpeercert() says) as cryptography writes them: its short names
 # first (x509/name.py, _NAMEOID_TO_NAME), then as dotted OIDs the ones it has no short name for
@@ -57,6 +57,34 @@ def certificate_fields(der: bytes, decoded: Mapping[str, Any] | None) -> tuple[s
         if found is not None:
             return found
     return _der_fields(der)
+
+
+class Leaves:
+    """The fields of the certificates seen before, by their DER bytes, so that a session's
+    `getpeercert()` (OpenSSL's decoding into a dict, a fifth of a good TLS step's interpreter
+    time) runs once per certificate, not once a round. At most `limit` are kept, the oldest
+    dropped first; a renewed or substituted certificate has other bytes, so is read afresh."""
+
+    def __init__(self, limit: int = 256) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._limit = limit
+        self._held: dict[bytes, tuple[str, str, datetime]] = {}
+        self.decoded = 0  # certificates read (not found here): the tests' window
+
+    def fields(
+        self, der: bytes, decoded: Callable[[], Mapping[str, Any] | None]
+    ) -> tuple[str, str, datetime]:
+        """`certificate_fields(der, decoded())`, calling `decoded` only for a certificate
+        not held."""
+        found = self._held.get(der)
+        if found is None:
+            found = certificate_fields(der, decoded())
+            self.decoded += 1
+            if len(self._held) >= self._limit:
+                del self._held[next(iter(self._held))]
+            self._held[der] = found
+        return found
 
 
 # A target presents the same certificate round after round: parsing it is a tenth of an HTTPS

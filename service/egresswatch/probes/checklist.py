@@ -86,6 +86,11 @@ class _Budget:
     def remaining(self) -> float | None:
         return None if self._deadline is None else self._deadline - self._clock()
 
+    def has(self, seconds: float) -> bool:
+        """Whether at least `seconds` are left (always, without a round budget)."""
+        left = self.remaining()
+        return left is None or left >= seconds
+
     async def run(
         self,
         step: Step,
@@ -122,8 +127,12 @@ async def run_checklist(
     known_good: KnownGood | None = None,
     now: datetime | None = None,
     stalls: Stalls | None = None,
+    trace: TraceMode | None = None,
 ) -> RoundResult:
     """Run steps 1-6 for one target and return the round. Never raises (but can be cancelled).
+
+    `trace`, when given, is used instead of `plan.trace` (a runner decides it each round,
+    without a copy of its plan).
 
     `stalls`: the event loop's stalls (egresswatch.looplag); with it, a timeout that was our
     own lateness is `error`/`prober_overloaded`, not `fail` (probes/overload.py).
@@ -132,7 +141,8 @@ async def run_checklist(
     """
     handover = Handover()
     try:
-        return await _run(plan, source, known_good, now, handover, stalls)
+        mode = plan.trace if trace is None else trace
+        return await _run(plan, source, known_good, now, handover, stalls, mode)
     finally:
         handover.close()
 
@@ -144,15 +154,13 @@ async def _run(
     now: datetime | None,
     handover: Handover,
     stalls: Stalls | None,
+    trace_mode: TraceMode,
 ) -> RoundResult:
     started_at = now or datetime.now(UTC)
     known = known_good if known_good is not None else {}
     budget = _Budget(plan.round_timeout_s, stalls)
     shared = handover if _continues(plan) else None
-    cluster, upstream = await asyncio.gather(
-        budget.run(Step.DNS_CLUSTER, plan, _dns_cluster),
-        budget.run(Step.DNS_UPSTREAM, plan, _dns_upstream),
-    )
+    cluster, upstream = await _dns_steps(plan, budget)
     addresses, ip_source = await _addresses(plan, cluster, upstream, known)
     tcp = await budget.run(Step.TCP_CONNECT, plan, lambda p: _tcp(p, addresses, ip_source, shared))
     if tcp.status is Status.FAIL and ip_source == Step.DNS_CLUSTER.value:
@@ -171,9 +179,26 @@ async def _run(
     earlier = (cluster, upstream, tcp, tls, http)
     destination = reached or _first(addresses)
     trace = await budget.run(
-        Step.PATH_TRACE, plan, lambda p: _trace(p, earlier, destination, budget.remaining())
+        Step.PATH_TRACE,
+        plan,
+        lambda p: _trace(p, trace_mode, earlier, destination, budget.remaining()),
     )
     return RoundResult(plan.target, source, started_at, (*earlier, trace))
+
+
+async def _dns_steps(plan: ChecklistPlan, budget: _Budget) -> tuple[StepResult, StepResult]:
+    """Steps 1 and 2, side by side. Without a name to resolve (an IP target, or a proxy given
+    by its IP) both are skipped at once, as their probes would say: no pair of tasks is made
+    for them (for an IP target's round that pair was about 5 % of its interpreter time)."""
+    if budget.has(MIN_STEP_S):
+        cluster = _literal(plan, Step.DNS_CLUSTER)
+        upstream = _literal(plan, Step.DNS_UPSTREAM)
+        if cluster is not None and upstream is not None:
+            return cluster, upstream
+    return await asyncio.gather(
+        budget.run(Step.DNS_CLUSTER, plan, _dns_cluster),
+        budget.run(Step.DNS_UPSTREAM, plan, _dns_upstream),
+    )
 
 
 def _continues(plan: ChecklistPlan) -> bool:
@@ -340,12 +365,13 @@ async def _http(
 
 async def _trace(
     plan: ChecklistPlan,
+    mode: TraceMode,
     earlier: Sequence[StepResult],
     destination: str | None,
     left_s: float | None,
 ) -> StepResult:
     failed = any(r.status is Status.FAIL for r in earlier)
-    if plan.trace is TraceMode.NEVER or (plan.trace is TraceMode.ON_FAILURE and not failed):
+    if mode is TraceMode.NEVER or (mode is TraceMode.ON_FAILURE and not failed):
         return skipped(Step.PATH_TRACE, Reason.NOT_DUE, "not due this round")
     if destination is None:
         return skipped(Step.PATH_TRACE, Reason.NO_ADDRESS, "no IP to trace to")

@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import TlsEvidence
@@ -94,12 +95,15 @@ class Phases:
 
     def timed(self, evidence: TlsEvidence) -> TlsEvidence:
         """`evidence` with this connection's phase timings, in ms."""
-        return replace(
-            evidence,
-            tcp_ms=_ms(self.tcp_s),
-            proxy_connect_ms=_ms(self.proxy_s),
-            tls_ms=_ms(self.tls_s),
-        )
+        return replace(evidence, **self.timings())
+
+    def timings(self) -> dict[str, Any]:
+        """This connection's phase timings, in ms, as TlsEvidence fields."""
+        return {
+            "tcp_ms": _ms(self.tcp_s),
+            "proxy_connect_ms": _ms(self.proxy_s),
+            "tls_ms": _ms(self.tls_s),
+        }
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -13,6 +13,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import HttpEvidence
@@ -130,14 +131,13 @@ async def http_response(
         detail = _failure_detail(request, exc, reason, phases)
         return fail(Step.HTTP_RESPONSE, reason, total, detail, evidence)
     total = answer.ended - begun + phases.earlier_s
-    evidence = _timed(evidence, phases, total)
     if answer.head.status not in expect and _has_body(answer, request.method):
         # Only to recognise who wrote an unexpected answer; not part of the timings.
         remaining = deadline - asyncio.get_running_loop().time()
         body = await read_body_prefix(dialed.reader, answer.head, timeout_s=max(remaining, 0.0))
         answer = replace(answer, body_prefix=body)
     await close_quietly(dialed.writer)  # outside the timings: the answer is already in
-    return _judge(request, answer, expect, total, evidence)
+    return _judge(request, answer, expect, total, evidence, _timings(phases, total))
 
 
 async def _exchange(request: _Request, phases: Phases) -> tuple[_Answer, Dialed]:
@@ -229,11 +229,14 @@ def _judge(
     expect: StatusRanges,
     total: float,
     evidence: HttpEvidence,
+    timings: dict[str, Any],
 ) -> StepResult:
-    """The verdict on an answer: expected, a refusal by a proxy or firewall, or unexpected."""
+    """The verdict on an answer: expected, a refusal by a proxy or firewall, or unexpected.
+    `evidence` gets the `timings` (`_timings`) and the answer's fields, in one copy."""
     head = answer.head
     evidence = replace(
         evidence,
+        **timings,
         status=head.status,
         proxy_status=answer.tunnel_status,
         server=head.get("server"),
@@ -264,14 +267,18 @@ def _judge(
 
 
 def _timed(evidence: HttpEvidence, phases: Phases, total: float) -> HttpEvidence:
-    return replace(
-        evidence,
-        connect_ms=None if phases.tcp_s is None else ms(phases.tcp_s),
-        proxy_connect_ms=None if phases.proxy_s is None else ms(phases.proxy_s),
-        tls_ms=None if phases.tls_s is None else ms(phases.tls_s),
-        ttfb_ms=None if phases.http_s is None else ms(phases.http_s),
-        total_ms=ms(total),
-    )
+    return replace(evidence, **_timings(phases, total))
+
+
+def _timings(phases: Phases, total: float) -> dict[str, Any]:
+    """The exchange's phase timings, in ms, as HttpEvidence fields."""
+    return {
+        "connect_ms": None if phases.tcp_s is None else ms(phases.tcp_s),
+        "proxy_connect_ms": None if phases.proxy_s is None else ms(phases.proxy_s),
+        "tls_ms": None if phases.tls_s is None else ms(phases.tls_s),
+        "ttfb_ms": None if phases.http_s is None else ms(phases.http_s),
+        "total_ms": ms(total),
+    }
 
 
 def _failure_detail(request: _Request, exc: BaseException, reason: Reason, phases: Phases) -> str:

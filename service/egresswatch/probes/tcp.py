@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import os
 import socket
 import time
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from egresswatch.evidence import TcpAttempt, TcpEvidence
-from egresswatch.model import Reason, Status, Step, StepResult
+from egresswatch.model import Reason, Status, Step, StepResult, is_ip_address
 from egresswatch.probes.base import ms, ok, reason_for_exception, skipped
 from egresswatch.probes.handover import Handover
 from egresswatch.probes.icmp import (
@@ -68,10 +67,9 @@ async def connect_once(
     With `ttl`, the SYN is sent with that TTL (hop limit), for path_trace.
     """
     started = time.perf_counter()
-    try:
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    except ValueError:
+    if not is_ip_address(address):  # memoized: parsing the address was a part of every round
         return Outcome(address, 0.0, Reason.PROBE_ERROR, error="not an IP address")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET  # only IPv6 has colons
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as exc:  # e.g. IPv6 disabled on this source

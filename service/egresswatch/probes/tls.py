@@ -20,7 +20,7 @@ from egresswatch.addresses import ProxyRoute
 from egresswatch.evidence import NotRun, TlsEvidence
 from egresswatch.model import Reason, Status, Step, StepResult
 from egresswatch.probes.base import describe, fail, ok, skipped
-from egresswatch.probes.certnames import certificate_fields
+from egresswatch.probes.certnames import Leaves, certificate_fields
 from egresswatch.probes.connection import (
     Dialed,
     Phases,
@@ -46,6 +46,7 @@ class TlsContexts:
     def __init__(self) -> None:
         self._held: dict[tuple[Path | None, bool], tuple[object, ssl.SSLContext]] = {}
         self.built = 0  # contexts made since start (the tests' and the benchmark's window)
+        self.leaves = Leaves()  # the presented certificates' fields, across rounds
 
     def get(self, ca_file: Path | None, verify: bool) -> ssl.SSLContext:
         """The context for `ca_file` (None: the system store); OSError/SSLError when the CA
@@ -113,13 +114,17 @@ def context_error(step: Step, options: TlsOptions, exc: Exception) -> StepResult
     )
 
 
-def certificate_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
+def certificate_evidence(ssl_object: ssl.SSLObject, leaves: Leaves | None = None) -> dict[str, Any]:
     """Issuer, subject, not_after (RFC 3339 UTC) and days_left of the presented leaf, as
-    TlsEvidence fields (empty without a certificate)."""
+    TlsEvidence fields (empty without a certificate). With `leaves`, a certificate seen
+    before is not decoded again (days_left is still computed now)."""
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return {}
-    issuer, subject, not_after = certificate_fields(der, ssl_object.getpeercert())
+    if leaves is not None:
+        issuer, subject, not_after = leaves.fields(der, ssl_object.getpeercert)
+    else:
+        issuer, subject, not_after = certificate_fields(der, ssl_object.getpeercert())
     days_left = math.floor((not_after - datetime.now(UTC)).total_seconds() / 86400)
     return {
         "issuer": issuer,
@@ -186,7 +191,9 @@ async def tls_handshake(
         took = phases.tls_s if phases.tls_s is not None else time.perf_counter() - begun
         detail = _failure_detail(exc, reason, phases, evidence)
         return fail(Step.TLS_HANDSHAKE, reason, took, detail, evidence)
-    evidence = replace(phases.timed(evidence), **_session_evidence(ssl_object))
+    leaves = tls.contexts.leaves if tls.contexts is not None else None
+    # One copy of the evidence, not one for the timings and another for the session.
+    evidence = replace(evidence, **phases.timings(), **_session_evidence(ssl_object, leaves))
     if handover is not None and proxy is None:
         handover.keep_stream(dialed.reader, dialed.writer, phases.tls_s)
     else:
@@ -205,12 +212,12 @@ async def _start_tls(
         raise
 
 
-def _session_evidence(ssl_object: ssl.SSLObject) -> dict[str, Any]:
+def _session_evidence(ssl_object: ssl.SSLObject, leaves: Leaves | None) -> dict[str, Any]:
     cipher = ssl_object.cipher()
     return {
         "version": ssl_object.version(),
         "cipher": cipher[0] if cipher else None,
-        **certificate_evidence(ssl_object),
+        **certificate_evidence(ssl_object, leaves),
     }
 
 
