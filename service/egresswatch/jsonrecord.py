@@ -150,9 +150,22 @@ _TEXT_ENCODERS: dict[type[Record], Callable[[Record], str]] = {}
 
 
 def _text_encoder(cls: type[Record]) -> Callable[[Record], str]:
-    """`to_json_text` for `cls`: the loop over `_layout(cls)` unrolled, same text."""
-    lines = ["def to_json_text(self):", "    parts = []"]
-    scope: dict[str, Any] = {"STRING": _STRING, "value_text": _value_text}
+    """`to_json_text` for `cls`: the loop over `_layout(cls)` unrolled, same text.
+
+    Each field tests first for None and then for the type its annotation declares, written as
+    constants where the text is known (`"name":null`): a call to `_value_text` per value was
+    most of the encoding (docs/performance.md, "Issue 14, third pass"). Anything else, such as
+    a value of another type, still goes through `_value_text`.
+    """
+    lines = ["def to_json_text(self):", "    parts = []", "    add = parts.append"]
+    scope: dict[str, Any] = {
+        "STRING": _STRING,
+        "value_text": _value_text,
+        "INT": int.__repr__,
+        "FLOAT": float.__repr__,
+        "isfinite": math.isfinite,
+    }
+    hints = _hints(cls)
     for number, (name, omit_default, default, shape, key) in enumerate(_layout(cls)):
         scope[f"K{number}"], scope[f"D{number}"] = key, default
         indent = "    "
@@ -160,18 +173,42 @@ def _text_encoder(cls: type[Record]) -> Callable[[Record], str]:
         if omit_default:
             lines.append(f"    if not (v == D{number}):")
             indent = "        "
-        lines.append(f"{indent}if type(v) is str:")
-        lines.append(f"{indent}    parts.append(K{number} + STRING(v))")
-        if shape is _Shape.RECORDS:
-            lines.append(f"{indent}elif type(v) is tuple:")
-            items = '",".join([item.to_json_text() for item in v])'
-            lines.append(f'{indent}    parts.append(K{number} + "[" + {items} + "]")')
-        lines.append(f"{indent}else:")
-        lines.append(f"{indent}    parts.append(K{number} + value_text(v))")
+        lines.extend(indent + line for line in _field_lines(number, key, hints[name], shape))
     lines.append('    return "{" + ",".join(parts) + "}"')
     exec("\n".join(lines), scope)  # our own layout and names: no outside text
     encode: Callable[[Record], str] = scope["to_json_text"]
     return encode
+
+
+def _field_lines(number: int, key: str, hint: Any, shape: _Shape) -> list[str]:
+    """The statements that add field `number` (its value in `v`, `"name":` in `K{number}`)."""
+    k = f"K{number}"
+    lines = ["if v is None:", f"    add({(key + 'null')!r})", "elif type(v) is str:"]
+    lines.append(f"    add({k} + STRING(v))")
+    kinds = {arg for arg in get_args(hint)} | {hint}
+    if int in kinds:
+        lines += ["elif type(v) is int:", f"    add({k} + INT(v))"]
+    if float in kinds:
+        lines += ["elif type(v) is float and isfinite(v):", f"    add({k} + FLOAT(v))"]
+    if bool in kinds:
+        lines += ["elif v is True:", f"    add({(key + 'true')!r})"]
+        lines += ["elif v is False:", f"    add({(key + 'false')!r})"]
+    if shape is _Shape.RECORDS:
+        items = '",".join([item.to_json_text() for item in v])'
+        lines += ["elif type(v) is tuple:", f'    add({k} + "[" + {items} + "]")']
+    elif get_origin(_optional(hint)) is tuple:
+        lines += ["elif type(v) is tuple and not v:", f"    add({(key + '[]')!r})"]
+    lines += ["else:", f"    add({k} + value_text(v))"]
+    return lines
+
+
+def _optional(hint: Any) -> Any:
+    """`X` of `X | None`; `hint` itself otherwise."""
+    if get_origin(hint) in (Union, types.UnionType):
+        inner = [arg for arg in get_args(hint) if arg is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return hint
 
 
 def _shape(hint: Any) -> _Shape:

@@ -28,6 +28,7 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from egresswatch.storage import tables as t
+from egresswatch.storage.copy_binary import rounds_copy, steps_copy
 
 
 class RoundRow(NamedTuple):
@@ -91,22 +92,24 @@ async def _postgresql(
     conn: AsyncConnection, rounds: Sequence[RoundRow], steps: Sequence[StepRow]
 ) -> list[int]:
     ids = [int(pk) for pk in (await conn.exec_driver_sql(_PG_IDS, (len(rounds),))).scalars()]
-    round_records = [(pk, *row) for pk, row in zip(ids, rounds, strict=True)]
-    step_records = [(ids[s.round], *s[1:]) for s in steps]
+    # The streams are made before the first COPY: a row that cannot be encoded stores nothing.
+    round_data = rounds_copy(ids, rounds)
+    step_data = steps_copy(ids, steps) if steps else None
     # The raw asyncpg connection under this AsyncConnection: same session, same transaction.
     driver = (await conn.get_raw_connection()).driver_connection
-    await _copy(driver, "rounds", _ROUND_COLUMNS, round_records)
-    if step_records:
-        await _copy(driver, "step_results", _STEP_COLUMNS, step_records)
+    await _copy(driver, "rounds", _ROUND_COLUMNS, round_data)
+    if step_data is not None:
+        await _copy(driver, "step_results", _STEP_COLUMNS, step_data)
     return ids
 
 
-async def _copy(
-    driver: Any, table: str, columns: Sequence[str], records: list[tuple[Any, ...]]
-) -> None:
-    """Binary COPY of `records` into `table`; asyncpg's row errors raised as SQLAlchemy's."""
+async def _copy(driver: Any, table: str, columns: Sequence[str], data: bytes) -> None:
+    """Binary COPY of `data` (copy_binary.py) into `table`; asyncpg's row errors raised as
+    SQLAlchemy's."""
     try:
-        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+        # A memoryview: asyncpg would take bytes for a file's path (os.fspath accepts them).
+        source = memoryview(data)
+        await driver.copy_to_table(table, source=source, columns=list(columns), format="binary")
     except Exception as error:
         raised = _ROW_ERRORS.get(str(getattr(error, "sqlstate", "") or "")[:2])
         if raised is None or not type(error).__module__.startswith("asyncpg"):
