@@ -186,7 +186,7 @@ def _field_lines(number: int, key: str, hint: Any, shape: _Shape) -> list[str]:
     lines = ["if v is None:", f"    add({(key + 'null')!r})", "elif type(v) is str:"]
     lines.append(f"    add({k} + STRING(v))")
     kinds = {arg for arg in get_args(hint)} | {hint}
-    if int in kinds:
+    if int in kinds or float in kinds:  # a float field takes an int too
         lines += ["elif type(v) is int:", f"    add({k} + INT(v))"]
     if float in kinds:
         lines += ["elif type(v) is float and isfinite(v):", f"    add({k} + FLOAT(v))"]
@@ -197,7 +197,9 @@ def _field_lines(number: int, key: str, hint: Any, shape: _Shape) -> list[str]:
         items = '",".join([item.to_json_text() for item in v])'
         lines += ["elif type(v) is tuple:", f'    add({k} + "[" + {items} + "]")']
     elif get_origin(_optional(hint)) is tuple:
-        lines += ["elif type(v) is tuple and not v:", f"    add({(key + '[]')!r})"]
+        # Mostly texts (addresses, names): each as `_value_text` writes it, strings directly.
+        items = '",".join([STRING(x) if type(x) is str else value_text(x) for x in v])'
+        lines += ["elif type(v) is tuple:", f'    add({k} + "[" + {items} + "]")']
     lines += ["else:", f"    add({k} + value_text(v))"]
     return lines
 
