@@ -267,28 +267,78 @@ def _record(cls: type[R], data: object, strict: bool, path: str) -> R:
     if not isinstance(data, Mapping):
         raise EvidenceError(path, f"expected an object, got {json_kind(data)}")
     hints = _hints(cls)
-    fields = dataclasses.fields(cls)
-    names = [item.name for item in fields]
     unknown = [key for key in data if key not in hints]
     if strict and unknown:
         key = unknown[0]
         where = json_path(path, str(key))
-        raise EvidenceError(where, f"unknown key; {cls.__name__} has {', '.join(names)}")
+        names = ", ".join(item.name for item in dataclasses.fields(cls))
+        raise EvidenceError(where, f"unknown key; {cls.__name__} has {names}")
     values: dict[str, Any] = {}
-    for item in fields:
-        required = _required(item)
-        where = json_path(path, item.name)
-        if item.name not in data:
+    for name, required, hint, quick in _decoding(cls):
+        if name not in data:
             if required:
-                raise EvidenceError(where, "missing")
+                raise EvidenceError(json_path(path, name), "missing")
             continue
-        try:
-            values[item.name] = _value(hints[item.name], data[item.name], strict, where)
-        except EvidenceError:
-            if strict or required:
-                raise
-            # lenient: the default stands in for a value this version cannot read
+        value = data[name]
+        found = _SLOW if quick is None else quick(value)
+        if found is _SLOW:  # not the plain case: `_value` decodes it, or says what is wrong
+            try:
+                found = _value(hint, value, strict, json_path(path, name))
+            except EvidenceError:
+                if strict or required:
+                    raise
+                continue  # lenient: the default stands in for a value this version cannot read
+        values[name] = found
     return cls(**values)
+
+
+# Decoding agents' evidence was most of the controller's CPU per ingested round: each value
+# went through `_value`'s type inspection and had its JSON path built. Each field now gets a
+# quick check for its plain case (a string, a finite float, an integer within 64 bits, a list of
+# strings, or null where allowed), which returns exactly what `_value` returns for it, or _SLOW
+# for anything else: `_value` then decides, with the same errors as before.
+_SLOW = object()
+Quick = Callable[[object], object]
+_DECODING: dict[type[Record], tuple[tuple[str, bool, Any, Quick | None], ...]] = {}
+
+
+def _decoding(cls: type[Record]) -> tuple[tuple[str, bool, Any, Quick | None], ...]:
+    """(name, required, type, quick check) of each field of `cls`; a memo."""
+    found = _DECODING.get(cls)
+    if found is None:
+        hints = _hints(cls)
+        found = _DECODING[cls] = tuple(
+            (item.name, _required(item), hints[item.name], _quick(hints[item.name]))
+            for item in dataclasses.fields(cls)
+        )
+    return found
+
+
+def _quick(hint: Any) -> Quick | None:
+    """The quick check for a field of type `hint` (see _SLOW), None when it has none."""
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    plain = _optional(hint)
+    if plain is str:
+        check: Quick = lambda v: v if type(v) is str else _SLOW  # noqa: E731
+    elif plain is int:
+        check = lambda v: v if type(v) is int and INT_MIN <= v <= INT_MAX else _SLOW  # noqa: E731
+    elif plain is float:
+        check = lambda v: v if type(v) is float and math.isfinite(v) else _SLOW  # noqa: E731
+    elif plain is bool:
+        check = lambda v: v if type(v) is bool else _SLOW  # noqa: E731
+    elif get_origin(plain) is tuple and get_args(plain)[0] is str:
+        check = _strings
+    else:
+        return None
+    if not optional:
+        return check
+    return lambda v: None if v is None else check(v)
+
+
+def _strings(value: object) -> object:
+    if type(value) is list and all(type(item) is str for item in value):
+        return tuple(value)
+    return _SLOW
 
 
 def _value(hint: Any, value: object, strict: bool, path: str) -> Any:

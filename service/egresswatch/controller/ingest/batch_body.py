@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -51,6 +52,10 @@ DETAIL_MAX = 4096
 DURATION_MS_MAX = 86_400_000.0  # a day: longer is not a step's duration but a clock error
 TEXT_PATTERN = r"^[^\u0000]*$"  # no NUL: PostgreSQL stores none in text or JSON
 _CHUNK = 64 * 1024
+# Validation context: True when the body holds no NUL character. JSON writes one only as the
+# escape \u0000 (a raw control character is not JSON); looking through every evidence object
+# for one was a sixth of the controller's CPU per ingested round.
+_NO_NUL = "no_nul"
 
 
 def _has_nul(value: Any, depth: int = 0) -> bool:
@@ -104,7 +109,9 @@ class StepIn(_Strict):
 
     @field_validator("evidence")
     @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _storable(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if (info.context or {}).get(_NO_NUL) is True:
+            return value  # parse_batch found no NUL in the whole body: no need to look
         if _has_nul(value):
             raise ValueError("a text in the evidence holds a NUL character: no database stores it")
         return value
@@ -184,7 +191,8 @@ def field_name(loc: tuple[int | str, ...]) -> str:
 def parse_batch(body: bytes) -> BatchIn:
     """The validated batch; a 400 naming every bad field otherwise."""
     try:
-        batch = BatchIn.model_validate_json(body)
+        no_nul = b"\\u0000" not in body and b"\x00" not in body
+        batch = BatchIn.model_validate_json(body, context={_NO_NUL: no_nul})
     except ValidationError as exc:
         problems = [
             InvalidParam(field_name(e["loc"]), str(e["msg"]).removeprefix("Value error, "))
