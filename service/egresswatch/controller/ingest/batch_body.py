@@ -11,6 +11,7 @@ step's evidence must be its step's type (steps.py, evidence.py), checked strictl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -33,7 +34,7 @@ from egresswatch.controller.api.query import (
     bad_request,
     parse_time,
 )
-from egresswatch.evidence import Evidence, EvidenceError, NotRun
+from egresswatch.evidence import Evidence, EvidenceError
 from egresswatch.model import (
     PROBE_STEPS,
     Reason,
@@ -89,23 +90,12 @@ class StepIn(_Strict):
     duration_ms: float = Field(ge=0, le=DURATION_MS_MAX, allow_inf_nan=False)
     detail: str = Field("", max_length=DETAIL_MAX, pattern=TEXT_PATTERN)
     evidence: dict[str, Any] = Field(default_factory=dict)
-    _typed: Evidence = PrivateAttr(default_factory=NotRun)
 
-    def check_evidence(self) -> EvidenceError | None:
-        """Decode the evidence as its step's type, strictly; the error when it does not fit.
-
-        A separate pass (parse_batch), so the problem names the field inside the evidence.
-        """
-        try:
-            self._typed = evidence_from_json(self.step, self.evidence)
-        except EvidenceError as exc:
-            return exc
-        return None
-
-    @property
-    def typed_evidence(self) -> Evidence:
-        """The evidence as decoded by `check_evidence` (NotRun before)."""
-        return self._typed
+    def decoded_evidence(self) -> Evidence:
+        """The evidence as its step's type, decoded strictly; raises EvidenceError when it
+        does not fit. A separate pass (parse_batch), so the problem names the field inside
+        the evidence."""
+        return evidence_from_json(self.step, self.evidence)
 
     @field_validator("evidence")
     @classmethod
@@ -148,7 +138,8 @@ class RoundIn(_Strict):
             seen.add(item.step)
         return value
 
-    def result(self) -> RoundResult:
+    def result(self, evidence: Sequence[Evidence]) -> RoundResult:
+        """The round, `evidence[i]` the decoded evidence of `steps[i]`."""
         return RoundResult(
             target=self.target,
             source=self.source,
@@ -160,9 +151,9 @@ class RoundIn(_Strict):
                     reason=s.reason,
                     duration_s=s.duration_ms / 1000.0,
                     detail=s.detail,
-                    evidence=s.typed_evidence,
+                    evidence=typed,
                 )
-                for s in self.steps
+                for s, typed in zip(self.steps, evidence, strict=True)
             ),
         )
 
@@ -173,6 +164,15 @@ class BatchIn(_Strict):
     source_node: Name | None = None  # the node the source ran on (a pod's NODE_NAME)
     batch_id: str = Field(min_length=1, max_length=BATCH_ID_MAX, pattern=NAME_PATTERN)
     rounds: list[RoundIn] = Field(min_length=1)
+    # Each round's steps' evidence, decoded by parse_batch. Kept here, once per batch, and not
+    # as a private attribute of each step: pydantic fills a model's private attributes when it
+    # makes one, and that was half of validating a batch (docs/performance.md, "Issue 14, third
+    # pass").
+    _evidence: list[list[Evidence]] = PrivateAttr(default_factory=list)
+
+    def results(self) -> list[RoundResult]:
+        """The rounds, with their evidence as parse_batch decoded it."""
+        return [r.result(typed) for r, typed in zip(self.rounds, self._evidence, strict=True)]
 
 
 def field_name(loc: tuple[int | str, ...]) -> str:
@@ -206,14 +206,19 @@ def parse_batch(body: bytes) -> BatchIn:
     ]
     if strangers:
         raise bad_request(strangers[:50])
-    misfits = [
-        InvalidParam(_evidence_path(i, j, error.field), error.problem)
-        for i, r in enumerate(batch.rounds)
-        for j, s in enumerate(r.steps)
-        if (error := s.check_evidence()) is not None
-    ]
+    misfits: list[InvalidParam] = []
+    evidence: list[list[Evidence]] = []
+    for i, r in enumerate(batch.rounds):
+        decoded = []
+        for j, s in enumerate(r.steps):
+            try:
+                decoded.append(s.decoded_evidence())
+            except EvidenceError as error:
+                misfits.append(InvalidParam(_evidence_path(i, j, error.field), error.problem))
+        evidence.append(decoded)
     if misfits:
         raise bad_request(misfits[:50])
+    batch._evidence = evidence
     return batch
 
 
