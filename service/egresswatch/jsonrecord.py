@@ -264,12 +264,11 @@ def json_path(path: str, key: str | int) -> str:
 
 
 def _record(cls: type[R], data: object, strict: bool, path: str) -> R:
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):  # an ABC's check is slow
         raise EvidenceError(path, f"expected an object, got {json_kind(data)}")
     hints = _hints(cls)
-    unknown = [key for key in data if key not in hints]
-    if strict and unknown:
-        key = unknown[0]
+    if strict and not data.keys() <= hints.keys():
+        key = next(key for key in data if key not in hints)
         where = json_path(path, str(key))
         names = ", ".join(item.name for item in dataclasses.fields(cls))
         raise EvidenceError(where, f"unknown key; {cls.__name__} has {names}")
