@@ -3,10 +3,11 @@
 Rounds need their ids back, in order, to attach their step results:
 
 - PostgreSQL: the ids come from the table's sequence (`nextval` over `generate_series`), then
-  both tables are filled by a binary COPY each (asyncpg's `copy_records_to_table` on the
-  connection under the SQLAlchemy one, inside its transaction): no statement to parse, no
-  arrays to unpack. This replaced `INSERT ... SELECT FROM unnest(...)` (itself three times
-  faster than executemany); docs/performance.md has the numbers. COPY's errors are asyncpg's
+  both tables are filled by a binary COPY each (asyncpg's `copy_to_table` on the connection
+  under the SQLAlchemy one, inside its transaction), its stream written in one pass by
+  copy_binary.py: no statement to parse, no arrays to unpack, no tuple per row. This replaced
+  `copy_records_to_table`, which replaced `INSERT ... SELECT FROM unnest(...)` (itself three
+  times faster than executemany); docs/performance.md has the numbers. COPY's errors are asyncpg's
   own: they are raised as the `sqlalchemy.exc` error of their SQLSTATE class (integrity,
   data), so the writer tells bad rows from an outage as it does for every other statement.
 - SQLite: it has one writer at a time, and the caller's transaction already holds the write

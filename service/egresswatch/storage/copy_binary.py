@@ -4,9 +4,9 @@ asyncpg's `copy_records_to_table` needs a tuple per row (the round's id put in f
 step row: a second tuple per step) and then encodes each value through its codec; this writes
 the stream straight from the prepared rows: a step's code columns (step, status, reason) are a
 few distinct byte strings, encoded once per batch, and a round's id once for its six steps
-(docs/performance.md, "Issue 14, third pass"). The bytes are exactly what asyncpg sends for
-the same rows and column types: `tests/test_copy_binary.py` compares the two and the stored
-rows.
+(docs/performance.md, "Issue 14, third pass"). PostgreSQL stores from it exactly what it
+stores from asyncpg's encoding of the same rows: `tests/test_copy_binary.py` compares the two
+for any values.
 
 The format (PostgreSQL's documentation, "COPY", "Binary Format"): a signature, flags and
 header extension length; per row the number of fields (int16) and each field as its length
@@ -39,6 +39,7 @@ _ROUND = struct.Struct(">hiqiiiiiqid")
 _STEP_HEAD = struct.Struct(">hiq")
 _DURATION_AND_DETAIL = struct.Struct(">idi")  # duration_s (float8), then the detail's length
 _LENGTH = struct.Struct(">i")
+_BIGINT = struct.Struct(">iq")  # batch_id, when there is one
 
 
 def rounds_copy(ids: Sequence[int], rounds: Sequence[RoundRow]) -> bytes:
@@ -54,9 +55,6 @@ def rounds_copy(ids: Sequence[int], rounds: Sequence[RoundRow]) -> bytes:
         append(_NULL if batch_id is None else _BIGINT.pack(8, batch_id))
     append(TRAILER)
     return b"".join(parts)
-
-
-_BIGINT = struct.Struct(">iq")
 
 
 def steps_copy(ids: Sequence[int], steps: Sequence[StepRow]) -> bytes:
