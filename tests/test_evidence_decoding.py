@@ -11,28 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egresswatch import jsonrecord
-from egresswatch.evidence import (
-    DnsEvidence,
-    DnsTry,
-    HttpEvidence,
-    TcpAttempt,
-    TcpEvidence,
-    TlsEvidence,
-    TraceEvidence,
-    TraceHop,
-)
+from egresswatch.evidence import TcpAttempt, TcpEvidence, TraceHop
 from egresswatch.jsonrecord import EvidenceError, Record
+from tests.test_copy_binary import EVIDENCE_TYPES as KINDS
 
-KINDS: list[type[Record]] = [
-    DnsEvidence,
-    DnsTry,
-    TcpEvidence,
-    TcpAttempt,
-    TlsEvidence,
-    HttpEvidence,
-    TraceEvidence,
-    TraceHop,
-]
 SCALAR = st.one_of(
     st.none(),
     st.booleans(),
