@@ -54,6 +54,11 @@ class StepRow(NamedTuple):
 
 
 _PG_IDS = "SELECT nextval(pg_get_serial_sequence('rounds', 'id')) FROM generate_series(1, $1)"
+_PG_EVIDENCE_TYPE = (
+    "SELECT format_type(atttypid, NULL) FROM pg_attribute"
+    " WHERE attrelid = 'step_results'::regclass AND attname = 'evidence'"
+)
+_EVIDENCE_JSONB = "egresswatch_evidence_jsonb"  # the key in a connection's `info`
 _ROUND_COLUMNS = (
     "id",
     "source_id",
@@ -93,11 +98,19 @@ async def _postgresql(
     conn: AsyncConnection, rounds: Sequence[RoundRow], steps: Sequence[StepRow]
 ) -> list[int]:
     ids = [int(pk) for pk in (await conn.exec_driver_sql(_PG_IDS, (len(rounds),))).scalars()]
+    # The raw asyncpg connection under this AsyncConnection: same session, same transaction.
+    raw = await conn.get_raw_connection()
+    # The evidence column's type decides its binary form: asked once per connection (its
+    # `info` lives as long as it), since a schema changes only under a new one.
+    jsonb = raw.info.get(_EVIDENCE_JSONB)
+    if jsonb is None:
+        jsonb = raw.info[_EVIDENCE_JSONB] = (
+            await conn.exec_driver_sql(_PG_EVIDENCE_TYPE)
+        ).scalar_one() == "jsonb"
     # The streams are made before the first COPY: a row that cannot be encoded stores nothing.
     round_data = rounds_copy(ids, rounds)
-    step_data = steps_copy(ids, steps) if steps else None
-    # The raw asyncpg connection under this AsyncConnection: same session, same transaction.
-    driver = (await conn.get_raw_connection()).driver_connection
+    step_data = steps_copy(ids, steps, jsonb=jsonb) if steps else None
+    driver = raw.driver_connection
     await _copy(driver, "rounds", _ROUND_COLUMNS, round_data)
     if step_data is not None:
         await _copy(driver, "step_results", _STEP_COLUMNS, step_data)

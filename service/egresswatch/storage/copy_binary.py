@@ -12,7 +12,8 @@ The format (PostgreSQL's documentation, "COPY", "Binary Format"): a signature, f
 header extension length; per row the number of fields (int16) and each field as its length
 (int32, -1 for NULL) and its binary value, all big-endian; int16 -1 at the end. The column
 types are migration 0006's: bigint ids, integer source and target ids, timestamptz, double
-precision, varchar codes, text, and `json` evidence (its binary form is its text).
+precision, varchar codes, text, and `json` evidence (its binary form is its text; `jsonb`
+before 0006, which the migrations' tests still write to).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _STEP_HEAD = struct.Struct(">hiq")
 _DURATION_AND_DETAIL = struct.Struct(">idi")  # duration_s (float8), then the detail's length
 _LENGTH = struct.Struct(">i")
 _BIGINT = struct.Struct(">iq")  # batch_id, when there is one
+_JSONB_VERSION = b"\x01"
 
 
 def rounds_copy(ids: Sequence[int], rounds: Sequence[RoundRow]) -> bytes:
@@ -57,9 +59,10 @@ def rounds_copy(ids: Sequence[int], rounds: Sequence[RoundRow]) -> bytes:
     return b"".join(parts)
 
 
-def steps_copy(ids: Sequence[int], steps: Sequence[StepRow]) -> bytes:
+def steps_copy(ids: Sequence[int], steps: Sequence[StepRow], *, jsonb: bool = False) -> bytes:
     """The binary COPY stream of `steps` (columns: bulk._STEP_COLUMNS), each step's `round`
-    replaced by `ids[round]`.
+    replaced by `ids[round]`. `jsonb`: the evidence column is `jsonb` (before migration 0006),
+    whose binary form is a version byte, then the text.
 
     Raises sqlalchemy's DataError for a text that is not valid UTF-8 (a lone surrogate), as
     for any other row the database cannot take: retrying cannot help.
@@ -84,7 +87,11 @@ def steps_copy(ids: Sequence[int], steps: Sequence[StepRow]) -> bytes:
             append(code)
             append(_DURATION_AND_DETAIL.pack(8, duration_s, len(detail_bytes)))
             append(detail_bytes)
-            append(_LENGTH.pack(len(evidence_bytes)))
+            if jsonb:
+                append(_LENGTH.pack(len(evidence_bytes) + 1))
+                append(_JSONB_VERSION)
+            else:
+                append(_LENGTH.pack(len(evidence_bytes)))
             append(evidence_bytes)
     except UnicodeEncodeError as error:
         raise exc.DataError("COPY step_results", None, error) from error
