@@ -4,6 +4,15 @@
     python benchmarks/ingest.py --rounds 20000 --db sqlite
     python benchmarks/ingest.py --pg-url postgresql+asyncpg://user:pw@127.0.0.1:5432/db
     python benchmarks/ingest.py --db postgresql --batch 2000 --repeat 3   # medians of 3 runs
+    python benchmarks/ingest.py --db postgresql --via api   # agents' batches, as the controller
+
+`--via writer` (the default) submits the rounds, as objects, to the `BatchedWriter` (what
+`egresswatch run` does with its own rounds). `--via api` takes the controller's path for
+agents' batches, `POST /api/v1/results` without its HTTP framing and token check: each body is
+made beforehand as an agent makes it (agent/encode.py: one source, `--api-batch` rounds), then
+timed: parsed and validated (controller/ingest/batch_body.py), turned into rounds, and stored
+by `Ingest.accept` (target and time checks, one transaction per batch), `--api-concurrency`
+batches at a time, as agents' requests arrive on several connections.
 
 Besides wall-clock rates it prints CPU time, which a shared machine disturbs far less: the
 benchmark process's own (`time.process_time`, client CPU-ms per round) and, for PostgreSQL, the
@@ -33,6 +42,9 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from egresswatch.agent.encode import batch_body, batch_head, encode_round
+from egresswatch.controller.ingest.batch_body import parse_batch
+from egresswatch.controller.ingest.intake import Ingest
 from egresswatch.evidence import (
     DnsEvidence,
     Evidence,
@@ -43,8 +55,20 @@ from egresswatch.evidence import (
     TraceEvidence,
     TraceHop,
 )
-from egresswatch.model import PROBE_STEPS, Reason, RoundResult, Status, Step, StepResult
+from egresswatch.model import (
+    PROBE_STEPS,
+    Reason,
+    RoundResult,
+    SourceKind,
+    Status,
+    Step,
+    StepResult,
+)
+from egresswatch.settings import Settings
 from egresswatch.storage import BatchedWriter, Store, make_engine, upgrade
+
+TARGETS = 25
+SOURCES = 40
 
 
 @dataclass
@@ -123,8 +147,8 @@ def make_rounds(count: int, steps: int) -> list[RoundResult]:
     start = datetime.now(UTC) - timedelta(hours=1)
     return [
         RoundResult(
-            target=f"https://target-{i % 25}.example.test/",
-            source=f"pod/probes/agent-{i % 40}",
+            target=f"target-{i % TARGETS}",
+            source=f"pod/probes/agent-{i % SOURCES}",
             started_at=start + timedelta(microseconds=30 * i),
             steps=variants[i % len(variants)],
         )
@@ -157,6 +181,76 @@ async def ingest(
     written = writer.written
     steps = sum(len(r.steps) for r in rounds[:written])
     return Result(label, written, steps, seconds, client_cpu_s, server_cpu_s)
+
+
+def agent_bodies(rounds: list[RoundResult], per_batch: int) -> list[tuple[int, bytes]]:
+    """(rounds, body) of each batch agents would post: each source's rounds in batches of
+    `per_batch`, encoded as agent/encode.py does; batches of the sources interleaved."""
+    by_source: dict[str, list[RoundResult]] = {}
+    for r in rounds:
+        by_source.setdefault(r.source, []).append(r)
+    bodies = []
+    for source, own in by_source.items():
+        head = batch_head(source, SourceKind.POD, "node-1")
+        for n, first in enumerate(range(0, len(own), per_batch)):
+            chunk = own[first : first + per_batch]
+            documents = [encode_round(r) for r in chunk]
+            bodies.append((n, len(chunk), batch_body(head, f"b-{n}", documents)))
+    bodies.sort(key=lambda found: found[0])  # every source's first batch, then the second...
+    return [(count, body) for _, count, body in bodies]
+
+
+def _settings() -> Settings:
+    """The benchmark's targets configured (Ingest refuses rounds of any other)."""
+    return Settings.model_validate(
+        {
+            "source": {"name": "controller", "kind": "node"},
+            "targets": [
+                {"name": f"target-{n}", "url": f"https://target-{n}.example.test/"}
+                for n in range(TARGETS)
+            ],
+        }
+    )
+
+
+async def ingest_api(
+    label: str, url: URL, bodies: list[tuple[int, bytes]], limit_s: float, concurrency: int
+) -> Result:
+    """The bodies through the controller's ingest path, `concurrency` at a time."""
+    await asyncio.to_thread(upgrade, url)
+    engine = make_engine(url)
+    settings = _settings()
+    ingest = Ingest(Store(engine), settings=lambda: settings, judge=lambda rounds: None, clock=_now)
+    queue = list(reversed(bodies))
+    totals = [0, 0]  # rounds, step rows stored
+
+    async def agent_requests() -> None:
+        while queue and time.perf_counter() - started < limit_s:
+            _, body = queue.pop()
+            batch = parse_batch(body)  # what routes.results does, without HTTP and the token
+            rounds = batch.results()
+            stored = await ingest.accept(
+                batch.source, batch.batch_id, rounds, batch.source_kind, batch.source_node
+            )
+            totals[0] += stored
+            totals[1] += sum(len(r.steps) for r in rounds) if stored else 0
+
+    try:
+        started = time.perf_counter()
+        cpu_started = time.process_time()
+        async with asyncio.TaskGroup() as group:
+            for n in range(concurrency):
+                group.create_task(agent_requests(), name=f"bench-agent-{n}")
+        seconds = time.perf_counter() - started
+        client_cpu_s = time.process_time() - cpu_started
+        server_cpu_s = await _server_cpu_s(engine)
+    finally:
+        await engine.dispose()
+    return Result(label, totals[0], totals[1], seconds, client_cpu_s, server_cpu_s)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def with_pg_database(server: URL) -> URL:
@@ -201,16 +295,26 @@ async def main(argv: list[str]) -> int:
     )
     parser.add_argument("--batch", type=int, default=None, help="the writer's max_batch")
     parser.add_argument("--repeat", type=int, default=1, help="runs per database (medians)")
+    parser.add_argument("--via", choices=["writer", "api"], default="writer")
+    parser.add_argument("--api-batch", type=int, default=200, help="rounds per agent batch")
+    parser.add_argument("--api-concurrency", type=int, default=4, help="batches at a time")
     args = parser.parse_args(argv)
     batch = args.batch or BatchedWriter.DEFAULT_MAX_BATCH
 
     rounds = make_rounds(args.rounds, args.steps)
+    bodies = agent_bodies(rounds, args.api_batch) if args.via == "api" else []
+
+    async def run(label: str, url: URL) -> Result:
+        if args.via == "api":
+            return await ingest_api(label, url, bodies, args.time_limit, args.api_concurrency)
+        return await ingest(label, url, rounds, args.time_limit, batch)
+
     results: list[Result] = []
     for _ in range(args.repeat):
         if args.db in ("sqlite", "both"):
             with tempfile.TemporaryDirectory() as directory:
                 url = make_url(f"sqlite+aiosqlite:///{Path(directory) / 'bench.db'}")
-                results.append(await ingest("sqlite", url, rounds, args.time_limit, batch))
+                results.append(await run("sqlite", url))
         if args.db in ("postgresql", "both"):
             if not args.pg_url:
                 print(
@@ -220,18 +324,23 @@ async def main(argv: list[str]) -> int:
             server = make_url(args.pg_url)
             url = await with_pg_database(server)
             try:
-                results.append(await ingest("postgresql", url, rounds, args.time_limit, batch))
+                results.append(await run("postgresql", url))
             finally:
                 assert url.database is not None
                 await drop_pg_database(server, url.database)
-    _report(results, batch)
+    via = (
+        f"via api: batches of {args.api_batch}, {args.api_concurrency} at a time"
+        if args.via == "api"
+        else f"via the writer: batch {batch}"
+    )
+    _report(results, via)
     return 0 if results else 1
 
 
-def _report(results: list[Result], batch: int) -> None:
+def _report(results: list[Result], via: str) -> None:
     """One line per run, then the medians per database."""
     print(
-        f"batch {batch}\n{'database':<12}{'rounds':>10}{'step rows':>12}{'seconds':>9}"
+        f"{via}\n{'database':<12}{'rounds':>10}{'step rows':>12}{'seconds':>9}"
         f"{'rounds/s':>10}{'step rows/s':>13}{'client ms/round':>17}{'server ms/round':>17}"
     )
     for r in results:

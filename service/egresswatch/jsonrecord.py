@@ -150,9 +150,22 @@ _TEXT_ENCODERS: dict[type[Record], Callable[[Record], str]] = {}
 
 
 def _text_encoder(cls: type[Record]) -> Callable[[Record], str]:
-    """`to_json_text` for `cls`: the loop over `_layout(cls)` unrolled, same text."""
-    lines = ["def to_json_text(self):", "    parts = []"]
-    scope: dict[str, Any] = {"STRING": _STRING, "value_text": _value_text}
+    """`to_json_text` for `cls`: the loop over `_layout(cls)` unrolled, same text.
+
+    Each field tests first for None and then for the type its annotation declares, written as
+    constants where the text is known (`"name":null`): a call to `_value_text` per value was
+    most of the encoding (docs/performance.md, "Issue 14, third pass"). Anything else, such as
+    a value of another type, still goes through `_value_text`.
+    """
+    lines = ["def to_json_text(self):", "    parts = []", "    add = parts.append"]
+    scope: dict[str, Any] = {
+        "STRING": _STRING,
+        "value_text": _value_text,
+        "INT": int.__repr__,
+        "FLOAT": float.__repr__,
+        "isfinite": math.isfinite,
+    }
+    hints = _hints(cls)
     for number, (name, omit_default, default, shape, key) in enumerate(_layout(cls)):
         scope[f"K{number}"], scope[f"D{number}"] = key, default
         indent = "    "
@@ -160,18 +173,44 @@ def _text_encoder(cls: type[Record]) -> Callable[[Record], str]:
         if omit_default:
             lines.append(f"    if not (v == D{number}):")
             indent = "        "
-        lines.append(f"{indent}if type(v) is str:")
-        lines.append(f"{indent}    parts.append(K{number} + STRING(v))")
-        if shape is _Shape.RECORDS:
-            lines.append(f"{indent}elif type(v) is tuple:")
-            items = '",".join([item.to_json_text() for item in v])'
-            lines.append(f'{indent}    parts.append(K{number} + "[" + {items} + "]")')
-        lines.append(f"{indent}else:")
-        lines.append(f"{indent}    parts.append(K{number} + value_text(v))")
+        lines.extend(indent + line for line in _field_lines(number, key, hints[name], shape))
     lines.append('    return "{" + ",".join(parts) + "}"')
     exec("\n".join(lines), scope)  # our own layout and names: no outside text
     encode: Callable[[Record], str] = scope["to_json_text"]
     return encode
+
+
+def _field_lines(number: int, key: str, hint: Any, shape: _Shape) -> list[str]:
+    """The statements that add field `number` (its value in `v`, `"name":` in `K{number}`)."""
+    k = f"K{number}"
+    lines = ["if v is None:", f"    add({(key + 'null')!r})", "elif type(v) is str:"]
+    lines.append(f"    add({k} + STRING(v))")
+    kinds = {arg for arg in get_args(hint)} | {hint}
+    if int in kinds or float in kinds:  # a float field takes an int too
+        lines += ["elif type(v) is int:", f"    add({k} + INT(v))"]
+    if float in kinds:
+        lines += ["elif type(v) is float and isfinite(v):", f"    add({k} + FLOAT(v))"]
+    if bool in kinds:
+        lines += ["elif v is True:", f"    add({(key + 'true')!r})"]
+        lines += ["elif v is False:", f"    add({(key + 'false')!r})"]
+    if shape is _Shape.RECORDS:
+        items = '",".join([item.to_json_text() for item in v])'
+        lines += ["elif type(v) is tuple:", f'    add({k} + "[" + {items} + "]")']
+    elif get_origin(_optional(hint)) is tuple:
+        # Mostly texts (addresses, names): each as `_value_text` writes it, strings directly.
+        items = '",".join([STRING(x) if type(x) is str else value_text(x) for x in v])'
+        lines += ["elif type(v) is tuple:", f'    add({k} + "[" + {items} + "]")']
+    lines += ["else:", f"    add({k} + value_text(v))"]
+    return lines
+
+
+def _optional(hint: Any) -> Any:
+    """`X` of `X | None`; `hint` itself otherwise."""
+    if get_origin(hint) in (Union, types.UnionType):
+        inner = [arg for arg in get_args(hint) if arg is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return hint
 
 
 def _shape(hint: Any) -> _Shape:
@@ -225,31 +264,80 @@ def json_path(path: str, key: str | int) -> str:
 
 
 def _record(cls: type[R], data: object, strict: bool, path: str) -> R:
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):  # an ABC's check is slow
         raise EvidenceError(path, f"expected an object, got {json_kind(data)}")
     hints = _hints(cls)
-    fields = dataclasses.fields(cls)
-    names = [item.name for item in fields]
-    unknown = [key for key in data if key not in hints]
-    if strict and unknown:
-        key = unknown[0]
+    if strict and not data.keys() <= hints.keys():
+        key = next(key for key in data if key not in hints)
         where = json_path(path, str(key))
-        raise EvidenceError(where, f"unknown key; {cls.__name__} has {', '.join(names)}")
+        names = ", ".join(item.name for item in dataclasses.fields(cls))
+        raise EvidenceError(where, f"unknown key; {cls.__name__} has {names}")
     values: dict[str, Any] = {}
-    for item in fields:
-        required = _required(item)
-        where = json_path(path, item.name)
-        if item.name not in data:
+    for name, required, hint, quick in _decoding(cls):
+        if name not in data:
             if required:
-                raise EvidenceError(where, "missing")
+                raise EvidenceError(json_path(path, name), "missing")
             continue
-        try:
-            values[item.name] = _value(hints[item.name], data[item.name], strict, where)
-        except EvidenceError:
-            if strict or required:
-                raise
-            # lenient: the default stands in for a value this version cannot read
+        value = data[name]
+        found = _SLOW if quick is None else quick(value)
+        if found is _SLOW:  # not the plain case: `_value` decodes it, or says what is wrong
+            try:
+                found = _value(hint, value, strict, json_path(path, name))
+            except EvidenceError:
+                if strict or required:
+                    raise
+                continue  # lenient: the default stands in for a value this version cannot read
+        values[name] = found
     return cls(**values)
+
+
+# Decoding agents' evidence was most of the controller's CPU per ingested round: each value
+# went through `_value`'s type inspection and had its JSON path built. Each field now gets a
+# quick check for its plain case (a string, a finite float, an integer within 64 bits, a list of
+# strings, or null where allowed), which returns exactly what `_value` returns for it, or _SLOW
+# for anything else: `_value` then decides, with the same errors as before.
+_SLOW = object()
+Quick = Callable[[object], object]
+_DECODING: dict[type[Record], tuple[tuple[str, bool, Any, Quick | None], ...]] = {}
+
+
+def _decoding(cls: type[Record]) -> tuple[tuple[str, bool, Any, Quick | None], ...]:
+    """(name, required, type, quick check) of each field of `cls`; a memo."""
+    found = _DECODING.get(cls)
+    if found is None:
+        hints = _hints(cls)
+        found = _DECODING[cls] = tuple(
+            (item.name, _required(item), hints[item.name], _quick(hints[item.name]))
+            for item in dataclasses.fields(cls)
+        )
+    return found
+
+
+def _quick(hint: Any) -> Quick | None:
+    """The quick check for a field of type `hint` (see _SLOW), None when it has none."""
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    plain = _optional(hint)
+    if plain is str:
+        check: Quick = lambda v: v if type(v) is str else _SLOW  # noqa: E731
+    elif plain is int:
+        check = lambda v: v if type(v) is int and INT_MIN <= v <= INT_MAX else _SLOW  # noqa: E731
+    elif plain is float:
+        check = lambda v: v if type(v) is float and math.isfinite(v) else _SLOW  # noqa: E731
+    elif plain is bool:
+        check = lambda v: v if type(v) is bool else _SLOW  # noqa: E731
+    elif get_origin(plain) is tuple and get_args(plain)[0] is str:
+        check = _strings
+    else:
+        return None
+    if not optional:
+        return check
+    return lambda v: None if v is None else check(v)
+
+
+def _strings(value: object) -> object:
+    if type(value) is list and all(type(item) is str for item in value):
+        return tuple(value)
+    return _SLOW
 
 
 def _value(hint: Any, value: object, strict: bool, path: str) -> Any:

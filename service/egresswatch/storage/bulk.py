@@ -3,10 +3,11 @@
 Rounds need their ids back, in order, to attach their step results:
 
 - PostgreSQL: the ids come from the table's sequence (`nextval` over `generate_series`), then
-  both tables are filled by a binary COPY each (asyncpg's `copy_records_to_table` on the
-  connection under the SQLAlchemy one, inside its transaction): no statement to parse, no
-  arrays to unpack. This replaced `INSERT ... SELECT FROM unnest(...)` (itself three times
-  faster than executemany); docs/performance.md has the numbers. COPY's errors are asyncpg's
+  both tables are filled by a binary COPY each (asyncpg's `copy_to_table` on the connection
+  under the SQLAlchemy one, inside its transaction), its stream written in one pass by
+  copy_binary.py: no statement to parse, no arrays to unpack, no tuple per row. This replaced
+  `copy_records_to_table`, which replaced `INSERT ... SELECT FROM unnest(...)` (itself three
+  times faster than executemany); docs/performance.md has the numbers. COPY's errors are asyncpg's
   own: they are raised as the `sqlalchemy.exc` error of their SQLSTATE class (integrity,
   data), so the writer tells bad rows from an outage as it does for every other statement.
 - SQLite: it has one writer at a time, and the caller's transaction already holds the write
@@ -28,6 +29,7 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from egresswatch.storage import tables as t
+from egresswatch.storage.copy_binary import rounds_copy, steps_copy
 
 
 class RoundRow(NamedTuple):
@@ -52,6 +54,11 @@ class StepRow(NamedTuple):
 
 
 _PG_IDS = "SELECT nextval(pg_get_serial_sequence('rounds', 'id')) FROM generate_series(1, $1)"
+_PG_EVIDENCE_TYPE = (
+    "SELECT format_type(atttypid, NULL) FROM pg_attribute"
+    " WHERE attrelid = 'step_results'::regclass AND attname = 'evidence'"
+)
+_EVIDENCE_JSONB = "egresswatch_evidence_jsonb"  # the key in a connection's `info`
 _ROUND_COLUMNS = (
     "id",
     "source_id",
@@ -91,22 +98,32 @@ async def _postgresql(
     conn: AsyncConnection, rounds: Sequence[RoundRow], steps: Sequence[StepRow]
 ) -> list[int]:
     ids = [int(pk) for pk in (await conn.exec_driver_sql(_PG_IDS, (len(rounds),))).scalars()]
-    round_records = [(pk, *row) for pk, row in zip(ids, rounds, strict=True)]
-    step_records = [(ids[s.round], *s[1:]) for s in steps]
     # The raw asyncpg connection under this AsyncConnection: same session, same transaction.
-    driver = (await conn.get_raw_connection()).driver_connection
-    await _copy(driver, "rounds", _ROUND_COLUMNS, round_records)
-    if step_records:
-        await _copy(driver, "step_results", _STEP_COLUMNS, step_records)
+    raw = await conn.get_raw_connection()
+    # The evidence column's type decides its binary form: asked once per connection (its
+    # `info` lives as long as it), since a schema changes only under a new one.
+    jsonb = raw.info.get(_EVIDENCE_JSONB)
+    if jsonb is None:
+        jsonb = raw.info[_EVIDENCE_JSONB] = (
+            await conn.exec_driver_sql(_PG_EVIDENCE_TYPE)
+        ).scalar_one() == "jsonb"
+    # The streams are made before the first COPY: a row that cannot be encoded stores nothing.
+    round_data = rounds_copy(ids, rounds)
+    step_data = steps_copy(ids, steps, jsonb=jsonb) if steps else None
+    driver = raw.driver_connection
+    await _copy(driver, "rounds", _ROUND_COLUMNS, round_data)
+    if step_data is not None:
+        await _copy(driver, "step_results", _STEP_COLUMNS, step_data)
     return ids
 
 
-async def _copy(
-    driver: Any, table: str, columns: Sequence[str], records: list[tuple[Any, ...]]
-) -> None:
-    """Binary COPY of `records` into `table`; asyncpg's row errors raised as SQLAlchemy's."""
+async def _copy(driver: Any, table: str, columns: Sequence[str], data: bytes) -> None:
+    """Binary COPY of `data` (copy_binary.py) into `table`; asyncpg's row errors raised as
+    SQLAlchemy's."""
     try:
-        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+        # A memoryview: asyncpg would take bytes for a file's path (os.fspath accepts them).
+        source = memoryview(data)
+        await driver.copy_to_table(table, source=source, columns=list(columns), format="binary")
     except Exception as error:
         raised = _ROW_ERRORS.get(str(getattr(error, "sqlstate", "") or "")[:2])
         if raised is None or not type(error).__module__.startswith("asyncpg"):

@@ -11,6 +11,7 @@ step's evidence must be its step's type (steps.py, evidence.py), checked strictl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -32,7 +34,7 @@ from egresswatch.controller.api.query import (
     bad_request,
     parse_time,
 )
-from egresswatch.evidence import Evidence, EvidenceError, NotRun
+from egresswatch.evidence import Evidence, EvidenceError
 from egresswatch.model import (
     PROBE_STEPS,
     Reason,
@@ -51,6 +53,10 @@ DETAIL_MAX = 4096
 DURATION_MS_MAX = 86_400_000.0  # a day: longer is not a step's duration but a clock error
 TEXT_PATTERN = r"^[^\u0000]*$"  # no NUL: PostgreSQL stores none in text or JSON
 _CHUNK = 64 * 1024
+# Validation context: True when the body holds no NUL character. JSON writes one only as the
+# escape \u0000 (a raw control character is not JSON); looking through every evidence object
+# for one was a sixth of the controller's CPU per ingested round.
+_NO_NUL = "no_nul"
 
 
 def _has_nul(value: Any, depth: int = 0) -> bool:
@@ -84,27 +90,18 @@ class StepIn(_Strict):
     duration_ms: float = Field(ge=0, le=DURATION_MS_MAX, allow_inf_nan=False)
     detail: str = Field("", max_length=DETAIL_MAX, pattern=TEXT_PATTERN)
     evidence: dict[str, Any] = Field(default_factory=dict)
-    _typed: Evidence = PrivateAttr(default_factory=NotRun)
 
-    def check_evidence(self) -> EvidenceError | None:
-        """Decode the evidence as its step's type, strictly; the error when it does not fit.
-
-        A separate pass (parse_batch), so the problem names the field inside the evidence.
-        """
-        try:
-            self._typed = evidence_from_json(self.step, self.evidence)
-        except EvidenceError as exc:
-            return exc
-        return None
-
-    @property
-    def typed_evidence(self) -> Evidence:
-        """The evidence as decoded by `check_evidence` (NotRun before)."""
-        return self._typed
+    def decoded_evidence(self) -> Evidence:
+        """The evidence as its step's type, decoded strictly; raises EvidenceError when it
+        does not fit. A separate pass (parse_batch), so the problem names the field inside
+        the evidence."""
+        return evidence_from_json(self.step, self.evidence)
 
     @field_validator("evidence")
     @classmethod
-    def _storable(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _storable(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if (info.context or {}).get(_NO_NUL) is True:
+            return value  # parse_batch found no NUL in the whole body: no need to look
         if _has_nul(value):
             raise ValueError("a text in the evidence holds a NUL character: no database stores it")
         return value
@@ -141,7 +138,8 @@ class RoundIn(_Strict):
             seen.add(item.step)
         return value
 
-    def result(self) -> RoundResult:
+    def result(self, evidence: Sequence[Evidence]) -> RoundResult:
+        """The round, `evidence[i]` the decoded evidence of `steps[i]`."""
         return RoundResult(
             target=self.target,
             source=self.source,
@@ -153,9 +151,9 @@ class RoundIn(_Strict):
                     reason=s.reason,
                     duration_s=s.duration_ms / 1000.0,
                     detail=s.detail,
-                    evidence=s.typed_evidence,
+                    evidence=typed,
                 )
-                for s in self.steps
+                for s, typed in zip(self.steps, evidence, strict=True)
             ),
         )
 
@@ -166,6 +164,15 @@ class BatchIn(_Strict):
     source_node: Name | None = None  # the node the source ran on (a pod's NODE_NAME)
     batch_id: str = Field(min_length=1, max_length=BATCH_ID_MAX, pattern=NAME_PATTERN)
     rounds: list[RoundIn] = Field(min_length=1)
+    # Each round's steps' evidence, decoded by parse_batch. Kept here, once per batch, and not
+    # as a private attribute of each step: pydantic fills a model's private attributes when it
+    # makes one, and that was half of validating a batch (docs/performance.md, "Issue 14, third
+    # pass").
+    _evidence: list[list[Evidence]] = PrivateAttr(default_factory=list)
+
+    def results(self) -> list[RoundResult]:
+        """The rounds, with their evidence as parse_batch decoded it."""
+        return [r.result(typed) for r, typed in zip(self.rounds, self._evidence, strict=True)]
 
 
 def field_name(loc: tuple[int | str, ...]) -> str:
@@ -184,7 +191,8 @@ def field_name(loc: tuple[int | str, ...]) -> str:
 def parse_batch(body: bytes) -> BatchIn:
     """The validated batch; a 400 naming every bad field otherwise."""
     try:
-        batch = BatchIn.model_validate_json(body)
+        no_nul = b"\\u0000" not in body and b"\x00" not in body
+        batch = BatchIn.model_validate_json(body, context={_NO_NUL: no_nul})
     except ValidationError as exc:
         problems = [
             InvalidParam(field_name(e["loc"]), str(e["msg"]).removeprefix("Value error, "))
@@ -198,14 +206,19 @@ def parse_batch(body: bytes) -> BatchIn:
     ]
     if strangers:
         raise bad_request(strangers[:50])
-    misfits = [
-        InvalidParam(_evidence_path(i, j, error.field), error.problem)
-        for i, r in enumerate(batch.rounds)
-        for j, s in enumerate(r.steps)
-        if (error := s.check_evidence()) is not None
-    ]
+    misfits: list[InvalidParam] = []
+    evidence: list[list[Evidence]] = []
+    for i, r in enumerate(batch.rounds):
+        decoded = []
+        for j, s in enumerate(r.steps):
+            try:
+                decoded.append(s.decoded_evidence())
+            except EvidenceError as error:
+                misfits.append(InvalidParam(_evidence_path(i, j, error.field), error.problem))
+        evidence.append(decoded)
     if misfits:
         raise bad_request(misfits[:50])
+    batch._evidence = evidence
     return batch
 
 
