@@ -88,6 +88,11 @@ class _Tracked(Generic[_H]):
         self._by_target: dict[str, list[tuple[str, ...]]] = {}
 
     def labels(self, *values: str) -> _H:
+        return self.series(values)
+
+    def series(self, values: tuple[str, ...]) -> _H:
+        """The handle of the series of `values`; a new series keeps `values` itself (pass one
+        tuple to several families: one tuple, not one a family)."""
         if self._target is not None and not self.family.has(values):
             self._by_target.setdefault(values[self._target], []).append(values)
         return self.family.handle(values)
@@ -263,13 +268,14 @@ class Metrics:
         who = (kind.value if kind is not None else UNKNOWN_KIND) if self._per_kind else source
         for step in result.steps:
             pair = (source, target, step.step.value)
-            detailed = (who, target, step.step.value)
+            # Per source, the histogram's series and step_up's keep one tuple between them.
+            detailed = pair if who is source else (who, target, step.step.value)
             reason = step.reason.value if step.reason is not None else NO_REASON
             self._results.labels(*detailed, step.status.value, reason).inc()
             if step.status is not Status.SKIPPED:
-                self._duration.labels(*detailed).observe(step.duration_s)
+                self._duration.series(detailed).observe(step.duration_s)
             if step.status in (Status.OK, Status.FAIL):
-                self._step_up.labels(*pair).set(1 if step.status is Status.OK else 0)
+                self._step_up.series(pair).set(1 if step.status is Status.OK else 0)
         self.set_first_failing_step(source, target, result.first_failing_step)
 
     def set_first_failing_step(self, source: str, target: str, step: Step | None) -> None:
