@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,28 @@ async def test_trims_at_start_then_on_its_period_in_a_named_task_until_stopped()
     await heap.stop()  # idempotent
 
 
+async def test_soon_trims_before_the_period_once_for_many_asks() -> None:
+    heap = HeapTrim(lambda: True, period_s=3600, settle_s=0.05)
+    heap.start()
+    try:
+        await _until(lambda: heap.trims == 1)  # at start
+        for _ in range(5):
+            heap.soon()
+        await _until(lambda: heap.trims == 2)
+        await asyncio.sleep(0.2)
+        assert heap.trims == 2  # five asks while one was pending: one trim
+    finally:
+        await heap.stop()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(500):  # bounded: 5 s at most
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not within 5 s")
+
+
 async def test_a_failing_trim_is_logged_once_and_stops(caplog: pytest.LogCaptureFixture) -> None:
     def trim() -> bool:
         raise OSError("no")
@@ -97,3 +120,5 @@ async def test_without_malloc_trim_nothing_runs() -> None:
 def test_the_period_must_be_positive() -> None:
     with pytest.raises(ValueError, match="period_s must be positive"):
         HeapTrim(None, period_s=0)
+    with pytest.raises(ValueError, match="settle_s not negative"):
+        HeapTrim(None, settle_s=-1)

@@ -365,5 +365,12 @@ async def test_the_c_heap_is_trimmed_by_a_named_task_that_stops_with_the_service
                 break
             await asyncio.sleep(0.01)
         assert service.heap_trim.trims >= 1
+        trims = service.heap_trim.trims
+        assert (await scrape(service, "/api/v1/status"))[0] == 200  # a large answer: trimmed
+        for _ in range(500):  # bounded: a second after the answer, not at the 30 s period
+            if service.heap_trim.trims > trims:
+                break
+            await asyncio.sleep(0.01)
+        assert service.heap_trim.trims == trims + 1
     await service.stop()
     assert HEAP_TRIM not in {t.get_name() for t in asyncio.all_tasks()}

@@ -17,6 +17,9 @@ Contract:
   malloc's lock, a few ms at 150 MiB; ctypes lets go of the GIL meanwhile), so the event loop
   is not held. :meth:`~HeapTrim.stop` cancels and awaits it. A trim that raises is logged once
   and the task stops trimming: the process works the same without it.
+- :meth:`HeapTrim.soon` asks for a trim `settle_s` from now, sooner than the period: after a
+  request that allocated a lot (a status answer, a scrape), once its answer is sent and freed.
+  Calls while one is pending make no second trim.
 """
 
 from __future__ import annotations
@@ -55,13 +58,21 @@ def find_trim(library: str | None = None) -> Trim | None:
 class HeapTrim:
     """Trims the C heap with `trim` at start and every `period_s`; see the module docstring."""
 
-    def __init__(self, trim: Trim | None, *, period_s: float = 30.0) -> None:
-        if not period_s > 0:
-            raise ValueError(f"period_s must be positive, got {period_s}")
+    def __init__(self, trim: Trim | None, *, period_s: float = 30.0, settle_s: float = 1.0) -> None:
+        if not period_s > 0 or settle_s < 0:
+            raise ValueError(
+                f"period_s must be positive and settle_s not negative, got {period_s}, {settle_s}"
+            )
         self._trim = trim
-        self._period = period_s
+        self._period, self._settle = period_s, settle_s
         self._task: asyncio.Task[None] | None = None
+        self._asked = asyncio.Event()
         self.trims = 0  # how many trims ran (tests read it)
+
+    def soon(self) -> None:
+        """Trim `settle_s` from now rather than at the end of the period (see the module
+        docstring). On the event loop; nothing happens before start or without a `trim`."""
+        self._asked.set()
 
     def start(self) -> None:
         """Start trimming (the first trim now); inside the running event loop, once. Without a
@@ -88,4 +99,8 @@ class HeapTrim:
                 log.exception("malloc_trim failed; the C heap is no longer trimmed")
                 return
             self.trims += 1
-            await asyncio.sleep(self._period)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._asked.wait(), self._period)
+            if self._asked.is_set():  # asked for: let the request's answer go first
+                await asyncio.sleep(self._settle)
+                self._asked.clear()

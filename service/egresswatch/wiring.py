@@ -386,6 +386,7 @@ class Service:
                 agents=self.kube.agents,
                 policies=lambda: self.kube.policies,
                 hidden=lambda source: source in self.pipeline.retired,
+                after_large_answer=self.heap_trim.soon,
             )
         )
         try:
