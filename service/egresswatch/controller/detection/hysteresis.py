@@ -92,7 +92,7 @@ LATENCY_STEPS = frozenset(PROBE_STEPS) - {Step.PATH_TRACE}
 _DETAIL_MAX = 200
 
 
-@dataclass
+@dataclass(slots=True)  # one a (source, target)
 class _SourceTrack:
     last_round_at: datetime
     steps: dict[Step, StepTrack] = field(default_factory=dict)
