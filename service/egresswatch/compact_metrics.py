@@ -100,6 +100,10 @@ class Family(Collector, Generic[H]):
         the tuple an index already holds: one tuple a series, not two)."""
         raise NotImplementedError
 
+    def series(self) -> list[Labels]:
+        """The label values of every series, in the order of a scrape (a copy)."""
+        return list(self._slots)
+
     def has(self, values: Labels) -> bool:
         """Whether the series of `values` exists."""
         return values in self._slots

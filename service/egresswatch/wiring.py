@@ -412,8 +412,9 @@ class Service:
         if self.local_agent:
             follow_config(self.runner, new)
         self.scheduler.set_jobs(self._jobs(new))
-        for gone in old_targets - {t.name for t in new.targets}:
-            self.metrics.forget_target(gone)
+        gone_targets = old_targets - {t.name for t in new.targets}
+        self.metrics.forget_targets(gone_targets)  # one pass over the series for all of them
+        for gone in gone_targets:
             self.pipeline.forget_target(gone)
         try:
             await self._sync_targets(new)
