@@ -13,10 +13,12 @@ Contract:
 - :func:`find_trim` is the C library's `malloc_trim(0)` as a callable (True when memory was
   returned), or None where there is none (musl, macOS): then nothing is trimmed, nothing fails.
 - :class:`HeapTrim` trims at :meth:`~HeapTrim.start` and then every `period_s`, in a task named
-  ``egresswatch-heap-trim``; each trim runs in a worker thread (it walks the heaps under
-  malloc's lock, a few ms at 150 MiB; ctypes lets go of the GIL meanwhile), so the event loop
-  is not held. :meth:`~HeapTrim.stop` cancels and awaits it. A trim that raises is logged once
-  and the task stops trimming: the process works the same without it.
+  ``egresswatch-heap-trim``; each trim runs in a worker thread (ctypes lets go of the GIL),
+  so the event loop runs meanwhile, except that a block over 512 bytes it asks malloc for
+  waits while the trim holds that arena's lock: the longer, the more there is to return,
+  which trimming often keeps small. :meth:`~HeapTrim.stop` cancels and awaits it. A trim
+  that raises is logged once and the task stops trimming: the process works the same
+  without it.
 - :meth:`HeapTrim.soon` asks for a trim `settle_s` from now, sooner than the period: after a
   request that allocated a lot (a status answer, a scrape), once its answer is sent and freed.
   Calls while one is pending make no second trim.
