@@ -12,8 +12,10 @@ http`` for URLs) every ``--interval`` seconds (60 s: 5,000 targets are 83 rounds
 - CPU-ms per round (process utime + stime over the window / rounds) and CPU % of one core;
 - the event loop's longest lag (`egresswatch_event_loop_lag_seconds`, the last 10 s): what the
   controller's sweeps (detection tick, staleness every 5 s, retention) hold the loop for at most;
-- RSS; one /metrics scrape's size, wall time and CPU (the process's CPU during the scrape minus
-  what the window's rate would have spent anyway); `/api/v1/status`'s latency (median of 3).
+- RSS right after the last request, and again SETTLE_S later (the C heap is trimmed a second
+  after a status answer or a scrape: heaptrim.py); one /metrics scrape's size, wall time and
+  CPU (the process's CPU during the scrape minus what the window's rate would have spent
+  anyway); `/api/v1/status`'s latency (median of 3).
 
 ``--migrate-first`` migrates the database with `egresswatch db upgrade` before `run` starts
 (as the chart's migrate Job does, and as every restart finds it): the process then never loads
@@ -55,10 +57,12 @@ from egresswatch.bench.procs import (
 )
 
 BUCKET = "egresswatch_scheduler_lateness_seconds_bucket"
+SETTLE_S = 3.0  # after the last request, before RSS is read again
 LOOP_LAG = "egresswatch_event_loop_lag_seconds"
 HEADER = (
     "| targets | interval s | rounds/s | lateness p50 / p99 / max | shed | failed steps"
-    " | CPU-ms/round | CPU % | loop lag max ms | RSS MiB | scrape MB | scrape s / CPU-s"
+    " | CPU-ms/round | CPU % | loop lag max ms | RSS MiB (then 3 s later) | scrape MB"
+    " | scrape s / CPU-s"
     " | status ms |"
 )
 
@@ -158,7 +162,10 @@ async def measure(lab: Lab, args: argparse.Namespace, count: int) -> str:
             last = await scrape(session, port, proc.pid)
             status = await status_ms(session, port)
         rss = rss_mib(proc.pid)
-    return _row(count, args, first, last, cpu, rss, status)
+        # What stays: the C heap is trimmed a second after a status answer or a scrape.
+        await asyncio.sleep(SETTLE_S)
+        settled = rss_mib(proc.pid)
+    return _row(count, args, first, last, cpu, (rss, settled), status)
 
 
 def _row(
@@ -167,7 +174,7 @@ def _row(
     first: Page,
     last: Page,
     cpu_s: float,
-    rss: float,
+    rss: tuple[float, float],
     status: float,
 ) -> str:
     before, after = counters(first.text), counters(last.text)
@@ -187,7 +194,7 @@ def _row(
         f"{per_round:.2f}",
         f"{cpu_s / args.window * 100:.1f}",
         f"{loop_lag_ms(last.text):.0f}",
-        f"{rss:.0f}",
+        f"{rss[0]:.0f} / {rss[1]:.0f}",
         f"{last.size / 1e6:.2f}",
         f"{last.wall_s:.2f} / {scrape_cpu:.2f}",
         f"{status:.0f}",

@@ -104,7 +104,8 @@ def test_targets_scale_benchmark_runs() -> None:
     assert float(shown["rounds/s"]) > 0 and float(shown["CPU-ms/round"]) > 0
     assert shown["lateness p50 / p99 / max"].startswith("<=")
     assert shown["failed steps"] == "0" and shown["shed"] == "0"
-    assert float(shown["scrape MB"]) > 0 and float(shown["RSS MiB"]) > 0
+    rss, settled = (float(mib) for mib in shown["RSS MiB (then 3 s later)"].split(" / "))
+    assert float(shown["scrape MB"]) > 0 and rss > 0 and settled > 0
     assert lines[-1].startswith("load average at end")
 
 

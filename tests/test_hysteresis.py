@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 
 from egresswatch.controller.detection.hysteresis import Detector
+from egresswatch.controller.detection.step_rules import UNJUDGED, StepTrack
 from egresswatch.model import (
     Change,
     Reason,
@@ -84,6 +85,11 @@ def flips(pattern: str, settings: DetectionSettings) -> list[tuple[int, StepStat
         (".FFsFe", policy(fail_after=3), [(4, FAILING, 1)]),
         (".FFFs.e.", policy(fail_after=3, recover_after=2), [(3, FAILING, 1), (7, OK, 5)]),
         ("sssseeee", policy(fail_after=1), []),
+        # a step seen only skipped or error so far is judged from its first ok or fail on,
+        # as one never seen (the shared UNJUDGED track stays as built)
+        ("sesFFF.", policy(fail_after=3), [(5, FAILING, 3)]),
+        ("ssF.F.F.", policy(fail_after=3, fail_window=(3, 5)), [(6, FAILING, 2)]),
+        ("se.sFsF", policy(fail_after=2), [(6, FAILING, 4)]),
         # a step failing from its first round flips from UNKNOWN; the first good round sets OK
         # silently (the previous state is checked in test_a_step_starts_unknown)
         ("FFF", policy(fail_after=3), [(2, FAILING, 0)]),
@@ -393,3 +399,20 @@ def test_a_degraded_step_still_reports_a_larger_regression() -> None:
         (StepState.DEGRADED, StepState.DEGRADED),
     ]
     assert "latency rose again" in found[1].detail and "300.0 ms" in found[1].detail
+
+
+def test_steps_never_judged_share_one_track_that_stays_as_built() -> None:
+    """An `address:` target's DNS, TLS, HTTP and trace steps are skipped every round: they
+    share UNJUDGED (160 bytes a step less), which no round, silence or return changes."""
+    detector = Detector(lambda _: policy(fail_after=1, fail_window=(1, 2)))
+    skipped = {"dns_cluster": "-", "tls_handshake": "-", "http_response": "!"}
+    feed(detector, [round_(0, codes=skipped), round_(1, codes=skipped, tcp_connect="conn_timeout")])
+    tracks = detector._tracks["shop"]["pod-a"].steps
+    assert tracks[Step.DNS_CLUSTER] is tracks[Step.TLS_HANDSHAKE] is UNJUDGED
+    assert tracks[Step.HTTP_RESPONSE] is UNJUDGED and tracks[Step.TCP_CONNECT] is not UNJUDGED
+    assert detector.stale(at(50), interval)  # silent: stale
+    feed(detector, [round_(51, codes=skipped)])  # back: the runs are broken
+    assert StepTrack() == UNJUDGED
+    assert detector.states("shop")["pod-a"][Step.TLS_HANDSHAKE] is UNKNOWN
+    feed(detector, [round_(52)])  # every step judged now: tracks of their own
+    assert UNJUDGED not in tracks.values() and StepTrack() == UNJUDGED

@@ -200,6 +200,23 @@ def test_forget_target_removes_every_series_of_it_and_only_those() -> None:
     assert value(scrape(registry), "egresswatch_step_up", **PAIR, step="dns_cluster") == 1
 
 
+def test_forget_targets_removes_several_in_one_call_and_only_those() -> None:
+    """A reload that drops targets forgets them in one pass; they can come back."""
+    registry, metrics = make()
+    for name in ("a", "b", "c"):
+        metrics.observe_round(healthy("pod-a", name))
+    metrics.forget_targets({"a", "c"})
+    s = scrape(registry)
+    assert {dict(lbls).get("target") for (_, lbls) in s} - {None} == {"b"}
+    metrics.observe_round(healthy("pod-a", "a"))
+    assert (
+        value(
+            scrape(registry), "egresswatch_step_up", source="pod-a", target="a", step="dns_cluster"
+        )
+        == 1
+    )
+
+
 def test_forget_source_removes_every_series_of_it() -> None:
     registry, metrics = make()
     populate(metrics)

@@ -20,6 +20,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from egresswatch.heaptrim import TASK_NAME as HEAP_TRIM
+from egresswatch.heaptrim import find_trim
 from egresswatch.looplag import period_for
 from egresswatch.model import Reason, Status, Step
 from egresswatch.settings import load_settings
@@ -345,3 +347,30 @@ async def test_the_loop_lag_sampler_follows_the_shortest_step_budget_across_relo
     )
     assert await service.reload() is True
     assert service.loop_lag.period_s == period_for(2.0) == 0.1
+
+
+async def test_the_c_heap_is_trimmed_by_a_named_task_that_stops_with_the_service(
+    lab: Lab, local_servers: LocalServers, running: Callable[..., Any]
+) -> None:
+    """What glibc keeps of freed memory goes back to the system from the start on
+    (heaptrim.py); the task is the service's and ends with it."""
+    server = await local_servers.https(Reply(200))
+    path = lab.write([{"name": "one", "url": f"https://{NAME}:{server.port}/"}])
+    service: Service = await running(path, migrate=True, watch_config=False)
+    names = {t.get_name() for t in asyncio.all_tasks()}
+    assert (HEAP_TRIM in names) is (find_trim() is not None)
+    if find_trim() is not None:
+        for _ in range(500):  # bounded: the first trim runs at start, in a worker thread
+            if service.heap_trim.trims:
+                break
+            await asyncio.sleep(0.01)
+        assert service.heap_trim.trims >= 1
+        trims = service.heap_trim.trims
+        assert (await scrape(service, "/api/v1/status"))[0] == 200  # a large answer: trimmed
+        for _ in range(500):  # bounded: a second after the answer, not at the 30 s period
+            if service.heap_trim.trims > trims:
+                break
+            await asyncio.sleep(0.01)
+        assert service.heap_trim.trims == trims + 1
+    await service.stop()
+    assert HEAP_TRIM not in {t.get_name() for t in asyncio.all_tasks()}

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from egresswatch.controller.api.agent_identity import AgentIdentities
-from egresswatch.controller.api.app import make_app
+from egresswatch.controller.api.app import Handler, make_app
 from egresswatch.controller.api.auth import Right, Tokens, authorize
 from egresswatch.controller.api.query import ApiError
 from egresswatch.controller.api.ratelimit import RateLimiter
@@ -44,6 +44,13 @@ class AppParts:
     agents: AgentIdentities | None
     policies: Callable[[], ClusterPolicies | None]  # whichever discovery runs now
     hidden: Callable[[str], bool]  # a retired source
+    # Called once an answer that allocated a lot (status, /metrics) is done: heaptrim.py.
+    after_large_answer: Callable[[], None] = lambda: None
+
+
+# Answers that allocate megabytes at 5,000 targets (the status document, a scrape): the C heap
+# is trimmed after them (heaptrim.py), or glibc keeps what they freed.
+LARGE_ANSWERS = frozenset({"/api/v1/status", "/metrics"})
 
 
 def controller_app(parts: AppParts) -> web.Application:
@@ -79,7 +86,23 @@ def controller_app(parts: AppParts) -> web.Application:
             hidden=parts.hidden,
         ),
     )
+    app.middlewares.append(_after_large_answers(parts.after_large_answer))
     return app
+
+
+def _after_large_answers(done: Callable[[], None]) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """A middleware that calls `done()` after each request for one of LARGE_ANSWERS, however
+    it ended (a streamed scrape has been written by then)."""
+
+    @web.middleware
+    async def after(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        finally:
+            if request.path in LARGE_ANSWERS:
+                done()
+
+    return after
 
 
 class OnDemand:

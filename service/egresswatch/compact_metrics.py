@@ -1,17 +1,22 @@
-"""Labelled metric families kept compact: one small array of doubles per series.
+"""Labelled metric families kept compact: one array of doubles per family, a slot per series.
 
 prometheus_client keeps every series of a labelled family as objects of its own: a child with
 a lock, and a value object with a lock for each number (a histogram of 14 buckets is 17 of
 them). With 5,000 targets, 5 steps each, that was about 16 KB a target (tracemalloc, 1,000
 against 4,000 targets; docs/performance.md, "How cost grows with targets"). These families
-keep, per series, one ``array('d')`` keyed by its label values, and are rendered by the same
-library (a custom collector), so /metrics reads the same.
+keep one ``array('d')`` each, `size` numbers a series at the series' slot, and a table from
+label values to slot; they are rendered by the same library (a custom collector), so /metrics
+reads the same. (An array per series was 64 bytes of header for 8 of number: 15 of a target's
+20 series are one number.)
 
 Contract: ``labels(*values)`` returns a handle with the family's operation (``observe``,
-``inc``, ``set``); ``remove(*values)`` forgets a series. Writes happen on the event loop and a
-scrape may render in another thread: it copies the table, then each array as it writes it
-(C-level copies, whole under the GIL), so a series is never read half-written. A scrape is
-streamed in pieces of about CHUNK_CHARS characters (:func:`exposition_chunks`), never held whole.
+``inc``, ``set``), good until the series is removed; ``remove(*values)`` forgets a series, and
+its slot, zeroed, is the next new series'. The order of a scrape is the order series were
+added (a series removed and added again comes last), as prometheus_client's. Writes happen on
+the event loop and a scrape may render in another thread: it copies the table, then each
+series' numbers as it writes them (C-level copies, whole under the GIL), so a series is never
+read half-written; a series removed meanwhile is left out. A scrape is streamed in pieces of
+about CHUNK_CHARS characters (:func:`exposition_chunks`), never held whole.
 """
 
 from __future__ import annotations
@@ -67,15 +72,24 @@ class Family(Collector, Generic[H]):
     ) -> None:
         self.name, self.documentation = name, documentation
         self.labelnames = tuple(labelnames)
-        self._series: dict[Labels, array[float]] = {}
+        self._slots: dict[Labels, int] = {}  # a series' label values -> its first number's index
+        self._numbers: array[float] = array("d")
+        self._free: list[int] = []  # the slots of removed series, zeroed, reused first
+        self._zeros = bytes(8 * self.size)
         registry.register(self)
 
-    def _values(self, values: Labels) -> array[float]:
-        found = self._series.get(values)
+    def _slot(self, values: Labels) -> int:
+        """The index of the first number of the series of `values`, made (zero) if new."""
+        found = self._slots.get(values)
         if found is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-            found = self._series[values] = array("d", bytes(8 * self.size))
+            if self._free:
+                found = self._free.pop()
+            else:
+                found = len(self._numbers)
+                self._numbers.frombytes(self._zeros)
+            self._slots[values] = found
         return found
 
     def labels(self, *values: str) -> H:
@@ -86,12 +100,19 @@ class Family(Collector, Generic[H]):
         the tuple an index already holds: one tuple a series, not two)."""
         raise NotImplementedError
 
+    def series(self) -> list[Labels]:
+        """The label values of every series, in the order of a scrape (a copy)."""
+        return list(self._slots)
+
     def has(self, values: Labels) -> bool:
         """Whether the series of `values` exists."""
-        return values in self._series
+        return values in self._slots
 
     def remove(self, *values: str) -> None:
-        self._series.pop(values, None)
+        at = self._slots.pop(values, None)
+        if at is not None:
+            self._numbers[at : at + self.size] = array("d", self._zeros)
+            self._free.append(at)
 
     def _empty(self) -> Metric:
         raise NotImplementedError
@@ -116,10 +137,10 @@ class Family(Collector, Generic[H]):
         lines = [f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"]
         order = sorted(range(len(self.labelnames)), key=self.labelnames.__getitem__)
         held = len(lines[0])
-        for values, numbers in dict(self._series).items():
+        for values, numbers in self._copies():
             # Sorted by label name, as generate_latest writes them.
             pairs = [(self.labelnames[i], _escape(values[i])) for i in order]
-            lines.append(self._lines(pairs, numbers[:]))
+            lines.append(self._lines(pairs, numbers))
             held += len(lines[-1])
             if held >= chars:
                 yield "".join(lines)
@@ -140,27 +161,39 @@ class Family(Collector, Generic[H]):
 
     def snapshot(self) -> list[tuple[Labels, array[float]]]:
         """Every series with a copy of its numbers (see the module docstring)."""
-        return [(values, numbers[:]) for values, numbers in dict(self._series).items()]
+        return list(self._copies())
+
+    def _copies(self) -> Iterator[tuple[Labels, array[float]]]:
+        """Each series of a copy of the table, with a copy of its numbers made when it is
+        reached; a series whose slot was given up since the table was copied is left out (the
+        copy may be another series' numbers)."""
+        size, slots = self.size, self._slots
+        for values, at in dict(slots).items():
+            numbers = self._numbers[at : at + size]
+            if slots.get(values) == at:
+                yield values, numbers
 
 
 class Counting:
-    __slots__ = ("_numbers",)
+    """A one-number series' handle: its family's array and its slot."""
 
-    def __init__(self, numbers: array[float]) -> None:
-        self._numbers = numbers
+    __slots__ = ("_at", "_numbers")
+
+    def __init__(self, numbers: array[float], at: int) -> None:
+        self._numbers, self._at = numbers, at
 
     def inc(self, amount: float = 1.0) -> None:
-        self._numbers[0] += amount
+        self._numbers[self._at] += amount
 
     def set(self, value: float) -> None:
-        self._numbers[0] = value
+        self._numbers[self._at] = value
 
 
 class _OneNumber(Family[Counting]):
     """A family of one number a series (a counter or a gauge)."""
 
     def handle(self, values: Labels) -> Counting:
-        return Counting(self._values(values))
+        return Counting(self._numbers, self._slot(values))
 
     def _empty(self) -> CounterMetricFamily | GaugeMetricFamily:
         raise NotImplementedError
@@ -190,15 +223,18 @@ class CompactGauge(_OneNumber):
 
 
 class Observing:
-    __slots__ = ("_bounds", "_numbers")
+    """A histogram series' handle: its family's array, its slot and the bucket bounds."""
 
-    def __init__(self, bounds: tuple[float, ...], numbers: array[float]) -> None:
-        self._bounds, self._numbers = bounds, numbers
+    __slots__ = ("_at", "_bounds", "_numbers")
+
+    def __init__(self, bounds: tuple[float, ...], numbers: array[float], at: int) -> None:
+        self._bounds, self._numbers, self._at = bounds, numbers, at
 
     def observe(self, amount: float) -> None:
         # One count per bucket (the first bound >= amount; +Inf last), the sum after them.
-        self._numbers[bisect_left(self._bounds, amount)] += 1
-        self._numbers[-1] += amount
+        at = self._at
+        self._numbers[at + bisect_left(self._bounds, amount)] += 1
+        self._numbers[at + len(self._bounds) + 1] += amount
 
 
 class CompactHistogram(Family[Observing]):
@@ -218,7 +254,7 @@ class CompactHistogram(Family[Observing]):
         super().__init__(name, documentation, labelnames, registry)
 
     def handle(self, values: Labels) -> Observing:
-        return Observing(self._bounds, self._values(values))
+        return Observing(self._bounds, self._numbers, self._slot(values))
 
     def _lines(self, pairs: list[tuple[str, str]], numbers: array[float]) -> str:
         name, total, lines = self.name, 0.0, []

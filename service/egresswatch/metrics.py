@@ -31,7 +31,7 @@ Decisions:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -68,49 +68,36 @@ _H = TypeVar("_H")
 
 
 class _Tracked(Generic[_H]):
-    """A labelled family plus the label values it holds, indexed by target, so the series of
-    one name can be removed without scanning them all.
+    """A labelled family whose series can be removed by the value of one label.
 
-    prometheus_client's ``remove()`` needs the exact label values, and its own record of them
-    is private. A family with a `source` label has a `target` label too (ValueError if not):
-    a source's series are found through the target index.
+    No index by target or source: a list of series a target in each family was 370 bytes a
+    target (1.9 MB at 5,000 targets, docs/performance.md "Issue 14: 5,000 targets under 150
+    MiB") for removals that happen when a reload drops targets or the cluster retires a
+    source. A removal is one pass over the family's series for any number of names
+    (`Metrics.forget_targets`): linear in the series, never in series x names.
     """
 
     def __init__(self, family: Family[_H], labelnames: tuple[str, ...]) -> None:
         self.family = family
-        self._source = labelnames.index("source") if "source" in labelnames else None
-        self._target = labelnames.index("target") if "target" in labelnames else None
-        if self._source is not None and self._target is None:
-            raise ValueError(f"{labelnames}: a family with a source label needs a target label")
-        # A list per target (thousands, each with a few series: a set of five is 700 bytes, a
-        # list 100). No index by source: one set of every series of a source was 600 bytes a
-        # target, for a removal that happens when the cluster retires a source.
-        self._by_target: dict[str, list[tuple[str, ...]]] = {}
+        self._labelnames = labelnames
 
     def labels(self, *values: str) -> _H:
-        if self._target is not None and not self.family.has(values):
-            self._by_target.setdefault(values[self._target], []).append(values)
+        return self.series(values)
+
+    def series(self, values: tuple[str, ...]) -> _H:
+        """The handle of the series of `values`; a new series keeps `values` itself (pass one
+        tuple to several families: one tuple, not one a family)."""
         return self.family.handle(values)
 
-    def remove_where(self, label: str, value: str) -> None:
-        """Remove every series whose ``label`` (source or target) is ``value``: for a target,
-        linear in its series; for a source (rare), one pass over the index."""
-        if label == "target" and self._target is not None:
-            for values in self._by_target.pop(value, []):
+    def remove_where(self, label: str, names: Collection[str]) -> None:
+        """Remove every series whose `label` (source or target) is one of `names`; nothing
+        when the family has no such label."""
+        if label not in self._labelnames or not names:
+            return
+        where = self._labelnames.index(label)
+        for values in self.family.series():
+            if values[where] in names:
                 self.family.remove(*values)
-        elif label == "source" and self._source is not None:
-            where = self._source
-            for target, held in list(self._by_target.items()):
-                kept = [values for values in held if values[where] != value]
-                if len(kept) == len(held):
-                    continue
-                for values in held:
-                    if values[where] == value:
-                        self.family.remove(*values)
-                if kept:
-                    self._by_target[target] = kept
-                else:
-                    del self._by_target[target]
 
 
 class Metrics:
@@ -263,13 +250,14 @@ class Metrics:
         who = (kind.value if kind is not None else UNKNOWN_KIND) if self._per_kind else source
         for step in result.steps:
             pair = (source, target, step.step.value)
-            detailed = (who, target, step.step.value)
+            # Per source, the histogram's series and step_up's keep one tuple between them.
+            detailed = pair if who is source else (who, target, step.step.value)
             reason = step.reason.value if step.reason is not None else NO_REASON
             self._results.labels(*detailed, step.status.value, reason).inc()
             if step.status is not Status.SKIPPED:
-                self._duration.labels(*detailed).observe(step.duration_s)
+                self._duration.series(detailed).observe(step.duration_s)
             if step.status in (Status.OK, Status.FAIL):
-                self._step_up.labels(*pair).set(1 if step.status is Status.OK else 0)
+                self._step_up.series(pair).set(1 if step.status is Status.OK else 0)
         self.set_first_failing_step(source, target, result.first_failing_step)
 
     def set_first_failing_step(self, source: str, target: str, step: Step | None) -> None:
@@ -292,15 +280,20 @@ class Metrics:
 
     def forget_target(self, target: str) -> None:
         """Remove every series of ``target`` from every labelled family."""
+        self.forget_targets({target})
+
+    def forget_targets(self, targets: Collection[str]) -> None:
+        """Remove every series of each of ``targets``: one pass over each family, however
+        many (a reload that drops targets calls this once)."""
         for family in self._families:
-            family.remove_where("target", target)
-        for pair in [p for p in self._first_failing_steps if p[1] == target]:
+            family.remove_where("target", targets)
+        for pair in [p for p in self._first_failing_steps if p[1] in targets]:
             del self._first_failing_steps[pair]
 
     def forget_source(self, source: str) -> None:
         """Remove every series of ``source`` (incidents_open has no source label: untouched)."""
         for family in self._families:
-            family.remove_where("source", source)
+            family.remove_where("source", {source})
         for pair in [p for p in self._first_failing_steps if p[0] == source]:
             del self._first_failing_steps[pair]
 

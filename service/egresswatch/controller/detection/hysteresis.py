@@ -48,6 +48,7 @@ from egresswatch.controller.detection.latency import (
     ShiftParams,
 )
 from egresswatch.controller.detection.step_rules import (
+    UNJUDGED,
     StepTrack,
     fit_window,
     on_failed,
@@ -91,7 +92,7 @@ LATENCY_STEPS = frozenset(PROBE_STEPS) - {Step.PATH_TRACE}
 _DETAIL_MAX = 200
 
 
-@dataclass
+@dataclass(slots=True)  # one a (source, target)
 class _SourceTrack:
     last_round_at: datetime
     steps: dict[Step, StepTrack] = field(default_factory=dict)
@@ -149,7 +150,13 @@ class Detector:
             if step_result.step not in PROBE_STEPS:
                 continue
             step = track.steps.get(step_result.step)
-            if step is None:  # not setdefault: that builds a StepTrack every round
+            if step is None or step is UNJUDGED:  # not setdefault: a StepTrack every round
+                if step_result.status not in (Status.OK, Status.FAIL):
+                    # Skipped or error changes nothing: a step never judged yet (a URL-less
+                    # target's TLS and HTTP, a trace not due) shares one track that stays
+                    # as built.
+                    track.steps[step_result.step] = UNJUDGED
+                    continue
                 step = track.steps[step_result.step] = StepTrack()
             if step.judged_until is not None and result.started_at < step.judged_until:
                 continue  # a replayed round that the restored state already counts
@@ -360,7 +367,8 @@ class Detector:
         # after the other, and the failure seen before the gap may not be the one after it.
         track.stale = False
         for step in track.steps.values():
-            step.break_runs()
+            if step is not UNJUDGED:  # shared, and has no runs
+                step.break_runs()
         lost, track.lost = track.lost, None
         if lost is None:
             return []

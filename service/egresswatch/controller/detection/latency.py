@@ -97,7 +97,7 @@ class Shift:
         return self.detected_index - self.index + 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Sum:
     """One side of the CUSUM: the sum, and where its current excursion began."""
 
@@ -122,6 +122,20 @@ class LatencyShiftDetector:
     normally followed, later, by a DOWN.
     `reset()` forgets everything and starts a new warm-up (e.g. after the step failed).
     """
+
+    # One per latency step per (source, target): slotted, 300 bytes less than with a dict.
+    __slots__ = (
+        "_baseline",
+        "_down",
+        "_index",
+        "_last",
+        "_recent",
+        "_relearn",
+        "_scale",
+        "_settled",
+        "_up",
+        "params",
+    )
 
     def __init__(self, params: ShiftParams | None = None) -> None:
         self.params = params or ShiftParams()

@@ -62,6 +62,11 @@ class StepTrack:
         return previous
 
 
+# The track of a step seen but never judged (only skipped or error so far), shared by every
+# such step: it is never changed (Detector.observe replaces it at the step's first ok or
+# fail). Most steps of an `address:` target are never judged: 160 bytes each, 6 a target.
+UNJUDGED = StepTrack()
+
 ChangeOf = Callable[[StepState, str, "Reason | None"], Change]
 
 
