@@ -38,7 +38,7 @@ from egresswatch.agent.sink_types import MIN_BUFFER_BYTES
 from egresswatch.backoff import Backoff
 from egresswatch.cli import main
 from egresswatch.evidence import DnsEvidence
-from egresswatch.looplag import period_for
+from egresswatch.looplag import IDLE_PERIOD_S, period_for
 from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
 from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
@@ -328,6 +328,8 @@ async def test_the_loop_lag_sampler_follows_the_shortest_step_budget_of_the_plan
     agent = await agents(world.options(SourceIdentity("node-a", SourceKind.NODE)))
     await wait_for(lambda: agent.plan.current is not None)
     assert agent.loop_lag.period_s == period_for(4.0) == 0.2
+    # ... and only while a round runs: between rounds, every second.
+    assert agent.loop_lag.idle_period_s == IDLE_PERIOD_S == 1.0
 
 
 async def test_nothing_lost_nothing_twice_while_the_controller_comes_and_goes(

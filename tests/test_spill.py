@@ -4,6 +4,7 @@ moving the oldest rounds to the file. Real files in tmp_path; no process, no net
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import datetime
@@ -13,8 +14,9 @@ import pytest
 
 from egresswatch.agent.buffer import Round, RoundBuffer, round_cost
 from egresswatch.agent.sink import HttpSink, SinkTuning
-from egresswatch.agent.sink_types import DropReason
+from egresswatch.agent.sink_types import DropReason, SinkStats
 from egresswatch.agent.spill import COMPACT_MIN_BYTES, MAGIC, SpillError, SpillFile
+from egresswatch.agent.spiller import Spiller
 from egresswatch.model import SourceKind
 from tests.support.agent_http import controller_client
 from tests.support.rounds import round_
@@ -269,6 +271,30 @@ def test_spill_all_keeps_the_batch_in_flight_first(tmp_path: Path) -> None:
     found = drain(again)
     assert found[0] == (taken.batch_id, [0, 1, 2, 3])
     assert [n for _, batch in found for n in batch] == list(range(10))
+
+
+async def test_the_spill_task_sleeps_untimed_while_the_controller_takes_the_batches(
+    tmp_path: Path,
+) -> None:
+    """An idle agent's wake-ups are most of its CPU: the task writes memory out every
+    interval only while the controller is away, and wakes for nothing otherwise."""
+    buffer = make_buffer(spill_at(tmp_path / "agent.spill"), 1 << 20, Drops())
+    spiller = Spiller(buffer, SinkStats(), interval_s=0.01, batch_max_rounds=4, report=lambda: None)
+    spiller.start()
+    try:
+        await asyncio.sleep(0.2)  # twenty intervals with the controller there
+        assert spiller.wakeups == 0
+        buffer.add(Round("shop", b"{}"))
+        spiller.controller_away()  # now every interval
+        await wait_for(lambda: spiller.wakeups >= 3)
+        assert buffer.memory_rounds == 0 and buffer.spilled_rounds == 1
+        spiller.controller_back()
+        await asyncio.sleep(0.05)  # the interval in progress ends; then no timer
+        woke = spiller.wakeups
+        await asyncio.sleep(0.2)
+        assert spiller.wakeups == woke
+    finally:
+        await spiller.stop()
 
 
 # -- the sink ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ The agent never imports storage or the controller: where a round goes (the local
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -55,9 +56,11 @@ class RoundRunner:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         stalls: Stalls | None = None,
+        watch: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self._source = source
         self._stalls = stalls  # the process's event loop stalls: overload is not a `fail`
+        self._watch = watch  # held while a round runs: the stall sampler's fast period
         self._sink = sink
         self._environ = environ
         self._clock = clock
@@ -141,12 +144,13 @@ class RoundRunner:
         # trace_every, and so would the incident.
         due = due or name in self._traces_owed
         mode = TraceMode.ALWAYS if due else TraceMode.ON_FAILURE
-        result = await run_checklist(
-            _with_trace(plan, mode),
-            source=self._source,
-            known_good=self._known_good,
-            stalls=self._stalls,
-        )
+        with self._watch():
+            result = await run_checklist(
+                _with_trace(plan, mode),
+                source=self._source,
+                known_good=self._known_good,
+                stalls=self._stalls,
+            )
         trace = result.step(Step.PATH_TRACE)
         if trace is not None and trace.status is not Status.SKIPPED:
             self._last_trace[name] = now
