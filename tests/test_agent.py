@@ -54,8 +54,11 @@ TOKEN_ENV = "EGRESSWATCH_TEST_AGENT_TOKEN"
 TOKEN = "agent-token-for-tests"
 RUN_TOKEN_ENV = "EGRESSWATCH_TEST_RUN_TOKEN"
 RUN_TOKEN = "run-token-for-tests"
-# Fast, for tests: retries within a fraction of a second, plans refreshed every second.
-FAST_SINK = SinkTuning(backoff_initial_s=0.1, backoff_max_s=0.3, auth_retry_s=0.2)
+# Fast, for tests: batches every second, retries within a fraction of a second, plans
+# refreshed every second.
+FAST_SINK = SinkTuning(
+    batch_interval_s=1.0, backoff_initial_s=0.1, backoff_max_s=0.3, auth_retry_s=0.2
+)
 
 
 class World:
@@ -113,6 +116,8 @@ class World:
             str(self.resolv),
             "--ca-file",
             str(self.pki.ca_file),
+            "--batch-interval",  # as FAST_SINK: the tests wait for their rounds' batches
+            "1",
         ]
 
     def options(self, identity: SourceIdentity, **changes: Any) -> AgentOptions:

@@ -312,7 +312,7 @@ async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_th
             source=SOURCE,
             source_kind=SourceKind.NODE,
             token=lambda: None,
-            tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=0.05),
+            tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=0.05, spill_interval_s=0.05),
             spill=spill,
         )
         sink.start()
@@ -328,6 +328,39 @@ async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_th
         kept += [json.loads(document)["started_at"] for _, document in batch.rounds]
         again.ack(batch.batch_id)
     assert [datetime.fromisoformat(t) for t in kept] == [round_(i).started_at for i in range(10)]
+
+
+async def test_while_the_controller_is_away_rounds_reach_the_file_every_spill_interval(
+    tmp_path: Path,
+) -> None:
+    """What a SIGKILL can lose is one spill interval (1 s), however long a round may wait
+    for its batch while the controller is there (batch_interval_s, 5 s by default)."""
+    spill = spill_at(tmp_path / "agent.spill")
+    async with controller_client(f"http://127.0.0.1:{free_port()}") as client:
+        sink = HttpSink(
+            client,
+            source=SOURCE,
+            source_kind=SourceKind.NODE,
+            token=lambda: None,
+            tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=60.0, spill_interval_s=0.05),
+            spill=spill,
+        )
+        sink.start()
+        for i in range(4):  # a whole batch: sent at once, and refused (nothing listens)
+            sink.submit(round_(i, source=SOURCE))
+        await wait_for(lambda: sink.stats.failed_attempts > 0 and spill.pending_rounds == 4)
+        sink.submit(round_(4, source=SOURCE))  # alone: in the file within a spill interval
+        await wait_for(lambda: spill.pending_rounds == 5, timeout_s=5.0)
+        await sink.close(0.2)
+    spill.close()
+    assert sink.stats.dropped == {}
+
+
+def test_the_default_batch_and_spill_intervals() -> None:
+    tuning = SinkTuning()
+    assert (tuning.batch_interval_s, tuning.spill_interval_s) == (5.0, 1.0)
+    with pytest.raises(ValueError, match="intervals and timeouts must be positive"):
+        SinkTuning(spill_interval_s=0)
 
 
 def test_a_file_another_agent_holds_is_refused(tmp_path: Path) -> None:
