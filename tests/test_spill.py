@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from egresswatch.agent.buffer import Round, RoundBuffer, round_cost
+from egresswatch.agent.http_client import ControllerClient
 from egresswatch.agent.sink import HttpSink, SinkTuning
 from egresswatch.agent.sink_types import DropReason, SinkStats
 from egresswatch.agent.spill import COMPACT_MIN_BYTES, MAGIC, SpillError, SpillFile
@@ -300,6 +301,23 @@ async def test_the_spill_task_sleeps_untimed_while_the_controller_takes_the_batc
 # -- the sink ----------------------------------------------------------------------------------
 
 
+def away_sink(client: ControllerClient, spill: SpillFile, *, batch_interval_s: float) -> HttpSink:
+    """A started sink of 4-round batches to `client` (a controller that is away), spilling
+    every 50 ms."""
+    sink = HttpSink(
+        client,
+        source=SOURCE,
+        source_kind=SourceKind.NODE,
+        token=lambda: None,
+        tuning=SinkTuning(
+            batch_max_rounds=4, batch_interval_s=batch_interval_s, spill_interval_s=0.05
+        ),
+        spill=spill,
+    )
+    sink.start()
+    return sink
+
+
 async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_the_file(
     tmp_path: Path,
 ) -> None:
@@ -307,15 +325,7 @@ async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_th
     spill = spill_at(path)
     # Nothing listens there.
     async with controller_client(f"http://127.0.0.1:{free_port()}") as client:
-        sink = HttpSink(
-            client,
-            source=SOURCE,
-            source_kind=SourceKind.NODE,
-            token=lambda: None,
-            tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=0.05, spill_interval_s=0.05),
-            spill=spill,
-        )
-        sink.start()
+        sink = away_sink(client, spill, batch_interval_s=0.05)
         for i in range(10):
             sink.submit(round_(i, source=SOURCE))
         await wait_for(lambda: sink.stats.failed_attempts > 0 and spill.pending_rounds == 10)
@@ -337,15 +347,7 @@ async def test_while_the_controller_is_away_rounds_reach_the_file_every_spill_in
     for its batch while the controller is there (batch_interval_s, 5 s by default)."""
     spill = spill_at(tmp_path / "agent.spill")
     async with controller_client(f"http://127.0.0.1:{free_port()}") as client:
-        sink = HttpSink(
-            client,
-            source=SOURCE,
-            source_kind=SourceKind.NODE,
-            token=lambda: None,
-            tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=60.0, spill_interval_s=0.05),
-            spill=spill,
-        )
-        sink.start()
+        sink = away_sink(client, spill, batch_interval_s=60.0)
         for i in range(4):  # a whole batch: sent at once, and refused (nothing listens)
             sink.submit(round_(i, source=SOURCE))
         await wait_for(lambda: sink.stats.failed_attempts > 0 and spill.pending_rounds == 4)
