@@ -152,10 +152,12 @@ def measure(run: Run) -> None:
                     ctl.send_signal(signal.SIGTERM)
                     ctl.wait(timeout=30)
                 rounds = agent_metrics(agent_port).get(ROUNDS, 0.0)
+                load = load_average()
                 cpu, start = cpu_split(proc.pid), time.monotonic()
                 with profiled(proc.pid, run.profile, run.duration_s, directory):
                     scraping(agent_port, run.duration_s, run.scrape_every_s)
                 cpu, took = cpu_split(proc.pid) - cpu, time.monotonic() - start
+                load = f"{load} -> {load_average()}"
                 at_end = memory(proc.pid)
                 libraries = native_libraries(proc.pid)
                 tasks = threads(proc.pid)
@@ -169,6 +171,7 @@ def measure(run: Run) -> None:
     print(f"measured {took:.0f} s after {run.warmup_s:.0f} s", end="")
     print(f", /metrics read every {run.scrape_every_s:g} s" if run.scrape_every_s else "", end="")
     print(" (controller stopped: the buffer fills)" if run.fill else "")
+    print(f"load average (1 min) at the window's start and end: {load}")
     if run.agent_env:
         print(f"agent environment: {' '.join(f'{k}={v}' for k, v in run.agent_env.items())}")
     print(f"agent {at_end}, {tasks} threads")
@@ -205,6 +208,11 @@ class Cpu:
 
     def __sub__(self, other: Cpu) -> Cpu:
         return Cpu(self.user - other.user, self.system - other.system)
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average now (/proc/loadavg), as uptime prints it."""
+    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def cpu_split(pid: int) -> Cpu:
