@@ -40,7 +40,6 @@ from pathlib import Path
 from egresswatch.bench.kinds import KINDS
 from egresswatch.bench.lab import Lab, loopback_targets
 from egresswatch.bench.procs import (
-    cpu_seconds,
     egresswatch_command,
     find_tools,
     free_port,
@@ -152,14 +151,18 @@ def measure(run: Run) -> None:
                 if run.fill:  # every round of the window stays in the agent's buffer
                     ctl.send_signal(signal.SIGTERM)
                     ctl.wait(timeout=30)
-                cpu, start = cpu_seconds(proc.pid), time.monotonic()
+                rounds = agent_metrics(agent_port).get(ROUNDS, 0.0)
+                load = load_average()
+                cpu, start = cpu_split(proc.pid), time.monotonic()
                 with profiled(proc.pid, run.profile, run.duration_s, directory):
                     scraping(agent_port, run.duration_s, run.scrape_every_s)
-                cpu, took = cpu_seconds(proc.pid) - cpu, time.monotonic() - start
+                cpu, took = cpu_split(proc.pid) - cpu, time.monotonic() - start
+                load = f"{load} -> {load_average()}"
                 at_end = memory(proc.pid)
                 libraries = native_libraries(proc.pid)
                 tasks = threads(proc.pid)
                 metrics = agent_metrics(agent_port)
+                rounds = metrics.get(ROUNDS, 0.0) - rounds
         logs = {log.name: log.read_text()[-2000:] for log in directory.glob("*.log")}
     if not any(metrics.values()):
         for name, text in logs.items():  # the agent delivered nothing: say why
@@ -168,11 +171,16 @@ def measure(run: Run) -> None:
     print(f"measured {took:.0f} s after {run.warmup_s:.0f} s", end="")
     print(f", /metrics read every {run.scrape_every_s:g} s" if run.scrape_every_s else "", end="")
     print(" (controller stopped: the buffer fills)" if run.fill else "")
+    print(f"load average (1 min) at the window's start and end: {load}")
     if run.agent_env:
         print(f"agent environment: {' '.join(f'{k}={v}' for k, v in run.agent_env.items())}")
     print(f"agent {at_end}, {tasks} threads")
     print(f"agent counters: {', '.join(f'{k} {v:g}' for k, v in metrics.items())}")
-    print(f"agent CPU {cpu * 1000 / took:.2f} millicores on average ({cpu:.2f} CPU-s)")
+    print(f"agent CPU {cpu.total * 1000 / took:.2f} millicores on average", end=" ")
+    print(f"({cpu.total:.2f} CPU-s: user {cpu.user:.2f}, system {cpu.system:.2f})")
+    if rounds:  # delivered in the window: a round's share of everything, fixed costs included
+        each = cpu.total * 1000 / rounds
+        print(f"{rounds:.0f} rounds delivered in the window: {each:.2f} CPU-ms each")
     print(f"native code mapped from: {', '.join(libraries)}")
 
 
@@ -187,8 +195,36 @@ def scraping(port: int, seconds: float, every_s: float) -> None:
                 answer.read()
 
 
+@dataclass(frozen=True)
+class Cpu:
+    """A process's CPU seconds so far, user and system apart (/proc/PID/stat)."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.user - other.user, self.system - other.system)
+
+
+def load_average() -> str:
+    """The machine's 1-minute load average now (/proc/loadavg), as uptime prints it."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def cpu_split(pid: int) -> Cpu:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return Cpu(int(fields[11]) / tick, int(fields[12]) / tick)
+
+
+ROUNDS = "egresswatch_ingested_rounds_total"  # rounds the controller stored, as the agent counts
 # The agent's own series that say how much work it did in the run (its /metrics).
 COUNTERS = (
+    ROUNDS,
     "egresswatch_ingest_batches_total",
     "egresswatch_agent_buffer_bytes",
     "egresswatch_buffer_depth",

@@ -38,7 +38,7 @@ from egresswatch.agent.sink_types import MIN_BUFFER_BYTES
 from egresswatch.backoff import Backoff
 from egresswatch.cli import main
 from egresswatch.evidence import DnsEvidence
-from egresswatch.looplag import period_for
+from egresswatch.looplag import IDLE_PERIOD_S, period_for
 from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
 from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
@@ -54,8 +54,11 @@ TOKEN_ENV = "EGRESSWATCH_TEST_AGENT_TOKEN"
 TOKEN = "agent-token-for-tests"
 RUN_TOKEN_ENV = "EGRESSWATCH_TEST_RUN_TOKEN"
 RUN_TOKEN = "run-token-for-tests"
-# Fast, for tests: retries within a fraction of a second, plans refreshed every second.
-FAST_SINK = SinkTuning(backoff_initial_s=0.1, backoff_max_s=0.3, auth_retry_s=0.2)
+# Fast, for tests: batches every second, retries within a fraction of a second, plans
+# refreshed every second.
+FAST_SINK = SinkTuning(
+    batch_interval_s=1.0, backoff_initial_s=0.1, backoff_max_s=0.3, auth_retry_s=0.2
+)
 
 
 class World:
@@ -113,6 +116,8 @@ class World:
             str(self.resolv),
             "--ca-file",
             str(self.pki.ca_file),
+            "--batch-interval",  # as FAST_SINK: the tests wait for their rounds' batches
+            "1",
         ]
 
     def options(self, identity: SourceIdentity, **changes: Any) -> AgentOptions:
@@ -328,6 +333,8 @@ async def test_the_loop_lag_sampler_follows_the_shortest_step_budget_of_the_plan
     agent = await agents(world.options(SourceIdentity("node-a", SourceKind.NODE)))
     await wait_for(lambda: agent.plan.current is not None)
     assert agent.loop_lag.period_s == period_for(4.0) == 0.2
+    # ... and only while a round runs: between rounds, every second.
+    assert agent.loop_lag.idle_period_s == IDLE_PERIOD_S == 1.0
 
 
 async def test_nothing_lost_nothing_twice_while_the_controller_comes_and_goes(

@@ -12,6 +12,7 @@ grows to the second, and past it the drops are counted.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -26,9 +27,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from egresswatch.agent.sink_types import MIB
+from egresswatch.agent.flags import add_buffer_flags, buffer_options
+from egresswatch.agent.identity import SourceIdentity
+from egresswatch.agent.sink_types import MIB, SinkTuning
 from egresswatch.agent.spill import SpillFile
 from egresswatch.cli import main
+from egresswatch.model import SourceKind
 from tests.support.dnsserver import TestDNSServer, dns_server
 from tests.support.https import HOST, NAME, LocalServers, Reply, local_servers, pki
 from tests.support.service import free_port, poll
@@ -291,6 +295,16 @@ async def _delivered(agent: Running) -> bool:
     return metrics.get('egresswatch_ingest_batches_total{outcome="ok"}', 0) > 0
 
 
+def test_the_batch_interval_flag_sets_the_sinks_linger() -> None:
+    parser = argparse.ArgumentParser()
+    add_buffer_flags(parser)
+    identity = SourceIdentity(SOURCE, SourceKind.NODE)
+    default = buffer_options(parser.parse_args([]), identity)["sink"]
+    assert default.batch_interval_s == SinkTuning().batch_interval_s == 5.0
+    given = buffer_options(parser.parse_args(["--batch-interval", "0.5"]), identity)["sink"]
+    assert given.batch_interval_s == 0.5 and given.spill_interval_s == 1.0
+
+
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
@@ -299,6 +313,9 @@ async def _delivered(agent: Running) -> bool:
         (["--spill-dir", "/nonexistent-dir"], "--spill-dir: /nonexistent-dir is not a directory"),
         (["--spill-file", "{other}"], "belongs to another source"),
         (["--spill-file", "{notes}"], "is not an egresswatch spill file"),
+        (["--batch-interval", "0"], "--batch-interval: 0 is out of range"),
+        (["--batch-interval", "nan"], "--batch-interval: nan is out of range"),
+        (["--batch-interval", "301"], "--batch-interval: 301 is out of range"),
     ],
 )
 def test_bad_buffer_flags_and_another_sources_spill_file_exit_2_naming_the_flag(

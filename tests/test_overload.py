@@ -27,6 +27,7 @@ from egresswatch.schedule import RoundJob, RoundScheduler
 from egresswatch.settings import DetectionSettings
 from tests.support.https import HOST, unanswered_port
 from tests.support.rounds import round_
+from tests.support.service import wait_for
 from tests.test_schedule import keys_due_apart
 
 
@@ -88,6 +89,65 @@ async def test_loop_lag_sees_a_blocked_loop_and_nothing_on_an_idle_one() -> None
     finally:
         await lag.stop()
     assert not any(t.get_name() == TASK_NAME for t in asyncio.all_tasks())
+
+
+async def test_with_an_idle_period_the_sampler_wakes_fast_only_while_watched() -> None:
+    """The agent's sampler: every period_s while a round runs (a stall then is still seen),
+    every idle_period_s otherwise: an idle agent's wake-ups are most of its CPU."""
+    lag = LoopLag(period_s=0.01, idle_period_s=30.0)
+    lag.start()
+    try:
+        await asyncio.sleep(0.2)  # twenty periods, nothing watched
+        assert lag.wakeups == 0
+        loop = asyncio.get_running_loop()
+        with lag.watching():
+            await asyncio.sleep(0.1)
+            assert lag.wakeups >= 1
+            blocked_from = loop.time()
+            time.sleep(0.3)  # noqa: ASYNC251 -- the overload under test: the loop is held
+            assert lag.stalled(blocked_from, loop.time()) >= 0.25
+            with lag.watching():  # nested: two rounds at once
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
+            assert lag.stalled(blocked_from, loop.time()) >= 0.25
+            assert lag.recent_max() >= 0.25
+        await asyncio.sleep(0.05)  # a wake-up already due when the last round ended
+        woke = lag.wakeups
+        await asyncio.sleep(0.2)  # then back to the idle period
+        assert lag.wakeups == woke
+    finally:
+        await lag.stop()
+
+
+async def test_a_round_shorter_than_the_period_costs_the_sampler_no_wakeup() -> None:
+    lag = LoopLag(period_s=0.5, idle_period_s=30.0)
+    lag.start()
+    try:
+        for _ in range(3):
+            with lag.watching():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.6)  # past the period the rounds' watch would have woken at
+        assert lag.wakeups == 0
+    finally:
+        await lag.stop()
+
+
+async def test_without_an_idle_period_the_sampler_wakes_every_period() -> None:
+    """The default (`egresswatch run`): every period, watched or not."""
+    lag = LoopLag(period_s=0.01)
+    lag.start()
+    try:
+        await wait_for(lambda: lag.wakeups >= 3)
+        with lag.watching():  # a no-op
+            await wait_for(lambda: lag.wakeups >= 6)
+    finally:
+        await lag.stop()
+
+
+def test_an_idle_period_that_is_not_positive_is_refused() -> None:
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="idle_period_s must be positive"):
+            LoopLag(idle_period_s=bad)
 
 
 @pytest.mark.parametrize(

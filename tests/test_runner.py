@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 import egresswatch.probes.tls
@@ -89,3 +92,35 @@ async def test_rounds_of_every_target_build_one_tls_context(
             got = result.step(step)
             assert got is not None and got.status is Status.OK, got
     assert len(built) == 1
+
+
+async def test_the_stall_sampler_watches_each_round_while_it_runs(
+    accept_server: TcpServer,
+) -> None:
+    """The runner holds `watch` (the agent's LoopLag.watching: its fast period) from a
+    round's start to its end, and not once the round is handed on."""
+    settings = settings_from_dict(
+        {
+            "probes": {"trace_every": "1h"},
+            "targets": [{"name": "db", "address": f"{accept_server.host}:{accept_server.port}"}],
+        }
+    )
+    held: list[str] = []
+    rounds: list[RoundResult] = []
+
+    @contextmanager
+    def watch() -> Iterator[None]:
+        held.append("start")
+        yield
+        held.append(f"end after {len(rounds)} rounds handed on")
+
+    def sink(result: RoundResult) -> None:
+        held.append("handed on")
+        rounds.append(result)
+
+    runner = RoundRunner(source="node-1", sink=sink, watch=watch)
+    follow_config(runner, settings)
+    await runner.run_round("db")
+    assert held == ["start", "end after 0 rounds handed on", "handed on"]
+    tcp = rounds[0].step(Step.TCP_CONNECT)
+    assert tcp is not None and tcp.status is Status.OK

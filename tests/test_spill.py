@@ -4,6 +4,7 @@ moving the oldest rounds to the file. Real files in tmp_path; no process, no net
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from datetime import datetime
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from egresswatch.agent.buffer import Round, RoundBuffer, round_cost
+from egresswatch.agent.http_client import ControllerClient
 from egresswatch.agent.sink import HttpSink, SinkTuning
-from egresswatch.agent.sink_types import DropReason
+from egresswatch.agent.sink_types import DropReason, SinkStats
 from egresswatch.agent.spill import COMPACT_MIN_BYTES, MAGIC, SpillError, SpillFile
+from egresswatch.agent.spiller import Spiller
 from egresswatch.model import SourceKind
 from tests.support.agent_http import controller_client
 from tests.support.rounds import round_
@@ -271,7 +274,48 @@ def test_spill_all_keeps_the_batch_in_flight_first(tmp_path: Path) -> None:
     assert [n for _, batch in found for n in batch] == list(range(10))
 
 
+async def test_the_spill_task_sleeps_untimed_while_the_controller_takes_the_batches(
+    tmp_path: Path,
+) -> None:
+    """An idle agent's wake-ups are most of its CPU: the task writes memory out every
+    interval only while the controller is away, and wakes for nothing otherwise."""
+    buffer = make_buffer(spill_at(tmp_path / "agent.spill"), 1 << 20, Drops())
+    spiller = Spiller(buffer, SinkStats(), interval_s=0.01, batch_max_rounds=4, report=lambda: None)
+    spiller.start()
+    try:
+        await asyncio.sleep(0.2)  # twenty intervals with the controller there
+        assert spiller.wakeups == 0
+        buffer.add(Round("shop", b"{}"))
+        spiller.controller_away()  # now every interval
+        await wait_for(lambda: spiller.wakeups >= 3)
+        assert buffer.memory_rounds == 0 and buffer.spilled_rounds == 1
+        spiller.controller_back()
+        await asyncio.sleep(0.05)  # the interval in progress ends; then no timer
+        woke = spiller.wakeups
+        await asyncio.sleep(0.2)
+        assert spiller.wakeups == woke
+    finally:
+        await spiller.stop()
+
+
 # -- the sink ----------------------------------------------------------------------------------
+
+
+def away_sink(client: ControllerClient, spill: SpillFile, *, batch_interval_s: float) -> HttpSink:
+    """A started sink of 4-round batches to `client` (a controller that is away), spilling
+    every 50 ms."""
+    sink = HttpSink(
+        client,
+        source=SOURCE,
+        source_kind=SourceKind.NODE,
+        token=lambda: None,
+        tuning=SinkTuning(
+            batch_max_rounds=4, batch_interval_s=batch_interval_s, spill_interval_s=0.05
+        ),
+        spill=spill,
+    )
+    sink.start()
+    return sink
 
 
 async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_the_file(
@@ -281,15 +325,7 @@ async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_th
     spill = spill_at(path)
     # Nothing listens there.
     async with controller_client(f"http://127.0.0.1:{free_port()}") as client:
-        sink = HttpSink(
-            client,
-            source=SOURCE,
-            source_kind=SourceKind.NODE,
-            token=lambda: None,
-            tuning=SinkTuning(batch_max_rounds=4, batch_interval_s=0.05),
-            spill=spill,
-        )
-        sink.start()
+        sink = away_sink(client, spill, batch_interval_s=0.05)
         for i in range(10):
             sink.submit(round_(i, source=SOURCE))
         await wait_for(lambda: sink.stats.failed_attempts > 0 and spill.pending_rounds == 10)
@@ -302,6 +338,31 @@ async def test_a_sink_closed_while_the_controller_is_away_keeps_its_rounds_in_th
         kept += [json.loads(document)["started_at"] for _, document in batch.rounds]
         again.ack(batch.batch_id)
     assert [datetime.fromisoformat(t) for t in kept] == [round_(i).started_at for i in range(10)]
+
+
+async def test_while_the_controller_is_away_rounds_reach_the_file_every_spill_interval(
+    tmp_path: Path,
+) -> None:
+    """What a SIGKILL can lose is one spill interval (1 s), however long a round may wait
+    for its batch while the controller is there (batch_interval_s, 5 s by default)."""
+    spill = spill_at(tmp_path / "agent.spill")
+    async with controller_client(f"http://127.0.0.1:{free_port()}") as client:
+        sink = away_sink(client, spill, batch_interval_s=60.0)
+        for i in range(4):  # a whole batch: sent at once, and refused (nothing listens)
+            sink.submit(round_(i, source=SOURCE))
+        await wait_for(lambda: sink.stats.failed_attempts > 0 and spill.pending_rounds == 4)
+        sink.submit(round_(4, source=SOURCE))  # alone: in the file within a spill interval
+        await wait_for(lambda: spill.pending_rounds == 5, timeout_s=5.0)
+        await sink.close(0.2)
+    spill.close()
+    assert sink.stats.dropped == {}
+
+
+def test_the_default_batch_and_spill_intervals() -> None:
+    tuning = SinkTuning()
+    assert (tuning.batch_interval_s, tuning.spill_interval_s) == (5.0, 1.0)
+    with pytest.raises(ValueError, match="intervals and timeouts must be positive"):
+        SinkTuning(spill_interval_s=0)
 
 
 def test_a_file_another_agent_holds_is_refused(tmp_path: Path) -> None:

@@ -24,6 +24,13 @@ Contract:
   costs CPU even when idle (3.6 millicores at 50 ms, 0.7 at 250 ms on the development
   machine: most of an idle agent's CPU; docs/performance.md, "An agent's footprint"), so
   :meth:`LoopLag.set_period` follows the plan.
+- With ``idle_period_s`` (the agent), the sampler wakes every ``period_s`` only while
+  something is watched (:meth:`LoopLag.watching`: a round in flight, whose steps a stall could
+  turn into timeouts), and every ``idle_period_s`` otherwise, which still shows a stall of
+  that order on the gauge (the saturation alert's is a second). When the last watcher leaves,
+  the sampler's pending wake-up is moved to the idle period without waking the process: a
+  round shorter than ``period_s`` costs the sampler no wake-up at all. Without it (the
+  default) the sampler wakes every ``period_s`` whatever runs.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Iterator
 
-__all__ = ["MAX_STALLS", "PERIOD_SHARE", "TASK_NAME", "LoopLag", "period_for"]
+__all__ = ["IDLE_PERIOD_S", "MAX_STALLS", "PERIOD_SHARE", "TASK_NAME", "LoopLag", "period_for"]
 
 TASK_NAME = "egresswatch-loop-lag"
 MAX_STALLS = 4096
@@ -41,6 +49,9 @@ MIN_STALL_S = 0.002
 # The sampler's period: at most this share of the shortest step budget, within these bounds.
 PERIOD_SHARE = 0.05
 MIN_PERIOD_S, MAX_PERIOD_S = 0.05, 0.25
+# The agent's period while no round is in flight: no step can then be misjudged, and a stall
+# of a second (the saturation alert's threshold) still shows on the gauge.
+IDLE_PERIOD_S = 1.0
 
 
 def period_for(shortest_budget_s: float) -> float:
@@ -53,11 +64,24 @@ class LoopLag:
     """The event loop's stalls, sampled by a named task; see the module docstring."""
 
     def __init__(
-        self, *, period_s: float = 0.05, keep_s: float = 60.0, min_stall_s: float = MIN_STALL_S
+        self,
+        *,
+        period_s: float = 0.05,
+        keep_s: float = 60.0,
+        min_stall_s: float = MIN_STALL_S,
+        idle_period_s: float | None = None,
     ) -> None:
         if not period_s > 0 or not keep_s > 0:
             raise ValueError(f"period_s and keep_s must be positive, got {period_s}, {keep_s}")
+        if idle_period_s is not None and not idle_period_s > 0:
+            raise ValueError(f"idle_period_s must be positive, got {idle_period_s}")
         self._period = period_s
+        self._idle_period = idle_period_s
+        self._watchers = 0  # rounds in flight (watching()); only counted with idle_period_s
+        self._wake: asyncio.Future[None] | None = None  # the sampler's pending wake-up
+        self._timer: asyncio.TimerHandle | None = None  # and the timer that resolves it
+        self._slept_from = 0.0  # when the sampler last woke (loop time)
+        self.wakeups = 0  # how often the sampler woke: what it costs (tests, benchmarks)
         self._keep = keep_s
         self._min_stall = min_stall_s
         self._stalls: deque[tuple[float, float]] = deque(maxlen=MAX_STALLS)  # (due, woke)
@@ -69,6 +93,27 @@ class LoopLag:
     @property
     def period_s(self) -> float:
         return self._period
+
+    @property
+    def idle_period_s(self) -> float | None:
+        return self._idle_period
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Sample every `period_s` while the block runs (see the module docstring); nests,
+        and is a no-op without `idle_period_s`."""
+        if self._idle_period is None:
+            yield
+            return
+        self._watchers += 1
+        if self._watchers == 1:
+            self._reschedule()
+        try:
+            yield
+        finally:
+            self._watchers -= 1
+            if self._watchers == 0:
+                self._reschedule()
 
     def set_period(self, period_s: float) -> None:
         """Sample every `period_s` from the next wake-up on (`period_for`)."""
@@ -115,14 +160,43 @@ class LoopLag:
             found = max(found, now - self._due)  # the stall going on right now
         return found
 
+    def _current_period(self) -> float:
+        if self._idle_period is None or self._watchers:
+            return self._period
+        return max(self._idle_period, self._period)
+
     async def _sample(self) -> None:
         assert self._loop is not None
         loop = self._loop
         while True:
-            self._due = loop.time() + self._period
-            await asyncio.sleep(self._period)
-            woke = loop.time()
-            self._record(self._due, woke)
+            self._slept_from = loop.time()
+            self._due = self._slept_from + self._current_period()
+            self._wake = loop.create_future()
+            self._timer = loop.call_at(self._due, _resolve, self._wake)
+            try:
+                await self._wake
+            finally:
+                self._timer.cancel()
+                self._wake = self._timer = None
+            self.wakeups += 1
+            self._record(self._due, loop.time())
+
+    def _reschedule(self) -> None:
+        """The watchers came or went: move the pending wake-up to the period now in force.
+        A moved timer is cancelled before it fires, so moving it never wakes the process."""
+        if self._timer is None or self._wake is None or self._loop is None or self._due is None:
+            return
+        now = self._loop.time()
+        if now - self._due > self._min_stall:  # overdue: it fires soon and records the stall
+            return
+        if self._watchers:  # sooner, never later than it was
+            due = min(self._due, now + self._period)
+        else:  # later: the idle period from when the sampler last woke
+            due = max(self._slept_from + self._current_period(), now + self._period)
+        if due != self._due:
+            self._due = due
+            self._timer.cancel()
+            self._timer = self._loop.call_at(due, _resolve, self._wake)
 
     def _record(self, due: float, woke: float) -> None:
         late = max(0.0, woke - due)
@@ -133,6 +207,11 @@ class LoopLag:
             self._stalls.append((due, woke))
         while self._stalls and self._stalls[0][1] < woke - self._keep:
             self._stalls.popleft()
+
+
+def _resolve(wake: asyncio.Future[None]) -> None:
+    if not wake.done():
+        wake.set_result(None)
 
 
 def _overlap(start: float, end: float, low: float, high: float) -> float:

@@ -1,4 +1,5 @@
-"""The agent's buffer flags: `--buffer-mib`, `--spill-file`/`--spill-dir`, `--spill-mib`.
+"""The agent's buffer flags: `--buffer-mib`, `--spill-file`/`--spill-dir`, `--spill-mib`,
+`--batch-interval`.
 
 :func:`add_buffer_flags` puts them on the `egresswatch agent` parser; :func:`buffer_options`
 reads them into AgentOptions fields, raising UsageError (naming the flag) for a bad value or a
@@ -8,7 +9,6 @@ spill file this agent cannot use (not a spill file, another source's, unreadable
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from egresswatch.agent.spill import DEFAULT_SPILL_MIB, SpillError, SpillFile
 __all__ = ["add_buffer_flags", "buffer_options", "spill_file_name"]
 
 _MIN_SPILL_BYTES = 64 * 1024
+_MAX_BATCH_INTERVAL_S = 300.0  # past that the controller would judge rounds minutes late
 
 
 def add_buffer_flags(agent: argparse.ArgumentParser) -> None:
@@ -54,6 +55,15 @@ def add_buffer_flags(agent: argparse.ArgumentParser) -> None:
         help=f"bound of the spill file in MiB (default {DEFAULT_SPILL_MIB}); past it the "
         "oldest rounds in it are dropped, counted",
     )
+    default_s = SinkTuning().batch_interval_s
+    agent.add_argument(
+        "--batch-interval",
+        type=float,
+        default=default_s,
+        metavar="SECONDS",
+        help=f"how long a round waits for others to join its batch (default {default_s:g}; a "
+        "whole batch goes at once): longer costs less CPU, shorter shows rounds sooner",
+    )
 
 
 def spill_file_name(source: str) -> str:
@@ -73,8 +83,15 @@ def buffer_options(args: argparse.Namespace, identity: SourceIdentity) -> dict[s
         if not args.spill_dir.is_dir():
             raise UsageError(f"--spill-dir: {args.spill_dir} is not a directory")
         path = args.spill_dir / spill_file_name(identity.name)
+    interval_s = args.batch_interval
+    if not 0 < interval_s <= _MAX_BATCH_INTERVAL_S:
+        raise UsageError(
+            f"--batch-interval: {interval_s:g} is out of range: more than 0, at most "
+            f"{_MAX_BATCH_INTERVAL_S:g} seconds"
+        )
+    tuning = SinkTuning(buffer_max_bytes=buffer_bytes, batch_interval_s=interval_s)
     fields: dict[str, Any] = {
-        "sink": dataclasses.replace(SinkTuning(), buffer_max_bytes=buffer_bytes),
+        "sink": tuning,
         "spill_file": path,
         "spill_max_bytes": spill_bytes,
     }

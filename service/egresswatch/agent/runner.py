@@ -6,6 +6,7 @@ The agent never imports storage or the controller: where a round goes (the local
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -55,9 +56,11 @@ class RoundRunner:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         stalls: Stalls | None = None,
+        watch: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         self._source = source
         self._stalls = stalls  # the process's event loop stalls: overload is not a `fail`
+        self._watch = watch  # held while a round runs: the stall sampler's fast period
         self._sink = sink
         self._environ = environ
         self._clock = clock
@@ -139,13 +142,14 @@ class RoundRunner:
         # step: else, once the other steps recover, the trace's failure would stand until
         # trace_every, and so would the incident.
         due = due or name in self._traces_owed
-        result = await run_checklist(
-            target.plan,
-            source=self._source,
-            known_good=self._known_good,
-            stalls=self._stalls,
-            trace=TraceMode.ALWAYS if due else TraceMode.ON_FAILURE,  # no plan copy a round
-        )
+        with self._watch():
+            result = await run_checklist(
+                target.plan,
+                source=self._source,
+                known_good=self._known_good,
+                stalls=self._stalls,
+                trace=TraceMode.ALWAYS if due else TraceMode.ON_FAILURE,  # no plan copy a round
+            )
         trace = result.step(Step.PATH_TRACE)
         if trace is not None and trace.status is not Status.SKIPPED:
             self._last_trace[name] = now

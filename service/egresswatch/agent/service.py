@@ -49,7 +49,7 @@ from egresswatch.backoff import Backoff
 from egresswatch.http_guard import ListenError
 from egresswatch.http_limits import AGENT_LIMITS
 from egresswatch.logs import Sparse
-from egresswatch.looplag import LoopLag, period_for
+from egresswatch.looplag import IDLE_PERIOD_S, LoopLag, period_for
 from egresswatch.metrics import Metrics
 from egresswatch.model import RoundResult
 from egresswatch.plan import Plan
@@ -121,7 +121,9 @@ class Agent:
         self.registry = CollectorRegistry()
         self._troubled = Sparse(log, "rounds cut at their timeout or skipped")
         self.metrics = Metrics(self.registry, version=__version__)
-        self.loop_lag = LoopLag()  # the prober's own lateness: overload is not an outage
+        # The prober's own lateness (overload is not an outage), sampled fast only while a
+        # round runs: an idle agent's wake-ups are most of its CPU (looplag.py).
+        self.loop_lag = LoopLag(idle_period_s=IDLE_PERIOD_S)
         self.metrics.watch_loop_lag(self.loop_lag.recent_max)
         self._hooks = AgentMetrics(self.metrics, self.registry)
         self._token = TokenFile(options.token_file)
@@ -303,6 +305,7 @@ class Agent:
                 sink=self._on_round,
                 environ=self._environ,
                 stalls=self.loop_lag.stalled,
+                watch=self.loop_lag.watching,
             )
         self.runner.apply(plan, local)
         self.scheduler.set_jobs(self.runner.jobs())

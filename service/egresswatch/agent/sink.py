@@ -24,9 +24,9 @@ Contract of :class:`HttpSink`:
   oldest rounds go to the spill file (agent/spill.py), or without one are dropped and counted.
 - With a spill file: from the first failed attempt until a batch is delivered again (the
   controller is away), everything undelivered is written to the spill file, the batch in
-  flight first under its id, then every ``batch_interval_s`` (or each time a whole batch is
+  flight first under its id, then every ``spill_interval_s`` (or each time a whole batch is
   waiting), each write made durable (fsync) before the next. A SIGKILL then loses only the
-  rounds that came since the last write: at most one batch interval's. Spilled batches are
+  rounds that came since the last write: at most one spill interval's. Spilled batches are
   sent first, in order, under the id they were written with, and acknowledged in the file
   only once the controller answered.
 - :meth:`HttpSink.close` sends what is buffered, waiting at most its timeout; rounds still
@@ -128,7 +128,7 @@ class HttpSink:
         self._spiller = Spiller(
             self._buffer,
             self._stats,
-            interval_s=self._tuning.batch_interval_s,
+            interval_s=self._tuning.spill_interval_s,
             batch_max_rounds=self._tuning.batch_max_rounds,
             report=self._report,
         )

@@ -5,7 +5,8 @@ Contract of :class:`Spiller` (the sink's helper; it does nothing without a spill
 - :meth:`controller_away` (an attempt failed): every round not delivered, the batch in flight
   first under its id, is written to the spill file; until :meth:`controller_back` (a batch
   was delivered), :meth:`submitted` writes memory out whenever a whole batch waits, and the
-  named task ``egresswatch-spill`` does every `interval_s`.
+  named task ``egresswatch-spill`` does every `interval_s`. While the controller takes the
+  batches the task sleeps without a timer (an idle agent's wake-ups are most of its CPU).
 - Every write is made durable (fsync, in a thread) before the next one is synced; a write
   the memory bound forced (agent/buffer.py) is synced the same way.
 - A SIGKILL therefore loses only the rounds that came after the last fsync: at most one
@@ -53,6 +54,7 @@ class Spiller:
         self._written_through = 0  # every round submitted up to this count is in the file
         self._flush = asyncio.Event()  # the spill file wants writing or syncing
         self._task: asyncio.Task[None] | None = None
+        self.wakeups = 0  # how often the task woke: what it costs (tests)
 
     def start(self) -> None:
         if self._buffer.spill is not None:
@@ -79,6 +81,7 @@ class Spiller:
             return
         self.away = True
         self.spill_all()
+        self._flush.set()  # the task waits untimed while the controller is there: wake it
 
     def controller_back(self) -> None:
         self.away = False
@@ -105,9 +108,13 @@ class Spiller:
 
     async def _keep_spilling(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await self._flush.wait()
+            if self.away:  # memory goes to the file every interval_s
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval_s):
+                        await self._flush.wait()
+            else:  # while batches are delivered nothing is due on a timer: no idle wake-ups
+                await self._flush.wait()
+            self.wakeups += 1
             self._flush.clear()
             if self.away and self._buffer.memory_rounds:
                 self.spill_all()
