@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from egresswatch.backoff import Backoff
 from egresswatch.cli import main
 from egresswatch.evidence import DnsEvidence
 from egresswatch.looplag import IDLE_PERIOD_S, period_for
-from egresswatch.model import RoundResult, SourceKind, Status, Step, StepResult
+from egresswatch.model import Reason, RoundResult, SourceKind, Status, Step, StepResult
 from egresswatch.settings import load_settings
 from egresswatch.wiring import Service
 from tests.support.agent_http import controller_client
@@ -526,6 +527,47 @@ async def test_refused_rounds_are_dropped_alone_and_a_bad_token_loses_nothing(
     assert sink.stats.stored == 6
     tcp = stored[0].step(Step.TCP_CONNECT)
     assert tcp is not None and tcp.detail == "nul \ufffd in detail"
+
+
+def a_failing_round(target: str, source: str, started_at: datetime) -> RoundResult:
+    healthy = a_round(target, source, started_at)
+    refused = StepResult(Step.TCP_CONNECT, Status.FAIL, Reason.CONN_REFUSED, 0.002, "refused")
+    return replace(healthy, steps=(healthy.steps[0], refused))
+
+
+async def test_a_round_that_fails_or_recovers_goes_at_once_the_others_wait_for_their_batch(
+    world: World, controllers: Callable[[], Awaitable[Service]]
+) -> None:
+    """agent/linger.py: healthy rounds wait for their batch (here 60 s); a failing round, and
+    the first healthy one after it, go within urgent_interval_s, taking the waiting ones."""
+    world.write([{"name": "shop", "url": f"https://{NAME}:1/"}])
+    await controllers()
+    now = datetime.now(UTC).replace(microsecond=0)
+    async with controller_client(world.url) as client:
+        sink = HttpSink(
+            client,
+            source="node-f",
+            source_kind=SourceKind.NODE,
+            token=lambda: TOKEN,
+            tuning=SinkTuning(batch_interval_s=60.0, urgent_interval_s=0.1),
+        )
+        sink.start()
+        try:
+            sink.submit(a_round("shop", "node-f", now))
+            await asyncio.sleep(0.5)
+            assert (sink.stats.stored, sink.depth) == (0, 1)  # waits for its batch
+
+            sink.submit(a_failing_round("shop", "node-f", now + timedelta(seconds=1)))
+            await wait_for(lambda: sink.stats.stored == 2)  # both, long before 60 s
+            sink.submit(a_round("shop", "node-f", now + timedelta(seconds=2)))  # recovered
+            await wait_for(lambda: sink.stats.stored == 3)
+
+            sink.submit(a_round("shop", "node-f", now + timedelta(seconds=3)))
+            await asyncio.sleep(0.5)
+            assert (sink.stats.stored, sink.depth) == (3, 1)  # healthy again: waits
+        finally:
+            await sink.close(2.0)
+    assert sink.stats.stored == 4
 
 
 async def test_the_buffer_is_bounded_and_close_gives_up_in_time(world: World) -> None:

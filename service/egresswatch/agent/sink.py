@@ -4,7 +4,8 @@ Contract of :class:`HttpSink`:
 
 - :meth:`HttpSink.submit` never blocks and never raises: the round is encoded and queued.
 - One named, owned, cancellable task (``egresswatch-sink``) posts batches of up to
-  ``batch_max_rounds`` rounds, at least every ``batch_interval_s`` while rounds wait, to
+  ``batch_max_rounds`` rounds, at least every ``batch_interval_s`` while rounds wait (every
+  ``urgent_interval_s`` for a round that fails or recovers: agent/linger.py), to
   ``{controller}/api/v1/results`` with ``Authorization: Bearer TOKEN``. One batch is in flight
   at a time, so batches arrive in the order the rounds were run.
 - A batch keeps its ``batch_id`` across retries: the controller stores a batch id once, so a
@@ -53,6 +54,7 @@ from egresswatch.agent.buffer import Batch, Round, RoundBuffer
 from egresswatch.agent.drops import Drops
 from egresswatch.agent.encode import batch_body, batch_head, encode_round
 from egresswatch.agent.http_client import ControllerClient, HttpError
+from egresswatch.agent.linger import Linger
 from egresswatch.agent.sink_types import DropReason, NoHooks, SinkHooks, SinkStats, SinkTuning
 from egresswatch.agent.spill import SpillFile
 from egresswatch.agent.spiller import Spiller
@@ -136,6 +138,7 @@ class HttpSink:
         # split batch still to send.
         self._current: Batch | None = None
         self._work: list[Batch] = []
+        self._linger = Linger(self._tuning.batch_interval_s, self._tuning.urgent_interval_s)
         self._wake = asyncio.Event()  # a round came in, or closing
         self._full = asyncio.Event()  # a whole batch is waiting, or closing
         self._idle = asyncio.Event()
@@ -196,6 +199,7 @@ class HttpSink:
                 },
             )
         self._spiller.submitted(self._buffer.add(Round(result.target, document)))
+        self._linger.submitted(result.target, failing=result.first_failing_step is not None)
         self._idle.clear()
         self._wake.set()
         if self._buffer.waiting >= self._tuning.batch_max_rounds:
@@ -257,6 +261,7 @@ class HttpSink:
         while True:
             await self._wait_for_batch()
             batch = self._buffer.take() if self._buffer.waiting else None
+            self._linger.taken(self._buffer.waiting)
             if batch is None:
                 if self._closing:
                     return
@@ -282,11 +287,10 @@ class HttpSink:
             or self._buffer.waiting > self._buffer.memory_rounds  # a spilled batch: send it
         ):
             return
-        # The first round of a batch is in: give others up to batch_interval_s to join it.
+        # The first round of a batch is in: give others up to batch_interval_s to join it
+        # (less when a round fails or recovers: agent/linger.py).
         self._full.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._tuning.batch_interval_s):
-                await self._full.wait()
+        await self._linger.wait(self._full)
 
     async def _settle(self, batch: Batch) -> None:
         """Deliver `batch`, splitting it when refused; returns when every round of it is

@@ -41,13 +41,16 @@ class SinkTuning:
     default fits an agent in a pod limited to 128 MiB. `batch_interval_s` is how long a round
     waits for others to join its batch (a full batch goes at once): each POST costs the agent
     wake-ups and CPU, a sizeable part of an agent's at 50 targets every 30 s, while a few
-    seconds more before the controller sees a round is small against rounds 30 s apart.
+    seconds more before the controller sees a round is small against rounds 30 s apart. A
+    round that fails, or the first healthy one after a failure, waits at most
+    `urgent_interval_s`: those open and close incidents (agent/linger.py).
     `spill_interval_s` is how often undelivered rounds go to the spill file while the
     controller is away: what a SIGKILL can lose then.
     """
 
     batch_max_rounds: int = 200
     batch_interval_s: float = 5.0
+    urgent_interval_s: float = 1.0
     spill_interval_s: float = 1.0
     buffer_max_bytes: int = DEFAULT_BUFFER_MIB * MIB
     request_timeout_s: float = 10.0
@@ -60,7 +63,12 @@ class SinkTuning:
             raise ValueError("batch_max_rounds: need at least 1")
         if self.buffer_max_bytes < MIN_BUFFER_BYTES:
             raise ValueError(f"buffer_max_bytes: need at least {MIN_BUFFER_BYTES}")
-        intervals = (self.batch_interval_s, self.spill_interval_s, self.request_timeout_s)
+        intervals = (
+            self.batch_interval_s,
+            self.urgent_interval_s,
+            self.spill_interval_s,
+            self.request_timeout_s,
+        )
         if min(*intervals, self.backoff_initial_s) <= 0:
             raise ValueError("intervals and timeouts must be positive")
         if self.backoff_max_s < self.backoff_initial_s or self.auth_retry_s <= 0:
