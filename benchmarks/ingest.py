@@ -228,7 +228,7 @@ async def ingest_api(
         while queue and time.perf_counter() - started < limit_s:
             _, body = queue.pop()
             batch = parse_batch(body)  # what routes.results does, without HTTP and the token
-            rounds = batch.results()
+            rounds = batch.rounds
             stored = await ingest.accept(
                 batch.source, batch.batch_id, rounds, batch.source_kind, batch.source_node
             )
