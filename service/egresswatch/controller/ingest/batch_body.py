@@ -215,6 +215,12 @@ def parse_batch(body: bytes) -> Batch:
         found = plain_batch(body)
         if found is not None:
             return found
+    return validated(body, no_nul)
+
+
+def validated(body: bytes, no_nul: bool) -> Batch:
+    """`parse_batch` through pydantic (`BatchIn`) whatever the body: every batch, wrong or
+    not, is answered as this answers it. `no_nul`: the body holds no NUL character."""
     try:
         batch = BatchIn.model_validate_json(body, context={_NO_NUL: no_nul})
     except ValidationError as exc:
