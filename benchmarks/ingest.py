@@ -10,7 +10,7 @@
 `egresswatch run` does with its own rounds). `--via api` takes the controller's path for
 agents' batches, `POST /api/v1/results` without its HTTP framing and token check: each body is
 made beforehand as an agent makes it (agent/encode.py: one source, `--api-batch` rounds), then
-timed: parsed and validated (controller/ingest/batch_body.py), turned into rounds, and stored
+timed: parsed and validated into rounds (controller/ingest/batch_body.py), and stored
 by `Ingest.accept` (target and time checks, one transaction per batch), `--api-concurrency`
 batches at a time, as agents' requests arrive on several connections.
 

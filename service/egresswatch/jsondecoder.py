@@ -1,7 +1,7 @@
 """A decoder written once per record class for its plain case: `Record.from_json`, unrolled.
 
 Decoding agents' evidence was the largest part of the controller's CPU per ingested round
-(docs/performance.md, "Issue 14, fourth pass"): the generic decoding (`jsonrecord._record`)
+(docs/performance.md, "Issue 14, third pass"): the generic decoding (`jsonrecord._record`)
 walks each class's layout and calls a check per value. `plain_decoder(cls)` writes, once, a
 function with one statement per field that decodes the plain case: an object (a `dict`) with
 only `cls`'s keys and every required one, each value null where the field allows it or of the

@@ -7,6 +7,9 @@ duration_ms, detail, evidence). The fields a round document derives (url, ok,
 first_failing_step, first_failing_reason, next_command) may be sent and are ignored: the
 controller derives them again. Anything else unknown is refused, in the evidence too: each
 step's evidence must be its step's type (steps.py, evidence.py), checked strictly here.
+
+`BatchIn` is the contract (the OpenAPI document is made from it) and answers every batch that
+`plain_batch.py` does not take: that reads what agents send, the same way, without pydantic.
 """
 
 from __future__ import annotations

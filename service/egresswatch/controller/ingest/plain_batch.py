@@ -2,7 +2,7 @@
 
 Validating a batch with pydantic (`BatchIn`) built a model per round and per step and ran
 Python validators on each, about half of the controller's CPU per ingested round with the
-evidence decoding (docs/performance.md, "Issue 14, fourth pass"). `plain_batch` parses the
+evidence decoding (docs/performance.md, "Issue 14, third pass"). `plain_batch` parses the
 body with the same JSON parser (pydantic-core's, so duplicate keys, numbers and escapes read
 the same) and checks, in one pass, exactly what `BatchIn` and `parse_batch` check, making the
 rounds directly. It accepts only what they accept, with the same values, and returns None for
