@@ -10,7 +10,7 @@
 `egresswatch run` does with its own rounds). `--via api` takes the controller's path for
 agents' batches, `POST /api/v1/results` without its HTTP framing and token check: each body is
 made beforehand as an agent makes it (agent/encode.py: one source, `--api-batch` rounds), then
-timed: parsed and validated (controller/ingest/batch_body.py), turned into rounds, and stored
+timed: parsed and validated into rounds (controller/ingest/batch_body.py), and stored
 by `Ingest.accept` (target and time checks, one transaction per batch), `--api-concurrency`
 batches at a time, as agents' requests arrive on several connections.
 
@@ -228,7 +228,7 @@ async def ingest_api(
         while queue and time.perf_counter() - started < limit_s:
             _, body = queue.pop()
             batch = parse_batch(body)  # what routes.results does, without HTTP and the token
-            rounds = batch.results()
+            rounds = batch.rounds
             stored = await ingest.accept(
                 batch.source, batch.batch_id, rounds, batch.source_kind, batch.source_node
             )

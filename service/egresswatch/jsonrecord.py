@@ -24,7 +24,7 @@ import math
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Self, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 __all__ = [
     "OMITTED_BY_DEFAULT",
@@ -93,7 +93,12 @@ class Record:
     @classmethod
     def from_json(cls, data: object, *, strict: bool = True) -> Self:
         """The record `data` holds; `EvidenceError` when it does not fit (see the module)."""
-        return _record(cls, data, strict, "")
+        decode = _PLAIN_DECODERS.get(cls) or _plain_decoder(cls)
+        try:
+            return cast(Self, decode(data))
+        except NotPlain:
+            # Not the plain case (or wrong): the generic decoding decides, with its errors.
+            return _record(cls, data, strict, "")
 
 
 # --- the codec -------------------------------------------------------------------------------
@@ -102,9 +107,22 @@ R = TypeVar("R", bound=Record)
 
 
 _HINTS: dict[type[Record], dict[str, Any]] = {}  # a memo: the classes never change
+# Each class's decoder for its plain case (jsondecoder.py), written once: a memo.
+_PLAIN_DECODERS: dict[type[Record], Callable[[object], Record]] = {}
 
 
-def _hints(cls: type[Record]) -> dict[str, Any]:
+def _plain_decoder(cls: type[Record]) -> Callable[[object], Record]:
+    # Imported here: jsondecoder is built on this module's types.
+    from egresswatch.jsondecoder import plain_decoder
+
+    return plain_decoder(cls, _PLAIN_DECODERS)
+
+
+class NotPlain(Exception):
+    """Raised by a plain-case decoder (jsondecoder.py): decode the input the generic way."""
+
+
+def field_types(cls: type[Record]) -> dict[str, Any]:
     """The fields' types, resolved once per class (annotations are strings here)."""
     found = _HINTS.get(cls)
     if found is None:
@@ -129,7 +147,7 @@ def _layout(cls: type[Record]) -> tuple[tuple[str, bool, Any, _Shape, str], ...]
     """(name, omitted while default, default, shape, `"name":` as JSON) of each field."""
     found = _LAYOUTS.get(cls)
     if found is None:
-        hints = _hints(cls)
+        hints = field_types(cls)
         found = _LAYOUTS[cls] = tuple(
             (
                 item.name,
@@ -165,7 +183,7 @@ def _text_encoder(cls: type[Record]) -> Callable[[Record], str]:
         "FLOAT": float.__repr__,
         "isfinite": math.isfinite,
     }
-    hints = _hints(cls)
+    hints = field_types(cls)
     for number, (name, omit_default, default, shape, key) in enumerate(_layout(cls)):
         scope[f"K{number}"], scope[f"D{number}"] = key, default
         indent = "    "
@@ -196,7 +214,7 @@ def _field_lines(number: int, key: str, hint: Any, shape: _Shape) -> list[str]:
     if shape is _Shape.RECORDS:
         items = '",".join([item.to_json_text() for item in v])'
         lines += ["elif type(v) is tuple:", f'    add({k} + "[" + {items} + "]")']
-    elif get_origin(_optional(hint)) is tuple:
+    elif get_origin(optional_of(hint)) is tuple:
         # Mostly texts (addresses, names): each as `_value_text` writes it, strings directly.
         items = '",".join([STRING(x) if type(x) is str else value_text(x) for x in v])'
         lines += ["elif type(v) is tuple:", f'    add({k} + "[" + {items} + "]")']
@@ -204,7 +222,7 @@ def _field_lines(number: int, key: str, hint: Any, shape: _Shape) -> list[str]:
     return lines
 
 
-def _optional(hint: Any) -> Any:
+def optional_of(hint: Any) -> Any:
     """`X` of `X | None`; `hint` itself otherwise."""
     if get_origin(hint) in (Union, types.UnionType):
         inner = [arg for arg in get_args(hint) if arg is not type(None)]
@@ -266,7 +284,7 @@ def json_path(path: str, key: str | int) -> str:
 def _record(cls: type[R], data: object, strict: bool, path: str) -> R:
     if type(data) is not dict and not isinstance(data, Mapping):  # an ABC's check is slow
         raise EvidenceError(path, f"expected an object, got {json_kind(data)}")
-    hints = _hints(cls)
+    hints = field_types(cls)
     if strict and not data.keys() <= hints.keys():
         key = next(key for key in data if key not in hints)
         where = json_path(path, str(key))
@@ -305,7 +323,7 @@ def _decoding(cls: type[Record]) -> tuple[tuple[str, bool, Any, Quick | None], .
     """(name, required, type, quick check) of each field of `cls`; a memo."""
     found = _DECODING.get(cls)
     if found is None:
-        hints = _hints(cls)
+        hints = field_types(cls)
         found = _DECODING[cls] = tuple(
             (item.name, _required(item), hints[item.name], _quick(hints[item.name]))
             for item in dataclasses.fields(cls)
@@ -316,7 +334,7 @@ def _decoding(cls: type[Record]) -> tuple[tuple[str, bool, Any, Quick | None], .
 def _quick(hint: Any) -> Quick | None:
     """The quick check for a field of type `hint` (see _SLOW), None when it has none."""
     optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
-    plain = _optional(hint)
+    plain = optional_of(hint)
     if plain is str:
         check: Quick = lambda v: v if type(v) is str else _SLOW  # noqa: E731
     elif plain is int:
@@ -414,7 +432,7 @@ _SCALARS: Mapping[Any, str] = {str: "string", int: "integer", float: "number", b
 
 def json_schema(cls: type[Record]) -> dict[str, Any]:
     """The JSON Schema of the records `cls.from_json` takes strictly (the ingest contract)."""
-    hints = _hints(cls)
+    hints = field_types(cls)
     properties = {item.name: _schema(hints[item.name]) for item in dataclasses.fields(cls)}
     required = [item.name for item in dataclasses.fields(cls) if _required(item)]
     schema: dict[str, Any] = {

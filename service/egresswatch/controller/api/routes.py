@@ -338,7 +338,7 @@ class _Api:
         """Agent ingest (the agents' token): validated, idempotent per batch_id."""
         batch = parse_batch(await read_body(request))
         may_act_for(request[_AGENT_SOURCE], batch.source)
-        rounds = batch.results()
+        rounds = batch.rounds
         try:
             stored = await self.deps.ingest(
                 batch.source, batch.batch_id, rounds, batch.source_kind, batch.source_node

@@ -7,6 +7,9 @@ duration_ms, detail, evidence). The fields a round document derives (url, ok,
 first_failing_step, first_failing_reason, next_command) may be sent and are ignored: the
 controller derives them again. Anything else unknown is refused, in the evidence too: each
 step's evidence must be its step's type (steps.py, evidence.py), checked strictly here.
+
+`BatchIn` is the contract (the OpenAPI document is made from it) and answers every batch that
+`plain_batch.py` does not take: that reads what agents send, the same way, without pydantic.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -33,6 +35,14 @@ from egresswatch.controller.api.query import (
     InvalidParam,
     bad_request,
     parse_time,
+)
+from egresswatch.controller.ingest.plain_batch import (
+    BATCH_ID_MAX,
+    DETAIL_MAX,
+    DURATION_MS_MAX,
+    NAME_MAX,
+    Batch,
+    plain_batch,
 )
 from egresswatch.evidence import Evidence, EvidenceError
 from egresswatch.model import (
@@ -46,11 +56,20 @@ from egresswatch.model import (
 )
 from egresswatch.steps import evidence_from_json
 
+__all__ = [
+    "BATCH_ID_MAX",
+    "DETAIL_MAX",
+    "DURATION_MS_MAX",
+    "MAX_BODY_BYTES",
+    "NAME_MAX",
+    "TEXT_PATTERN",
+    "Batch",
+    "BatchIn",
+    "parse_batch",
+    "read_body",
+]
+
 MAX_BODY_BYTES = 5 * 1024 * 1024
-BATCH_ID_MAX = 128  # storage.tables.ingest_batches.batch_id
-NAME_MAX = 253
-DETAIL_MAX = 4096
-DURATION_MS_MAX = 86_400_000.0  # a day: longer is not a step's duration but a clock error
 TEXT_PATTERN = r"^[^\u0000]*$"  # no NUL: PostgreSQL stores none in text or JSON
 _CHUNK = 64 * 1024
 # Validation context: True when the body holds no NUL character. JSON writes one only as the
@@ -164,15 +183,16 @@ class BatchIn(_Strict):
     source_node: Name | None = None  # the node the source ran on (a pod's NODE_NAME)
     batch_id: str = Field(min_length=1, max_length=BATCH_ID_MAX, pattern=NAME_PATTERN)
     rounds: list[RoundIn] = Field(min_length=1)
-    # Each round's steps' evidence, decoded by parse_batch. Kept here, once per batch, and not
-    # as a private attribute of each step: pydantic fills a model's private attributes when it
-    # makes one, and that was half of validating a batch (docs/performance.md, "Issue 14, third
-    # pass").
-    _evidence: list[list[Evidence]] = PrivateAttr(default_factory=list)
 
-    def results(self) -> list[RoundResult]:
-        """The rounds, with their evidence as parse_batch decoded it."""
-        return [r.result(typed) for r, typed in zip(self.rounds, self._evidence, strict=True)]
+    def batch(self, evidence: list[list[Evidence]]) -> Batch:
+        """The batch, `evidence[i][j]` the decoded evidence of `rounds[i].steps[j]`."""
+        return Batch(
+            source=self.source,
+            source_kind=self.source_kind,
+            source_node=self.source_node,
+            batch_id=self.batch_id,
+            rounds=[r.result(typed) for r, typed in zip(self.rounds, evidence, strict=True)],
+        )
 
 
 def field_name(loc: tuple[int | str, ...]) -> str:
@@ -188,10 +208,23 @@ def field_name(loc: tuple[int | str, ...]) -> str:
     return path or "body"
 
 
-def parse_batch(body: bytes) -> BatchIn:
-    """The validated batch; a 400 naming every bad field otherwise."""
+def parse_batch(body: bytes) -> Batch:
+    """The validated batch; a 400 naming every bad field otherwise.
+
+    What agents send is read by `plain_batch`; anything it does not take (a wrong batch, or an
+    unusual one) by pydantic (`BatchIn`), which accepts it alike or names what is wrong."""
+    no_nul = b"\\u0000" not in body and b"\x00" not in body
+    if no_nul:  # plain_batch knows no NUL check: BatchIn's validators do it
+        found = plain_batch(body)
+        if found is not None:
+            return found
+    return validated(body, no_nul)
+
+
+def validated(body: bytes, no_nul: bool) -> Batch:
+    """`parse_batch` through pydantic (`BatchIn`) whatever the body: every batch, wrong or
+    not, is answered as this answers it. `no_nul`: the body holds no NUL character."""
     try:
-        no_nul = b"\\u0000" not in body and b"\x00" not in body
         batch = BatchIn.model_validate_json(body, context={_NO_NUL: no_nul})
     except ValidationError as exc:
         problems = [
@@ -218,8 +251,7 @@ def parse_batch(body: bytes) -> BatchIn:
         evidence.append(decoded)
     if misfits:
         raise bad_request(misfits[:50])
-    batch._evidence = evidence
-    return batch
+    return batch.batch(evidence)
 
 
 def _evidence_path(round_index: int, step_index: int, inside: str) -> str:
