@@ -535,21 +535,20 @@ def a_failing_round(target: str, source: str, started_at: datetime) -> RoundResu
     return replace(healthy, steps=(healthy.steps[0], refused))
 
 
-async def test_a_round_that_fails_or_recovers_goes_at_once_the_others_wait_for_their_batch(
+async def test_a_target_that_failed_lately_has_its_rounds_sent_at_once_the_others_wait(
     world: World, controllers: Callable[[], Awaitable[Service]]
 ) -> None:
     """agent/linger.py: healthy rounds wait for their batch (here 60 s); a failing round, and
-    the first healthy one after it, go within urgent_interval_s, taking the waiting ones."""
+    its target's rounds for urgent_window_s after it (the recovery the controller confirms over
+    several rounds), go within urgent_interval_s, taking the waiting ones along."""
     world.write([{"name": "shop", "url": f"https://{NAME}:1/"}])
     await controllers()
     now = datetime.now(UTC).replace(microsecond=0)
+    window_s = 3.0
+    tuning = SinkTuning(batch_interval_s=60.0, urgent_interval_s=0.1, urgent_window_s=window_s)
     async with controller_client(world.url) as client:
         sink = HttpSink(
-            client,
-            source="node-f",
-            source_kind=SourceKind.NODE,
-            token=lambda: TOKEN,
-            tuning=SinkTuning(batch_interval_s=60.0, urgent_interval_s=0.1),
+            client, source="node-f", source_kind=SourceKind.NODE, token=lambda: TOKEN, tuning=tuning
         )
         sink.start()
         try:
@@ -559,15 +558,17 @@ async def test_a_round_that_fails_or_recovers_goes_at_once_the_others_wait_for_t
 
             sink.submit(a_failing_round("shop", "node-f", now + timedelta(seconds=1)))
             await wait_for(lambda: sink.stats.stored == 2)  # both, long before 60 s
-            sink.submit(a_round("shop", "node-f", now + timedelta(seconds=2)))  # recovered
-            await wait_for(lambda: sink.stats.stored == 3)
+            for n in (2, 3):  # recovering: every round within the window goes at once
+                sink.submit(a_round("shop", "node-f", now + timedelta(seconds=n)))
+                await wait_for(lambda n=n: sink.stats.stored == n + 1)  # type: ignore[misc]
 
-            sink.submit(a_round("shop", "node-f", now + timedelta(seconds=3)))
+            await asyncio.sleep(window_s)
+            sink.submit(a_round("shop", "node-f", now + timedelta(seconds=4)))
             await asyncio.sleep(0.5)
-            assert (sink.stats.stored, sink.depth) == (3, 1)  # healthy again: waits
+            assert (sink.stats.stored, sink.depth) == (4, 1)  # settled again: waits
         finally:
             await sink.close(2.0)
-    assert sink.stats.stored == 4
+    assert sink.stats.stored == 5
 
 
 async def test_the_buffer_is_bounded_and_close_gives_up_in_time(world: World) -> None:

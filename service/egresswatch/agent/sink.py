@@ -5,7 +5,7 @@ Contract of :class:`HttpSink`:
 - :meth:`HttpSink.submit` never blocks and never raises: the round is encoded and queued.
 - One named, owned, cancellable task (``egresswatch-sink``) posts batches of up to
   ``batch_max_rounds`` rounds, at least every ``batch_interval_s`` while rounds wait (every
-  ``urgent_interval_s`` for a round that fails or recovers: agent/linger.py), to
+  ``urgent_interval_s`` for the rounds of a target that failed lately: agent/linger.py), to
   ``{controller}/api/v1/results`` with ``Authorization: Bearer TOKEN``. One batch is in flight
   at a time, so batches arrive in the order the rounds were run.
 - A batch keeps its ``batch_id`` across retries: the controller stores a batch id once, so a
@@ -138,7 +138,11 @@ class HttpSink:
         # split batch still to send.
         self._current: Batch | None = None
         self._work: list[Batch] = []
-        self._linger = Linger(self._tuning.batch_interval_s, self._tuning.urgent_interval_s)
+        self._linger = Linger(
+            self._tuning.batch_interval_s,
+            self._tuning.urgent_interval_s,
+            self._tuning.urgent_window_s,
+        )
         self._wake = asyncio.Event()  # a round came in, or closing
         self._full = asyncio.Event()  # a whole batch is waiting, or closing
         self._idle = asyncio.Event()

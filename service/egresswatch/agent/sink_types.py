@@ -42,8 +42,8 @@ class SinkTuning:
     waits for others to join its batch (a full batch goes at once): each POST costs the agent
     wake-ups and CPU, a sizeable part of an agent's at 50 targets every 30 s, while a few
     seconds more before the controller sees a round is small against rounds 30 s apart. A
-    round that fails, or the first healthy one after a failure, waits at most
-    `urgent_interval_s`: those open and close incidents (agent/linger.py).
+    failing round, and every round of its target for `urgent_window_s` after it, waits at
+    most `urgent_interval_s`: those open, confirm and close incidents (agent/linger.py).
     `spill_interval_s` is how often undelivered rounds go to the spill file while the
     controller is away: what a SIGKILL can lose then.
     """
@@ -51,6 +51,7 @@ class SinkTuning:
     batch_max_rounds: int = 200
     batch_interval_s: float = 5.0
     urgent_interval_s: float = 1.0
+    urgent_window_s: float = 300.0
     spill_interval_s: float = 1.0
     buffer_max_bytes: int = DEFAULT_BUFFER_MIB * MIB
     request_timeout_s: float = 10.0
@@ -66,6 +67,7 @@ class SinkTuning:
         intervals = (
             self.batch_interval_s,
             self.urgent_interval_s,
+            self.urgent_window_s,
             self.spill_interval_s,
             self.request_timeout_s,
         )
