@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 __all__ = ["Linger"]
 
@@ -23,13 +24,18 @@ __all__ = ["Linger"]
 class Linger:
     """The batch's deadline, moved earlier by urgent rounds. Used on the event loop only.
 
-    `time.monotonic` is the clock of asyncio's loops (`BaseEventLoop.time`), so a deadline
-    computed in `submitted` (a plain call) is one `asyncio.timeout_at` understands.
+    `clock` is the loop's (`time.monotonic`, as `BaseEventLoop.time`), so a deadline computed
+    in `submitted` (a plain call) is one `asyncio.timeout_at` understands.
     """
 
     def __init__(
-        self, batch_interval_s: float, urgent_interval_s: float, urgent_window_s: float
+        self,
+        batch_interval_s: float,
+        urgent_interval_s: float,
+        urgent_window_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
         self._batch_s = batch_interval_s
         self._urgent_s = min(urgent_interval_s, batch_interval_s)
         self._window_s = urgent_window_s
@@ -41,7 +47,7 @@ class Linger:
 
     def submitted(self, target: str, *, failing: bool) -> None:
         """Note a round as it is buffered; an urgent one brings the batch's deadline closer."""
-        now = time.monotonic()
+        now = self._clock()
         if failing:
             self._failed_at[target] = now
         else:
@@ -62,7 +68,7 @@ class Linger:
 
     async def wait(self, full: asyncio.Event) -> None:
         """Return when `full` is set or the batch's time is up."""
-        deadline = time.monotonic() + self._batch_s
+        deadline = self._clock() + self._batch_s
         if self._hurry_at is not None:
             deadline = min(deadline, self._hurry_at)
         with contextlib.suppress(TimeoutError):
@@ -72,6 +78,10 @@ class Linger:
                     await full.wait()
                 finally:
                     self._timeout = None
+
+    def urgent_until(self) -> float | None:
+        """The deadline urgent rounds asked for, if one is pending."""
+        return self._hurry_at
 
     def taken(self, still_waiting: int) -> None:
         """A batch left the buffer; with nothing left waiting, no urgent round is pending."""
