@@ -7,8 +7,13 @@ registry (service/egresswatch/bench/ours.py).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
+import struct
 from collections.abc import Iterator
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -120,3 +125,33 @@ async def test_a_large_scrape_is_streamed_in_pieces_and_reads_as_the_whole() -> 
     assert "Content-Length" not in response.headers
     assert body == b"".join(pieces) == exposition(registry)
     assert _samples(body.decode())["egresswatch_x_seconds_count"] == 1.0
+
+
+async def test_a_scraper_gone_mid_answer_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    # Prometheus closes a scrape at its scrape_timeout: the route's next write finds the
+    # connection reset. That is the scraper's doing: logged as info, never a traceback.
+    registry = CompactRegistry()
+    histogram = CompactHistogram("egresswatch_x_seconds", "x", ("target",), (0.1, 1.0), registry)
+    for n in range(30_000):  # about 9 MB: far more than the socket buffers hold
+        histogram.labels(f"t{n}").observe(n / 1000)
+    app = web.Application()
+    add_health_routes(app, registry=registry, readiness=dict)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        caplog.set_level(logging.INFO)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(10):
+            assert (await reader.read(1024)).startswith(b"HTTP/1.1 200")
+        # Closed with a reset (SO_LINGER 0), as a client that gives up does.
+        scraper = writer.get_extra_info("socket")
+        scraper.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        for _ in range(60):  # bounded: until the route saw the reset (3 s at most)
+            if "ended by the scraper" in caplog.text or "Error handling" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await server.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

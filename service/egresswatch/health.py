@@ -10,6 +10,7 @@ collected, so a scrape that wants three counters does not pay for thousands of s
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -27,6 +28,8 @@ from egresswatch.health_answers import (
 )
 
 __all__ = ["METRIC_NAME", "Guard", "Probe", "Readiness", "add_health_routes", "metric_names"]
+
+log = logging.getLogger(__name__)
 
 # A check that asks something (the database): None when fine, else the reason it is not.
 Probe = Callable[[], Awaitable[str | None]]
@@ -68,10 +71,15 @@ def add_health_routes(
         piece = await asyncio.to_thread(next, pieces, None)
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
         await response.prepare(request)
-        while piece is not None:
-            await response.write(piece)
-            piece = await asyncio.to_thread(next, pieces, None)
-        await response.write_eof()
+        try:
+            while piece is not None:
+                await response.write(piece)
+                piece = await asyncio.to_thread(next, pieces, None)
+            await response.write_eof()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+            # The scraper went away mid-answer (its scrape timeout passed): nobody to answer,
+            # and not our error; the rest is not rendered.
+            log.info("a /metrics scrape ended by the scraper before its end")
         return response
 
     app.router.add_get("/healthz", healthz)
